@@ -1,0 +1,150 @@
+//! Body types on the proxy path: an enum instead of a boxed trait object, so forwarding a
+//! request or response does not allocate.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// Error type of proxy bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body sent upstream.
+pub enum RequestBody {
+    /// Streamed from downstream.
+    Incoming(Incoming),
+    /// A buffered body (or none).
+    Full(Option<Bytes>),
+}
+
+impl RequestBody {
+    /// An empty body.
+    pub fn empty() -> Self {
+        RequestBody::Full(None)
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+/// Called once when a response body ends (fully sent, failed or dropped): finishes the
+/// request's accounting (access log, active-request gauges, pool stream slots).
+pub trait OnComplete {
+    /// `bytes_sent` is the response body bytes passed downstream; `ok` is false on a reset.
+    fn complete(self: Box<Self>, bytes_sent: u64, ok: bool);
+}
+
+/// A response body sent downstream.
+pub struct ResponseBody {
+    inner: Inner,
+    bytes: u64,
+    on_complete: Option<Box<dyn OnComplete>>,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ResponseBody {
+    /// A local reply body.
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        ResponseBody { inner: Inner::Full(if b.is_empty() { None } else { Some(b) }), bytes: 0, on_complete: None }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ResponseBody { inner: Inner::Full(None), bytes: 0, on_complete: None }
+    }
+
+    /// Stream an upstream body.
+    pub fn upstream(b: Incoming) -> Self {
+        ResponseBody { inner: Inner::Upstream(b), bytes: 0, on_complete: None }
+    }
+
+    /// Run `f` when the body ends.
+    pub fn set_on_complete(&mut self, f: Box<dyn OnComplete>) {
+        self.on_complete = Some(f);
+    }
+
+    fn finish(&mut self, ok: bool) {
+        if let Some(f) = self.on_complete.take() {
+            f.complete(self.bytes, ok);
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // Dropped before the end: the downstream went away or the stream was reset.
+        let ended = self.is_end_stream();
+        self.finish(ended);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let res = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        };
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(None) => this.finish(true),
+            Poll::Pending => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! The HTTP connection manager (`envoy.filters.network.http_connection_manager`): serves one
+//! downstream connection with hyper (HTTP/1.1, h2c, or sniffed), and runs each request through
+//! explicit phases:
+//!
+//! `decode_headers` (protocol checks, path normalization, header sanitizing) -> `route`
+//! (virtual host and route match) -> `local_response` (direct responses, redirects) or
+//! `router::forward` (cluster, host, pool, upstream exchange) -> `encode_headers` (response
+//! headers) -> `log` (access log and stats, when the response body ends).
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pinion_xds::model::{
+    self, CodecType, HeadersWithUnderscoresAction, RedirectAction, RedirectPath, RouteAction,
+    ServerHeaderTransformation,
+};
+use tokio::net::TcpStream;
+
+use super::body::{OnComplete, ResponseBody};
+use super::local_reply::local_reply;
+use super::path::{self, PathOutcome};
+use super::request_headers;
+use super::route_table::RequestView;
+use super::router;
+use super::stream_info::{ResponseFlags, StreamInfo};
+use crate::formatter::{self, Context};
+use crate::listener::{HcmRuntime, ListenerRuntime};
+use crate::worker::{LocalExec, WorkerCtx};
+
+/// Per-connection state.
+pub struct ConnCtx {
+    /// The HCM serving this connection.
+    pub hcm: Arc<HcmRuntime>,
+    /// The listener.
+    pub listener: Arc<ListenerRuntime>,
+    /// The worker.
+    pub worker: Rc<WorkerCtx>,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Local address.
+    pub local: SocketAddr,
+    /// Whether the downstream transport is TLS.
+    pub tls: bool,
+    active_streams: Cell<u32>,
+    last_activity: Cell<Instant>,
+}
+
+/// Serve one downstream connection until it closes, idles out, or the worker drains.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    hcm: Arc<HcmRuntime>,
+    listener: Arc<ListenerRuntime>,
+    worker: Rc<WorkerCtx>,
+) {
+    let cfg = hcm.config.clone();
+    let stats = &hcm.stats;
+    stats.downstream_cx_total.inc();
+    stats.downstream_cx_active.inc();
+    let ctx = Rc::new(ConnCtx {
+        hcm: hcm.clone(),
+        listener,
+        worker: worker.clone(),
+        peer,
+        local,
+        tls: false,
+        active_streams: Cell::new(0),
+        last_activity: Cell::new(Instant::now()),
+    });
+    let svc_ctx = ctx.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+    });
+    let io = TokioIo::new(stream);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
+    {
+        let mut h1 = builder.http1();
+        h1.timer(TokioTimer::new())
+            .keep_alive(true)
+            .half_close(false)
+            .max_buf_size(((cfg.max_request_headers_kb as usize) * 1024).max(8192))
+            .max_headers(cfg.max_headers_count as usize);
+        if let Some(t) = cfg.request_headers_timeout {
+            h1.header_read_timeout(t);
+        } else {
+            h1.header_read_timeout(None);
+        }
+    }
+    {
+        let h2o = &cfg.http2;
+        let mut h2 = builder.http2();
+        h2.timer(TokioTimer::new())
+            .max_concurrent_streams(h2o.max_concurrent_streams)
+            .initial_stream_window_size(h2o.initial_stream_window_size)
+            .initial_connection_window_size(h2o.initial_connection_window_size)
+            .max_header_list_size(cfg.max_request_headers_kb.saturating_mul(1024))
+            .enable_connect_protocol();
+        if let Some(i) = h2o.keepalive_interval {
+            h2.keep_alive_interval(i);
+            if let Some(t) = h2o.keepalive_timeout {
+                h2.keep_alive_timeout(t);
+            }
+        }
+    }
+    let builder = match cfg.codec_type {
+        CodecType::Auto => builder,
+        CodecType::Http1 => builder.http1_only(),
+        CodecType::Http2 => builder.http2_only(),
+    };
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    let mut drain = worker.drain.clone();
+    let idle_timeout = cfg.idle_timeout;
+    let mut draining = *drain.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        let idle_deadline = idle_timeout.map(|t| tokio::time::Instant::from_std(ctx.last_activity.get() + t));
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %peer, error = %e, "downstream connection error");
+                }
+                break;
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = sleep_until(idle_deadline) => {
+                let expired = idle_timeout.is_some_and(|t| ctx.last_activity.get().elapsed() >= t);
+                if ctx.active_streams.get() == 0 && expired && !draining {
+                    stats.downstream_cx_idle_timeout.inc();
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                } else if ctx.active_streams.get() > 0 {
+                    ctx.last_activity.set(Instant::now());
+                }
+            }
+        }
+    }
+    stats.downstream_cx_active.dec();
+    stats.downstream_cx_destroy.inc();
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc*`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+fn protocol_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Everything `finish` needs once the response body ends.
+struct Completion {
+    ctx: Rc<ConnCtx>,
+    info: StreamInfo,
+    log_request_headers: Option<HeaderMap>,
+    log_response_headers: Option<HeaderMap>,
+    upstream: Option<router::UpstreamGuard>,
+}
+
+impl OnComplete for Completion {
+    fn complete(self: Box<Self>, bytes_sent: u64, ok: bool) {
+        let mut this = *self;
+        let ctx = &this.ctx;
+        if !ok {
+            this.info.flags.set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+        }
+        if let Some(up) = this.upstream.take() {
+            up.finish(ok);
+        }
+        let hcm = &ctx.hcm;
+        hcm.stats.downstream_rq_active.dec();
+        ctx.active_streams.set(ctx.active_streams.get().saturating_sub(1));
+        ctx.last_activity.set(Instant::now());
+        if !hcm.access_logs.is_empty() {
+            let fctx = Context {
+                info: &this.info,
+                request_headers: this.log_request_headers.as_ref(),
+                response_headers: this.log_response_headers.as_ref(),
+                bytes_sent,
+            };
+            for l in &hcm.access_logs {
+                l.log(&fctx);
+            }
+        }
+    }
+}
+
+/// Handle one request end to end.
+async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let hcm = ctx.hcm.clone();
+    let stats = &hcm.stats;
+    stats.downstream_rq_total.inc();
+    stats.rq_total.inc();
+    stats.downstream_rq_active.inc();
+    if req.version() == Version::HTTP_2 {
+        stats.downstream_rq_http2_total.inc();
+    } else {
+        stats.downstream_rq_http1_total.inc();
+    }
+    ctx.active_streams.set(ctx.active_streams.get() + 1);
+    ctx.last_activity.set(Instant::now());
+    let mut info = StreamInfo::new(ctx.peer, ctx.local, protocol_str(req.version()));
+    let log_request_headers = (!hcm.access_logs.is_empty()).then(|| {
+        let mut h = req.headers().clone();
+        if let Ok(v) = HeaderValue::from_str(req.uri().path_and_query().map_or("/", |p| p.as_str())) {
+            h.insert(formatter::PSEUDO_PATH, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(req.method().as_str()) {
+            h.insert(formatter::PSEUDO_METHOD, v);
+        }
+        if let Some(a) = req.uri().authority() {
+            if !h.contains_key(header::HOST) {
+                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                    h.insert(header::HOST, v);
+                }
+            }
+        }
+        h
+    });
+    let grpc = is_grpc(req.headers());
+    let (mut resp, upstream) = match process(&ctx, req, &mut info, grpc).await {
+        Ok((resp, up)) => (resp, up),
+        Err(resp) => (resp, None),
+    };
+    encode_headers(&ctx, &mut resp, &info);
+    info.response_code = resp.status().as_u16();
+    stats.record_status(info.response_code);
+    let log_response_headers = (!hcm.access_logs.is_empty()).then(|| resp.headers().clone());
+    let completion = Completion { ctx: ctx.clone(), info, log_request_headers, log_response_headers, upstream };
+    resp.body_mut().set_on_complete(Box::new(completion));
+    resp
+}
+
+/// A local reply, converted to a gRPC trailers-only response for gRPC requests (as Envoy does).
+pub fn reply(status: u16, body: &str, grpc: bool, info: &mut StreamInfo, details: &'static str) -> Response<ResponseBody> {
+    info.response_code_details = details;
+    if !grpc {
+        return local_reply(status, body);
+    }
+    let grpc_status = match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    };
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(grpc_status));
+    if !body.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(body) {
+            h.insert("grpc-message", v);
+        }
+    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp
+}
+
+type Phase<T> = Result<T, Response<ResponseBody>>;
+
+/// The request phases up to a response.
+async fn process(
+    ctx: &Rc<ConnCtx>,
+    mut req: Request<Incoming>,
+    info: &mut StreamInfo,
+    grpc: bool,
+) -> Phase<(Response<ResponseBody>, Option<router::UpstreamGuard>)> {
+    let hcm = &ctx.hcm;
+    let cfg = &hcm.config;
+
+    // Phase: decode_headers.
+    decode_headers(ctx, &mut req, info, grpc)?;
+
+    // Phase: route.
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let (path_only, query) = match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query.as_str(), None),
+    };
+    let table = hcm.routes.clone();
+    let view = RequestView {
+        authority: &authority,
+        path: path_only,
+        query,
+        method: req.method(),
+        headers: req.headers(),
+        is_grpc: grpc,
+    };
+    let Some((vhost, route)) = table.route(&view) else {
+        hcm.stats.no_route.inc();
+        info.flags.set(ResponseFlags::NO_ROUTE);
+        return Err(reply(404, "", grpc, info, "route_not_found"));
+    };
+    if !route.name.is_empty() {
+        info.route_name = Some(route.name.as_str().into());
+    }
+    let levels = router::MutationLevels { route_config: &table.config.headers, vhost: &vhost.headers, route: &route.headers };
+
+    // Upgrades allowed by the HCM's `upgrade_configs` (and not disabled on the route).
+    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(|u| u.to_ascii_lowercase());
+    if let Some(u) = &upgrade {
+        let route_allows = match &route.action {
+            RouteAction::Forward(f) => f.upgrade_websocket.unwrap_or(true),
+            _ => true,
+        };
+        if !cfg.upgrade_types.iter().any(|t| t == u) || !route_allows {
+            hcm.stats.downstream_rq_ws_on_non_ws_route.inc();
+            return Err(reply(403, "", grpc, info, "upgrade_failed"));
+        }
+    }
+
+    match &route.action {
+        RouteAction::DirectResponse(dr) => {
+            hcm.stats.rq_direct_response.inc();
+            info.response_code_details = "direct_response";
+            let mut resp = match &dr.body {
+                Some(b) => {
+                    let mut r = Response::new(ResponseBody::full(b.clone()));
+                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                    r
+                }
+                None => {
+                    let mut r = Response::new(ResponseBody::empty());
+                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                    r
+                }
+            };
+            *resp.status_mut() = StatusCode::from_u16(dr.status).unwrap_or(StatusCode::OK);
+            router::apply_response_mutations(&mut resp, &levels, None, info, req.headers());
+            Ok((resp, None))
+        }
+        RouteAction::Redirect(rd) => {
+            hcm.stats.rq_redirect.inc();
+            info.response_code_details = "direct_response";
+            let location = redirect_location(rd, &authority, path_only, query, route, ctx.tls);
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = StatusCode::from_u16(rd.response_code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+            router::apply_response_mutations(&mut resp, &levels, None, info, req.headers());
+            Ok((resp, None))
+        }
+        RouteAction::NonForwarding => {
+            hcm.stats.no_route.inc();
+            info.flags.set(ResponseFlags::NO_ROUTE);
+            Err(reply(404, "", grpc, info, "route_not_found"))
+        }
+        RouteAction::Forward(action) => {
+            let action = action.clone();
+            let route = route.clone();
+            let vhost = vhost.clone();
+            router::forward(ctx, req, info, grpc, &route, &vhost, &table, &action, upgrade.is_some()).await
+        }
+    }
+}
+
+/// Phase `decode_headers`: protocol-level checks and request header sanitizing.
+fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut StreamInfo, grpc: bool) -> Phase<()> {
+    let cfg = &ctx.hcm.config;
+    if req.version() == Version::HTTP_10 && !cfg.accept_http_10 {
+        return Err(reply(426, "", grpc, info, "low_version"));
+    }
+    // Normalize the authority into `Host` for both protocols.
+    if !req.headers().contains_key(header::HOST) {
+        let authority = req.uri().authority().map(|a| a.as_str().to_owned());
+        match authority {
+            Some(a) => {
+                if let Ok(v) = HeaderValue::from_str(&a) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+            None => match (&cfg.default_host_for_http_10, req.version()) {
+                (Some(h), Version::HTTP_10) => {
+                    if let Ok(v) = HeaderValue::from_str(h) {
+                        req.headers_mut().insert(header::HOST, v);
+                    }
+                }
+                _ if req.method() == Method::CONNECT => {}
+                _ => {
+                    info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                    return Err(reply(400, "missing required header: :authority", grpc, info, "missing_host_header"));
+                }
+            },
+        }
+    }
+    if cfg.headers_with_underscores_action != HeadersWithUnderscoresAction::Allow {
+        let bad: Vec<HeaderName> = req.headers().keys().filter(|k| k.as_str().contains('_')).cloned().collect();
+        if !bad.is_empty() {
+            if cfg.headers_with_underscores_action == HeadersWithUnderscoresAction::RejectRequest {
+                info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                return Err(reply(400, "", grpc, info, "unexpected_underscore"));
+            }
+            for k in bad {
+                req.headers_mut().remove(k);
+            }
+        }
+    }
+    // Path normalization.
+    let path = req.uri().path();
+    if cfg.normalize_path || cfg.merge_slashes || cfg.path_with_escaped_slashes_action != model::EscapedSlashesAction::KeepUnchanged {
+        let outcome = path::normalize(path, cfg.normalize_path, cfg.merge_slashes, cfg.path_with_escaped_slashes_action);
+        match outcome {
+            PathOutcome::Continue(std::borrow::Cow::Borrowed(_)) => {}
+            PathOutcome::Continue(std::borrow::Cow::Owned(p)) => {
+                let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+                set_path(req, &format!("{p}{q}"));
+            }
+            PathOutcome::Reject => {
+                info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                return Err(reply(400, "", grpc, info, "path_normalization_failed"));
+            }
+            PathOutcome::Redirect(p) => {
+                let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+                let mut resp = Response::new(ResponseBody::empty());
+                *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+                if let Ok(v) = HeaderValue::from_str(&format!("{p}{q}")) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+                return Err(resp);
+            }
+        }
+    }
+    let keep_upgrade = req.headers().contains_key(header::UPGRADE);
+    request_headers::remove_hop_by_hop(req.headers_mut(), keep_upgrade);
+    // Internal-only headers named by the route config are stripped from every request here;
+    // Envoy strips them from external requests, and with `use_remote_address: false` all
+    // requests count as external for this purpose.
+    for h in &ctx.hcm.routes.config.internal_only_headers {
+        req.headers_mut().remove(h.as_str());
+    }
+    request_headers::mutate(cfg, req.headers_mut(), ctx.peer, ctx.tls, &mut request_headers::new_request_id);
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+        info.bytes_received = len;
+    }
+    Ok(())
+}
+
+/// Replace the request's path (and query).
+pub fn set_path<B>(req: &mut Request<B>, path_and_query: &str) {
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+fn redirect_location(
+    rd: &RedirectAction,
+    authority: &str,
+    path: &str,
+    query: Option<&str>,
+    route: &model::Route,
+    tls: bool,
+) -> String {
+    let scheme = rd.scheme.clone().unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
+    let (mut host, mut port) = match super::route_table::strip_port(authority) {
+        Some(h) => (h.to_string(), Some(authority[h.len() + 1..].to_string())),
+        None => (authority.to_string(), None),
+    };
+    if let Some(h) = &rd.host {
+        // `host_redirect` replaces the whole authority, port included.
+        host = h.clone();
+        port = None;
+    }
+    if rd.scheme.is_some() {
+        // A scheme change drops the old scheme's port.
+        port = None;
+    }
+    if let Some(p) = rd.port {
+        port = Some(p.to_string());
+    }
+    let new_path = match &rd.path {
+        RedirectPath::Keep => path.to_string(),
+        RedirectPath::Path(p) => p.clone(),
+        RedirectPath::PrefixRewrite(prefix) => match &route.matcher.path {
+            model::PathMatch::Prefix(m) | model::PathMatch::SeparatedPrefix(m) if path.len() >= m.len() => {
+                format!("{prefix}{}", &path[m.len()..])
+            }
+            _ => prefix.clone(),
+        },
+        RedirectPath::RegexRewrite(re, sub) => re.replace_all(path, router::regex_substitution(sub).as_str()).into_owned(),
+    };
+    let path_has_query = matches!(&rd.path, RedirectPath::Path(p) if p.contains('?'));
+    let mut loc = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        loc.push(':');
+        loc.push_str(&p);
+    }
+    loc.push_str(&new_path);
+    if !rd.strip_query && !path_has_query {
+        if let Some(q) = query {
+            loc.push('?');
+            loc.push_str(q);
+        }
+    }
+    loc
+}
+
+/// Phase `encode_headers`: response header rules applied to every response, proxied or local.
+fn encode_headers(ctx: &Rc<ConnCtx>, resp: &mut Response<ResponseBody>, info: &StreamInfo) {
+    let cfg = &ctx.hcm.config;
+    let h = resp.headers_mut();
+    match cfg.server_header_transformation {
+        ServerHeaderTransformation::Overwrite => {
+            if let Ok(v) = HeaderValue::from_str(&cfg.server_name) {
+                h.insert(header::SERVER, v);
+            }
+        }
+        ServerHeaderTransformation::AppendIfAbsent => {
+            if !h.contains_key(header::SERVER) {
+                if let Ok(v) = HeaderValue::from_str(&cfg.server_name) {
+                    h.insert(header::SERVER, v);
+                }
+            }
+        }
+        ServerHeaderTransformation::PassThrough => {}
+    }
+    if !h.contains_key(header::DATE) {
+        h.insert(header::DATE, crate::worker::http_date());
+    }
+    let _ = info;
+    let _ = Duration::ZERO;
+}

@@ -1,0 +1,28 @@
+//! Local replies (Envoy's `sendLocalReply`): status, a short `text/plain` body, and the
+//! response-code details Envoy reports.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use super::body::ResponseBody;
+
+/// Envoy's body for "no healthy upstream" (UH).
+pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
+/// Envoy's body for a route timeout (UT).
+pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
+
+/// Build a local reply. Envoy sends `content-type: text/plain` only with a non-empty body.
+pub fn local_reply(status: u16, body: &str) -> Response<ResponseBody> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(if body.is_empty() { ResponseBody::empty() } else { ResponseBody::full(body.to_owned()) });
+    *resp.status_mut() = status;
+    if !body.is_empty() {
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    resp
+}
+
+/// Envoy's body for an upstream connect failure or reset before headers.
+pub fn upstream_reset_body(reason: &str) -> String {
+    format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+}

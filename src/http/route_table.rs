@@ -1,0 +1,254 @@
+//! Route matching (Envoy's `RouteMatcher`): virtual host by `:authority`, then the first
+//! matching route. Built once per route configuration; lookups allocate nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use pinion_xds::model::{
+    DomainMatcher, HeaderMatchSpec, HeaderMatcher, PathMatch, QueryParameterMatcher, Route, RouteConfiguration,
+    VirtualHost,
+};
+
+/// A compiled route configuration.
+pub struct RouteTable {
+    /// The config it was built from.
+    pub config: Arc<RouteConfiguration>,
+    exact: HashMap<String, usize>,
+    /// (suffix, vhost), longest suffix first.
+    suffixes: Vec<(String, usize)>,
+    /// (prefix, vhost), longest prefix first.
+    prefixes: Vec<(String, usize)>,
+    wildcard: Option<usize>,
+}
+
+/// What a request carries that routes can match on.
+pub struct RequestView<'a> {
+    /// `:authority` / Host, as received.
+    pub authority: &'a str,
+    /// Path without the query.
+    pub path: &'a str,
+    /// Query string (without `?`), if any.
+    pub query: Option<&'a str>,
+    /// Method.
+    pub method: &'a Method,
+    /// Headers.
+    pub headers: &'a HeaderMap,
+    /// Whether it is a gRPC request.
+    pub is_grpc: bool,
+}
+
+impl RouteTable {
+    /// Compile `config`.
+    pub fn new(config: Arc<RouteConfiguration>) -> Self {
+        let mut exact = HashMap::new();
+        let mut suffixes = Vec::new();
+        let mut prefixes = Vec::new();
+        let mut wildcard = None;
+        for (i, vh) in config.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                match d {
+                    DomainMatcher::Any => {
+                        wildcard.get_or_insert(i);
+                    }
+                    DomainMatcher::Exact(s) => {
+                        exact.entry(s.clone()).or_insert(i);
+                    }
+                    DomainMatcher::Suffix(s) => suffixes.push((s.clone(), i)),
+                    DomainMatcher::Prefix(s) => prefixes.push((s.clone(), i)),
+                }
+            }
+        }
+        // Envoy: longest wildcard wins; stable sort keeps config order among equals.
+        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        RouteTable { config, exact, suffixes, prefixes, wildcard }
+    }
+
+    /// Find the virtual host for `authority` (Envoy: exact, then suffix wildcards, then prefix
+    /// wildcards, then `*`). The port is part of the match unless the HCM stripped it
+    /// (`strip_any_host_port` / `strip_matching_host_port`), as in Envoy.
+    pub fn virtual_host(&self, authority: &str) -> Option<&Arc<VirtualHost>> {
+        let lower;
+        let host = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = authority.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            authority
+        };
+        if let Some(i) = self.find(host) {
+            return self.config.virtual_hosts.get(i);
+        }
+        self.wildcard.and_then(|i| self.config.virtual_hosts.get(i))
+    }
+
+    fn find(&self, host: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(host) {
+            return Some(i);
+        }
+        // Envoy requires the wildcard to match at least one character.
+        if let Some((_, i)) = self.suffixes.iter().find(|(s, _)| host.len() > s.len() && host.ends_with(s.as_str())) {
+            return Some(*i);
+        }
+        if let Some((_, i)) = self.prefixes.iter().find(|(p, _)| host.len() > p.len() && host.starts_with(p.as_str())) {
+            return Some(*i);
+        }
+        None
+    }
+
+    /// Full lookup: vhost, then first matching route.
+    pub fn route<'a>(&'a self, req: &RequestView<'_>) -> Option<(&'a Arc<VirtualHost>, &'a Arc<Route>)> {
+        let vh = self.virtual_host(req.authority)?;
+        vh.routes.iter().find(|r| route_matches(r, req)).map(|r| (vh, r))
+    }
+}
+
+/// `host:port` -> `host` (IPv6 literals keep their brackets).
+pub fn strip_port(host: &str) -> Option<&str> {
+    // IPv6 literals: `[::1]:80`.
+    if let Some(end) = host.rfind(']') {
+        return host[end + 1..].starts_with(':').then(|| &host[..=end]);
+    }
+    let (h, port) = host.rsplit_once(':')?;
+    (!port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())).then_some(h)
+}
+
+fn route_matches(route: &Route, req: &RequestView<'_>) -> bool {
+    let m = &route.matcher;
+    let path_ok = match &m.path {
+        PathMatch::Prefix(p) => starts_with(req.path, p, m.case_sensitive),
+        PathMatch::Exact(p) => {
+            if m.case_sensitive {
+                req.path == p
+            } else {
+                req.path.eq_ignore_ascii_case(p)
+            }
+        }
+        PathMatch::Regex(re) => re.is_match(req.path),
+        PathMatch::SeparatedPrefix(p) => {
+            starts_with(req.path, p, m.case_sensitive)
+                && (req.path.len() == p.len() || req.path.as_bytes().get(p.len()) == Some(&b'/'))
+        }
+    };
+    if !path_ok {
+        return false;
+    }
+    if m.grpc && !req.is_grpc {
+        return false;
+    }
+    m.headers.iter().all(|h| header_matches(h, req))
+        && m.query_parameters.iter().all(|q| query_matches(q, req.query))
+}
+
+fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
+    if case_sensitive {
+        path.starts_with(prefix)
+    } else {
+        path.len() >= prefix.len() && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    }
+}
+
+/// Envoy's header matcher: multiple values of a header are joined with `,` before matching.
+pub fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
+    let joined;
+    let value: Option<&str> = match h.name.as_str() {
+        ":authority" | "host" => Some(req.authority),
+        ":path" => Some(req.path),
+        ":method" => Some(req.method.as_str()),
+        name => {
+            let mut it = req.headers.get_all(name).iter();
+            match (it.next(), it.next()) {
+                (None, _) => None,
+                (Some(v), None) => v.to_str().ok(),
+                (Some(_), Some(_)) => {
+                    joined = req
+                        .headers
+                        .get_all(name)
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    Some(joined.as_str())
+                }
+            }
+        }
+    };
+    let value = match value {
+        Some(v) => Some(v),
+        None if h.treat_missing_header_as_empty => Some(""),
+        None => None,
+    };
+    let matched = match (&h.spec, value) {
+        (HeaderMatchSpec::Present(want), v) => {
+            // `present_match: false` matches when the header is absent.
+            return (v.is_some() == *want) != h.invert_match;
+        }
+        (_, None) => return false, // absent headers never match, even inverted (Envoy)
+        (HeaderMatchSpec::String(sm), Some(v)) => sm.matches(v),
+        (HeaderMatchSpec::Range { start, end }, Some(v)) => {
+            v.parse::<i64>().map(|n| n >= *start && n < *end).unwrap_or(false)
+        }
+    };
+    matched != h.invert_match
+}
+
+fn query_matches(q: &QueryParameterMatcher, query: Option<&str>) -> bool {
+    let Some(query) = query else { return false };
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == q.name {
+            return match &q.string_match {
+                None => true,
+                Some(sm) => sm.matches(v),
+            };
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinion_xds::model::*;
+
+    fn vh(name: &str, domains: Vec<DomainMatcher>) -> Arc<VirtualHost> {
+        Arc::new(VirtualHost {
+            name: name.into(),
+            domains,
+            routes: vec![],
+            headers: HeaderMutations::default(),
+            require_tls: RequireTls::None,
+            retry_policy: None,
+            include_request_attempt_count: false,
+        })
+    }
+
+    #[test]
+    fn virtual_host_priority_and_port_stripping() {
+        let cfg = RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![
+                vh("any", vec![DomainMatcher::Any]),
+                vh("exact", vec![DomainMatcher::Exact("foo.com".into())]),
+                vh("short", vec![DomainMatcher::Suffix(".com".into())]),
+                vh("long", vec![DomainMatcher::Suffix(".foo.com".into())]),
+                vh("prefix", vec![DomainMatcher::Prefix("api.".into())]),
+            ],
+            headers: HeaderMutations::default(),
+            internal_only_headers: vec![],
+            max_direct_response_body_size_bytes: 4096,
+            most_specific_header_mutations_wins: false,
+        };
+        let t = RouteTable::new(Arc::new(cfg));
+        let name = |a: &str| t.virtual_host(a).map(|v| v.name.clone()).unwrap();
+        assert_eq!(name("foo.com"), "exact");
+        assert_eq!(name("FOO.com"), "exact");
+        assert_eq!(name("foo.com:8080"), "any");
+        assert_eq!(name("a.foo.com"), "long");
+        assert_eq!(name("bar.com"), "short");
+        assert_eq!(name("api.example.org"), "prefix");
+        assert_eq!(name("other.org"), "any");
+        assert_eq!(strip_port("[::1]:80"), Some("[::1]"));
+        assert_eq!(strip_port("[::1]"), None);
+    }
+}

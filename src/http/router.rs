@@ -1,0 +1,400 @@
+//! The router filter (`envoy.filters.http.router`): picks the cluster and host, rewrites the
+//! request for upstream, runs the exchange through the worker's pool under the route timeout,
+//! and maps failures to Envoy's local replies.
+//!
+//! Phases: `upstream_cluster` -> `upstream_peer` -> `upstream_request` (rewrite) -> exchange
+//! -> `upstream_response` (response headers).
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use pinion_xds::model::{
+    ClusterSpecifier, ForwardAction, HeaderMutations, HostRewrite, PathMatch, Route, UpstreamProtocol, VirtualHost,
+    WeightedCluster,
+};
+
+use super::body::{RequestBody, ResponseBody};
+use super::connection_manager::{reply, set_path, ConnCtx};
+use super::header_mutation;
+use super::local_reply::{upstream_reset_body, NO_HEALTHY_UPSTREAM, UPSTREAM_TIMEOUT};
+use super::request_headers::remove_hop_by_hop;
+use super::route_table::RouteTable;
+use super::stream_info::{ResponseFlags, StreamInfo};
+use crate::formatter::Context;
+use crate::upstream::conn_pool::{Protocol, StreamSlot, UpstreamError};
+use crate::upstream::{Cluster, Host, HostStats};
+
+/// Header mutation levels that apply to a route, least specific first.
+pub struct MutationLevels<'a> {
+    /// Route configuration level.
+    pub route_config: &'a HeaderMutations,
+    /// Virtual host level.
+    pub vhost: &'a HeaderMutations,
+    /// Route level.
+    pub route: &'a HeaderMutations,
+}
+
+impl MutationLevels<'_> {
+    /// Envoy's evaluation order: most specific first (so the route config has the last word)
+    /// unless `most_specific_header_mutations_wins`.
+    fn ordered<'b>(&'b self, weighted: Option<&'b HeaderMutations>, most_specific_wins: bool) -> Vec<&'b HeaderMutations> {
+        let mut v: Vec<&HeaderMutations> = Vec::with_capacity(4);
+        if let Some(w) = weighted {
+            v.push(w);
+        }
+        v.extend([self.route, self.vhost, self.route_config]);
+        if most_specific_wins {
+            v.reverse();
+        }
+        v
+    }
+}
+
+/// Holds upstream accounting until the response body is done.
+pub struct UpstreamGuard {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+    _slot: StreamSlot,
+}
+
+impl UpstreamGuard {
+    fn new(cluster: Arc<Cluster>, host: Arc<Host>, slot: StreamSlot) -> Self {
+        UpstreamGuard { cluster, host, _slot: slot }
+    }
+
+    /// The response body ended (`ok`) or was cut short.
+    pub fn finish(self, ok: bool) {
+        self.cluster.stats.upstream_rq_active.dec();
+        HostStats::add(&self.host.stats.rq_active, -1);
+        if ok {
+            HostStats::inc(&self.host.stats.rq_success);
+        } else {
+            HostStats::inc(&self.host.stats.rq_error);
+            self.cluster.stats.upstream_rq_rx_reset.inc();
+        }
+    }
+}
+
+type Phase<T> = Result<T, Response<ResponseBody>>;
+
+/// Apply response-side header mutations of every level.
+pub fn apply_response_mutations(
+    resp: &mut Response<ResponseBody>,
+    levels: &MutationLevels<'_>,
+    weighted: Option<&HeaderMutations>,
+    info: &StreamInfo,
+    request_headers: &HeaderMap,
+) {
+    let all = levels.ordered(weighted, false);
+    if all.iter().all(|m| m.response_headers_to_add.is_empty() && m.response_headers_to_remove.is_empty()) {
+        return;
+    }
+    let response_snapshot = resp.headers().clone();
+    let ctx = Context { info, request_headers: Some(request_headers), response_headers: Some(&response_snapshot), bytes_sent: 0 };
+    for m in all {
+        header_mutation::apply(resp.headers_mut(), &m.response_headers_to_add, &m.response_headers_to_remove, Some(&ctx));
+    }
+}
+
+/// Envoy's `regex_rewrite` substitution uses `\1`; the regex crate uses `${1}`.
+pub fn regex_substitution(sub: &str) -> String {
+    let mut out = String::with_capacity(sub.len());
+    let mut chars = sub.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                let d = chars.next().unwrap_or('0');
+                out.push_str("${");
+                out.push(d);
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn pick_weighted(clusters: &[WeightedCluster], total: u64) -> Option<&WeightedCluster> {
+    if total == 0 {
+        return None;
+    }
+    let mut r = rand::random_range(0..total);
+    for c in clusters {
+        let w = u64::from(c.weight);
+        if r < w {
+            return Some(c);
+        }
+        r -= w;
+    }
+    clusters.last()
+}
+
+/// Forward a routed request upstream.
+#[allow(clippy::too_many_arguments)]
+pub async fn forward(
+    ctx: &Rc<ConnCtx>,
+    mut req: Request<Incoming>,
+    info: &mut StreamInfo,
+    grpc: bool,
+    route: &Arc<Route>,
+    vhost: &Arc<VirtualHost>,
+    table: &Arc<RouteTable>,
+    action: &Arc<ForwardAction>,
+    is_upgrade: bool,
+) -> Phase<(Response<ResponseBody>, Option<UpstreamGuard>)> {
+    let hcm = &ctx.hcm;
+    let levels = MutationLevels { route_config: &table.config.headers, vhost: &vhost.headers, route: &route.headers };
+
+    // Phase: upstream_cluster.
+    let mut weighted: Option<&WeightedCluster> = None;
+    let cluster_name: std::borrow::Cow<'_, str> = match &action.cluster {
+        ClusterSpecifier::Cluster(name) => name.as_str().into(),
+        ClusterSpecifier::ClusterHeader(h) => {
+            req.headers().get(h).and_then(|v| v.to_str().ok()).map(|s| s.to_owned()).unwrap_or_default().into()
+        }
+        ClusterSpecifier::Weighted { clusters, total_weight } => {
+            weighted = pick_weighted(clusters, *total_weight);
+            weighted.map(|w| w.name.as_str()).unwrap_or_default().into()
+        }
+    };
+    let snapshot = ctx.worker.snapshot.load();
+    let Some(cluster) = snapshot.clusters.get(cluster_name.as_ref()).cloned() else {
+        hcm.stats.no_cluster.inc();
+        info.flags.set(ResponseFlags::NO_CLUSTER);
+        let mut resp = reply(action.cluster_not_found_response_code, "", grpc, info, "cluster_not_found");
+        apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, req.headers());
+        return Err(resp);
+    };
+    drop(snapshot);
+    info.upstream_cluster = Some(cluster.config.name.as_str().into());
+
+    // Phase: upstream_peer.
+    let Some(host) = cluster.choose_host() else {
+        info.flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+        let mut resp = reply(503, NO_HEALTHY_UPSTREAM, grpc, info, "no_healthy_upstream");
+        apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, req.headers());
+        return Err(resp);
+    };
+    info.upstream_host = Some(host.address);
+
+    // Phase: upstream_request (rewrites and headers).
+    let downstream_headers_for_log = req.headers().clone();
+    rewrite_request(&mut req, route, action, &host, weighted, hcm.router.suppress_envoy_headers);
+    {
+        let fctx = Context { info, request_headers: Some(&downstream_headers_for_log), response_headers: None, bytes_sent: 0 };
+        let most_specific = table.config.most_specific_header_mutations_wins;
+        for m in levels.ordered(weighted.map(|w| &w.headers), most_specific) {
+            header_mutation::apply(req.headers_mut(), &m.request_headers_to_add, &m.request_headers_to_remove, Some(&fctx));
+        }
+    }
+    if let Some(t) = action.timeout {
+        if !hcm.router.suppress_envoy_headers {
+            req.headers_mut().insert(HeaderName::from_static("x-envoy-expected-rq-timeout-ms"), HeaderValue::from(t.as_millis() as u64));
+        }
+    }
+    let protocol = if is_upgrade {
+        Protocol::Http1
+    } else {
+        match cluster.config.protocol {
+            UpstreamProtocol::Http1 => Protocol::Http1,
+            UpstreamProtocol::Http2 => Protocol::Http2,
+            UpstreamProtocol::UseDownstream => {
+                if req.version() == Version::HTTP_2 {
+                    Protocol::Http2
+                } else {
+                    Protocol::Http1
+                }
+            }
+        }
+    };
+    let downstream_version = req.version();
+    let on_downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let upstream_req = to_upstream_request(req, protocol);
+
+    // Exchange.
+    cluster.stats.upstream_rq_total.inc();
+    cluster.stats.upstream_rq_active.inc();
+    HostStats::inc(&host.stats.rq_total);
+    HostStats::add(&host.stats.rq_active, 1);
+    let started = Instant::now();
+    let exchange = async {
+        if is_upgrade {
+            let mut sender = ctx.worker.pools.upgrade_connection(&cluster, &host).await?;
+            let resp = sender.send_request(upstream_req).await.map_err(UpstreamError::Reset)?;
+            Ok((resp, StreamSlot::none()))
+        } else {
+            ctx.worker.pools.send(&cluster, &host, protocol, upstream_req).await
+        }
+    };
+    let result = match action.timeout {
+        Some(t) => match tokio::time::timeout(t, exchange).await {
+            Ok(r) => r,
+            Err(_) => {
+                cluster.stats.upstream_rq_timeout.inc();
+                cluster.stats.upstream_rq_active.dec();
+                HostStats::add(&host.stats.rq_active, -1);
+                HostStats::inc(&host.stats.rq_timeout);
+                info.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+                cluster.stats.record_status(504);
+                let mut resp = reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout");
+                apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, &downstream_headers_for_log);
+                return Err(resp);
+            }
+        },
+        None => exchange.await,
+    };
+    let (mut resp, slot) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            cluster.stats.upstream_rq_active.dec();
+            HostStats::add(&host.stats.rq_active, -1);
+            HostStats::inc(&host.stats.rq_error);
+            let (flag, details, reason) = match &e {
+                UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => {
+                    (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, "upstream_reset_before_response_started{connection_failure}", e.to_string())
+                }
+                UpstreamError::Handshake(_) => {
+                    (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}", "protocol error".into())
+                }
+                UpstreamError::Reset(_) => (
+                    ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
+                    "upstream_reset_before_response_started{connection_termination}",
+                    "connection termination".into(),
+                ),
+            };
+            tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = %e, "upstream request failed");
+            info.flags.set(flag);
+            cluster.stats.record_status(503);
+            let mut resp = reply(503, &upstream_reset_body(&reason), grpc, info, details);
+            apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, &downstream_headers_for_log);
+            return Err(resp);
+        }
+    };
+    let service_time = started.elapsed();
+    info.upstream_service_time = Some(service_time);
+
+    // Phase: upstream_response.
+    let status = resp.status();
+    cluster.stats.record_status(status.as_u16());
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    remove_hop_by_hop(resp.headers_mut(), switching);
+    if switching {
+        if let Some(up) = resp.headers().get(header::UPGRADE).cloned() {
+            resp.headers_mut().insert(header::UPGRADE, up);
+        }
+    }
+    if !hcm.router.suppress_envoy_headers {
+        resp.headers_mut().insert(
+            HeaderName::from_static("x-envoy-upstream-service-time"),
+            HeaderValue::from(service_time.as_millis() as u64),
+        );
+    }
+    if switching {
+        if let Some(down) = on_downstream_upgrade {
+            let up = hyper::upgrade::on(&mut resp);
+            tokio::task::spawn_local(async move {
+                match tokio::join!(down, up) {
+                    (Ok(d), Ok(u)) => {
+                        let mut d = TokioIo::new(d);
+                        let mut u = TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                    }
+                    (d, u) => tracing::debug!(down_ok = d.is_ok(), up_ok = u.is_ok(), "upgrade failed"),
+                }
+            });
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    if downstream_version == Version::HTTP_2 {
+        parts.version = Version::HTTP_2;
+    } else {
+        parts.version = Version::HTTP_11;
+    }
+    let mut resp = Response::from_parts(parts, ResponseBody::upstream(body));
+    apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, &downstream_headers_for_log);
+    Ok((resp, Some(UpstreamGuard::new(cluster, host, slot))))
+}
+
+/// Path and host rewrites, `x-envoy-original-path`, `x-forwarded-host`.
+fn rewrite_request(
+    req: &mut Request<Incoming>,
+    route: &Route,
+    action: &ForwardAction,
+    host: &Host,
+    weighted: Option<&WeightedCluster>,
+    suppress_envoy_headers: bool,
+) {
+    let original = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let (path, query) = match original.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (original.as_str(), None),
+    };
+    let mut new_path: Option<String> = None;
+    if let Some(prefix) = &action.prefix_rewrite {
+        new_path = Some(match &route.matcher.path {
+            PathMatch::Prefix(m) | PathMatch::SeparatedPrefix(m) if path.len() >= m.len() => format!("{prefix}{}", &path[m.len()..]),
+            _ => prefix.clone(),
+        });
+    } else if let Some((re, sub)) = &action.regex_rewrite {
+        new_path = Some(re.replace_all(path, regex_substitution(sub).as_str()).into_owned());
+    }
+    if let Some(p) = new_path {
+        if !suppress_envoy_headers {
+            if let Ok(v) = HeaderValue::from_str(&original) {
+                req.headers_mut().insert(HeaderName::from_static("x-envoy-original-path"), v);
+            }
+        }
+        let full = match query {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        };
+        set_path(req, &full);
+    }
+    let new_host: Option<String> = match (weighted.and_then(|w| w.host_rewrite_literal.clone()), &action.host_rewrite) {
+        (Some(h), _) => Some(h),
+        (None, HostRewrite::None) => None,
+        (None, HostRewrite::Literal(h)) => Some(h.clone()),
+        (None, HostRewrite::Auto) => Some(if host.hostname.is_empty() { host.address.to_string() } else { host.hostname.clone() }),
+        (None, HostRewrite::Header(h)) => req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        (None, HostRewrite::PathRegex(re, sub)) => Some(re.replace_all(path, regex_substitution(sub).as_str()).into_owned()),
+    };
+    if let Some(h) = new_host {
+        if let Ok(v) = HeaderValue::from_str(&h) {
+            if let Some(old) = req.headers_mut().insert(header::HOST, v) {
+                if action.append_x_forwarded_host {
+                    req.headers_mut().append(HeaderName::from_static("x-forwarded-host"), old);
+                }
+            }
+        }
+    }
+}
+
+/// Shape the request for the upstream codec: origin-form + `Host` for HTTP/1.1, absolute URI
+/// (`:authority`) for HTTP/2.
+fn to_upstream_request(req: Request<Incoming>, protocol: Protocol) -> Request<RequestBody> {
+    let (mut parts, body) = req.into_parts();
+    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    match protocol {
+        Protocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if let Ok(uri) = pq.parse::<Uri>() {
+                parts.uri = uri;
+            }
+        }
+        Protocol::Http2 => {
+            parts.version = Version::HTTP_2;
+            let authority = parts.headers.remove(header::HOST).and_then(|h| h.to_str().ok().map(str::to_owned)).unwrap_or_default();
+            let built = Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(pq.as_str()).build();
+            if let Ok(uri) = built {
+                parts.uri = uri;
+            }
+        }
+    }
+    Request::from_parts(parts, RequestBody::Incoming(body))
+}

@@ -1,0 +1,19 @@
+//! Pinion's data plane: a service-mesh sidecar proxy that boots from Envoy's bootstrap,
+//! with per-core workers, an HTTP connection manager and router, upstream pools, admin and
+//! stats. Config arrives as plain model types from `pinion-xds`.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod formatter;
+pub mod http;
+pub mod listener;
+pub mod logging;
+pub mod server;
+pub mod snapshot;
+pub mod stats;
+pub mod tcp_proxy;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,331 @@
+//! Listeners: SO_REUSEPORT sockets (one per worker), filter chain selection, and the
+//! per-listener runtime (stats, compiled filter chains).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pinion_xds::model;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::access_log::AccessLogger;
+use crate::http::route_table::RouteTable;
+use crate::stats::{Counter, Gauge, Prom, Store};
+
+/// Envoy's listener stats.
+pub struct ListenerStats {
+    /// `listener.<addr>.downstream_cx_total`.
+    pub downstream_cx_total: Counter,
+    /// `listener.<addr>.downstream_cx_active`.
+    pub downstream_cx_active: Gauge,
+    /// `listener.<addr>.downstream_cx_destroy`.
+    pub downstream_cx_destroy: Counter,
+    /// `listener.<addr>.no_filter_chain_match`.
+    pub no_filter_chain_match: Counter,
+    /// `listener.<addr>.worker_<i>.downstream_cx_total`, per worker.
+    pub worker_cx_total: Vec<Counter>,
+    /// `listener.<addr>.worker_<i>.downstream_cx_active`, per worker.
+    pub worker_cx_active: Vec<Gauge>,
+}
+
+/// Envoy's stat-name form of an address: `127.0.0.1_10000`, `[__1]_10000`.
+pub fn address_stat_name(addr: &SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => format!("{}_{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]_{}", a.ip().to_string().replace(':', "_"), a.port()),
+    }
+}
+
+impl ListenerStats {
+    fn new(store: &Store, prefix: &str, workers: usize) -> Self {
+        let tag = "envoy_listener_address";
+        let c = |rest: &str| store.counter(&format!("listener.{prefix}.{rest}"), Prom::tagged("listener", tag, prefix, rest));
+        let g = |rest: &str| store.gauge(&format!("listener.{prefix}.{rest}"), Prom::tagged("listener", tag, prefix, rest));
+        let wc = |i: usize, rest: &str| {
+            store.counter(
+                &format!("listener.{prefix}.worker_{i}.{rest}"),
+                Prom::tagged("listener", tag, prefix, rest).with_tag("envoy_worker_id", &i.to_string()),
+            )
+        };
+        let wg = |i: usize, rest: &str| {
+            store.gauge(
+                &format!("listener.{prefix}.worker_{i}.{rest}"),
+                Prom::tagged("listener", tag, prefix, rest).with_tag("envoy_worker_id", &i.to_string()),
+            )
+        };
+        ListenerStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            no_filter_chain_match: c("no_filter_chain_match"),
+            worker_cx_total: (0..workers).map(|i| wc(i, "downstream_cx_total")).collect(),
+            worker_cx_active: (0..workers).map(|i| wg(i, "downstream_cx_active")).collect(),
+        }
+    }
+}
+
+/// HCM stats (`http.<stat_prefix>.*`).
+pub struct HcmStats {
+    /// `downstream_cx_total`.
+    pub downstream_cx_total: Counter,
+    /// `downstream_cx_active`.
+    pub downstream_cx_active: Gauge,
+    /// `downstream_cx_http1_total`.
+    pub downstream_cx_http1_total: Counter,
+    /// `downstream_cx_http2_total`.
+    pub downstream_cx_http2_total: Counter,
+    /// `downstream_cx_destroy`.
+    pub downstream_cx_destroy: Counter,
+    /// `downstream_cx_idle_timeout`.
+    pub downstream_cx_idle_timeout: Counter,
+    /// `downstream_rq_total`.
+    pub downstream_rq_total: Counter,
+    /// `downstream_rq_active`.
+    pub downstream_rq_active: Gauge,
+    /// `downstream_rq_http1_total`.
+    pub downstream_rq_http1_total: Counter,
+    /// `downstream_rq_http2_total`.
+    pub downstream_rq_http2_total: Counter,
+    /// `downstream_rq_1xx` .. `downstream_rq_5xx`.
+    pub downstream_rq_xx: [Counter; 5],
+    /// `downstream_rq_completed`.
+    pub downstream_rq_completed: Counter,
+    /// `downstream_rq_timeout`.
+    pub downstream_rq_timeout: Counter,
+    /// `downstream_rq_ws_on_non_ws_route`.
+    pub downstream_rq_ws_on_non_ws_route: Counter,
+    /// `no_route`.
+    pub no_route: Counter,
+    /// `no_cluster`.
+    pub no_cluster: Counter,
+    /// `rq_redirect`.
+    pub rq_redirect: Counter,
+    /// `rq_direct_response`.
+    pub rq_direct_response: Counter,
+    /// `rq_total`.
+    pub rq_total: Counter,
+}
+
+impl HcmStats {
+    fn new(store: &Store, prefix: &str) -> Self {
+        let tag = "envoy_http_conn_manager_prefix";
+        let c = |rest: &str| store.counter(&format!("http.{prefix}.{rest}"), Prom::tagged("http", tag, prefix, rest));
+        let g = |rest: &str| store.gauge(&format!("http.{prefix}.{rest}"), Prom::tagged("http", tag, prefix, rest));
+        let xx = |class: u8| {
+            store.counter(
+                &format!("http.{prefix}.downstream_rq_{class}xx"),
+                Prom::tagged("http", tag, prefix, "downstream_rq_xx").with_tag("envoy_response_code_class", &class.to_string()),
+            )
+        };
+        HcmStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: g("downstream_rq_active"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_xx: [xx(1), xx(2), xx(3), xx(4), xx(5)],
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_redirect: c("rq_redirect"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_total: c("rq_total"),
+        }
+    }
+
+    /// Count a downstream response status class.
+    pub fn record_status(&self, status: u16) {
+        let class = (status / 100) as usize;
+        if (1..=5).contains(&class) {
+            self.downstream_rq_xx[class - 1].inc();
+        }
+        self.downstream_rq_completed.inc();
+    }
+}
+
+/// An HCM ready to serve: config, compiled routes, stats, access logs.
+pub struct HcmRuntime {
+    /// Config.
+    pub config: Arc<model::HttpConnectionManager>,
+    /// Compiled route table (static route config).
+    pub routes: Arc<RouteTable>,
+    /// Stats.
+    pub stats: HcmStats,
+    /// Access loggers.
+    pub access_logs: Vec<AccessLogger>,
+    /// The router filter's settings.
+    pub router: model::RouterConfig,
+}
+
+/// TCP proxy runtime.
+pub struct TcpProxyRuntime {
+    /// Config.
+    pub config: Arc<model::TcpProxy>,
+    /// `tcp.<stat_prefix>.downstream_cx_total`.
+    pub downstream_cx_total: Counter,
+    /// `tcp.<stat_prefix>.upstream_flush_total`-style failures: `tcp.<prefix>.downstream_cx_no_route`.
+    pub downstream_cx_no_route: Counter,
+    /// Access loggers.
+    pub access_logs: Vec<AccessLogger>,
+}
+
+/// A filter chain ready to serve.
+pub enum ChainRuntime {
+    /// HTTP.
+    Http(Arc<HcmRuntime>),
+    /// TCP proxy.
+    Tcp(Arc<TcpProxyRuntime>),
+}
+
+/// A listener at runtime.
+pub struct ListenerRuntime {
+    /// Config.
+    pub config: Arc<model::Listener>,
+    /// Stats.
+    pub stats: ListenerStats,
+    /// Chains parallel to `config.filter_chains`.
+    pub chains: Vec<ChainRuntime>,
+    /// Default chain.
+    pub default_chain: Option<ChainRuntime>,
+}
+
+/// Errors building a listener.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Unsupported at runtime (e.g. RDS without xDS).
+    #[error("listener '{0}': {1}")]
+    Unsupported(String, String),
+    /// Access log setup failed.
+    #[error("listener '{0}': access log: {1}")]
+    AccessLog(String, String),
+}
+
+impl ListenerRuntime {
+    /// Build runtime state for `config` with `workers` workers.
+    pub fn new(config: Arc<model::Listener>, store: &Store, workers: usize) -> Result<Self, ListenerError> {
+        let prefix = if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
+        let stats = ListenerStats::new(store, &prefix, workers);
+        let build = |chain: &model::FilterChain| -> Result<ChainRuntime, ListenerError> {
+            match &chain.filter {
+                model::NetworkFilter::HttpConnectionManager(hcm) => {
+                    let routes = match &hcm.route_specifier {
+                        model::RouteSpecifier::Static(rc) => Arc::new(RouteTable::new(rc.clone())),
+                        model::RouteSpecifier::Rds { route_config_name } => {
+                            return Err(ListenerError::Unsupported(
+                                config.name.clone(),
+                                format!("rds route config '{route_config_name}' needs dynamic_resources"),
+                            ))
+                        }
+                    };
+                    let router = hcm
+                        .http_filters
+                        .iter()
+                        .map(|f| match f {
+                            model::HttpFilter::Router(r) => r.clone(),
+                        })
+                        .next_back()
+                        .unwrap_or_default();
+                    let access_logs = hcm
+                        .access_logs
+                        .iter()
+                        .map(AccessLogger::new)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
+                    Ok(ChainRuntime::Http(Arc::new(HcmRuntime {
+                        stats: HcmStats::new(store, &hcm.stat_prefix),
+                        config: hcm.clone(),
+                        routes,
+                        access_logs,
+                        router,
+                    })))
+                }
+                model::NetworkFilter::TcpProxy(tcp) => {
+                    let p = &tcp.stat_prefix;
+                    let tag = "envoy_tcp_prefix";
+                    let access_logs = tcp
+                        .access_logs
+                        .iter()
+                        .map(AccessLogger::new)
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
+                    Ok(ChainRuntime::Tcp(Arc::new(TcpProxyRuntime {
+                        config: tcp.clone(),
+                        downstream_cx_total: store.counter(
+                            &format!("tcp.{p}.downstream_cx_total"),
+                            Prom::tagged("tcp", tag, p, "downstream_cx_total"),
+                        ),
+                        downstream_cx_no_route: store.counter(
+                            &format!("tcp.{p}.downstream_cx_no_route"),
+                            Prom::tagged("tcp", tag, p, "downstream_cx_no_route"),
+                        ),
+                        access_logs,
+                    })))
+                }
+            }
+        };
+        let chains = config.filter_chains.iter().map(|c| build(c)).collect::<Result<Vec<_>, _>>()?;
+        let default_chain = config.default_filter_chain.as_ref().map(|c| build(c)).transpose()?;
+        Ok(ListenerRuntime { config, stats, chains, default_chain })
+    }
+
+    /// Pick the filter chain for a plain-TCP connection (no TLS/SNI yet): Envoy's match order
+    /// on destination port, destination IP, then source IP/port; most specific wins.
+    pub fn select_chain(&self, local: SocketAddr, peer: SocketAddr) -> Option<&ChainRuntime> {
+        let mut best: Option<(u32, usize)> = None;
+        for (i, chain) in self.config.filter_chains.iter().enumerate() {
+            let m = &chain.filter_chain_match;
+            if m.destination_port.is_some_and(|p| p != local.port()) {
+                continue;
+            }
+            if !m.prefix_ranges.is_empty() && !m.prefix_ranges.iter().any(|r| r.contains(local.ip())) {
+                continue;
+            }
+            if !m.server_names.is_empty() || !m.application_protocols.is_empty() {
+                continue; // needs TLS inspection, which arrives with the mTLS issue
+            }
+            if !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer" {
+                continue;
+            }
+            if !m.source_prefix_ranges.is_empty() && !m.source_prefix_ranges.iter().any(|r| r.contains(peer.ip())) {
+                continue;
+            }
+            if !m.source_ports.is_empty() && !m.source_ports.contains(&peer.port()) {
+                continue;
+            }
+            let dst_len = m.prefix_ranges.iter().filter(|r| r.contains(local.ip())).map(|r| r.prefix_len as u32).max();
+            let score = u32::from(m.destination_port.is_some()) * 1000
+                + dst_len.map_or(0, |l| 100 + l)
+                + u32::from(!m.source_prefix_ranges.is_empty()) * 10
+                + u32::from(!m.source_ports.is_empty());
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, i));
+            }
+        }
+        match best {
+            Some((_, i)) => self.chains.get(i),
+            None => self.default_chain.as_ref(),
+        }
+    }
+}
+
+/// Bind one listening socket with SO_REUSEPORT (so each worker can have its own) and
+/// SO_REUSEADDR, non-blocking, ready for tokio.
+pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
+    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}

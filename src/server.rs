@@ -1,0 +1,359 @@
+//! The server: loads the bootstrap, builds the first snapshot, binds listeners, starts the
+//! workers and the admin listener, and runs the control loop on the main thread until a
+//! signal or `/quitquitquit`, then drains.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use pinion_xds::decode::{self, DecodeOptions, Format};
+use pinion_xds::model;
+use pinion_xds::translate::NodeOverrides;
+use tokio::sync::{watch, Notify};
+
+use crate::cli::{Mode, Options};
+use crate::listener::{bind_reuseport, ListenerRuntime};
+use crate::logging::LogHandle;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::stats::{Gauge, Prom, Store};
+use crate::upstream::{dns, Cluster};
+use crate::worker::{self, WorkerCommand, WorkerHandle};
+
+/// Envoy's `server.state` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ServerStateKind {
+    /// Serving.
+    Live = 0,
+    /// Draining.
+    Draining = 1,
+    /// Before init.
+    PreInitializing = 2,
+    /// Initializing (warming).
+    Initializing = 3,
+}
+
+impl ServerStateKind {
+    /// Envoy's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerStateKind::Live => "LIVE",
+            ServerStateKind::Draining => "DRAINING",
+            ServerStateKind::PreInitializing => "PRE_INITIALIZING",
+            ServerStateKind::Initializing => "INITIALIZING",
+        }
+    }
+}
+
+/// Shared server state (admin, control loop).
+pub struct ServerState {
+    /// Stats.
+    pub store: Store,
+    /// Active config.
+    pub snapshot: SharedSnapshot,
+    /// Translated bootstrap.
+    pub bootstrap: Arc<model::Bootstrap>,
+    /// Command line.
+    pub options: Options,
+    /// Start time.
+    pub start: Instant,
+    state: AtomicU8,
+    /// `/healthcheck/fail` was called.
+    pub healthcheck_failed: AtomicBool,
+    /// Drain signal to workers.
+    pub drain_tx: watch::Sender<bool>,
+    /// Wakes the control loop to shut down.
+    pub shutdown: Notify,
+    /// Whether shutdown should skip draining (`/quitquitquit`).
+    pub immediate_exit: AtomicBool,
+    /// Log level control.
+    pub log: LogHandle,
+    /// Worker count.
+    pub concurrency: usize,
+    /// Listener name -> bound address (ports resolved when 0).
+    pub bound_listeners: Mutex<Vec<(String, SocketAddr)>>,
+    /// Bound admin address.
+    pub admin_address: Mutex<Option<SocketAddr>>,
+    state_gauge: Gauge,
+}
+
+impl ServerState {
+    /// Current state.
+    pub fn state(&self) -> ServerStateKind {
+        match self.state.load(Ordering::Relaxed) {
+            0 => ServerStateKind::Live,
+            1 => ServerStateKind::Draining,
+            2 => ServerStateKind::PreInitializing,
+            _ => ServerStateKind::Initializing,
+        }
+    }
+
+    /// Set the state (and `server.state`).
+    pub fn set_state(&self, s: ServerStateKind) {
+        self.state.store(s as u8, Ordering::Relaxed);
+        self.state_gauge.set(s as i64);
+    }
+
+    /// Begin draining listeners (`/drain_listeners`, SIGTERM).
+    pub fn start_drain(&self) {
+        self.set_state(ServerStateKind::Draining);
+        let _ = self.drain_tx.send(true);
+    }
+}
+
+/// Deep-merge `over` into `base` (Envoy merges `--config-yaml` over `-c`: messages merge,
+/// repeated fields concatenate, scalars override).
+fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    use serde_json::Value;
+    match (base, over) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) => merge_json(existing, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) => b.extend(o),
+        (b, o) => *b = o,
+    }
+}
+
+/// Load, validate and translate the bootstrap named by the options.
+pub fn load_bootstrap(opts: &Options) -> Result<model::Bootstrap, String> {
+    let dopts = DecodeOptions { allow_unknown_fields: opts.allow_unknown_static_fields };
+    let mut json = match &opts.config_path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("unable to read file: {}: {e}", p.display()))?;
+            let format = match Path::new(p).extension().and_then(|e| e.to_str()) {
+                Some("json") => Format::Json,
+                Some("yaml") | Some("yml") => Format::Yaml,
+                Some("pb") | Some("pb_text") => {
+                    return Err(format!("{}: binary/text proto bootstraps are not supported; use YAML or JSON", p.display()))
+                }
+                _ => Format::Auto,
+            };
+            Some(decode::text_to_json(&text, format).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    if let Some(y) = &opts.config_yaml {
+        let over = decode::text_to_json(y, Format::Yaml).map_err(|e| e.to_string())?;
+        match &mut json {
+            Some(base) => merge_json(base, over),
+            None => json = Some(over),
+        }
+    }
+    let json = json.ok_or("at least one of --config-path or --config-yaml is required")?;
+    let overrides = NodeOverrides { service_node: opts.service_node.clone(), service_cluster: opts.service_cluster.clone() };
+    pinion_xds::loader::bootstrap_from_json(&json, &dopts, &overrides).map_err(|e| e.to_string())
+}
+
+/// Build runtime clusters and listeners from a translated bootstrap.
+fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result<Snapshot, String> {
+    let mut clusters = std::collections::HashMap::new();
+    for c in &b.clusters {
+        clusters.insert(c.name.clone(), Cluster::new(c.clone(), store));
+    }
+    let listeners = b
+        .listeners
+        .iter()
+        .map(|l| ListenerRuntime::new(l.clone(), store, workers).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(Snapshot { version: 1, listeners, clusters })
+}
+
+/// Run the proxy with these options; returns the process exit code.
+pub fn run(opts: Options, log: LogHandle) -> i32 {
+    let bootstrap = match load_bootstrap(&opts) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error initializing configuration '{}': {e}", config_name(&opts));
+            return 1;
+        }
+    };
+    if opts.mode != Mode::Serve {
+        // Validate also builds runtime state (regex, access log formats) without binding.
+        let store = Store::new(1);
+        if let Err(e) = build_snapshot(&bootstrap, &store, 1) {
+            eprintln!("error initializing configuration '{}': {e}", config_name(&opts));
+            return 1;
+        }
+        println!("configuration '{}' OK", config_name(&opts));
+        return 0;
+    }
+    crate::access_log::set_flush_interval(Duration::from_millis(opts.file_flush_interval_msec));
+    let concurrency = opts
+        .concurrency
+        .filter(|&c| c > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .min(crate::stats::MAX_WORKERS);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(serve(bootstrap, opts, concurrency, log))
+}
+
+fn config_name(opts: &Options) -> String {
+    opts.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--config-yaml".into())
+}
+
+async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, log: LogHandle) -> i32 {
+    let store = Store::new(concurrency);
+    let state_gauge = store.gauge("server.state", Prom::plain("server.state"));
+    let snapshot = match build_snapshot(&bootstrap, &store, concurrency) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("error initializing configuration: {e}");
+            return 1;
+        }
+    };
+    // DNS clusters resolve once before we report ready, then keep refreshing.
+    for c in snapshot.clusters.values() {
+        if dns::is_dns(c) {
+            dns::refresh(c).await;
+            dns::spawn_refresher(c);
+        }
+    }
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let listeners = snapshot.listeners.clone();
+    let state = Arc::new(ServerState {
+        store: store.clone(),
+        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        bootstrap: Arc::new(bootstrap),
+        options: opts.clone(),
+        start: Instant::now(),
+        state: AtomicU8::new(ServerStateKind::PreInitializing as u8),
+        healthcheck_failed: AtomicBool::new(false),
+        drain_tx,
+        shutdown: Notify::new(),
+        immediate_exit: AtomicBool::new(false),
+        log,
+        concurrency,
+        bound_listeners: Mutex::new(Vec::new()),
+        admin_address: Mutex::new(None),
+        state_gauge,
+    });
+    state.set_state(ServerStateKind::Initializing);
+    register_server_stats(&state);
+
+    // Bind every listener once per worker (SO_REUSEPORT). A port of 0 is resolved by the
+    // first bind and reused for the other workers' sockets.
+    let mut sockets: Vec<Vec<(Arc<ListenerRuntime>, std::net::TcpListener)>> = (0..concurrency).map(|_| Vec::new()).collect();
+    for l in &listeners {
+        let backlog = l.config.tcp_backlog_size.unwrap_or(1024);
+        let mut addr = l.config.address;
+        for (w, per_worker) in sockets.iter_mut().enumerate() {
+            match bind_reuseport(addr, backlog) {
+                Ok(sock) => {
+                    if w == 0 {
+                        if let Ok(a) = sock.local_addr() {
+                            addr = a;
+                        }
+                    }
+                    per_worker.push((l.clone(), sock));
+                }
+                Err(e) => {
+                    tracing::error!("listener '{}' failed to bind to {addr}: {e}", l.config.name);
+                    eprintln!("error: listener '{}' failed to bind to {addr}: {e}", l.config.name);
+                    return 1;
+                }
+            }
+        }
+        state.bound_listeners.lock().unwrap_or_else(|e| e.into_inner()).push((l.config.name.clone(), addr));
+        tracing::info!("listener '{}' on {addr}", l.config.name);
+    }
+
+    let mut workers: Vec<WorkerHandle> = Vec::with_capacity(concurrency);
+    let drain_time = Duration::from_secs(opts.drain_time_s);
+    for (i, socks) in sockets.into_iter().enumerate() {
+        match worker::spawn(i, state.snapshot.clone(), drain_rx.clone(), drain_time) {
+            Ok(h) => {
+                for (l, s) in socks {
+                    let _ = h.tx.send(WorkerCommand::AddListener(l, s));
+                }
+                workers.push(h);
+            }
+            Err(e) => {
+                eprintln!("cannot start worker {i}: {e}");
+                return 1;
+            }
+        }
+    }
+
+    if let Some(admin) = &state.bootstrap.admin {
+        match crate::admin::start(admin.address, state.clone()).await {
+            Ok(addr) => {
+                *state.admin_address.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+                tracing::info!("admin address: {addr}");
+            }
+            Err(e) => {
+                eprintln!("error: admin failed to bind to {}: {e}", admin.address);
+                return 1;
+            }
+        }
+    }
+    state.set_state(ServerStateKind::Live);
+    tracing::info!("pinion {} started with {concurrency} worker(s)", env!("CARGO_PKG_VERSION"));
+
+    // Control loop: signals and admin requests.
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot install SIGTERM handler: {e}");
+            return 1;
+        }
+    };
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("caught SIGTERM, draining"),
+        _ = async { match sigint.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } } => {
+            tracing::info!("caught SIGINT, draining");
+        }
+        _ = state.shutdown.notified() => tracing::info!("shutdown requested via admin"),
+    }
+    if state.immediate_exit.load(Ordering::Relaxed) {
+        crate::access_log::flush_all();
+        return 0;
+    }
+    state.start_drain();
+    // Workers exit when their connections end or the drain time passes.
+    let joined = tokio::task::spawn_blocking(move || {
+        for w in workers {
+            drop(w.tx);
+            let _ = w.thread.join();
+        }
+    });
+    let _ = tokio::time::timeout(drain_time + Duration::from_secs(1), joined).await;
+    crate::access_log::flush_all();
+    tracing::info!("exiting");
+    0
+}
+
+fn register_server_stats(state: &Arc<ServerState>) {
+    let s = &state.store;
+    s.gauge("server.concurrency", Prom::plain("server.concurrency")).set(state.concurrency as i64);
+    s.gauge("server.live", Prom::plain("server.live")).set(1);
+    let snap = state.snapshot.load();
+    s.gauge("cluster_manager.active_clusters", Prom::plain("cluster_manager.active_clusters")).set(snap.clusters.len() as i64);
+    s.gauge("listener_manager.total_listeners_active", Prom::plain("listener_manager.total_listeners_active"))
+        .set(snap.listeners.len() as i64);
+    let uptime = s.gauge("server.uptime", Prom::plain("server.uptime"));
+    let start = state.start;
+    tokio::spawn(async move {
+        loop {
+            uptime.set(start.elapsed().as_secs() as i64);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+}

@@ -1,0 +1,342 @@
+//! Stats with Envoy's names. Every counter and gauge is sharded: one cache-padded slot per
+//! worker (plus one for the main thread), so the request path never writes a cache line that
+//! another worker writes. Scrapes sum the slots. Names and tags are fixed when a stat is
+//! created (config load), never on the request path.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+thread_local! {
+    /// Slot index of the current thread: 0 = main/control thread, 1..=N = workers.
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Upper bound on worker slots (`--concurrency` is capped to this).
+pub const MAX_WORKERS: usize = 64;
+
+/// Mark the current thread as worker `index` (0-based) for stats sharding.
+pub fn set_worker_slot(index: usize) {
+    SLOT.with(|s| s.set((index + 1).min(MAX_WORKERS)));
+}
+
+/// The current thread's slot (0 = main thread, 1.. = worker index + 1).
+pub fn current_slot() -> usize {
+    SLOT.with(|s| s.get())
+}
+
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded<T>(T);
+
+/// A monotonically increasing counter, sharded per worker.
+#[derive(Clone)]
+pub struct Counter(Arc<[Padded<AtomicU64>]>);
+
+impl Counter {
+    fn new(slots: usize) -> Self {
+        Counter((0..slots).map(|_| Padded::default()).collect())
+    }
+
+    /// Add one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Add `n`.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Only this thread writes its slot, so a relaxed load+store would do; fetch_add keeps
+        // it correct even if two threads ever shared a slot.
+        if let Some(slot) = self.0.get(current_slot()) {
+            slot.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Sum over all slots.
+    pub fn value(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Value of one worker's slot (0-based worker index).
+    pub fn worker_value(&self, worker: usize) -> u64 {
+        self.0.get(worker + 1).map(|s| s.0.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+}
+
+/// A gauge, sharded per worker: each worker adds and subtracts on its own slot.
+#[derive(Clone)]
+pub struct Gauge(Arc<[Padded<AtomicI64>]>);
+
+impl Gauge {
+    fn new(slots: usize) -> Self {
+        Gauge((0..slots).map(|_| Padded::default()).collect())
+    }
+
+    /// Add one.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Subtract one.
+    #[inline]
+    pub fn dec(&self) {
+        self.add(-1);
+    }
+
+    /// Add `n` (may be negative).
+    #[inline]
+    pub fn add(&self, n: i64) {
+        if let Some(slot) = self.0.get(current_slot()) {
+            slot.0.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Set the main-thread slot (for gauges owned by the control thread) to `v`.
+    pub fn set(&self, v: i64) {
+        for (i, s) in self.0.iter().enumerate() {
+            s.0.store(if i == 0 { v } else { 0 }, Ordering::Relaxed);
+        }
+    }
+
+    /// Sum over all slots.
+    pub fn value(&self) -> i64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Kind of stat, for `/stats` and Prometheus `# TYPE`.
+#[derive(Clone)]
+enum Metric {
+    Counter(Counter),
+    Gauge(Gauge),
+}
+
+/// One registered stat: its Envoy name and its Prometheus name and tags.
+#[derive(Clone)]
+struct Entry {
+    metric: Metric,
+    prom_name: String,
+    tags: Vec<(&'static str, String)>,
+}
+
+/// The stats store: owns the name -> stat map. Locked only when stats are created (config
+/// load) or scraped (admin), never on the request path.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Mutex<BTreeMap<String, Entry>>>,
+    slots: usize,
+}
+
+impl Store {
+    /// A store with a slot per worker plus one for the main thread.
+    pub fn new(workers: usize) -> Self {
+        Store {
+            inner: Arc::new(Mutex::new(BTreeMap::new())),
+            slots: workers.clamp(1, MAX_WORKERS) + 1,
+        }
+    }
+
+    /// Get or create the counter `name`; `prom` gives the Prometheus base name and tags.
+    pub fn counter(&self, name: &str, prom: Prom) -> Counter {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Entry { metric: Metric::Counter(c), .. }) = map.get(name) {
+            return c.clone();
+        }
+        let c = Counter::new(self.slots);
+        map.insert(
+            name.to_string(),
+            Entry { metric: Metric::Counter(c.clone()), prom_name: prom.name, tags: prom.tags },
+        );
+        c
+    }
+
+    /// Get or create the gauge `name`.
+    pub fn gauge(&self, name: &str, prom: Prom) -> Gauge {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(Entry { metric: Metric::Gauge(g), .. }) = map.get(name) {
+            return g.clone();
+        }
+        let g = Gauge::new(self.slots);
+        map.insert(
+            name.to_string(),
+            Entry { metric: Metric::Gauge(g.clone()), prom_name: prom.name, tags: prom.tags },
+        );
+        g
+    }
+
+    /// Current value of a stat by its Envoy name (counters and gauges), if it exists.
+    pub fn value(&self, name: &str) -> Option<i64> {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(name).map(|e| match &e.metric {
+            Metric::Counter(c) => c.value() as i64,
+            Metric::Gauge(g) => g.value(),
+        })
+    }
+
+    /// Envoy's `/stats` text format: `name: value` per line, sorted. `filter` is a regex
+    /// (Envoy's default `filter=` semantics); `used_only` skips counters never incremented.
+    pub fn render_text(&self, filter: Option<&regex::Regex>, used_only: bool) -> String {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::with_capacity(map.len() * 48);
+        for (name, e) in map.iter() {
+            if filter.is_some_and(|f| !f.is_match(name)) {
+                continue;
+            }
+            let (v, used) = match &e.metric {
+                Metric::Counter(c) => {
+                    let v = c.value();
+                    (v as i64, v > 0)
+                }
+                Metric::Gauge(g) => {
+                    let v = g.value();
+                    (v, true)
+                }
+            };
+            if used_only && !used {
+                continue;
+            }
+            let _ = writeln!(out, "{name}: {v}");
+        }
+        out
+    }
+
+    /// Envoy's `/stats?format=json`: `{"stats":[{"name":..,"value":..}]}`.
+    pub fn render_json(&self, filter: Option<&regex::Regex>, used_only: bool) -> serde_json::Value {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stats = Vec::with_capacity(map.len());
+        for (name, e) in map.iter() {
+            if filter.is_some_and(|f| !f.is_match(name)) {
+                continue;
+            }
+            let v = match &e.metric {
+                Metric::Counter(c) => c.value() as i64,
+                Metric::Gauge(g) => g.value(),
+            };
+            if used_only && matches!(e.metric, Metric::Counter(_)) && v == 0 {
+                continue;
+            }
+            stats.push(serde_json::json!({"name": name, "value": v}));
+        }
+        serde_json::json!({ "stats": stats })
+    }
+
+    /// Prometheus text exposition with Envoy's names (`envoy_cluster_upstream_rq_total{envoy_cluster_name="x"}`).
+    /// Hand-written rather than via prometheus-client because that crate appends `_total` to
+    /// every counter, which would break Envoy's metric names that dashboards expect.
+    pub fn render_prometheus(&self, used_only: bool) -> String {
+        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Group by Prometheus name so each family gets one TYPE line.
+        let mut families: BTreeMap<&str, (bool, Vec<String>)> = BTreeMap::new();
+        for e in map.values() {
+            let (v, is_counter) = match &e.metric {
+                Metric::Counter(c) => (c.value() as i64, true),
+                Metric::Gauge(g) => (g.value(), false),
+            };
+            if used_only && is_counter && v == 0 {
+                continue;
+            }
+            let mut line = e.prom_name.clone();
+            if !e.tags.is_empty() {
+                line.push('{');
+                for (i, (k, val)) in e.tags.iter().enumerate() {
+                    if i > 0 {
+                        line.push(',');
+                    }
+                    let _ = write!(line, "{k}=\"{}\"", escape_label(val));
+                }
+                line.push('}');
+            }
+            let _ = write!(line, " {v}");
+            families.entry(e.prom_name.as_str()).or_insert((is_counter, Vec::new())).1.push(line);
+        }
+        let mut out = String::new();
+        for (name, (is_counter, lines)) in families {
+            let _ = writeln!(out, "# TYPE {name} {}", if is_counter { "counter" } else { "gauge" });
+            for l in lines {
+                out.push_str(&l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Prometheus name and tags for a stat, following Envoy's default tag extraction.
+pub struct Prom {
+    name: String,
+    tags: Vec<(&'static str, String)>,
+}
+
+impl Prom {
+    /// A stat with no extracted tags: `server.live` -> `envoy_server_live`.
+    pub fn plain(envoy_name: &str) -> Prom {
+        Prom { name: sanitize(&format!("envoy_{envoy_name}")), tags: Vec::new() }
+    }
+
+    /// A stat `<family>.<tag value>.<rest>` whose tag value is extracted into `tag`:
+    /// `cluster.backend.upstream_rq_total` -> `envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"}`.
+    pub fn tagged(family: &str, tag: &'static str, value: &str, rest: &str) -> Prom {
+        Prom {
+            name: sanitize(&format!("envoy_{family}_{rest}")),
+            tags: vec![(tag, value.to_string())],
+        }
+    }
+
+    /// Add one more tag (e.g. `envoy_response_code`).
+    pub fn with_tag(mut self, tag: &'static str, value: &str) -> Prom {
+        self.tags.push((tag, value.to_string()));
+        self
+    }
+}
+
+/// Prometheus metric names allow `[a-zA-Z0-9_:]`; Envoy maps everything else to `_`.
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_sum_over_worker_slots() {
+        let store = Store::new(2);
+        let c = store.counter("cluster.a.upstream_rq_total", Prom::tagged("cluster", "envoy_cluster_name", "a", "upstream_rq_total"));
+        c.inc();
+        let c2 = c.clone();
+        std::thread::spawn(move || {
+            set_worker_slot(1);
+            c2.add(5);
+        })
+        .join()
+        .unwrap();
+        assert_eq!(c.value(), 6);
+        assert_eq!(c.worker_value(1), 5);
+        assert_eq!(c.worker_value(0), 0);
+        assert_eq!(store.render_text(None, false), "cluster.a.upstream_rq_total: 6\n");
+        let prom = store.render_prometheus(false);
+        assert!(prom.contains("# TYPE envoy_cluster_upstream_rq_total counter\n"), "{prom}");
+        assert!(prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"a\"} 6\n"), "{prom}");
+    }
+
+    #[test]
+    fn used_only_and_filter() {
+        let store = Store::new(1);
+        store.counter("a.used", Prom::plain("a.used")).inc();
+        store.counter("a.unused", Prom::plain("a.unused"));
+        store.gauge("b.gauge", Prom::plain("b.gauge"));
+        let text = store.render_text(None, true);
+        assert_eq!(text, "a.used: 1\nb.gauge: 0\n");
+        let re = regex::Regex::new("^a\\.").unwrap();
+        assert_eq!(store.render_text(Some(&re), false), "a.unused: 0\na.used: 1\n");
+    }
+}

@@ -1,0 +1,135 @@
+//! `envoy.filters.network.tcp_proxy`: pick a cluster and host, connect (with
+//! `max_connect_attempts`), then copy bytes both ways until either side closes or the idle
+//! timeout passes.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use pinion_xds::model::TcpProxyCluster;
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::formatter::Context;
+use crate::http::stream_info::{ResponseFlags, StreamInfo};
+use crate::listener::TcpProxyRuntime;
+use crate::worker::WorkerCtx;
+
+/// Serve one downstream TCP connection.
+pub async fn serve(mut downstream: TcpStream, peer: SocketAddr, local: SocketAddr, tcp: Arc<TcpProxyRuntime>, worker: Rc<WorkerCtx>) {
+    tcp.downstream_cx_total.inc();
+    let cfg = &tcp.config;
+    let mut info = StreamInfo::new(peer, local, "-");
+    let name = match &cfg.cluster {
+        TcpProxyCluster::Single(n) => n.clone(),
+        TcpProxyCluster::Weighted(ws) => {
+            let total: u64 = ws.iter().map(|w| u64::from(w.weight)).sum();
+            let mut r = if total > 0 { rand::random_range(0..total) } else { 0 };
+            ws.iter()
+                .find(|w| {
+                    let hit = r < u64::from(w.weight);
+                    r = r.saturating_sub(u64::from(w.weight));
+                    hit
+                })
+                .map(|w| w.name.clone())
+                .unwrap_or_default()
+        }
+    };
+    let cluster = worker.snapshot.load().clusters.get(&name).cloned();
+    let Some(cluster) = cluster else {
+        tcp.downstream_cx_no_route.inc();
+        info.flags.set(ResponseFlags::NO_CLUSTER);
+        log(&tcp, &info, 0);
+        return;
+    };
+    info.upstream_cluster = Some(cluster.config.name.as_str().into());
+    let mut upstream = None;
+    for _ in 0..cfg.max_connect_attempts.max(1) {
+        let Some(host) = cluster.choose_host() else {
+            info.flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+            break;
+        };
+        info.upstream_host = Some(host.address);
+        match tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(host.address)).await {
+            Ok(Ok(s)) => {
+                cluster.stats.upstream_cx_total.inc();
+                let _ = s.set_nodelay(true);
+                upstream = Some(s);
+                break;
+            }
+            _ => {
+                cluster.stats.upstream_cx_connect_fail.inc();
+                info.flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+            }
+        }
+    }
+    let Some(mut upstream) = upstream else {
+        let _ = downstream.shutdown().await;
+        log(&tcp, &info, 0);
+        return;
+    };
+    info.flags = ResponseFlags::default();
+    cluster.stats.upstream_cx_active.inc();
+    let (rx, tx) = copy_with_idle_timeout(&mut downstream, &mut upstream, cfg.idle_timeout).await;
+    cluster.stats.upstream_cx_active.dec();
+    cluster.stats.upstream_cx_tx_bytes_total.add(rx);
+    cluster.stats.upstream_cx_rx_bytes_total.add(tx);
+    info.bytes_received = rx;
+    log(&tcp, &info, tx);
+}
+
+/// Copy both ways until both sides finish, or nothing moves for `idle` (Envoy's
+/// `idle_timeout`, reset by activity in either direction). Returns (down->up, up->down) bytes.
+async fn copy_with_idle_timeout(a: &mut TcpStream, b: &mut TcpStream, idle: Option<Duration>) -> (u64, u64) {
+    let last = Cell::new(Instant::now());
+    let (mut ar, mut aw) = a.split();
+    let (mut br, mut bw) = b.split();
+    let a_to_b = Cell::new(0u64);
+    let b_to_a = Cell::new(0u64);
+    let both = async { tokio::join!(pump(&mut ar, &mut bw, &a_to_b, &last), pump(&mut br, &mut aw, &b_to_a, &last)) };
+    tokio::pin!(both);
+    loop {
+        let deadline = idle.map(|t| tokio::time::Instant::from_std(last.get() + t));
+        tokio::select! {
+            _ = &mut both => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                if idle.is_some_and(|t| last.get().elapsed() >= t) {
+                    break;
+                }
+            }
+        }
+    }
+    (a_to_b.get(), b_to_a.get())
+}
+
+async fn pump(
+    r: &mut tokio::net::tcp::ReadHalf<'_>,
+    w: &mut tokio::net::tcp::WriteHalf<'_>,
+    n: &Cell<u64>,
+    last: &Cell<Instant>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                if w.write_all(&buf[..k]).await.is_err() {
+                    break;
+                }
+                n.set(n.get() + k as u64);
+                last.set(Instant::now());
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+fn log(tcp: &TcpProxyRuntime, info: &StreamInfo, bytes_sent: u64) {
+    let ctx = Context { info, request_headers: None, response_headers: None, bytes_sent };
+    for l in &tcp.access_logs {
+        l.log(&ctx);
+    }
+}

@@ -1,0 +1,352 @@
+//! Per-worker upstream connection pools (Envoy's `ConnPool`), keyed by cluster generation,
+//! host and protocol. Owned by one worker thread (`Rc`/`RefCell`): no lock on the request path.
+//!
+//! HTTP/1.1: a list of connections; a request takes a ready one or dials a new one, and the
+//! connection goes back to the list once response headers arrive (it becomes ready again when
+//! the response body is done). HTTP/2: a few multiplexed connections; a request uses the first
+//! with a free stream slot, up to the cluster's `max_concurrent_streams`; a GOAWAY or error
+//! closes the sender and the pool dials anew.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::{Cluster, Host, HostStats};
+use crate::http::body::RequestBody;
+use crate::worker::LocalExec;
+
+/// Upstream protocol of one exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 (prior knowledge).
+    Http2,
+}
+
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+struct PoolKey {
+    cluster_id: u64,
+    addr: SocketAddr,
+    protocol: Protocol,
+}
+
+struct H1Conn {
+    sender: http1::SendRequest<RequestBody>,
+    requests: u32,
+    last_used: Instant,
+}
+
+struct H2Conn {
+    sender: http2::SendRequest<RequestBody>,
+    active: Rc<Cell<u32>>,
+    requests: u32,
+    last_used: Instant,
+}
+
+#[derive(Default)]
+struct Pool {
+    h1: Vec<H1Conn>,
+    h2: Vec<H2Conn>,
+    idle_timeout: Option<Duration>,
+}
+
+/// Why an upstream exchange failed before response headers.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed.
+    #[error("connection failure, transport failure reason: delayed connect error: {0}")]
+    ConnectFailure(std::io::Error),
+    /// TCP connect timed out.
+    #[error("connection timeout")]
+    ConnectTimeout,
+    /// The HTTP handshake failed.
+    #[error("protocol error: {0}")]
+    Handshake(hyper::Error),
+    /// The connection was reset or closed before headers.
+    #[error("connection termination")]
+    Reset(hyper::Error),
+}
+
+/// Returned with a response: keeps the HTTP/2 stream slot (or H1 bookkeeping) until the
+/// response body is done.
+pub struct StreamSlot {
+    active: Option<Rc<Cell<u32>>>,
+}
+
+impl StreamSlot {
+    /// A slot that holds nothing (non-pooled exchanges).
+    pub fn none() -> Self {
+        StreamSlot { active: None }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(a) = &self.active {
+            a.set(a.get().saturating_sub(1));
+        }
+    }
+}
+
+/// All pools of one worker.
+#[derive(Default)]
+pub struct ConnPools {
+    pools: RefCell<HashMap<PoolKey, Pool>>,
+}
+
+enum Checkout {
+    H1(http1::SendRequest<RequestBody>, u32),
+    H2(http2::SendRequest<RequestBody>, Rc<Cell<u32>>),
+    Dial,
+}
+
+impl ConnPools {
+    /// Send `req` to `host` of `cluster` over `protocol`, reusing a pooled connection when one
+    /// is free. Returns the response (headers; body streams) and the stream slot to hold
+    /// until the body is done.
+    pub async fn send(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        protocol: Protocol,
+        mut req: Request<RequestBody>,
+    ) -> Result<(http::Response<Incoming>, StreamSlot), UpstreamError> {
+        let key = PoolKey { cluster_id: cluster.id, addr: host.address, protocol };
+        // One retry on a fresh connection when a pooled one turns out dead before the request
+        // was written (a race with the upstream's idle close or GOAWAY), as Envoy does.
+        for attempt in 0..2 {
+            let checkout = if attempt == 0 { self.checkout(&key, cluster) } else { Checkout::Dial };
+            match checkout {
+                Checkout::H1(mut sender, requests) => match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        self.checkin_h1(key, cluster, sender, requests + 1);
+                        return Ok((resp, StreamSlot { active: None }));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        Some(r) if attempt == 0 => req = r,
+                        _ => return Err(UpstreamError::Reset(e.into_error())),
+                    },
+                },
+                Checkout::H2(mut sender, active) => match sender.try_send_request(req).await {
+                    Ok(resp) => return Ok((resp, StreamSlot { active: Some(active) })),
+                    Err(mut e) => {
+                        active.set(active.get().saturating_sub(1));
+                        match e.take_message() {
+                            Some(r) if attempt == 0 => req = r,
+                            _ => return Err(UpstreamError::Reset(e.into_error())),
+                        }
+                    }
+                },
+                Checkout::Dial => {
+                    let stream = dial(cluster, host).await?;
+                    match protocol {
+                        Protocol::Http1 => {
+                            let mut sender = handshake_h1(stream, cluster, host).await?;
+                            let resp = sender.send_request(req).await.map_err(UpstreamError::Reset)?;
+                            self.checkin_h1(key, cluster, sender, 1);
+                            return Ok((resp, StreamSlot { active: None }));
+                        }
+                        Protocol::Http2 => {
+                            let mut sender = handshake_h2(stream, cluster, host).await?;
+                            let active = Rc::new(Cell::new(1));
+                            self.add_h2(key, cluster, sender.clone(), active.clone());
+                            let resp = sender.send_request(req).await.map_err(|e| {
+                                active.set(active.get().saturating_sub(1));
+                                UpstreamError::Reset(e)
+                            })?;
+                            return Ok((resp, StreamSlot { active: Some(active) }));
+                        }
+                    }
+                }
+            }
+        }
+        unreachable!("the second attempt always dials and returns")
+    }
+
+    /// Dial a plain HTTP/1.1 connection for an upgrade (WebSocket): never pooled.
+    pub async fn upgrade_connection(
+        &self,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let stream = dial(cluster, host).await?;
+        handshake_h1(stream, cluster, host).await
+    }
+
+    fn checkout(&self, key: &PoolKey, cluster: &Cluster) -> Checkout {
+        let mut pools = self.pools.borrow_mut();
+        let Some(pool) = pools.get_mut(key) else { return Checkout::Dial };
+        match key.protocol {
+            Protocol::Http1 => {
+                pool.h1.retain(|c| !c.sender.is_closed());
+                if let Some(i) = pool.h1.iter().position(|c| c.sender.is_ready()) {
+                    let c = pool.h1.swap_remove(i);
+                    return Checkout::H1(c.sender, c.requests);
+                }
+                Checkout::Dial
+            }
+            Protocol::Http2 => {
+                pool.h2.retain(|c| !c.sender.is_closed());
+                let max_streams = cluster.config.http2.max_concurrent_streams.max(1);
+                let max_requests = cluster.config.max_requests_per_connection;
+                for c in pool.h2.iter_mut() {
+                    if c.active.get() < max_streams && (max_requests == 0 || c.requests < max_requests) {
+                        c.active.set(c.active.get() + 1);
+                        c.requests += 1;
+                        c.last_used = Instant::now();
+                        return Checkout::H2(c.sender.clone(), c.active.clone());
+                    }
+                }
+                // Connections that reached max_requests_per_connection drain: drop them from the
+                // pool once idle so they close.
+                if max_requests > 0 {
+                    pool.h2.retain(|c| c.requests < max_requests || c.active.get() > 0);
+                }
+                Checkout::Dial
+            }
+        }
+    }
+
+    fn checkin_h1(&self, key: PoolKey, cluster: &Cluster, sender: http1::SendRequest<RequestBody>, requests: u32) {
+        let max = cluster.config.max_requests_per_connection;
+        if max > 0 && requests >= max {
+            return; // dropping the sender closes the connection once the response is done
+        }
+        let mut pools = self.pools.borrow_mut();
+        let pool = pools.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
+        pool.h1.push(H1Conn { sender, requests, last_used: Instant::now() });
+    }
+
+    fn add_h2(&self, key: PoolKey, cluster: &Cluster, sender: http2::SendRequest<RequestBody>, active: Rc<Cell<u32>>) {
+        let mut pools = self.pools.borrow_mut();
+        let pool = pools.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
+        pool.h2.push(H2Conn { sender, active, requests: 1, last_used: Instant::now() });
+    }
+
+    /// Close idle connections past their idle timeout, dead ones, and pools of clusters that
+    /// are no longer in the config (`live` says which cluster ids are current).
+    pub fn sweep(&self, live: impl Fn(u64) -> bool) {
+        let now = Instant::now();
+        let mut pools = self.pools.borrow_mut();
+        pools.retain(|key, pool| {
+            let expired = |last: Instant| pool.idle_timeout.is_some_and(|t| now.duration_since(last) >= t);
+            pool.h1.retain(|c| !c.sender.is_closed() && !(c.sender.is_ready() && expired(c.last_used)));
+            pool.h2.retain(|c| !c.sender.is_closed() && !(c.active.get() == 0 && expired(c.last_used)));
+            if !live(key.cluster_id) {
+                pool.h1.retain(|c| !c.sender.is_ready());
+                pool.h2.retain(|c| c.active.get() > 0);
+            }
+            !(pool.h1.is_empty() && pool.h2.is_empty())
+        });
+    }
+
+    /// Number of pooled connections (for tests and stats).
+    pub fn pooled(&self) -> usize {
+        self.pools.borrow().values().map(|p| p.h1.len() + p.h2.len()).sum()
+    }
+}
+
+async fn dial(cluster: &Cluster, host: &Host) -> Result<TcpStream, UpstreamError> {
+    let stats = &cluster.stats;
+    match tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(host.address)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            stats.upstream_cx_total.inc();
+            HostStats::inc(&host.stats.cx_total);
+            Ok(s)
+        }
+        Ok(Err(e)) => {
+            stats.upstream_cx_connect_fail.inc();
+            HostStats::inc(&host.stats.cx_connect_fail);
+            Err(UpstreamError::ConnectFailure(e))
+        }
+        Err(_) => {
+            stats.upstream_cx_connect_fail.inc();
+            stats.upstream_cx_connect_timeout.inc();
+            HostStats::inc(&host.stats.cx_connect_fail);
+            Err(UpstreamError::ConnectTimeout)
+        }
+    }
+}
+
+/// Tracks `upstream_cx_active` for the life of a connection task.
+struct CxActive {
+    cluster: Arc<Cluster>,
+    host: Arc<Host>,
+}
+
+impl CxActive {
+    fn new(cluster: &Arc<Cluster>, host: &Arc<Host>) -> Self {
+        cluster.stats.upstream_cx_active.inc();
+        HostStats::add(&host.stats.cx_active, 1);
+        CxActive { cluster: cluster.clone(), host: host.clone() }
+    }
+}
+
+impl Drop for CxActive {
+    fn drop(&mut self) {
+        self.cluster.stats.upstream_cx_active.dec();
+        self.cluster.stats.upstream_cx_destroy.inc();
+        HostStats::add(&self.host.stats.cx_active, -1);
+    }
+}
+
+async fn handshake_h1(
+    stream: TcpStream,
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(UpstreamError::Handshake)?;
+    cluster.stats.upstream_cx_http1_total.inc();
+    let guard = CxActive::new(cluster, host);
+    tokio::task::spawn_local(async move {
+        let _guard = guard;
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream http/1.1 connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+async fn handshake_h2(
+    stream: TcpStream,
+    cluster: &Arc<Cluster>,
+    host: &Arc<Host>,
+) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+    let h2 = &cluster.config.http2;
+    let mut builder = http2::Builder::new(LocalExec);
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(h2.initial_stream_window_size)
+        .initial_connection_window_size(h2.initial_connection_window_size)
+        .max_concurrent_reset_streams(100);
+    if let Some(interval) = h2.keepalive_interval {
+        builder.keep_alive_interval(interval).keep_alive_while_idle(true);
+        if let Some(t) = h2.keepalive_timeout {
+            builder.keep_alive_timeout(t);
+        }
+    }
+    let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
+    cluster.stats.upstream_cx_http2_total.inc();
+    let guard = CxActive::new(cluster, host);
+    tokio::task::spawn_local(async move {
+        let _guard = guard;
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream http/2 connection ended");
+        }
+    });
+    Ok(sender)
+}

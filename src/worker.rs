@@ -1,0 +1,212 @@
+//! Per-core workers: one OS thread each, with a single-threaded tokio runtime (no work
+//! stealing). A worker owns its listening sockets (SO_REUSEPORT: the kernel spreads
+//! connections), its upstream connection pools, and reads config from the shared snapshot.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::listener::{ChainRuntime, ListenerRuntime};
+use crate::snapshot::SharedSnapshot;
+use crate::upstream::conn_pool::ConnPools;
+
+/// hyper executor that spawns on the worker's `LocalSet`, so per-request futures need not be
+/// `Send` and per-worker state can be `Rc`/`RefCell` instead of locks.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
+}
+
+/// What one worker owns.
+pub struct WorkerCtx {
+    /// Worker index (0-based).
+    pub index: usize,
+    /// The shared config snapshot.
+    pub snapshot: SharedSnapshot,
+    /// This worker's upstream pools.
+    pub pools: ConnPools,
+    /// Becomes `true` when the server drains.
+    pub drain: watch::Receiver<bool>,
+}
+
+/// Commands from the main thread.
+pub enum WorkerCommand {
+    /// Start accepting on this listener with this socket.
+    AddListener(Arc<ListenerRuntime>, std::net::TcpListener),
+}
+
+/// Handle the main thread keeps per worker.
+pub struct WorkerHandle {
+    /// Send commands.
+    pub tx: mpsc::UnboundedSender<WorkerCommand>,
+    /// Join on exit.
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+/// Start worker `index`. It runs until `drain` is set and all its connections end (or the
+/// drain deadline passes).
+pub fn spawn(
+    index: usize,
+    snapshot: SharedSnapshot,
+    drain: watch::Receiver<bool>,
+    drain_time: Duration,
+) -> std::io::Result<WorkerHandle> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new().name(format!("pinion-worker-{index}")).spawn(move || {
+        crate::stats::set_worker_slot(index);
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "worker runtime failed to start");
+                return;
+            }
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, run(index, snapshot, drain, rx, drain_time));
+    })?;
+    Ok(WorkerHandle { tx, thread })
+}
+
+async fn run(
+    index: usize,
+    snapshot: SharedSnapshot,
+    drain: watch::Receiver<bool>,
+    mut rx: mpsc::UnboundedReceiver<WorkerCommand>,
+    drain_time: Duration,
+) {
+    let ctx = Rc::new(WorkerCtx { index, snapshot, pools: ConnPools::default(), drain: drain.clone() });
+    let connections = Rc::new(RefCell::new(0usize));
+    // Pool maintenance: idle timeouts and pools of removed clusters.
+    {
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let snap = ctx.snapshot.load();
+                ctx.pools.sweep(|id| snap.clusters.values().any(|c| c.id == id));
+            }
+        });
+    }
+    let mut drain_rx = drain.clone();
+    loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                Some(WorkerCommand::AddListener(l, sock)) => {
+                    match TcpListener::from_std(sock) {
+                        Ok(listener) => {
+                            tokio::task::spawn_local(accept_loop(listener, l, ctx.clone(), connections.clone()));
+                        }
+                        Err(e) => tracing::error!(error = %e, "worker {index}: cannot register listener"),
+                    }
+                }
+                None => break,
+            },
+            _ = drain_rx.changed() => {
+                if *drain_rx.borrow() { break; }
+            }
+        }
+    }
+    // Drain: accept loops stop on the same signal; wait for connections to finish, bounded.
+    let deadline = tokio::time::Instant::now() + drain_time;
+    while *connections.borrow() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    rt: Arc<ListenerRuntime>,
+    worker: Rc<WorkerCtx>,
+    connections: Rc<RefCell<usize>>,
+) {
+    let mut drain = worker.drain.clone();
+    if *drain.borrow() {
+        return;
+    }
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = drain.changed() => {
+                if *drain.borrow() { return; }
+                continue;
+            }
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local: SocketAddr = stream.local_addr().unwrap_or(rt.config.address);
+        let stats = &rt.stats;
+        stats.downstream_cx_total.inc();
+        stats.downstream_cx_active.inc();
+        if let Some(c) = stats.worker_cx_total.get(worker.index) {
+            c.inc();
+        }
+        if let Some(g) = stats.worker_cx_active.get(worker.index) {
+            g.inc();
+        }
+        *connections.borrow_mut() += 1;
+        let rt = rt.clone();
+        let worker = worker.clone();
+        let connections = connections.clone();
+        tokio::task::spawn_local(async move {
+            match rt.select_chain(local, peer) {
+                Some(ChainRuntime::Http(hcm)) => {
+                    crate::http::connection_manager::serve_connection(stream, peer, local, hcm.clone(), rt.clone(), worker.clone()).await
+                }
+                Some(ChainRuntime::Tcp(tcp)) => crate::tcp_proxy::serve(stream, peer, local, tcp.clone(), worker.clone()).await,
+                None => {
+                    rt.stats.no_filter_chain_match.inc();
+                    drop(stream);
+                }
+            }
+            let stats = &rt.stats;
+            stats.downstream_cx_active.dec();
+            stats.downstream_cx_destroy.inc();
+            if let Some(g) = stats.worker_cx_active.get(worker.index) {
+                g.dec();
+            }
+            *connections.borrow_mut() -= 1;
+        });
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")));
+}
+
+/// The current time as an HTTP date, cached per second per worker.
+pub fn http_date() -> HeaderValue {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
+    DATE.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != now {
+            let s = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(now));
+            if let Ok(v) = HeaderValue::from_str(&s) {
+                *d = (now, v);
+            }
+        }
+        d.1.clone()
+    })
+}

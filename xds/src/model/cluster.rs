@@ -1,0 +1,187 @@
+//! `envoy.config.cluster.v3.Cluster` and its endpoints.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::{Http2Options, Locality};
+
+/// An upstream cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Unique name.
+    pub name: String,
+    /// `alt_stat_name` or the name; stats under `cluster.<stat_name>.`.
+    pub stat_name: String,
+    /// How endpoints are found.
+    pub discovery: DiscoveryType,
+    /// `eds_cluster_config.service_name` (EDS only; empty = the cluster name).
+    pub eds_service_name: String,
+    /// `connect_timeout` (default 5s).
+    pub connect_timeout: Duration,
+    /// Load-balancing policy.
+    pub lb_policy: LbPolicy,
+    /// Endpoints by priority/locality (`load_assignment`).
+    pub load_assignment: LoadAssignment,
+    /// Upstream HTTP protocol selection.
+    pub protocol: UpstreamProtocol,
+    /// HTTP/2 settings for upstream connections.
+    pub http2: Http2Options,
+    /// `common_http_protocol_options.idle_timeout` for upstream connections (default 1h).
+    pub idle_timeout: Option<Duration>,
+    /// `max_requests_per_connection` (0 = unlimited).
+    pub max_requests_per_connection: u32,
+    /// `per_connection_buffer_limit_bytes` (default 1 MiB).
+    pub per_connection_buffer_limit_bytes: u32,
+    /// `dns_refresh_rate` (default 5s) for STRICT_DNS.
+    pub dns_refresh_rate: Duration,
+    /// `dns_lookup_family`.
+    pub dns_lookup_family: DnsLookupFamily,
+    /// `circuit_breakers` thresholds (default priority), enforced by the circuit-breaker issue.
+    pub circuit_breakers: CircuitBreakers,
+    /// `close_connections_on_host_health_failure`.
+    pub close_connections_on_host_health_failure: bool,
+}
+
+/// `Cluster.DiscoveryType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryType {
+    /// `STATIC`.
+    Static,
+    /// `STRICT_DNS`.
+    StrictDns,
+    /// `LOGICAL_DNS`.
+    LogicalDns,
+    /// `EDS` (with the EDS service name).
+    Eds,
+}
+
+/// `Cluster.LbPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbPolicy {
+    /// `ROUND_ROBIN`.
+    RoundRobin,
+    /// `LEAST_REQUEST`.
+    LeastRequest,
+    /// `RANDOM`.
+    Random,
+}
+
+/// Which HTTP version to speak upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (Envoy's default).
+    Http1,
+    /// HTTP/2 (prior knowledge when cleartext).
+    Http2,
+    /// Same as the downstream request.
+    UseDownstream,
+}
+
+/// `DnsLookupFamily`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupFamily {
+    /// `AUTO`: prefer v6, fall back to v4 (Envoy's default for DNS clusters).
+    Auto,
+    /// `V4_ONLY`.
+    V4Only,
+    /// `V6_ONLY`.
+    V6Only,
+    /// `V4_PREFERRED`.
+    V4Preferred,
+    /// `ALL`.
+    All,
+}
+
+/// `envoy.config.endpoint.v3.ClusterLoadAssignment`.
+#[derive(Debug, Clone, Default)]
+pub struct LoadAssignment {
+    /// `cluster_name`.
+    pub cluster_name: String,
+    /// Localities with their endpoints.
+    pub localities: Vec<LocalityEndpoints>,
+    /// `policy.overprovisioning_factor` (default 140).
+    pub overprovisioning_factor: u32,
+}
+
+/// `LocalityLbEndpoints`.
+#[derive(Debug, Clone, Default)]
+pub struct LocalityEndpoints {
+    /// Locality.
+    pub locality: Option<Locality>,
+    /// `load_balancing_weight`.
+    pub load_balancing_weight: Option<u32>,
+    /// `priority` (0 = highest).
+    pub priority: u32,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// `LbEndpoint`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub address: EndpointAddress,
+    /// `load_balancing_weight` (default 1).
+    pub weight: u32,
+    /// `health_status` from config/EDS.
+    pub health_status: HealthStatus,
+    /// `endpoint.hostname` (used by `auto_host_rewrite`).
+    pub hostname: String,
+}
+
+/// An endpoint address: resolved, or a DNS name for STRICT_DNS/LOGICAL_DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    /// IP and port.
+    Socket(SocketAddr),
+    /// A hostname to resolve, with its port.
+    Dns {
+        /// Hostname.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+/// `envoy.config.core.v3.HealthStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// `UNKNOWN` (treated as healthy).
+    Unknown,
+    /// `HEALTHY`.
+    Healthy,
+    /// `UNHEALTHY`.
+    Unhealthy,
+    /// `DRAINING`.
+    Draining,
+    /// `TIMEOUT`.
+    Timeout,
+    /// `DEGRADED`.
+    Degraded,
+}
+
+impl HealthStatus {
+    /// Whether the LB may pick the endpoint.
+    pub fn is_routable(self) -> bool {
+        matches!(self, HealthStatus::Unknown | HealthStatus::Healthy | HealthStatus::Degraded)
+    }
+}
+
+/// Circuit-breaker thresholds (Envoy defaults: 1024 / 1024 / 1024 / 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitBreakers {
+    /// `max_connections`.
+    pub max_connections: u32,
+    /// `max_pending_requests`.
+    pub max_pending_requests: u32,
+    /// `max_requests`.
+    pub max_requests: u32,
+    /// `max_retries`.
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    fn default() -> Self {
+        Self { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
+    }
+}

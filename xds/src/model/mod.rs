@@ -1,0 +1,21 @@
+//! Pinion's own config model: plain, validated, immutable Rust types. Translation from Envoy
+//! protos (see `crate::translate`) is the only way to build them from config, so the data
+//! plane never sees a proto and never re-validates.
+
+mod access_log;
+mod bootstrap;
+mod cluster;
+mod http_connection_manager;
+mod listener;
+mod matcher;
+mod route;
+mod tcp_proxy;
+
+pub use access_log::*;
+pub use bootstrap::*;
+pub use cluster::*;
+pub use http_connection_manager::*;
+pub use listener::*;
+pub use matcher::*;
+pub use route::*;
+pub use tcp_proxy::*;

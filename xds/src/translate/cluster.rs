@@ -1,0 +1,375 @@
+//! `envoy.config.cluster.v3.Cluster`, including the upstream `HttpProtocolOptions` extension.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3 as c;
+use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3 as up;
+
+use super::endpoint::load_assignment;
+use super::http_connection_manager::{common_options, http1_options, http2_options, CommonOptions, Side};
+use super::{
+    at, duration_or, enum_value, plaintext_transport_socket, reject_set, u32_or, unpack,
+    unsupported_field, AddressMode,
+};
+use crate::error::{ConfigError, ConfigResult};
+use crate::model;
+
+/// The extension key (and message name) of the upstream HTTP protocol options.
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Translate a `Cluster` (errors relative to it).
+pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
+    use c::cluster::{ClusterDiscoveryType as CDT, ClusterProtocolSelection, DiscoveryType as DT, LbPolicy as LB};
+    let c::Cluster {
+        transport_socket_matches,
+        transport_socket_matcher,
+        name,
+        alt_stat_name,
+        // Stats only.
+        stats_matcher: _,
+        eds_cluster_config,
+        connect_timeout,
+        per_connection_buffer_limit_bytes,
+        per_connection_buffer_high_watermark_timeout,
+        lb_policy,
+        load_assignment: assignment,
+        health_checks,
+        max_requests_per_connection,
+        circuit_breakers,
+        upstream_http_protocol_options,
+        common_http_protocol_options,
+        http_protocol_options,
+        http2_protocol_options,
+        typed_extension_protocol_options,
+        dns_refresh_rate,
+        dns_jitter,
+        // Only changes the retry cadence after a failed resolution.
+        dns_failure_refresh_rate: _,
+        respect_dns_ttl,
+        dns_lookup_family,
+        dns_resolvers,
+        // DNS transport detail of the resolver.
+        use_tcp_for_dns_lookups: _,
+        dns_resolution_config,
+        typed_dns_resolver_config,
+        // Static clusters are warm immediately; EDS warming is the xDS client's business.
+        wait_for_warm_on_init: _,
+        outlier_detection,
+        // Only used by ORIGINAL_DST clusters, which are rejected.
+        cleanup_interval: _,
+        upstream_bind_config,
+        lb_subset_config,
+        common_lb_config,
+        transport_socket,
+        // Opaque to the data plane.
+        metadata: _,
+        protocol_selection,
+        upstream_connection_options,
+        close_connections_on_host_health_failure,
+        // Only matters with active health checking, which is rejected.
+        ignore_health_on_host_removal: _,
+        filters,
+        load_balancing_policy,
+        lrs_server,
+        // Only used with lrs_server, which is rejected.
+        lrs_report_endpoint_metrics: _,
+        // Stats only.
+        track_timeout_budgets: _,
+        // Stats only.
+        track_cluster_stats: _,
+        upstream_config,
+        preconnect_policy,
+        connection_pool_per_downstream_connection,
+        queuing_policies,
+        cluster_discovery_type,
+        lb_config,
+    } = cl;
+    reject_set(transport_socket_matches, "transport_socket_matches")?;
+    reject_set(transport_socket_matcher, "transport_socket_matcher")?;
+    reject_set(per_connection_buffer_high_watermark_timeout, "per_connection_buffer_high_watermark_timeout")?;
+    reject_set(health_checks, "health_checks")?;
+    reject_set(upstream_http_protocol_options, "upstream_http_protocol_options")?;
+    reject_set(dns_jitter, "dns_jitter")?;
+    reject_set(respect_dns_ttl, "respect_dns_ttl")?;
+    reject_set(dns_resolvers, "dns_resolvers")?;
+    reject_set(dns_resolution_config, "dns_resolution_config")?;
+    reject_set(typed_dns_resolver_config, "typed_dns_resolver_config")?;
+    reject_set(outlier_detection, "outlier_detection")?;
+    reject_set(upstream_bind_config, "upstream_bind_config")?;
+    reject_set(lb_subset_config, "lb_subset_config")?;
+    reject_set(common_lb_config, "common_lb_config")?;
+    reject_set(upstream_connection_options, "upstream_connection_options")?;
+    reject_set(filters, "filters")?;
+    reject_set(load_balancing_policy, "load_balancing_policy")?;
+    reject_set(lrs_server, "lrs_server")?;
+    reject_set(upstream_config, "upstream_config")?;
+    reject_set(preconnect_policy, "preconnect_policy")?;
+    reject_set(connection_pool_per_downstream_connection, "connection_pool_per_downstream_connection")?;
+    reject_set(queuing_policies, "queuing_policies")?;
+    if let Some(cfg) = lb_config {
+        use c::cluster::LbConfig;
+        return Err(unsupported_field(match cfg {
+            LbConfig::RingHashLbConfig(_) => "ring_hash_lb_config",
+            LbConfig::MaglevLbConfig(_) => "maglev_lb_config",
+            LbConfig::OriginalDstLbConfig(_) => "original_dst_lb_config",
+            LbConfig::LeastRequestLbConfig(_) => "least_request_lb_config",
+            LbConfig::RoundRobinLbConfig(_) => "round_robin_lb_config",
+        }));
+    }
+    plaintext_transport_socket(transport_socket, "upstream TLS arrives with the mTLS issue")
+        .map_err(at("transport_socket"))?;
+
+    let discovery = match cluster_discovery_type {
+        None => model::DiscoveryType::Static,
+        Some(CDT::ClusterType(_)) => return Err(unsupported_field("cluster_type")),
+        Some(CDT::Type(t)) => match enum_value::<DT>(*t, "type")? {
+            DT::Static => model::DiscoveryType::Static,
+            DT::StrictDns => model::DiscoveryType::StrictDns,
+            DT::LogicalDns => model::DiscoveryType::LogicalDns,
+            DT::Eds => model::DiscoveryType::Eds,
+            DT::OriginalDst => {
+                return Err(ConfigError::unsupported("type", "ORIGINAL_DST clusters are not supported by pinion"))
+            }
+        },
+    };
+    let eds_service_name = match eds_cluster_config {
+        None => String::new(),
+        // eds_config: where EDS comes from is the xDS client's business.
+        Some(c::cluster::EdsClusterConfig { eds_config: _, service_name }) => service_name.clone(),
+    };
+    let lb_policy = match enum_value::<LB>(*lb_policy, "lb_policy")? {
+        LB::RoundRobin => model::LbPolicy::RoundRobin,
+        LB::LeastRequest => model::LbPolicy::LeastRequest,
+        LB::Random => model::LbPolicy::Random,
+        other => {
+            return Err(ConfigError::unsupported(
+                "lb_policy",
+                format!("lb_policy {} is not supported by pinion", other.as_str_name()),
+            ))
+        }
+    };
+    let dns_lookup_family = {
+        use c::cluster::DnsLookupFamily as F;
+        match enum_value::<F>(*dns_lookup_family, "dns_lookup_family")? {
+            F::Auto => model::DnsLookupFamily::Auto,
+            F::V4Only => model::DnsLookupFamily::V4Only,
+            F::V6Only => model::DnsLookupFamily::V6Only,
+            F::V4Preferred => model::DnsLookupFamily::V4Preferred,
+            F::All => model::DnsLookupFamily::All,
+        }
+    };
+
+    let mode = match discovery {
+        model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => AddressMode::AllowDns,
+        model::DiscoveryType::Static | model::DiscoveryType::Eds => AddressMode::RequireIp,
+    };
+    let load_assignment = match assignment {
+        None => model::LoadAssignment {
+            cluster_name: name.clone(),
+            localities: Vec::new(),
+            overprovisioning_factor: 140,
+        },
+        Some(a) => load_assignment(a, mode).map_err(at("load_assignment"))?,
+    };
+    if discovery == model::DiscoveryType::LogicalDns {
+        let n: usize = load_assignment.localities.iter().map(|l| l.endpoints.len()).sum();
+        if load_assignment.localities.len() != 1 || n != 1 {
+            return Err(ConfigError::invalid(
+                "load_assignment",
+                "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single lb_endpoint",
+            ));
+        }
+    }
+
+    // Protocol: the typed extension, or the deprecated cluster-level fields.
+    let mut protocol = model::UpstreamProtocol::Http1;
+    let mut http2 = model::Http2Options::default();
+    let mut common = CommonOptions::default();
+    let deprecated_set = common_http_protocol_options.is_some()
+        || http_protocol_options.is_some()
+        || http2_protocol_options.is_some();
+    let mut keys: Vec<&String> = typed_extension_protocol_options.keys().collect();
+    keys.sort();
+    for k in keys {
+        let Some(any) = typed_extension_protocol_options.get(k) else { continue };
+        let p = format!("typed_extension_protocol_options[\"{k}\"]");
+        if k != HTTP_PROTOCOL_OPTIONS {
+            return Err(ConfigError::unsupported(
+                p,
+                format!("protocol options extension '{k}' is not supported by pinion"),
+            ));
+        }
+        if deprecated_set {
+            return Err(ConfigError::invalid(
+                p,
+                "cannot combine typed_extension_protocol_options HttpProtocolOptions with the deprecated cluster-level protocol options",
+            ));
+        }
+        let o: up::HttpProtocolOptions = unpack(any).map_err(at(&p))?;
+        let (pr, h2, co) = upstream_http_options(&o).map_err(at(&p))?;
+        protocol = pr;
+        http2 = h2;
+        common = co;
+    }
+    if let Some(o) = common_http_protocol_options {
+        common = upstream_common_options(o).map_err(at("common_http_protocol_options"))?;
+    }
+    if let Some(o) = http_protocol_options {
+        http1_options(o, Side::Upstream).map_err(at("http_protocol_options"))?;
+    }
+    if let Some(o) = http2_protocol_options {
+        protocol = model::UpstreamProtocol::Http2;
+        http2 = http2_options(o).map_err(at("http2_protocol_options"))?;
+    }
+    if enum_value::<ClusterProtocolSelection>(*protocol_selection, "protocol_selection")?
+        == ClusterProtocolSelection::UseDownstreamProtocol
+    {
+        protocol = model::UpstreamProtocol::UseDownstream;
+    }
+    let mut max_requests = common.max_requests_per_connection;
+    if let Some(m) = max_requests_per_connection {
+        if common.max_requests_per_connection != 0 {
+            return Err(ConfigError::invalid(
+                "max_requests_per_connection",
+                "cannot be combined with common_http_protocol_options.max_requests_per_connection",
+            ));
+        }
+        max_requests = m.value;
+    }
+
+    Ok(model::Cluster {
+        name: name.clone(),
+        stat_name: if alt_stat_name.is_empty() { name.clone() } else { alt_stat_name.clone() },
+        discovery,
+        eds_service_name,
+        connect_timeout: duration_or(connect_timeout, Duration::from_secs(5), "connect_timeout")?,
+        lb_policy,
+        load_assignment,
+        protocol,
+        http2,
+        idle_timeout: common.idle_timeout,
+        max_requests_per_connection: max_requests,
+        per_connection_buffer_limit_bytes: u32_or(per_connection_buffer_limit_bytes, 1024 * 1024),
+        dns_refresh_rate: duration_or(dns_refresh_rate, Duration::from_secs(5), "dns_refresh_rate")?,
+        dns_lookup_family,
+        circuit_breakers: match circuit_breakers {
+            None => model::CircuitBreakers::default(),
+            Some(cb) => breakers(cb).map_err(at("circuit_breakers"))?,
+        },
+        close_connections_on_host_health_failure: *close_connections_on_host_health_failure,
+    })
+}
+
+/// Upstream `common_http_protocol_options`: only idle_timeout and max_requests_per_connection.
+fn upstream_common_options(o: &core::HttpProtocolOptions) -> ConfigResult<CommonOptions> {
+    // The other fields are destructured and checked by common_options.
+    reject_set(&o.max_headers_count, "max_headers_count")?;
+    reject_set(&o.max_stream_duration, "max_stream_duration")?;
+    reject_set(&o.headers_with_underscores_action, "headers_with_underscores_action")?;
+    common_options(o)
+}
+
+fn upstream_http_options(
+    o: &up::HttpProtocolOptions,
+) -> ConfigResult<(model::UpstreamProtocol, model::Http2Options, CommonOptions)> {
+    use up::http_protocol_options::{explicit_http_config::ProtocolConfig, UpstreamProtocolOptions as U};
+    let up::HttpProtocolOptions {
+        common_http_protocol_options,
+        upstream_http_protocol_options,
+        http_filters,
+        header_validation_config,
+        outlier_detection,
+        request_mirror_policies,
+        hash_policy,
+        retry_policy,
+        upstream_protocol_options,
+    } = o;
+    reject_set(upstream_http_protocol_options, "upstream_http_protocol_options")?;
+    reject_set(http_filters, "http_filters")?;
+    reject_set(header_validation_config, "header_validation_config")?;
+    reject_set(outlier_detection, "outlier_detection")?;
+    reject_set(request_mirror_policies, "request_mirror_policies")?;
+    reject_set(hash_policy, "hash_policy")?;
+    reject_set(retry_policy, "retry_policy")?;
+    let common = match common_http_protocol_options {
+        None => CommonOptions::default(),
+        Some(c) => upstream_common_options(c).map_err(at("common_http_protocol_options"))?,
+    };
+    let mut http2 = model::Http2Options::default();
+    let protocol = match upstream_protocol_options {
+        // Envoy's default: HTTP/1.1 with default options.
+        None => model::UpstreamProtocol::Http1,
+        Some(U::ExplicitHttpConfig(up::http_protocol_options::ExplicitHttpConfig { protocol_config })) => {
+            match protocol_config {
+                None => model::UpstreamProtocol::Http1,
+                Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
+                    http1_options(h1, Side::Upstream)
+                        .map_err(at("explicit_http_config.http_protocol_options"))?;
+                    model::UpstreamProtocol::Http1
+                }
+                Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
+                    http2 = http2_options(h2).map_err(at("explicit_http_config.http2_protocol_options"))?;
+                    model::UpstreamProtocol::Http2
+                }
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err(unsupported_field("explicit_http_config.http3_protocol_options"))
+                }
+            }
+        }
+        Some(U::UseDownstreamProtocolConfig(d)) => {
+            let up::http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options,
+                http2_protocol_options,
+                http3_protocol_options,
+            } = d;
+            reject_set(http3_protocol_options, "use_downstream_protocol_config.http3_protocol_options")?;
+            if let Some(h1) = http_protocol_options {
+                http1_options(h1, Side::Upstream)
+                    .map_err(at("use_downstream_protocol_config.http_protocol_options"))?;
+            }
+            if let Some(h2) = http2_protocol_options {
+                http2 = http2_options(h2)
+                    .map_err(at("use_downstream_protocol_config.http2_protocol_options"))?;
+            }
+            model::UpstreamProtocol::UseDownstream
+        }
+        Some(U::AutoConfig(_)) => return Err(unsupported_field("auto_config")),
+    };
+    Ok((protocol, http2, common))
+}
+
+fn breakers(cb: &c::CircuitBreakers) -> ConfigResult<model::CircuitBreakers> {
+    use core::RoutingPriority;
+    let c::CircuitBreakers { thresholds, per_host_thresholds } = cb;
+    reject_set(per_host_thresholds, "per_host_thresholds")?;
+    let mut out = model::CircuitBreakers::default();
+    for (i, t) in thresholds.iter().enumerate() {
+        let p = format!("thresholds[{i}]");
+        let c::circuit_breakers::Thresholds {
+            priority,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            max_retries,
+            retry_budget,
+            // Only publishes remaining-capacity gauges.
+            track_remaining: _,
+            max_connection_pools,
+        } = t;
+        reject_set(retry_budget, &format!("{p}.retry_budget"))?;
+        reject_set(max_connection_pools, &format!("{p}.max_connection_pools"))?;
+        // HIGH priority thresholds are never consulted: routes with priority HIGH are rejected.
+        if enum_value::<RoutingPriority>(*priority, &format!("{p}.priority"))? != RoutingPriority::Default {
+            continue;
+        }
+        let d = model::CircuitBreakers::default();
+        out = model::CircuitBreakers {
+            max_connections: u32_or(max_connections, d.max_connections),
+            max_pending_requests: u32_or(max_pending_requests, d.max_pending_requests),
+            max_requests: u32_or(max_requests, d.max_requests),
+            max_retries: u32_or(max_retries, d.max_retries),
+        };
+    }
+    Ok(out)
+}
