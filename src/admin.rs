@@ -142,7 +142,9 @@ fn handle(state: &Arc<ServerState>, req: Request<Incoming>) -> Response<Full<Byt
             None if !q.is_empty() => text(StatusCode::BAD_REQUEST, "usage: /logging?level=<level>\n"),
             None => text(StatusCode::OK, "active loggers:\n  pinion\n"),
         },
-        "/memory" => json_response(&json!({ "allocated": rss_bytes().to_string(), "heap_size": rss_bytes().to_string() })),
+        "/memory" => {
+            json_response(&json!({ "allocated": rss_bytes().to_string(), "heap_size": rss_bytes().to_string() }))
+        }
         "/runtime" => json_response(&json!({ "layers": [], "entries": {} })),
         "/" | "/help" => text(StatusCode::OK, HELP),
         _ => text(StatusCode::NOT_FOUND, format!("invalid path. admin commands are:\n{HELP}")),

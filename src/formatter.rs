@@ -112,7 +112,9 @@ impl Format {
 fn parse_command(cmd: &str) -> Result<Token, String> {
     let (head, max_len) = match cmd.rfind(')') {
         Some(close) => match cmd[close + 1..].strip_prefix(':') {
-            Some(n) => (&cmd[..=close], Some(n.parse::<usize>().map_err(|_| format!("invalid max length in %{cmd}%"))?)),
+            Some(n) => {
+                (&cmd[..=close], Some(n.parse::<usize>().map_err(|_| format!("invalid max length in %{cmd}%"))?))
+            }
             None if cmd.len() == close + 1 => (cmd, None),
             None => return Err(format!("invalid command %{cmd}%")),
         },
@@ -300,8 +302,12 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("y", "hello".parse().unwrap());
         let ctx = Context { info: &info, request_headers: Some(&h), response_headers: None, bytes_sent: 7 };
-        let f = Format::parse("%REQ(X-Foo?Y):3% %REQ(missing)% %BYTES_SENT% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%").unwrap();
+        let f = Format::parse("%REQ(X-Foo?Y):3% %REQ(missing)% %BYTES_SENT% %DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%")
+            .unwrap();
         assert_eq!(f.render(&ctx, false), "hel - 7 10.0.0.1");
-        assert_eq!(format_time(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(86_400_123)), "1970-01-02T00:00:00.123Z");
+        assert_eq!(
+            format_time(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(86_400_123)),
+            "1970-01-02T00:00:00.123Z"
+        );
     }
 }

@@ -38,8 +38,11 @@ pub fn address_stat_name(addr: &SocketAddr) -> String {
 impl ListenerStats {
     fn new(store: &Store, prefix: &str, workers: usize) -> Self {
         let tag = "envoy_listener_address";
-        let c = |rest: &str| store.counter(&format!("listener.{prefix}.{rest}"), Prom::tagged("listener", tag, prefix, rest));
-        let g = |rest: &str| store.gauge(&format!("listener.{prefix}.{rest}"), Prom::tagged("listener", tag, prefix, rest));
+        let c = |rest: &str| {
+            store.counter(&format!("listener.{prefix}.{rest}"), Prom::tagged("listener", tag, prefix, rest))
+        };
+        let g =
+            |rest: &str| store.gauge(&format!("listener.{prefix}.{rest}"), Prom::tagged("listener", tag, prefix, rest));
         let wc = |i: usize, rest: &str| {
             store.counter(
                 &format!("listener.{prefix}.worker_{i}.{rest}"),
@@ -113,7 +116,8 @@ impl HcmStats {
         let xx = |class: u8| {
             store.counter(
                 &format!("http.{prefix}.downstream_rq_{class}xx"),
-                Prom::tagged("http", tag, prefix, "downstream_rq_xx").with_tag("envoy_response_code_class", &class.to_string()),
+                Prom::tagged("http", tag, prefix, "downstream_rq_xx")
+                    .with_tag("envoy_response_code_class", &class.to_string()),
             )
         };
         HcmStats {
@@ -209,7 +213,8 @@ pub enum ListenerError {
 impl ListenerRuntime {
     /// Build runtime state for `config` with `workers` workers.
     pub fn new(config: Arc<model::Listener>, store: &Store, workers: usize) -> Result<Self, ListenerError> {
-        let prefix = if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
+        let prefix =
+            if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
         let stats = ListenerStats::new(store, &prefix, workers);
         let build = |chain: &model::FilterChain| -> Result<ChainRuntime, ListenerError> {
             match &chain.filter {

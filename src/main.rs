@@ -13,7 +13,9 @@ fn main() {
     }
     let log = pinion::logging::init(&opts.log_level, opts.component_log_level.as_deref(), opts.log_path.as_deref());
     let code = match cli.command {
-        Some(Command::Demo { port, admin_port, duration_s }) => pinion::demo::run(port, admin_port, duration_s, opts, log),
+        Some(Command::Demo { port, admin_port, duration_s }) => {
+            pinion::demo::run(port, admin_port, duration_s, opts, log)
+        }
         None => pinion::server::run(opts, log),
     };
     std::process::exit(code);

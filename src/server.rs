@@ -134,7 +134,10 @@ pub fn load_bootstrap(opts: &Options) -> Result<model::Bootstrap, String> {
                 Some("json") => Format::Json,
                 Some("yaml") | Some("yml") => Format::Yaml,
                 Some("pb") | Some("pb_text") => {
-                    return Err(format!("{}: binary/text proto bootstraps are not supported; use YAML or JSON", p.display()))
+                    return Err(format!(
+                        "{}: binary/text proto bootstraps are not supported; use YAML or JSON",
+                        p.display()
+                    ))
                 }
                 _ => Format::Auto,
             };
@@ -150,7 +153,8 @@ pub fn load_bootstrap(opts: &Options) -> Result<model::Bootstrap, String> {
         }
     }
     let json = json.ok_or("at least one of --config-path or --config-yaml is required")?;
-    let overrides = NodeOverrides { service_node: opts.service_node.clone(), service_cluster: opts.service_cluster.clone() };
+    let overrides =
+        NodeOverrides { service_node: opts.service_node.clone(), service_cluster: opts.service_cluster.clone() };
     pinion_xds::loader::bootstrap_from_json(&json, &dopts, &overrides).map_err(|e| e.to_string())
 }
 
@@ -249,7 +253,8 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
 
     // Bind every listener once per worker (SO_REUSEPORT). A port of 0 is resolved by the
     // first bind and reused for the other workers' sockets.
-    let mut sockets: Vec<Vec<(Arc<ListenerRuntime>, std::net::TcpListener)>> = (0..concurrency).map(|_| Vec::new()).collect();
+    let mut sockets: Vec<Vec<(Arc<ListenerRuntime>, std::net::TcpListener)>> =
+        (0..concurrency).map(|_| Vec::new()).collect();
     for l in &listeners {
         let backlog = l.config.tcp_backlog_size.unwrap_or(1024);
         let mut addr = l.config.address;
@@ -345,7 +350,8 @@ fn register_server_stats(state: &Arc<ServerState>) {
     s.gauge("server.concurrency", Prom::plain("server.concurrency")).set(state.concurrency as i64);
     s.gauge("server.live", Prom::plain("server.live")).set(1);
     let snap = state.snapshot.load();
-    s.gauge("cluster_manager.active_clusters", Prom::plain("cluster_manager.active_clusters")).set(snap.clusters.len() as i64);
+    s.gauge("cluster_manager.active_clusters", Prom::plain("cluster_manager.active_clusters"))
+        .set(snap.clusters.len() as i64);
     s.gauge("listener_manager.total_listeners_active", Prom::plain("listener_manager.total_listeners_active"))
         .set(snap.listeners.len() as i64);
     let uptime = s.gauge("server.uptime", Prom::plain("server.uptime"));

@@ -135,10 +135,7 @@ pub struct Store {
 impl Store {
     /// A store with a slot per worker plus one for the main thread.
     pub fn new(workers: usize) -> Self {
-        Store {
-            inner: Arc::new(Mutex::new(BTreeMap::new())),
-            slots: workers.clamp(1, MAX_WORKERS) + 1,
-        }
+        Store { inner: Arc::new(Mutex::new(BTreeMap::new())), slots: workers.clamp(1, MAX_WORKERS) + 1 }
     }
 
     /// Get or create the counter `name`; `prom` gives the Prometheus base name and tags.
@@ -162,10 +159,7 @@ impl Store {
             return g.clone();
         }
         let g = Gauge::new(self.slots);
-        map.insert(
-            name.to_string(),
-            Entry { metric: Metric::Gauge(g.clone()), prom_name: prom.name, tags: prom.tags },
-        );
+        map.insert(name.to_string(), Entry { metric: Metric::Gauge(g.clone()), prom_name: prom.name, tags: prom.tags });
         g
     }
 
@@ -285,10 +279,7 @@ impl Prom {
     /// A stat `<family>.<tag value>.<rest>` whose tag value is extracted into `tag`:
     /// `cluster.backend.upstream_rq_total` -> `envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"}`.
     pub fn tagged(family: &str, tag: &'static str, value: &str, rest: &str) -> Prom {
-        Prom {
-            name: sanitize(&format!("envoy_{family}_{rest}")),
-            tags: vec![(tag, value.to_string())],
-        }
+        Prom { name: sanitize(&format!("envoy_{family}_{rest}")), tags: vec![(tag, value.to_string())] }
     }
 
     /// Add one more tag (e.g. `envoy_response_code`).
@@ -310,7 +301,10 @@ mod tests {
     #[test]
     fn counters_sum_over_worker_slots() {
         let store = Store::new(2);
-        let c = store.counter("cluster.a.upstream_rq_total", Prom::tagged("cluster", "envoy_cluster_name", "a", "upstream_rq_total"));
+        let c = store.counter(
+            "cluster.a.upstream_rq_total",
+            Prom::tagged("cluster", "envoy_cluster_name", "a", "upstream_rq_total"),
+        );
         c.inc();
         let c2 = c.clone();
         std::thread::spawn(move || {

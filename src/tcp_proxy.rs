@@ -19,7 +19,13 @@ use crate::listener::TcpProxyRuntime;
 use crate::worker::WorkerCtx;
 
 /// Serve one downstream TCP connection.
-pub async fn serve(mut downstream: TcpStream, peer: SocketAddr, local: SocketAddr, tcp: Arc<TcpProxyRuntime>, worker: Rc<WorkerCtx>) {
+pub async fn serve(
+    mut downstream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    tcp: Arc<TcpProxyRuntime>,
+    worker: Rc<WorkerCtx>,
+) {
     tcp.downstream_cx_total.inc();
     let cfg = &tcp.config;
     let mut info = StreamInfo::new(peer, local, "-");

@@ -173,9 +173,19 @@ async fn accept_loop(
         tokio::task::spawn_local(async move {
             match rt.select_chain(local, peer) {
                 Some(ChainRuntime::Http(hcm)) => {
-                    crate::http::connection_manager::serve_connection(stream, peer, local, hcm.clone(), rt.clone(), worker.clone()).await
+                    crate::http::connection_manager::serve_connection(
+                        stream,
+                        peer,
+                        local,
+                        hcm.clone(),
+                        rt.clone(),
+                        worker.clone(),
+                    )
+                    .await
                 }
-                Some(ChainRuntime::Tcp(tcp)) => crate::tcp_proxy::serve(stream, peer, local, tcp.clone(), worker.clone()).await,
+                Some(ChainRuntime::Tcp(tcp)) => {
+                    crate::tcp_proxy::serve(stream, peer, local, tcp.clone(), worker.clone()).await
+                }
                 None => {
                     rt.stats.no_filter_chain_match.inc();
                     drop(stream);
@@ -193,7 +203,7 @@ async fn accept_loop(
 }
 
 thread_local! {
-    static DATE: RefCell<(u64, HeaderValue)> = RefCell::new((0, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT")));
+    static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))) };
 }
 
 /// The current time as an HTTP date, cached per second per worker.

@@ -65,34 +65,22 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
 
     let proto_root = envoy_types_proto_dir();
-    let includes: Vec<PathBuf> = INCLUDES
-        .iter()
-        .map(|d| proto_root.join(d))
-        .filter(|p| p.is_dir())
-        .collect();
+    let includes: Vec<PathBuf> = INCLUDES.iter().map(|d| proto_root.join(d)).filter(|p| p.is_dir()).collect();
     let api = proto_root.join("data-plane-api");
-    let files: Vec<&str> = FILES
-        .iter()
-        .copied()
-        .filter(|f| api.join(f).is_file())
-        .collect();
+    let files: Vec<&str> = FILES.iter().copied().filter(|f| api.join(f).is_file()).collect();
     if files.is_empty() {
         panic!("no Envoy .proto files found under {}", api.display());
     }
 
-    let mut compiler = protox::Compiler::new(&includes)
-        .unwrap_or_else(|e| panic!("protox include setup failed: {e}"));
+    let mut compiler = protox::Compiler::new(&includes).unwrap_or_else(|e| panic!("protox include setup failed: {e}"));
     // Source info roughly doubles the descriptor and is never used at run time.
     compiler.include_source_info(false);
     compiler.include_imports(true);
-    compiler
-        .open_files(&files)
-        .unwrap_or_else(|e| panic!("protox failed: {e:?}"));
+    compiler.open_files(&files).unwrap_or_else(|e| panic!("protox failed: {e:?}"));
     let bytes = compiler.encode_file_descriptor_set();
 
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR not set"));
-    std::fs::write(out.join("envoy_descriptor.bin"), bytes)
-        .unwrap_or_else(|e| panic!("writing descriptor: {e}"));
+    std::fs::write(out.join("envoy_descriptor.bin"), bytes).unwrap_or_else(|e| panic!("writing descriptor: {e}"));
 }
 
 /// Finds `<envoy-types package dir>/proto` via `cargo metadata`, falling back to a scan of
@@ -103,9 +91,8 @@ fn envoy_types_proto_dir() -> PathBuf {
     }
     match from_cargo_metadata() {
         Ok(dir) => dir,
-        Err(meta_err) => from_registry_scan().unwrap_or_else(|| {
-            panic!("cannot locate envoy-types proto dir: {meta_err}; set PINION_ENVOY_PROTO_DIR")
-        }),
+        Err(meta_err) => from_registry_scan()
+            .unwrap_or_else(|| panic!("cannot locate envoy-types proto dir: {meta_err}; set PINION_ENVOY_PROTO_DIR")),
     }
 }
 
@@ -119,31 +106,17 @@ fn from_cargo_metadata() -> Result<PathBuf, String> {
         _ => manifest_dir.join("Cargo.toml"),
     };
     let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--format-version",
-            "1",
-            "--offline",
-            "--manifest-path",
-        ])
+        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
         .arg(&manifest)
         .output()
         .map_err(|e| format!("running cargo metadata: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "cargo metadata failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+        return Err(format!("cargo metadata failed: {}", String::from_utf8_lossy(&output.stderr).trim()));
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata json: {e}"))?;
-    let packages = meta["packages"]
-        .as_array()
-        .ok_or("no packages in metadata")?;
-    let candidates: Vec<&serde_json::Value> = packages
-        .iter()
-        .filter(|p| p["name"] == "envoy-types")
-        .collect();
+    let packages = meta["packages"].as_array().ok_or("no packages in metadata")?;
+    let candidates: Vec<&serde_json::Value> = packages.iter().filter(|p| p["name"] == "envoy-types").collect();
     // Prefer the envoy-types that this crate actually resolved to, if several are present.
     let own_dep = resolved_envoy_types_id(&meta);
     let pkg = candidates
@@ -152,10 +125,7 @@ fn from_cargo_metadata() -> Result<PathBuf, String> {
         .or_else(|| candidates.first())
         .ok_or("envoy-types not in cargo metadata")?;
     let manifest_path = pkg["manifest_path"].as_str().ok_or("no manifest_path")?;
-    let dir = Path::new(manifest_path)
-        .parent()
-        .ok_or("bad manifest_path")?
-        .join("proto");
+    let dir = Path::new(manifest_path).parent().ok_or("bad manifest_path")?.join("proto");
     if dir.is_dir() {
         Ok(dir)
     } else {
@@ -171,10 +141,7 @@ fn resolved_envoy_types_id(meta: &serde_json::Value) -> Option<String> {
         let path = Path::new(p["manifest_path"].as_str()?);
         (path == own_manifest).then(|| p["id"].as_str().map(str::to_string))?
     })?;
-    let node = meta["resolve"]["nodes"]
-        .as_array()?
-        .iter()
-        .find(|n| n["id"].as_str() == Some(own_id.as_str()))?;
+    let node = meta["resolve"]["nodes"].as_array()?.iter().find(|n| n["id"].as_str() == Some(own_id.as_str()))?;
     node["deps"]
         .as_array()?
         .iter()
@@ -190,11 +157,7 @@ fn from_registry_scan() -> Option<PathBuf> {
     // Same minor series as the Cargo.toml requirement; the highest one wins.
     let mut found: Vec<PathBuf> = Vec::new();
     for index in std::fs::read_dir(home.join("registry/src")).ok()?.flatten() {
-        for pkg in std::fs::read_dir(index.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
+        for pkg in std::fs::read_dir(index.path()).into_iter().flatten().flatten() {
             let name = pkg.file_name();
             if name.to_string_lossy().starts_with("envoy-types-0.7.") {
                 let proto = pkg.path().join("proto");

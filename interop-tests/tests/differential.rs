@@ -16,9 +16,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use pinion_interop_tests::render_bootstrap;
 use pinion_testkit::{
-    full, grpc_bidi_echo, grpc_unary_with, h2c_client_to, http1_client_to, send_full,
-    spawn_grpc_backend, spawn_http_backend, Backend, BackendKind, GrpcBackend, ProxyKind,
-    ProxyProcess, TestClient,
+    full, grpc_bidi_echo, grpc_unary_with, h2c_client_to, http1_client_to, send_full, spawn_grpc_backend,
+    spawn_http_backend, Backend, BackendKind, GrpcBackend, ProxyKind, ProxyProcess, TestClient,
 };
 use serde_json::Value;
 
@@ -112,56 +111,19 @@ const CONNECT_FAILURE_BODY: &str =
 /// Values that legitimately differ between the two runs, and why. Everything else
 /// listed in the module docs is compared.
 const DELIBERATE_DIFFERENCES: &[(&str, &str)] = &[
-    (
-        "response `date`",
-        "wall-clock time: only its presence is compared",
-    ),
-    (
-        "response `x-envoy-upstream-service-time`",
-        "measured latency: only its presence is compared",
-    ),
-    (
-        "upstream `x-request-id`",
-        "random UUID per request: only its presence is compared",
-    ),
+    ("response `date`", "wall-clock time: only its presence is compared"),
+    ("response `x-envoy-upstream-service-time`", "measured latency: only its presence is compared"),
+    ("upstream `x-request-id`", "random UUID per request: only its presence is compared"),
 ];
 
 fn table() -> Vec<Row> {
     vec![
         // ---- path matching on the default (`*`) virtual host ----
-        Row {
-            name: "path-exact",
-            path: "/exact",
-            route: Some("exact-path"),
-            expect: &[("up.path", "/exact")],
-            ..R
-        },
-        Row {
-            name: "path-exact-longer-is-no-route",
-            path: "/exact/more",
-            cmp: BodyCmp::Exact,
-            status: 404,
-            ..R
-        },
-        Row {
-            name: "safe-regex",
-            path: "/regex/123",
-            route: Some("regex"),
-            ..R
-        },
-        Row {
-            name: "safe-regex-miss",
-            path: "/regex/12a",
-            cmp: BodyCmp::Exact,
-            status: 404,
-            ..R
-        },
-        Row {
-            name: "path-separated-prefix-exact",
-            path: "/sep",
-            route: Some("sep"),
-            ..R
-        },
+        Row { name: "path-exact", path: "/exact", route: Some("exact-path"), expect: &[("up.path", "/exact")], ..R },
+        Row { name: "path-exact-longer-is-no-route", path: "/exact/more", cmp: BodyCmp::Exact, status: 404, ..R },
+        Row { name: "safe-regex", path: "/regex/123", route: Some("regex"), ..R },
+        Row { name: "safe-regex-miss", path: "/regex/12a", cmp: BodyCmp::Exact, status: 404, ..R },
+        Row { name: "path-separated-prefix-exact", path: "/sep", route: Some("sep"), ..R },
         Row {
             name: "path-separated-prefix-child",
             path: "/sep/child?x=1",
@@ -169,19 +131,8 @@ fn table() -> Vec<Row> {
             expect: &[("up.path", "/sep/child?x=1")],
             ..R
         },
-        Row {
-            name: "path-separated-prefix-query",
-            path: "/sep?x=1",
-            route: Some("sep"),
-            ..R
-        },
-        Row {
-            name: "path-separated-prefix-miss",
-            path: "/sepx",
-            cmp: BodyCmp::Exact,
-            status: 404,
-            ..R
-        },
+        Row { name: "path-separated-prefix-query", path: "/sep?x=1", route: Some("sep"), ..R },
+        Row { name: "path-separated-prefix-miss", path: "/sepx", cmp: BodyCmp::Exact, status: 404, ..R },
         Row {
             name: "prefix-case-insensitive",
             path: "/caseINSENSITIVE/Abc",
@@ -190,13 +141,7 @@ fn table() -> Vec<Row> {
             ..R
         },
         // ---- header matchers ----
-        Row {
-            name: "header-exact",
-            path: "/hdr",
-            headers: &[("x-exact", "yes")],
-            route: Some("hdr-exact"),
-            ..R
-        },
+        Row { name: "header-exact", path: "/hdr", headers: &[("x-exact", "yes")], route: Some("hdr-exact"), ..R },
         Row {
             name: "header-exact-wrong-value",
             path: "/hdr",
@@ -204,13 +149,7 @@ fn table() -> Vec<Row> {
             route: Some("hdr-fallback"),
             ..R
         },
-        Row {
-            name: "header-present",
-            path: "/hdr/x",
-            headers: &[("x-present", "")],
-            route: Some("hdr-present"),
-            ..R
-        },
+        Row { name: "header-present", path: "/hdr/x", headers: &[("x-present", "")], route: Some("hdr-present"), ..R },
         Row {
             name: "header-prefix",
             path: "/hdr",
@@ -240,37 +179,12 @@ fn table() -> Vec<Row> {
             ..R
         },
         // Envoy: an absent header never matches a string matcher, even inverted.
-        Row {
-            name: "header-invert-absent",
-            path: "/hdr",
-            route: Some("hdr-fallback"),
-            ..R
-        },
+        Row { name: "header-invert-absent", path: "/hdr", route: Some("hdr-fallback"), ..R },
         // ---- query parameter matchers ----
-        Row {
-            name: "query-exact",
-            path: "/query?q=1",
-            route: Some("query-exact"),
-            ..R
-        },
-        Row {
-            name: "query-exact-other-value",
-            path: "/query?q=2",
-            route: Some("query-fallback"),
-            ..R
-        },
-        Row {
-            name: "query-present-empty",
-            path: "/query?a=b&p=",
-            route: Some("query-present"),
-            ..R
-        },
-        Row {
-            name: "query-none",
-            path: "/query",
-            route: Some("query-fallback"),
-            ..R
-        },
+        Row { name: "query-exact", path: "/query?q=1", route: Some("query-exact"), ..R },
+        Row { name: "query-exact-other-value", path: "/query?q=2", route: Some("query-fallback"), ..R },
+        Row { name: "query-present-empty", path: "/query?a=b&p=", route: Some("query-present"), ..R },
+        Row { name: "query-none", path: "/query", route: Some("query-fallback"), ..R },
         // ---- virtual host (domain) selection ----
         Row {
             name: "domain-exact",
@@ -365,18 +279,8 @@ fn table() -> Vec<Row> {
             expect: &[("up:host", "rewritten.example.com")],
             ..R
         },
-        Row {
-            name: "auto-host-rewrite-static",
-            path: "/autohost-static",
-            route: Some("autohost-static"),
-            ..R
-        },
-        Row {
-            name: "auto-host-rewrite-dns",
-            path: "/autohost",
-            route: Some("autohost-dns"),
-            ..R
-        },
+        Row { name: "auto-host-rewrite-static", path: "/autohost-static", route: Some("autohost-static"), ..R },
+        Row { name: "auto-host-rewrite-dns", path: "/autohost", route: Some("autohost-dns"), ..R },
         Row {
             name: "weighted-clusters-100-0",
             path: "/weighted",
@@ -397,10 +301,7 @@ fn table() -> Vec<Row> {
             path: "/direct",
             cmp: BodyCmp::Exact,
             route: Some("direct"),
-            expect: &[
-                ("body", "direct body\n"),
-                ("resp:content-type", "text/plain"),
-            ],
+            expect: &[("body", "direct body\n"), ("resp:content-type", "text/plain")],
             ..R
         },
         Row {
@@ -416,10 +317,7 @@ fn table() -> Vec<Row> {
             path: "/redirect/https?a=1",
             cmp: BodyCmp::Exact,
             status: 301,
-            expect: &[(
-                "resp:location",
-                "https://default.example.com/redirect/https?a=1",
-            )],
+            expect: &[("resp:location", "https://default.example.com/redirect/https?a=1")],
             ..R
         },
         Row {
@@ -517,12 +415,7 @@ fn table() -> Vec<Row> {
             name: "headers-remove-request",
             authority: HEADERS_VH,
             path: "/strip",
-            headers: &[
-                ("x-remove-me", "1"),
-                ("x-remove-vh", "1"),
-                ("x-remove-rc", "1"),
-                ("x-keep", "1"),
-            ],
+            headers: &[("x-remove-me", "1"), ("x-remove-vh", "1"), ("x-remove-rc", "1"), ("x-keep", "1")],
             route: Some("strip"),
             expect: &[
                 ("up:x-remove-me", "<absent>"),
@@ -553,20 +446,11 @@ fn table() -> Vec<Row> {
             authority: HEADERS_VH,
             path: "/resp-add-if-absent",
             route: Some("resp-add-if-absent"),
-            expect: &[
-                ("resp:x-backend", "http1"),
-                ("resp:x-absent-before", "added"),
-            ],
+            expect: &[("resp:x-backend", "http1"), ("resp:x-absent-before", "added")],
             ..R
         },
         // ---- errors and local replies ----
-        Row {
-            name: "no-route",
-            path: "/nothing-here",
-            cmp: BodyCmp::Exact,
-            status: 404,
-            ..R
-        },
+        Row { name: "no-route", path: "/nothing-here", cmp: BodyCmp::Exact, status: 404, ..R },
         Row {
             name: "unknown-cluster",
             path: "/nocluster",
@@ -581,10 +465,7 @@ fn table() -> Vec<Row> {
             cmp: BodyCmp::Exact,
             status: 503,
             route: Some("refused"),
-            expect: &[
-                ("body", CONNECT_FAILURE_BODY),
-                ("resp:content-type", "text/plain"),
-            ],
+            expect: &[("body", CONNECT_FAILURE_BODY), ("resp:content-type", "text/plain")],
             ..R
         },
         Row {
@@ -604,20 +485,8 @@ fn table() -> Vec<Row> {
             ..R
         },
         // ---- pass-through behaviour ----
-        Row {
-            name: "upstream-status",
-            path: "/status/418",
-            status: 418,
-            route: Some("pass"),
-            ..R
-        },
-        Row {
-            name: "upstream-status-503",
-            path: "/status/503",
-            status: 503,
-            route: Some("pass"),
-            ..R
-        },
+        Row { name: "upstream-status", path: "/status/418", status: 418, route: Some("pass"), ..R },
+        Row { name: "upstream-status-503", path: "/status/503", status: 503, route: Some("pass"), ..R },
         Row {
             name: "post-body",
             method: "POST",
@@ -671,12 +540,7 @@ fn table() -> Vec<Row> {
             expect: &[("body", "ok"), ("trailer:x-trailer", "yes")],
             ..R
         },
-        Row {
-            name: "upstream-connection-close",
-            path: "/close",
-            route: Some("pass"),
-            ..R
-        },
+        Row { name: "upstream-connection-close", path: "/close", route: Some("pass"), ..R },
         Row {
             name: "websocket-upgrade-echo",
             kind: Kind::WebSocket,
@@ -696,10 +560,7 @@ fn table() -> Vec<Row> {
             cmp: BodyCmp::Exact,
             status: 0,
             route: Some("grpc"),
-            expect: &[
-                ("body", "path=/probe echo=hello"),
-                ("resp:x-backend", "grpc"),
-            ],
+            expect: &[("body", "path=/probe echo=hello"), ("resp:x-backend", "grpc")],
             ..R
         },
         Row {
@@ -744,9 +605,7 @@ struct Obs {
 fn header_map(h: &HeaderMap) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (k, v) in h {
-        m.entry(k.as_str().to_string())
-            .or_default()
-            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+        m.entry(k.as_str().to_string()).or_default().push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
     m
 }
@@ -760,11 +619,7 @@ struct Backends {
 
 impl Backends {
     fn hits(&self) -> (u64, u64, u64) {
-        (
-            self.h1.hit_count(),
-            self.h2.hit_count(),
-            self.grpc.hits.load(Ordering::SeqCst),
-        )
+        (self.h1.hit_count(), self.h2.hit_count(), self.grpc.hits.load(Ordering::SeqCst))
     }
 }
 
@@ -798,67 +653,38 @@ fn start(kind: ProxyKind, b: &Backends) -> Target {
     // /ready should imply listeners are bound; still, allow a short grace period.
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{kind} ready but listener {listen} not accepting\n{}",
-            proc.logs()
-        );
+        assert!(Instant::now() < deadline, "{kind} ready but listener {listen} not accepting\n{}", proc.logs());
         std::thread::sleep(Duration::from_millis(50));
     }
-    Target {
-        kind,
-        proc,
-        listen,
-        h1: http1_client_to(listen),
-        h2: h2c_client_to(listen),
-    }
+    Target { kind, proc, listen, h1: http1_client_to(listen), h2: h2c_client_to(listen) }
 }
 
 async fn run_row(t: &Target, b: &Backends, row: &Row, proto: Proto) -> Obs {
     let before = b.hits();
     let mut obs = match row.kind {
         Kind::Http => run_http(t, row, proto).await,
-        Kind::GrpcUnary => {
-            match grpc_unary_with(
-                &t.listen.to_string(),
-                Some(row.authority),
-                "/probe",
-                "hello",
-            )
-            .await
-            {
-                Ok(r) => Obs {
-                    status: r.code as u16,
-                    headers: header_map(&r.metadata),
-                    body: Bytes::from(format!(
-                        "path={} echo={}",
-                        r.echoed_path.unwrap_or_default(),
-                        r.echoed_header.unwrap_or_default()
-                    )),
-                    error: (!r.message.is_empty()).then(|| format!("grpc-message: {}", r.message)),
-                    ..Obs::default()
-                },
-                Err(e) => Obs {
-                    error: Some(format!("{e:#}")),
-                    ..Obs::default()
-                },
-            }
-        }
-        Kind::GrpcBidi(n) => match grpc_bidi_echo(&t.listen.to_string(), n).await {
+        Kind::GrpcUnary => match grpc_unary_with(&t.listen.to_string(), Some(row.authority), "/probe", "hello").await {
             Ok(r) => Obs {
                 status: r.code as u16,
+                headers: header_map(&r.metadata),
                 body: Bytes::from(format!(
-                    "responses={} echoed_all={}",
-                    r.responses.len(),
-                    r.echoed_all(n)
+                    "path={} echo={}",
+                    r.echoed_path.unwrap_or_default(),
+                    r.echoed_header.unwrap_or_default()
                 )),
                 error: (!r.message.is_empty()).then(|| format!("grpc-message: {}", r.message)),
                 ..Obs::default()
             },
-            Err(e) => Obs {
-                error: Some(format!("{e:#}")),
+            Err(e) => Obs { error: Some(format!("{e:#}")), ..Obs::default() },
+        },
+        Kind::GrpcBidi(n) => match grpc_bidi_echo(&t.listen.to_string(), n).await {
+            Ok(r) => Obs {
+                status: r.code as u16,
+                body: Bytes::from(format!("responses={} echoed_all={}", r.responses.len(), r.echoed_all(n))),
+                error: (!r.message.is_empty()).then(|| format!("grpc-message: {}", r.message)),
                 ..Obs::default()
             },
+            Err(e) => Obs { error: Some(format!("{e:#}")), ..Obs::default() },
         },
         Kind::WebSocket => run_websocket(t, row).await,
     };
@@ -891,14 +717,8 @@ async fn run_websocket(t: &Target, row: &Row) -> Obs {
     };
     match tokio::time::timeout(Duration::from_secs(10), fut).await {
         Ok(Ok(o)) => o,
-        Ok(Err(e)) => Obs {
-            error: Some(format!("{e:#}")),
-            ..Obs::default()
-        },
-        Err(_) => Obs {
-            error: Some("websocket exchange timed out".into()),
-            ..Obs::default()
-        },
+        Ok(Err(e)) => Obs { error: Some(format!("{e:#}")), ..Obs::default() },
+        Err(_) => Obs { error: Some("websocket exchange timed out".into()), ..Obs::default() },
     }
 }
 
@@ -929,10 +749,7 @@ async fn run_http(t: &Target, row: &Row, proto: Proto) -> Obs {
                 ..Obs::default()
             }
         }
-        Err(e) => Obs {
-            error: Some(format!("{e:#}")),
-            ..Obs::default()
-        },
+        Err(e) => Obs { error: Some(format!("{e:#}")), ..Obs::default() },
     }
 }
 
@@ -971,10 +788,7 @@ fn joined(v: Option<&Vec<String>>) -> String {
 fn upstream_header(o: &Obs, name: &str) -> Option<Vec<String>> {
     let h = o.upstream.as_ref()?.get("headers")?.get(name)?;
     Some(match h {
-        Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().unwrap_or("").to_string())
-            .collect(),
+        Value::Array(a) => a.iter().map(|x| x.as_str().unwrap_or("").to_string()).collect(),
         Value::String(s) => vec![s.clone()],
         other => vec![other.to_string()],
     })
@@ -1047,16 +861,10 @@ fn compare(row: &Row, a: &Obs, b: &Obs) -> Vec<String> {
     }
     let grpc = matches!(row.kind, Kind::GrpcUnary | Kind::GrpcBidi(_));
     if (grpc && a.error != b.error) || a.error.is_some() != b.error.is_some() {
-        d.push(format!(
-            "error: envoy {:?} vs pinion {:?}",
-            a.error, b.error
-        ));
+        d.push(format!("error: envoy {:?} vs pinion {:?}", a.error, b.error));
     }
     if a.hits != b.hits {
-        d.push(format!(
-            "backend hits (h1,h2,grpc): envoy {:?} vs pinion {:?}",
-            a.hits, b.hits
-        ));
+        d.push(format!("backend hits (h1,h2,grpc): envoy {:?} vs pinion {:?}", a.hits, b.hits));
     }
     // Same set of response header names, compared values for the listed ones.
     let names = |o: &Obs| o.headers.keys().cloned().collect::<BTreeSet<_>>();
@@ -1084,19 +892,12 @@ fn compare(row: &Row, a: &Obs, b: &Obs) -> Vec<String> {
         }
     }
     if a.trailers != b.trailers {
-        d.push(format!(
-            "trailers: envoy {:?} vs pinion {:?}",
-            a.trailers, b.trailers
-        ));
+        d.push(format!("trailers: envoy {:?} vs pinion {:?}", a.trailers, b.trailers));
     }
     match row.cmp {
         BodyCmp::Exact => {
             if a.body != b.body {
-                d.push(format!(
-                    "body: envoy {:?} vs pinion {:?}",
-                    show(&a.body),
-                    show(&b.body)
-                ));
+                d.push(format!("body: envoy {:?} vs pinion {:?}", show(&a.body), show(&b.body)));
             }
         }
         BodyCmp::Len => {
@@ -1137,11 +938,8 @@ fn compare_upstream(a: &Obs, b: &Obs) -> Vec<String> {
     let keys: BTreeSet<&String> = ha.keys().chain(hb.keys()).collect();
     for k in keys {
         let (x, y) = (ha.get(k), hb.get(k));
-        let same = if PRESENCE_ONLY_UPSTREAM_HEADERS.contains(&k.as_str()) {
-            x.is_some() == y.is_some()
-        } else {
-            x == y
-        };
+        let same =
+            if PRESENCE_ONLY_UPSTREAM_HEADERS.contains(&k.as_str()) { x.is_some() == y.is_some() } else { x == y };
         if !same {
             d.push(format!(
                 "upstream header {k}: envoy {} vs pinion {}",
@@ -1165,10 +963,7 @@ fn show(b: &[u8]) -> String {
 
 fn describe(o: &Obs) -> String {
     let body = if o.upstream.is_some() {
-        o.upstream
-            .as_ref()
-            .map(|u| u.to_string())
-            .unwrap_or_default()
+        o.upstream.as_ref().map(|u| u.to_string()).unwrap_or_default()
     } else {
         show(&o.body)
     };
@@ -1205,8 +1000,7 @@ async fn differential_envoy_vs_pinion() {
         refused_port: pinion_testkit::free_port(),
     };
     // Spawning and waiting are blocking calls (bounded by wait_ready's timeout).
-    let targets: Vec<Target> =
-        tokio::task::block_in_place(|| kinds.iter().map(|k| start(*k, &backends)).collect());
+    let targets: Vec<Target> = tokio::task::block_in_place(|| kinds.iter().map(|k| start(*k, &backends)).collect());
 
     let mut failures = Vec::new();
     let mut passed = 0usize;
@@ -1242,21 +1036,14 @@ async fn differential_envoy_vs_pinion() {
             if problems.is_empty() {
                 passed += 1;
             } else {
-                let sides: Vec<String> = obs
-                    .iter()
-                    .map(|(k, o)| format!("    {k}: {}", describe(o)))
-                    .collect();
+                let sides: Vec<String> = obs.iter().map(|(k, o)| format!("    {k}: {}", describe(o))).collect();
                 failures.push(format!(
                     "row {} [{:?}] {} {}{} (authority {}):\n  - {}\n{}",
                     row.name,
                     proto,
                     row.method,
                     row.path,
-                    if row.headers.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" {:?}", row.headers)
-                    },
+                    if row.headers.is_empty() { String::new() } else { format!(" {:?}", row.headers) },
                     row.authority,
                     problems.join("\n  - "),
                     sides.join("\n")
@@ -1272,40 +1059,24 @@ async fn differential_envoy_vs_pinion() {
     );
     if !failures.is_empty() {
         let logs: Vec<String> = targets.iter().map(|t| t.proc.logs()).collect();
-        panic!(
-            "{} of {total} row runs failed:\n\n{}\n\n{}",
-            failures.len(),
-            failures.join("\n\n"),
-            logs.join("\n")
-        );
+        panic!("{} of {total} row runs failed:\n\n{}\n\n{}", failures.len(), failures.join("\n\n"), logs.join("\n"));
     }
 }
 
 /// The comparison itself must notice differences (guards against a vacuous harness).
 #[test]
 fn compare_reports_differences() {
-    let row = table()
-        .into_iter()
-        .find(|r| r.name == "prefix-rewrite")
-        .expect("row");
+    let row = table().into_iter().find(|r| r.name == "prefix-rewrite").expect("row");
     let up = |path: &str, rid: &str| {
         serde_json::json!({"backend": "http1", "method": "GET", "path": path,
             "version": "HTTP/1.1", "body_len": 0,
             "headers": {"host": "default.example.com", "x-request-id": rid}})
     };
-    let mut a = Obs {
-        status: 200,
-        upstream: Some(up("/rewritten/a", "1")),
-        ..Obs::default()
-    };
-    a.headers
-        .insert("server".into(), vec!["pinion-test".into()]);
+    let mut a = Obs { status: 200, upstream: Some(up("/rewritten/a", "1")), ..Obs::default() };
+    a.headers.insert("server".into(), vec!["pinion-test".into()]);
     let mut b = a.clone();
     b.upstream = Some(up("/rewritten/a", "2"));
-    assert!(
-        compare(&row, &a, &b).is_empty(),
-        "x-request-id value is volatile"
-    );
+    assert!(compare(&row, &a, &b).is_empty(), "x-request-id value is volatile");
     b.upstream = Some(up("/rewrite/a", "2"));
     b.status = 404;
     b.headers.insert("server".into(), vec!["envoy".into()]);

@@ -164,10 +164,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Whether a request is gRPC (`content-type: application/grpc*`).
 fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 fn protocol_str(v: Version) -> &'static str {
@@ -263,7 +260,13 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBo
 }
 
 /// A local reply, converted to a gRPC trailers-only response for gRPC requests (as Envoy does).
-pub fn reply(status: u16, body: &str, grpc: bool, info: &mut StreamInfo, details: &'static str) -> Response<ResponseBody> {
+pub fn reply(
+    status: u16,
+    body: &str,
+    grpc: bool,
+    info: &mut StreamInfo,
+    details: &'static str,
+) -> Response<ResponseBody> {
     info.response_code_details = details;
     if !grpc {
         return local_reply(status, body);
@@ -285,13 +288,16 @@ pub fn reply(status: u16, body: &str, grpc: bool, info: &mut StreamInfo, details
             h.insert("grpc-message", v);
         }
     }
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
     resp
 }
 
+// A phase either continues with a value or ends the request with a response; responses are
+// moved, not boxed, since this is the hot path and the Err side is the rare one.
+#[allow(clippy::result_large_err)]
 type Phase<T> = Result<T, Response<ResponseBody>>;
 
 /// The request phases up to a response.
+#[allow(clippy::result_large_err)]
 async fn process(
     ctx: &Rc<ConnCtx>,
     mut req: Request<Incoming>,
@@ -305,12 +311,8 @@ async fn process(
     decode_headers(ctx, &mut req, info, grpc)?;
 
     // Phase: route.
-    let authority = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_default();
+    let authority =
+        req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
     let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let (path_only, query) = match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),
@@ -333,7 +335,8 @@ async fn process(
     if !route.name.is_empty() {
         info.route_name = Some(route.name.as_str().into());
     }
-    let levels = router::MutationLevels { route_config: &table.config.headers, vhost: &vhost.headers, route: &route.headers };
+    let levels =
+        router::MutationLevels { route_config: &table.config.headers, vhost: &vhost.headers, route: &route.headers };
 
     // Upgrades allowed by the HCM's `upgrade_configs` (and not disabled on the route).
     let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(|u| u.to_ascii_lowercase());
@@ -359,11 +362,7 @@ async fn process(
                     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
                     r
                 }
-                None => {
-                    let mut r = Response::new(ResponseBody::empty());
-                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                    r
-                }
+                None => Response::new(ResponseBody::empty()),
             };
             *resp.status_mut() = StatusCode::from_u16(dr.status).unwrap_or(StatusCode::OK);
             router::apply_response_mutations(&mut resp, &levels, None, info, req.headers());
@@ -378,7 +377,6 @@ async fn process(
             if let Ok(v) = HeaderValue::from_str(&location) {
                 resp.headers_mut().insert(header::LOCATION, v);
             }
-            resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
             router::apply_response_mutations(&mut resp, &levels, None, info, req.headers());
             Ok((resp, None))
         }
@@ -396,6 +394,7 @@ async fn process(
     }
 }
 
+#[allow(clippy::result_large_err)]
 /// Phase `decode_headers`: protocol-level checks and request header sanitizing.
 fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut StreamInfo, grpc: bool) -> Phase<()> {
     let cfg = &ctx.hcm.config;
@@ -439,8 +438,12 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
     }
     // Path normalization.
     let path = req.uri().path();
-    if cfg.normalize_path || cfg.merge_slashes || cfg.path_with_escaped_slashes_action != model::EscapedSlashesAction::KeepUnchanged {
-        let outcome = path::normalize(path, cfg.normalize_path, cfg.merge_slashes, cfg.path_with_escaped_slashes_action);
+    if cfg.normalize_path
+        || cfg.merge_slashes
+        || cfg.path_with_escaped_slashes_action != model::EscapedSlashesAction::KeepUnchanged
+    {
+        let outcome =
+            path::normalize(path, cfg.normalize_path, cfg.merge_slashes, cfg.path_with_escaped_slashes_action);
         match outcome {
             PathOutcome::Continue(std::borrow::Cow::Borrowed(_)) => {}
             PathOutcome::Continue(std::borrow::Cow::Owned(p)) => {
@@ -458,7 +461,6 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
                 if let Ok(v) = HeaderValue::from_str(&format!("{p}{q}")) {
                     resp.headers_mut().insert(header::LOCATION, v);
                 }
-                resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(0));
                 return Err(resp);
             }
         }
@@ -472,7 +474,9 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         req.headers_mut().remove(h.as_str());
     }
     request_headers::mutate(cfg, req.headers_mut(), ctx.peer, ctx.tls, &mut request_headers::new_request_id);
-    if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
+    if let Some(len) =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    {
         info.bytes_received = len;
     }
     Ok(())
@@ -523,7 +527,9 @@ fn redirect_location(
             }
             _ => prefix.clone(),
         },
-        RedirectPath::RegexRewrite(re, sub) => re.replace_all(path, router::regex_substitution(sub).as_str()).into_owned(),
+        RedirectPath::RegexRewrite(re, sub) => {
+            re.replace_all(path, router::regex_substitution(sub).as_str()).into_owned()
+        }
     };
     let path_has_query = matches!(&rd.path, RedirectPath::Path(p) if p.contains('?'));
     let mut loc = format!("{scheme}://{host}");

@@ -13,12 +13,17 @@ pub const UPSTREAM_TIMEOUT: &str = "upstream request timeout";
 /// Build a local reply. Envoy sends `content-type: text/plain` only with a non-empty body.
 pub fn local_reply(status: u16, body: &str) -> Response<ResponseBody> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = Response::new(if body.is_empty() { ResponseBody::empty() } else { ResponseBody::full(body.to_owned()) });
+    let mut resp =
+        Response::new(if body.is_empty() { ResponseBody::empty() } else { ResponseBody::full(body.to_owned()) });
     *resp.status_mut() = status;
     if !body.is_empty() {
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     }
-    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    // An empty body gets no content-length from us: hyper adds `0` on HTTP/1.1 and leaves it
+    // out on HTTP/2, which is exactly what Envoy sends.
+    if !body.is_empty() {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     resp
 }
 

@@ -68,7 +68,8 @@ pub fn normalize<'a>(
 
 fn contains_escaped_slash(p: &str) -> bool {
     let b = p.as_bytes();
-    b.windows(3).any(|w| w[0] == b'%' && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c')))
+    b.windows(3)
+        .any(|w| w[0] == b'%' && ((w[1] == b'2' && (w[2] | 0x20) == b'f') || (w[1] == b'5' && (w[2] | 0x20) == b'c')))
 }
 
 fn unescape_slashes(p: &str) -> String {
@@ -114,7 +115,9 @@ pub fn normalize_rfc3986(path: &str) -> Option<String> {
             b'%' if i + 2 < b.len() => {
                 let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
-                    Some(v) if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => canon.push(v as char),
+                    Some(v) if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
+                        canon.push(v as char)
+                    }
                     Some(_) => {
                         canon.push('%');
                         canon.push((b[i + 1] as char).to_ascii_uppercase());

@@ -8,7 +8,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pinion_xds::model::HttpConnectionManager;
 
 /// Connection-specific headers never forwarded (RFC 9110 §7.6.1 plus legacy ones).
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "http2-settings"];
+const HOP_BY_HOP: [&str; 6] =
+    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "http2-settings"];
 
 /// `x-envoy-*` request headers Envoy removes from external requests.
 const ENVOY_INTERNAL_REQUEST_HEADERS: [&str; 14] = [
@@ -56,7 +57,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     if let Some(te) = headers.get(header::TE) {
-        let keep = te.to_str().map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false);
+        let keep =
+            te.to_str().map(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))).unwrap_or(false);
         if keep {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {

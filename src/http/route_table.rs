@@ -60,8 +60,8 @@ impl RouteTable {
             }
         }
         // Envoy: longest wildcard wins; stable sort keeps config order among equals.
-        suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-        prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+        prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         RouteTable { config, exact, suffixes, prefixes, wildcard }
     }
 
@@ -136,8 +136,7 @@ fn route_matches(route: &Route, req: &RequestView<'_>) -> bool {
     if m.grpc && !req.is_grpc {
         return false;
     }
-    m.headers.iter().all(|h| header_matches(h, req))
-        && m.query_parameters.iter().all(|q| query_matches(q, req.query))
+    m.headers.iter().all(|h| header_matches(h, req)) && m.query_parameters.iter().all(|q| query_matches(q, req.query))
 }
 
 fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
@@ -161,13 +160,8 @@ pub fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
                 (None, _) => None,
                 (Some(v), None) => v.to_str().ok(),
                 (Some(_), Some(_)) => {
-                    joined = req
-                        .headers
-                        .get_all(name)
-                        .iter()
-                        .filter_map(|v| v.to_str().ok())
-                        .collect::<Vec<_>>()
-                        .join(",");
+                    joined =
+                        req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
                     Some(joined.as_str())
                 }
             }
@@ -238,6 +232,7 @@ mod tests {
             internal_only_headers: vec![],
             max_direct_response_body_size_bytes: 4096,
             most_specific_header_mutations_wins: false,
+            validate_clusters: None,
         };
         let t = RouteTable::new(Arc::new(cfg));
         let name = |a: &str| t.virtual_host(a).map(|v| v.name.clone()).unwrap();

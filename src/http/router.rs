@@ -42,7 +42,11 @@ pub struct MutationLevels<'a> {
 impl MutationLevels<'_> {
     /// Envoy's evaluation order: most specific first (so the route config has the last word)
     /// unless `most_specific_header_mutations_wins`.
-    fn ordered<'b>(&'b self, weighted: Option<&'b HeaderMutations>, most_specific_wins: bool) -> Vec<&'b HeaderMutations> {
+    fn ordered<'b>(
+        &'b self,
+        weighted: Option<&'b HeaderMutations>,
+        most_specific_wins: bool,
+    ) -> Vec<&'b HeaderMutations> {
         let mut v: Vec<&HeaderMutations> = Vec::with_capacity(4);
         if let Some(w) = weighted {
             v.push(w);
@@ -95,9 +99,19 @@ pub fn apply_response_mutations(
         return;
     }
     let response_snapshot = resp.headers().clone();
-    let ctx = Context { info, request_headers: Some(request_headers), response_headers: Some(&response_snapshot), bytes_sent: 0 };
+    let ctx = Context {
+        info,
+        request_headers: Some(request_headers),
+        response_headers: Some(&response_snapshot),
+        bytes_sent: 0,
+    };
     for m in all {
-        header_mutation::apply(resp.headers_mut(), &m.response_headers_to_add, &m.response_headers_to_remove, Some(&ctx));
+        header_mutation::apply(
+            resp.headers_mut(),
+            &m.response_headers_to_add,
+            &m.response_headers_to_remove,
+            Some(&ctx),
+        );
     }
 }
 
@@ -136,7 +150,7 @@ fn pick_weighted(clusters: &[WeightedCluster], total: u64) -> Option<&WeightedCl
 }
 
 /// Forward a routed request upstream.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, clippy::result_large_err)]
 pub async fn forward(
     ctx: &Rc<ConnCtx>,
     mut req: Request<Incoming>,
@@ -187,15 +201,24 @@ pub async fn forward(
     let downstream_headers_for_log = req.headers().clone();
     rewrite_request(&mut req, route, action, &host, weighted, hcm.router.suppress_envoy_headers);
     {
-        let fctx = Context { info, request_headers: Some(&downstream_headers_for_log), response_headers: None, bytes_sent: 0 };
+        let fctx =
+            Context { info, request_headers: Some(&downstream_headers_for_log), response_headers: None, bytes_sent: 0 };
         let most_specific = table.config.most_specific_header_mutations_wins;
         for m in levels.ordered(weighted.map(|w| &w.headers), most_specific) {
-            header_mutation::apply(req.headers_mut(), &m.request_headers_to_add, &m.request_headers_to_remove, Some(&fctx));
+            header_mutation::apply(
+                req.headers_mut(),
+                &m.request_headers_to_add,
+                &m.request_headers_to_remove,
+                Some(&fctx),
+            );
         }
     }
     if let Some(t) = action.timeout {
         if !hcm.router.suppress_envoy_headers {
-            req.headers_mut().insert(HeaderName::from_static("x-envoy-expected-rq-timeout-ms"), HeaderValue::from(t.as_millis() as u64));
+            req.headers_mut().insert(
+                HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+                HeaderValue::from(t.as_millis() as u64),
+            );
         }
     }
     let protocol = if is_upgrade {
@@ -243,7 +266,13 @@ pub async fn forward(
                 info.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
                 cluster.stats.record_status(504);
                 let mut resp = reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout");
-                apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, &downstream_headers_for_log);
+                apply_response_mutations(
+                    &mut resp,
+                    &levels,
+                    weighted.map(|w| &w.headers),
+                    info,
+                    &downstream_headers_for_log,
+                );
                 return Err(resp);
             }
         },
@@ -255,24 +284,31 @@ pub async fn forward(
             cluster.stats.upstream_rq_active.dec();
             HostStats::add(&host.stats.rq_active, -1);
             HostStats::inc(&host.stats.rq_error);
-            let (flag, details, reason) = match &e {
-                UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => {
-                    (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, "upstream_reset_before_response_started{connection_failure}", e.to_string())
-                }
+            let (flag, details) = match &e {
+                UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => (
+                    ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
+                    "upstream_reset_before_response_started{connection_failure}",
+                ),
                 UpstreamError::Handshake(_) => {
-                    (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}", "protocol error".into())
+                    (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "upstream_reset_before_response_started{protocol_error}")
                 }
                 UpstreamError::Reset(_) => (
                     ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
                     "upstream_reset_before_response_started{connection_termination}",
-                    "connection termination".into(),
                 ),
             };
+            let reason = e.to_string();
             tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = %e, "upstream request failed");
             info.flags.set(flag);
             cluster.stats.record_status(503);
             let mut resp = reply(503, &upstream_reset_body(&reason), grpc, info, details);
-            apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, &downstream_headers_for_log);
+            apply_response_mutations(
+                &mut resp,
+                &levels,
+                weighted.map(|w| &w.headers),
+                info,
+                &downstream_headers_for_log,
+            );
             return Err(resp);
         }
     };
@@ -289,7 +325,8 @@ pub async fn forward(
             resp.headers_mut().insert(header::UPGRADE, up);
         }
     }
-    if !hcm.router.suppress_envoy_headers {
+    // Envoy leaves the service time off upgrade (101) responses.
+    if !hcm.router.suppress_envoy_headers && !switching {
         resp.headers_mut().insert(
             HeaderName::from_static("x-envoy-upstream-service-time"),
             HeaderValue::from(service_time.as_millis() as u64),
@@ -338,7 +375,9 @@ fn rewrite_request(
     let mut new_path: Option<String> = None;
     if let Some(prefix) = &action.prefix_rewrite {
         new_path = Some(match &route.matcher.path {
-            PathMatch::Prefix(m) | PathMatch::SeparatedPrefix(m) if path.len() >= m.len() => format!("{prefix}{}", &path[m.len()..]),
+            PathMatch::Prefix(m) | PathMatch::SeparatedPrefix(m) if path.len() >= m.len() => {
+                format!("{prefix}{}", &path[m.len()..])
+            }
             _ => prefix.clone(),
         });
     } else if let Some((re, sub)) = &action.regex_rewrite {
@@ -360,13 +399,19 @@ fn rewrite_request(
         (Some(h), _) => Some(h),
         (None, HostRewrite::None) => None,
         (None, HostRewrite::Literal(h)) => Some(h.clone()),
-        (None, HostRewrite::Auto) => Some(if host.hostname.is_empty() { host.address.to_string() } else { host.hostname.clone() }),
+        // Envoy rewrites to the host's hostname only; IP-only hosts (STATIC) keep the Host.
+        (None, HostRewrite::Auto) => (!host.hostname.is_empty()).then(|| host.hostname.clone()),
         (None, HostRewrite::Header(h)) => req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_owned),
-        (None, HostRewrite::PathRegex(re, sub)) => Some(re.replace_all(path, regex_substitution(sub).as_str()).into_owned()),
+        (None, HostRewrite::PathRegex(re, sub)) => {
+            Some(re.replace_all(path, regex_substitution(sub).as_str()).into_owned())
+        }
     };
     if let Some(h) = new_host {
         if let Ok(v) = HeaderValue::from_str(&h) {
             if let Some(old) = req.headers_mut().insert(header::HOST, v) {
+                if !suppress_envoy_headers {
+                    req.headers_mut().insert(HeaderName::from_static("x-envoy-original-host"), old.clone());
+                }
                 if action.append_x_forwarded_host {
                     req.headers_mut().append(HeaderName::from_static("x-forwarded-host"), old);
                 }
@@ -389,7 +434,8 @@ fn to_upstream_request(req: Request<Incoming>, protocol: Protocol) -> Request<Re
         }
         Protocol::Http2 => {
             parts.version = Version::HTTP_2;
-            let authority = parts.headers.remove(header::HOST).and_then(|h| h.to_str().ok().map(str::to_owned)).unwrap_or_default();
+            let authority =
+                parts.headers.remove(header::HOST).and_then(|h| h.to_str().ok().map(str::to_owned)).unwrap_or_default();
             let built = Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(pq.as_str()).build();
             if let Ok(uri) = built {
                 parts.uri = uri;

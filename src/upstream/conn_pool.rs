@@ -63,14 +63,14 @@ struct Pool {
 /// Why an upstream exchange failed before response headers.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// TCP connect failed.
-    #[error("connection failure, transport failure reason: delayed connect error: {0}")]
+    /// TCP connect failed. (Display strings are Envoy's reset reasons, used in local replies.)
+    #[error("remote connection failure")]
     ConnectFailure(std::io::Error),
     /// TCP connect timed out.
     #[error("connection timeout")]
     ConnectTimeout,
     /// The HTTP handshake failed.
-    #[error("protocol error: {0}")]
+    #[error("protocol error")]
     Handshake(hyper::Error),
     /// The connection was reset or closed before headers.
     #[error("connection termination")]
@@ -223,13 +223,15 @@ impl ConnPools {
             return; // dropping the sender closes the connection once the response is done
         }
         let mut pools = self.pools.borrow_mut();
-        let pool = pools.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
+        let pool =
+            pools.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
         pool.h1.push(H1Conn { sender, requests, last_used: Instant::now() });
     }
 
     fn add_h2(&self, key: PoolKey, cluster: &Cluster, sender: http2::SendRequest<RequestBody>, active: Rc<Cell<u32>>) {
         let mut pools = self.pools.borrow_mut();
-        let pool = pools.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
+        let pool =
+            pools.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
         pool.h2.push(H2Conn { sender, active, requests: 1, last_used: Instant::now() });
     }
 
@@ -240,8 +242,8 @@ impl ConnPools {
         let mut pools = self.pools.borrow_mut();
         pools.retain(|key, pool| {
             let expired = |last: Instant| pool.idle_timeout.is_some_and(|t| now.duration_since(last) >= t);
-            pool.h1.retain(|c| !c.sender.is_closed() && !(c.sender.is_ready() && expired(c.last_used)));
-            pool.h2.retain(|c| !c.sender.is_closed() && !(c.active.get() == 0 && expired(c.last_used)));
+            pool.h1.retain(|c| !(c.sender.is_closed() || c.sender.is_ready() && expired(c.last_used)));
+            pool.h2.retain(|c| !(c.sender.is_closed() || c.active.get() == 0 && expired(c.last_used)));
             if !live(key.cluster_id) {
                 pool.h1.retain(|c| !c.sender.is_ready());
                 pool.h2.retain(|c| c.active.get() > 0);
@@ -306,10 +308,8 @@ async fn handshake_h1(
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
 ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(UpstreamError::Handshake)?;
+    let (sender, conn) =
+        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
     cluster.stats.upstream_cx_http1_total.inc();
     let guard = CxActive::new(cluster, host);
     tokio::task::spawn_local(async move {

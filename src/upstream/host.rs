@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use pinion_xds::model::{HealthStatus, Locality};
 
-
 /// Health flag bits, as shown in `/clusters` (`health_flags::`).
 pub mod health_flag {
     /// `/failed_active_hc`.
@@ -86,13 +85,19 @@ impl Host {
         health: HealthStatus,
     ) -> Self {
         let flags = match health {
-            HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => {
-                health_flag::FAILED_EDS_HEALTH
-            }
+            HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => health_flag::FAILED_EDS_HEALTH,
             HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
             HealthStatus::Unknown | HealthStatus::Healthy => 0,
         };
-        Host { address, hostname, weight: weight.max(1), locality, priority, health_flags: AtomicU32::new(flags), stats: HostStats::default() }
+        Host {
+            address,
+            hostname,
+            weight: weight.max(1),
+            locality,
+            priority,
+            health_flags: AtomicU32::new(flags),
+            stats: HostStats::default(),
+        }
     }
 
     /// Current health flag bits.

@@ -173,7 +173,8 @@ mod tests {
 
     #[test]
     fn weighted_round_robin_follows_weights() {
-        let set = HostSet { priorities: vec![vec![host(1, 3, HealthStatus::Healthy), host(2, 1, HealthStatus::Healthy)]] };
+        let set =
+            HostSet { priorities: vec![vec![host(1, 3, HealthStatus::Healthy), host(2, 1, HealthStatus::Healthy)]] };
         let lb = LoadBalancer::new(LbPolicy::RoundRobin);
         lb.on_hosts_changed(&set);
         let p = picks(&lb, &set, 400);
@@ -187,7 +188,10 @@ mod tests {
         lb.on_hosts_changed(&set);
         assert_eq!(picks(&lb, &set, 2), vec![1, 1]);
         let set = HostSet {
-            priorities: vec![vec![host(1, 1, HealthStatus::Unhealthy)], vec![host(2, 1, HealthStatus::Healthy), host(3, 1, HealthStatus::Healthy)]],
+            priorities: vec![
+                vec![host(1, 1, HealthStatus::Unhealthy)],
+                vec![host(2, 1, HealthStatus::Healthy), host(3, 1, HealthStatus::Healthy)],
+            ],
         };
         lb.on_hosts_changed(&set);
         assert!(picks(&lb, &set, 4).iter().all(|&p| p != 1));

@@ -78,18 +78,13 @@ impl ServerThread {
         let thread = std::thread::Builder::new()
             .name(format!("testkit-{name}"))
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("build backend runtime");
+                let rt =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build backend runtime");
                 rt.block_on(serve(rx));
                 // Dropping the runtime here cancels the per-connection tasks.
             })
             .expect("spawn backend thread");
-        ServerThread {
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
+        ServerThread { shutdown: Some(tx), thread: Some(thread) }
     }
 
     /// Signals the server to stop and waits (bounded) for its thread to exit.
@@ -169,24 +164,12 @@ pub fn spawn_http_backend(kind: BackendKind) -> Backend {
 /// Starts a backend of `kind` on 127.0.0.1:0 that reports itself as `name`.
 pub fn spawn_http_backend_named(kind: BackendKind, name: &str) -> Backend {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
-    std_listener
-        .set_nonblocking(true)
-        .expect("nonblocking backend listener");
+    std_listener.set_nonblocking(true).expect("nonblocking backend listener");
     let addr = std_listener.local_addr().expect("backend local addr");
     let hits = Arc::new(AtomicU64::new(0));
-    let state = Arc::new(State {
-        name: name.to_string(),
-        hits: hits.clone(),
-    });
-    let server = ServerThread::start(name, move |shutdown| {
-        serve(std_listener, kind, state, shutdown)
-    });
-    Backend {
-        addr,
-        name: name.to_string(),
-        hits,
-        server,
-    }
+    let state = Arc::new(State { name: name.to_string(), hits: hits.clone() });
+    let server = ServerThread::start(name, move |shutdown| serve(std_listener, kind, state, shutdown));
+    Backend { addr, name: name.to_string(), hits, server }
 }
 
 struct State {
@@ -265,10 +248,7 @@ async fn route(req: Request<Incoming>, st: &State) -> Response<RespBody> {
     if path == "/trailers" {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-trailer", HeaderValue::from_static("yes"));
-        let frames = vec![
-            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"ok"))),
-            Ok(Frame::trailers(trailers)),
-        ];
+        let frames = vec![Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"ok"))), Ok(Frame::trailers(trailers))];
         let body = StreamBody::new(futures_util::stream::iter(frames));
         return Response::builder()
             .header(header::CONTENT_TYPE, "text/plain")
@@ -279,8 +259,7 @@ async fn route(req: Request<Incoming>, st: &State) -> Response<RespBody> {
         let mut resp = json_response(StatusCode::OK, &desc());
         if is_h1 {
             // Connection-specific headers are illegal in HTTP/2.
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         return resp;
     }
@@ -359,11 +338,7 @@ fn describe(name: &str, parts: &http::request::Parts, body_len: u64) -> Value {
             (k, v)
         })
         .collect();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     json!({
         "backend": name,
         "method": parts.method.as_str(),

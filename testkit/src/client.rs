@@ -56,9 +56,7 @@ impl tower_service::Service<Uri> for TestConnector {
             };
             let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
                 .await
-                .map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout")
-                })??;
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
             stream.set_nodelay(true)?;
             Ok(TokioIo::new(stream))
         })
@@ -120,20 +118,13 @@ pub struct Reply {
 }
 
 /// Sends `req` and reads the whole response within 30 s: `(status, headers, body)`.
-pub async fn send(
-    client: &TestClient,
-    req: Request<ReqBody>,
-) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
+pub async fn send(client: &TestClient, req: Request<ReqBody>) -> anyhow::Result<(StatusCode, HeaderMap, Bytes)> {
     let r = send_full(client, req, DEFAULT_TIMEOUT).await?;
     Ok((r.status, r.headers, r.body))
 }
 
 /// Sends `req` and reads the whole response (with trailers) within `timeout`.
-pub async fn send_full(
-    client: &TestClient,
-    req: Request<ReqBody>,
-    timeout: Duration,
-) -> anyhow::Result<Reply> {
+pub async fn send_full(client: &TestClient, req: Request<ReqBody>, timeout: Duration) -> anyhow::Result<Reply> {
     let what = format!("{} {}", req.method(), req.uri());
     let fut = async {
         let resp = client.request(req).await.context("request failed")?;

@@ -16,13 +16,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest, Request as AttrRequest,
-};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request as AttrRequest};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{
     check_response, AttributeContext, CheckRequest, CheckResponse, OkHttpResponse,
 };
@@ -80,8 +76,7 @@ struct Svc {
 }
 
 type AdsStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send + 'static>>;
-type DeltaStream =
-    Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Svc {
@@ -108,34 +103,21 @@ impl AggregatedDiscoveryService for Svc {
         &self,
         _request: tonic::Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<tonic::Response<DeltaStream>, Status> {
-        Err(Status::unimplemented(
-            "delta is not part of the test backend",
-        ))
+        Err(Status::unimplemented("delta is not part of the test backend"))
     }
 }
 
 #[tonic::async_trait]
 impl Authorization for Svc {
-    async fn check(
-        &self,
-        request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, Status> {
+    async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, Status> {
         self.hits.fetch_add(1, Ordering::SeqCst);
-        let http = request
-            .into_inner()
-            .attributes
-            .and_then(|a| a.request)
-            .and_then(|r| r.http)
-            .unwrap_or_default();
+        let http = request.into_inner().attributes.and_then(|a| a.request).and_then(|r| r.http).unwrap_or_default();
         let mut headers = vec![hv("x-echo-path", &http.path)];
         if let Some(v) = http.headers.get("x-echo") {
             headers.push(hv("x-echo", v));
         }
         let resp = CheckResponse {
-            status: Some(RpcStatus {
-                code: 0,
-                ..Default::default()
-            }),
+            status: Some(RpcStatus { code: 0, ..Default::default() }),
             http_response: Some(check_response::HttpResponse::OkResponse(OkHttpResponse {
                 headers,
                 ..Default::default()
@@ -152,11 +134,7 @@ impl Authorization for Svc {
 
 fn hv(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.into(),
-            value: value.into(),
-            ..Default::default()
-        }),
+        header: Some(HeaderValue { key: key.into(), value: value.into(), ..Default::default() }),
         ..Default::default()
     }
 }
@@ -164,15 +142,10 @@ fn hv(key: &str, value: &str) -> HeaderValueOption {
 /// Starts the gRPC backend (ADS echo + Authorization check) on 127.0.0.1:0 named `grpc`.
 pub fn spawn_grpc_backend() -> GrpcBackend {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind grpc backend");
-    std_listener
-        .set_nonblocking(true)
-        .expect("nonblocking grpc listener");
+    std_listener.set_nonblocking(true).expect("nonblocking grpc listener");
     let addr = std_listener.local_addr().expect("grpc local addr");
     let hits = Arc::new(AtomicU64::new(0));
-    let svc = Svc {
-        name: "grpc".into(),
-        hits: hits.clone(),
-    };
+    let svc = Svc { name: "grpc".into(), hits: hits.clone() };
     let server = ServerThread::start("grpc", move |shutdown| async move {
         let listener = tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -184,12 +157,7 @@ pub fn spawn_grpc_backend() -> GrpcBackend {
             })
             .await;
     });
-    GrpcBackend {
-        addr,
-        name: "grpc".into(),
-        hits,
-        server,
-    }
+    GrpcBackend { addr, name: "grpc".into(), hits, server }
 }
 
 /// What a unary `Check` call produced.
@@ -224,9 +192,7 @@ impl GrpcBidiReply {
         self.code == Code::Ok
             && self.responses.len() == n
             && self.responses.iter().enumerate().all(|(i, r)| {
-                r.version_info == format!("v{i}")
-                    && r.nonce == format!("n{i}")
-                    && r.type_url == PROBE_TYPE_URL
+                r.version_info == format!("v{i}") && r.nonce == format!("n{i}") && r.type_url == PROBE_TYPE_URL
             })
     }
 }
@@ -284,16 +250,13 @@ pub async fn grpc_unary_with(
             ..Default::default()
         }),
     };
-    let res = tokio::time::timeout(CALL_TIMEOUT, client.check(req))
-        .await
-        .map_err(|_| anyhow!("gRPC Check timed out"))?;
+    let res =
+        tokio::time::timeout(CALL_TIMEOUT, client.check(req)).await.map_err(|_| anyhow!("gRPC Check timed out"))?;
     Ok(match res {
         Ok(resp) => {
             let metadata = resp.metadata().clone().into_headers();
             let (mut echoed_path, mut echoed_header) = (None, None);
-            if let Some(check_response::HttpResponse::OkResponse(ok)) =
-                resp.into_inner().http_response
-            {
+            if let Some(check_response::HttpResponse::OkResponse(ok)) = resp.into_inner().http_response {
                 for h in ok.headers.into_iter().filter_map(|o| o.header) {
                     match h.key.as_str() {
                         "x-echo-path" => echoed_path = Some(h.value),
@@ -302,13 +265,7 @@ pub async fn grpc_unary_with(
                     }
                 }
             }
-            GrpcUnaryReply {
-                code: Code::Ok,
-                message: String::new(),
-                metadata,
-                echoed_path,
-                echoed_header,
-            }
+            GrpcUnaryReply { code: Code::Ok, message: String::new(), metadata, echoed_path, echoed_header }
         }
         Err(status) => GrpcUnaryReply {
             code: status.code(),
@@ -333,9 +290,7 @@ pub async fn grpc_bidi_echo(addr_or_uri: &str, n: usize) -> anyhow::Result<GrpcB
             ..Default::default()
         };
         if n > 0 {
-            tx.send(mk(0))
-                .await
-                .map_err(|_| anyhow!("request stream closed"))?;
+            tx.send(mk(0)).await.map_err(|_| anyhow!("request stream closed"))?;
         }
         let outbound = tokio_stream::wrappers::ReceiverStream::new(rx);
         let mut inbound = match client.stream_aggregated_resources(outbound).await {
@@ -360,17 +315,11 @@ pub async fn grpc_bidi_echo(addr_or_uri: &str, n: usize) -> anyhow::Result<GrpcB
         tx.take(); // half-close so the server ends the stream
         let end = loop_until_end(&mut inbound).await;
         Ok::<_, anyhow::Error>(match end {
-            Ok(()) => GrpcBidiReply {
-                code: Code::Ok,
-                message: String::new(),
-                responses,
-            },
+            Ok(()) => GrpcBidiReply { code: Code::Ok, message: String::new(), responses },
             Err(s) => finish(s, responses),
         })
     };
-    tokio::time::timeout(CALL_TIMEOUT, fut)
-        .await
-        .map_err(|_| anyhow!("gRPC bidi exchange timed out"))?
+    tokio::time::timeout(CALL_TIMEOUT, fut).await.map_err(|_| anyhow!("gRPC bidi exchange timed out"))?
 }
 
 /// Reads whatever is left (bounded: the server sends nothing more after half-close).
@@ -385,9 +334,5 @@ async fn loop_until_end(inbound: &mut Streaming<DiscoveryResponse>) -> Result<()
 }
 
 fn finish(s: Status, responses: Vec<DiscoveryResponse>) -> GrpcBidiReply {
-    GrpcBidiReply {
-        code: s.code(),
-        message: s.message().to_string(),
-        responses,
-    }
+    GrpcBidiReply { code: s.code(), message: s.message().to_string(), responses }
 }

@@ -7,15 +7,12 @@ pub mod client;
 pub mod grpc;
 pub mod process;
 
-pub use backend::{
-    spawn_http_backend, spawn_http_backend_named, Backend, BackendKind, BoxError, RespBody,
-};
+pub use backend::{spawn_http_backend, spawn_http_backend_named, Backend, BackendKind, BoxError, RespBody};
 pub use client::{
-    empty, full, h2c_client, h2c_client_to, http1_client, http1_client_to, send, send_full, Reply,
-    ReqBody, TestClient, TestConnector,
+    empty, full, h2c_client, h2c_client_to, http1_client, http1_client_to, send, send_full, Reply, ReqBody, TestClient,
+    TestConnector,
 };
 pub use grpc::{
-    grpc_bidi_echo, grpc_unary, grpc_unary_with, spawn_grpc_backend, GrpcBackend, GrpcBidiReply,
-    GrpcUnaryReply,
+    grpc_bidi_echo, grpc_unary, grpc_unary_with, spawn_grpc_backend, GrpcBackend, GrpcBidiReply, GrpcUnaryReply,
 };
 pub use process::{free_port, http_get_blocking, ProxyKind, ProxyProcess};

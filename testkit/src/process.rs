@@ -33,10 +33,7 @@ impl std::fmt::Display for ProxyKind {
 
 /// Workspace root, fixed when testkit is compiled (testkit lives at `<ws>/testkit`).
 fn workspace_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("testkit has a parent dir")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit has a parent dir").to_path_buf()
 }
 
 fn is_executable_file(p: &Path) -> bool {
@@ -59,11 +56,7 @@ impl ProxyKind {
                     .iter()
                     .flat_map(|d| [d.join("debug/pinion"), d.join("release/pinion")])
                     .filter(|p| is_executable_file(p))
-                    .max_by_key(|p| {
-                        p.metadata()
-                            .and_then(|m| m.modified())
-                            .unwrap_or(SystemTime::UNIX_EPOCH)
-                    });
+                    .max_by_key(|p| p.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH));
                 newest.ok_or_else(|| {
                     anyhow!(
                         "pinion binary not found: set PINION_BIN or run `cargo build -p pinion` \
@@ -76,9 +69,8 @@ impl ProxyKind {
                     return Ok(PathBuf::from(p));
                 }
                 if let Some(path) = std::env::var_os("PATH") {
-                    if let Some(p) = std::env::split_paths(&path)
-                        .map(|d| d.join("envoy"))
-                        .find(|p| is_executable_file(p))
+                    if let Some(p) =
+                        std::env::split_paths(&path).map(|d| d.join("envoy")).find(|p| is_executable_file(p))
                     {
                         return Ok(p);
                     }
@@ -130,22 +122,12 @@ pub struct ProxyProcess {
 
 fn admin_port_of(yaml: &str) -> Option<u16> {
     let v: serde_yaml::Value = serde_yaml::from_str(yaml).ok()?;
-    let p = v
-        .get("admin")?
-        .get("address")?
-        .get("socket_address")?
-        .get("port_value")?;
-    p.as_u64()
-        .or_else(|| p.as_str().and_then(|s| s.parse().ok()))
-        .and_then(|p| u16::try_from(p).ok())
+    let p = v.get("admin")?.get("address")?.get("socket_address")?.get("port_value")?;
+    p.as_u64().or_else(|| p.as_str().and_then(|s| s.parse().ok())).and_then(|p| u16::try_from(p).ok())
 }
 
 fn has(args: &[&str], names: &[&str]) -> bool {
-    args.iter().any(|a| {
-        names
-            .iter()
-            .any(|n| a == n || a.starts_with(&format!("{n}=")))
-    })
+    args.iter().any(|a| names.iter().any(|n| a == n || a.starts_with(&format!("{n}="))))
 }
 
 impl ProxyProcess {
@@ -156,16 +138,9 @@ impl ProxyProcess {
     }
 
     /// Like [`ProxyProcess::spawn`] but returns errors instead of panicking.
-    pub fn try_spawn(
-        kind: ProxyKind,
-        bootstrap_yaml: &str,
-        extra_args: &[&str],
-    ) -> anyhow::Result<ProxyProcess> {
+    pub fn try_spawn(kind: ProxyKind, bootstrap_yaml: &str, extra_args: &[&str]) -> anyhow::Result<ProxyProcess> {
         let bin = kind.binary()?;
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{kind}-"))
-            .tempdir()
-            .context("creating temp dir")?;
+        let dir = tempfile::Builder::new().prefix(&format!("{kind}-")).tempdir().context("creating temp dir")?;
         let bootstrap_path = dir.path().join("bootstrap.yaml");
         std::fs::write(&bootstrap_path, bootstrap_yaml).context("writing bootstrap")?;
         let stdout_path = dir.path().join("stdout.log");
@@ -236,9 +211,7 @@ impl ProxyProcess {
 
     /// Exit status if the process has exited.
     pub fn try_exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Captured stdout and stderr (the last 64 KiB of each), for failure messages.
@@ -271,24 +244,14 @@ impl ProxyProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "{} not ready on admin port {admin_port} within {timeout:?} (last: {last})\n{}",
-            self.kind,
-            self.logs()
-        )
+        bail!("{} not ready on admin port {admin_port} within {timeout:?} (last: {last})\n{}", self.kind, self.logs())
     }
 
     /// `GET <path>` on the admin port: `(status, body)`.
     pub fn admin_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        let port = self
-            .admin_port
-            .ok_or_else(|| anyhow!("admin port unknown: call wait_ready first"))?;
-        http_get_blocking(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            path,
-            Duration::from_secs(10),
-        )
-        .with_context(|| format!("{} admin GET {path}", self.kind))
+        let port = self.admin_port.ok_or_else(|| anyhow!("admin port unknown: call wait_ready first"))?;
+        http_get_blocking(SocketAddr::from(([127, 0, 0, 1], port)), path, Duration::from_secs(10))
+            .with_context(|| format!("{} admin GET {path}", self.kind))
     }
 
     /// Body of admin `GET /stats`; panics (with the logs) if the admin is unreachable.
@@ -355,42 +318,25 @@ fn tail(p: &Path, max: u64) -> String {
 }
 
 /// Minimal blocking HTTP/1.1 `GET` (Connection: close) for admin endpoints: `(status, body)`.
-pub fn http_get_blocking(
-    addr: SocketAddr,
-    path: &str,
-    timeout: Duration,
-) -> std::io::Result<(u16, String)> {
+pub fn http_get_blocking(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     // Bounded by the read timeout and the server closing the connection.
     s.take(64 << 20).read_to_end(&mut raw)?;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| bad("no end of headers"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let body = &raw[split + 4..];
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| bad("bad status line"))?;
+    let code =
+        head.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok()).ok_or_else(|| bad("bad status line"))?;
     let chunked = head.lines().any(|l| {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
+    let body = if chunked { dechunk(body) } else { body.to_vec() };
     Ok((code, String::from_utf8_lossy(&body).into_owned()))
 }
 
@@ -425,8 +371,7 @@ mod tests {
 
     #[test]
     fn finds_admin_port() {
-        let y =
-            "admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: 9901 }\n";
+        let y = "admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: 9901 }\n";
         assert_eq!(admin_port_of(y), Some(9901));
     }
 

@@ -41,22 +41,14 @@ fn envoy_starts_serves_and_is_reaped() {
     let (a1, l1, a2, l2) = (free_port(), free_port(), free_port(), free_port());
     // Two at once: --base-id must differ for them to coexist.
     let mut e1 = ProxyProcess::spawn(ProxyKind::Envoy, &bootstrap(a1, l1), &[]);
-    let mut e2 = ProxyProcess::spawn(
-        ProxyKind::Envoy,
-        &bootstrap(a2, l2),
-        &["--concurrency", "2"],
-    );
+    let mut e2 = ProxyProcess::spawn(ProxyKind::Envoy, &bootstrap(a2, l2), &["--concurrency", "2"]);
     e1.wait_ready(a1, Duration::from_secs(30)).unwrap();
     e2.wait_ready(a2, Duration::from_secs(30)).unwrap();
     assert_eq!(e1.admin_port(), Some(a1));
 
     for l in [l1, l2] {
-        let (code, body) = http_get_blocking(
-            SocketAddr::from(([127, 0, 0, 1], l)),
-            "/x",
-            Duration::from_secs(5),
-        )
-        .unwrap();
+        let (code, body) =
+            http_get_blocking(SocketAddr::from(([127, 0, 0, 1], l)), "/x", Duration::from_secs(5)).unwrap();
         assert_eq!((code, body.as_str()), (200, "hi"));
     }
     let stats = e1.stats();

@@ -6,9 +6,7 @@ use std::path::Path;
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
 use prost::Message;
-use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
-};
+use prost_reflect::{DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions};
 use serde_json::Value as Json;
 
 use crate::descriptor::pool;
@@ -34,21 +32,13 @@ pub struct DecodeOptions {
 }
 
 /// Decodes and validates a bootstrap from YAML or JSON text.
-pub fn bootstrap_from_str(
-    text: &str,
-    format: Format,
-    opts: &DecodeOptions,
-) -> Result<Bootstrap, ConfigError> {
+pub fn bootstrap_from_str(text: &str, format: Format, opts: &DecodeOptions) -> Result<Bootstrap, ConfigError> {
     message_from_str::<Bootstrap>(text, format, opts)
 }
 
 /// Reads, decodes and validates a bootstrap file; the format comes from the extension.
 pub fn bootstrap_from_file(path: &Path, opts: &DecodeOptions) -> Result<Bootstrap, ConfigError> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     let format = match ext.as_str() {
         "json" => Format::Json,
         "yaml" | "yml" => Format::Yaml,
@@ -99,8 +89,9 @@ pub fn text_to_json(text: &str, format: Format) -> Result<Json, ConfigError> {
         f => f,
     };
     let mut json = match format {
-        Format::Json => serde_json::from_str::<Json>(text)
-            .map_err(|e| ConfigError::invalid("", format!("invalid JSON: {e}")))?,
+        Format::Json => {
+            serde_json::from_str::<Json>(text).map_err(|e| ConfigError::invalid("", format!("invalid JSON: {e}")))?
+        }
         _ => yaml_to_json(text)?,
     };
     hoist_type_keys(&mut json);
@@ -119,13 +110,9 @@ pub fn dynamic_from_json(
     match DynamicMessage::deserialize_with_options(desc.clone(), de, &de_opts) {
         Ok(m) => Ok(m),
         Err(e) => {
-            let segments: Vec<serde_path_to_error::Segment> =
-                track.path().iter().cloned().collect();
+            let segments: Vec<serde_path_to_error::Segment> = track.path().iter().cloned().collect();
             let (path, leaf, at) = proto_path(desc, json, &segments);
-            Err(ConfigError::invalid(
-                path,
-                explain(&e.to_string(), leaf, at),
-            ))
+            Err(ConfigError::invalid(path, explain(&e.to_string(), leaf, at)))
         }
     }
 }
@@ -144,9 +131,7 @@ pub fn to_json<M: Message + prost::Name>(msg: &M) -> Json {
     let result = descriptor_for::<M>().and_then(|desc| {
         let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
             .map_err(|e| ConfigError::invalid("", e.to_string()))?;
-        let opts = SerializeOptions::new()
-            .use_proto_field_name(true)
-            .skip_default_fields(true);
+        let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
         dynamic
             .serialize_with_options(serde_json::value::Serializer, &opts)
             .map_err(|e| ConfigError::invalid("", e.to_string()))
@@ -159,12 +144,9 @@ pub fn to_json<M: Message + prost::Name>(msg: &M) -> Json {
 
 fn descriptor_for<M: prost::Name>() -> Result<MessageDescriptor, ConfigError> {
     let name = M::full_name();
-    pool().get_message_by_name(&name).ok_or_else(|| {
-        ConfigError::unsupported(
-            "",
-            format!("message type {name} is not in the descriptor pool"),
-        )
-    })
+    pool()
+        .get_message_by_name(&name)
+        .ok_or_else(|| ConfigError::unsupported("", format!("message type {name} is not in the descriptor pool")))
 }
 
 /// Rewrites prost-reflect/serde reasons into Envoy-ish ones, naming the offending value.
@@ -247,9 +229,7 @@ fn proto_path<'j>(
                         let md = any_payload(&md, cur).unwrap_or(md);
                         if md.full_name() == "google.protobuf.Any" {
                             // The Any's own type could not be resolved: report the URL.
-                            if let Some(url) =
-                                cur.and_then(|j| j.get("@type")).and_then(Json::as_str)
-                            {
+                            if let Some(url) = cur.and_then(|j| j.get("@type")).and_then(Json::as_str) {
                                 leaf = Leaf::UnknownType(url.to_string());
                                 stop = true;
                             }
@@ -257,8 +237,7 @@ fn proto_path<'j>(
                         let field = if stop {
                             None
                         } else {
-                            md.get_field_by_name(key)
-                                .or_else(|| md.get_field_by_json_name(key))
+                            md.get_field_by_name(key).or_else(|| md.get_field_by_json_name(key))
                         };
                         match field {
                             Some(fd) => {
@@ -389,10 +368,9 @@ fn hoist_type_keys(v: &mut Json) {
 /// YAML -> JSON the way Envoy does it: merge keys applied, scalar keys stringified,
 /// `!ignore`-tagged keys dropped, other tags rejected.
 fn yaml_to_json(text: &str) -> Result<Json, ConfigError> {
-    let mut y: serde_yaml::Value = serde_yaml::from_str(text)
-        .map_err(|e| ConfigError::invalid("", format!("invalid YAML: {e}")))?;
-    y.apply_merge()
-        .map_err(|e| ConfigError::invalid("", format!("invalid YAML merge: {e}")))?;
+    let mut y: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|e| ConfigError::invalid("", format!("invalid YAML: {e}")))?;
+    y.apply_merge().map_err(|e| ConfigError::invalid("", format!("invalid YAML merge: {e}")))?;
     if y.is_null() {
         return Err(ConfigError::invalid("", "empty YAML document"));
     }
@@ -442,12 +420,7 @@ fn yaml_value(y: serde_yaml::Value, path: &mut String) -> Result<Json, ConfigErr
             }
             Json::Object(out)
         }
-        Y::Tagged(t) => {
-            return Err(ConfigError::invalid(
-                path.clone(),
-                format!("unsupported YAML tag {}", t.tag),
-            ))
-        }
+        Y::Tagged(t) => return Err(ConfigError::invalid(path.clone(), format!("unsupported YAML tag {}", t.tag))),
     })
 }
 
@@ -459,20 +432,18 @@ fn yaml_number(n: &serde_yaml::Number) -> Json {
     } else {
         let f = n.as_f64().unwrap_or(f64::NAN);
         // Proto3 JSON spells non-finite floats as strings.
-        serde_json::Number::from_f64(f)
-            .map(Json::Number)
-            .unwrap_or_else(|| {
-                Json::String(
-                    if f.is_nan() {
-                        "NaN"
-                    } else if f > 0.0 {
-                        "Infinity"
-                    } else {
-                        "-Infinity"
-                    }
-                    .to_string(),
-                )
-            })
+        serde_json::Number::from_f64(f).map(Json::Number).unwrap_or_else(|| {
+            Json::String(
+                if f.is_nan() {
+                    "NaN"
+                } else if f > 0.0 {
+                    "Infinity"
+                } else {
+                    "-Infinity"
+                }
+                .to_string(),
+            )
+        })
     }
 }
 
@@ -494,27 +465,21 @@ mod tests {
     use super::*;
 
     fn err(yaml: &str) -> String {
-        bootstrap_from_str(yaml, Format::Yaml, &DecodeOptions::default())
-            .unwrap_err()
-            .to_string()
+        bootstrap_from_str(yaml, Format::Yaml, &DecodeOptions::default()).unwrap_err().to_string()
     }
 
     #[test]
     fn minimal_bootstrap_decodes() {
         let b = bootstrap_from_str("admin: {}", Format::Auto, &DecodeOptions::default()).unwrap();
         assert!(b.admin.is_some());
-        let b =
-            bootstrap_from_str("{\"admin\": {}}", Format::Auto, &DecodeOptions::default()).unwrap();
+        let b = bootstrap_from_str("{\"admin\": {}}", Format::Auto, &DecodeOptions::default()).unwrap();
         assert!(b.admin.is_some());
     }
 
     #[test]
     fn json_errors_carry_proto_paths() {
         let e = err("staticResources:\n  clusters:\n  - name: a\n    connectTimeout: abc\n");
-        assert!(
-            e.starts_with("static_resources.clusters[0].connect_timeout: "),
-            "{e}"
-        );
+        assert!(e.starts_with("static_resources.clusters[0].connect_timeout: "), "{e}");
     }
 
     #[test]
@@ -527,12 +492,9 @@ mod tests {
 
     #[test]
     fn to_json_round_trips() {
-        let b = bootstrap_from_str(
-            "node: {id: n1}\nstats_flush_interval: 5s\n",
-            Format::Yaml,
-            &DecodeOptions::default(),
-        )
-        .unwrap();
+        let b =
+            bootstrap_from_str("node: {id: n1}\nstats_flush_interval: 5s\n", Format::Yaml, &DecodeOptions::default())
+                .unwrap();
         let j = to_json(&b);
         assert_eq!(j["node"]["id"], "n1");
         assert_eq!(j["stats_flush_interval"], "5s");

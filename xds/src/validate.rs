@@ -15,13 +15,13 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, Timestamp as PbTimestamp};
 use envoy_types::pb::validate::{
-    bytes_rules, field_rules::Type as RuleType, string_rules, AnyRules, BytesRules, DurationRules,
-    EnumRules, FieldRules, KnownRegex, MapRules, RepeatedRules, StringRules, TimestampRules,
+    bytes_rules, field_rules::Type as RuleType, string_rules, AnyRules, BytesRules, DurationRules, EnumRules,
+    FieldRules, KnownRegex, MapRules, RepeatedRules, StringRules, TimestampRules,
 };
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey,
-    MessageDescriptor, ReflectMessage, Value,
+    DescriptorPool, DynamicMessage, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage, Value,
 };
 
 use crate::error::ConfigError;
@@ -127,16 +127,10 @@ impl Compiled {
         };
         match &rules.r#type {
             Some(RuleType::String(s)) => {
-                c.regex = s
-                    .pattern
-                    .as_deref()
-                    .and_then(|p| compile_regex(p, regex::Regex::new));
+                c.regex = s.pattern.as_deref().and_then(|p| compile_regex(p, regex::Regex::new));
             }
             Some(RuleType::Bytes(b)) => {
-                c.bytes_regex = b
-                    .pattern
-                    .as_deref()
-                    .and_then(|p| compile_regex(p, regex::bytes::Regex::new));
+                c.bytes_regex = b.pattern.as_deref().and_then(|p| compile_regex(p, regex::bytes::Regex::new));
             }
             Some(RuleType::Repeated(r)) => {
                 c.items = r.items.clone().map(|i| Box::new(Compiled::new(*i)));
@@ -152,11 +146,7 @@ impl Compiled {
     }
 
     fn message_skip(&self) -> bool {
-        self.rules
-            .message
-            .as_ref()
-            .and_then(|m| m.skip)
-            .unwrap_or(false)
+        self.rules.message.as_ref().and_then(|m| m.skip).unwrap_or(false)
     }
 
     fn message_required(&self) -> bool {
@@ -166,13 +156,7 @@ impl Compiled {
             Some(RuleType::Any(a)) => a.required,
             _ => None,
         };
-        by_type.unwrap_or(false)
-            || self
-                .rules
-                .message
-                .as_ref()
-                .and_then(|m| m.required)
-                .unwrap_or(false)
+        by_type.unwrap_or(false) || self.rules.message.as_ref().and_then(|m| m.required).unwrap_or(false)
     }
 }
 
@@ -218,41 +202,22 @@ impl Validator {
         let ext_disabled = ext("validate.disabled");
         let ext_ignored = ext("validate.ignored");
         let ext_oneof_required = ext("validate.required");
-        Validator {
-            pool,
-            ext_rules,
-            ext_disabled,
-            ext_ignored,
-            ext_oneof_required,
-            plans: RwLock::new(HashMap::new()),
-        }
+        Validator { pool, ext_rules, ext_disabled, ext_ignored, ext_oneof_required, plans: RwLock::new(HashMap::new()) }
     }
 
     fn plan(&self, desc: &MessageDescriptor) -> Arc<MessagePlan> {
         let name = desc.full_name();
-        if let Some(p) = self
-            .plans
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(p) = self.plans.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return p.clone();
         }
         let plan = Arc::new(self.build_plan(desc));
-        self.plans
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(name.to_string())
-            .or_insert(plan)
-            .clone()
+        self.plans.write().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_insert(plan).clone()
     }
 
     fn build_plan(&self, desc: &MessageDescriptor) -> MessagePlan {
         let opts = desc.options();
         let flag = |ext: &Option<ExtensionDescriptor>| {
-            ext.as_ref().is_some_and(|e| {
-                opts.has_extension(e) && opts.get_extension(e).as_bool().unwrap_or(false)
-            })
+            ext.as_ref().is_some_and(|e| opts.has_extension(e) && opts.get_extension(e).as_bool().unwrap_or(false))
         };
         let disabled = flag(&self.ext_disabled) || flag(&self.ext_ignored);
 
@@ -276,11 +241,7 @@ impl Validator {
                 }
             }
         }
-        MessagePlan {
-            disabled,
-            fields,
-            required_oneofs,
-        }
+        MessagePlan { disabled, fields, required_oneofs }
     }
 
     fn field_rules(&self, fd: &FieldDescriptor) -> Option<FieldRules> {
@@ -297,13 +258,7 @@ impl Validator {
 
     /// Walks one message. `pgv` is false below a `validate.disabled` message, where only the
     /// Envoy-wide checks (Duration sanity, known `Any` types) still apply.
-    fn check_message(
-        &self,
-        msg: &DynamicMessage,
-        path: &mut Path,
-        depth: usize,
-        pgv: bool,
-    ) -> Result<(), ConfigError> {
+    fn check_message(&self, msg: &DynamicMessage, path: &mut Path, depth: usize, pgv: bool) -> Result<(), ConfigError> {
         if depth > MAX_DEPTH {
             return Err(path.err(format!("message nesting exceeds {MAX_DEPTH} levels")));
         }
@@ -322,10 +277,7 @@ impl Validator {
                 if !members.iter().any(|fd| msg.has_field(fd)) {
                     let names: Vec<&str> = members.iter().map(|f| f.name()).collect();
                     path.0.push(Seg::Name(name.clone()));
-                    let e = path.err(format!(
-                        "value is required: exactly one of [{}] must be set",
-                        names.join(", ")
-                    ));
+                    let e = path.err(format!("value is required: exactly one of [{}] must be set", names.join(", ")));
                     path.0.pop();
                     return Err(e);
                 }
@@ -503,11 +455,8 @@ impl Validator {
                     let d = duration_of(m).map_err(|reason| path.err(reason))?;
                     check_duration_rules(d, dr).map_err(|reason| path.err(reason))?;
                 }
-                Some(RuleType::Timestamp(tr))
-                    if desc.full_name() == "google.protobuf.Timestamp" =>
-                {
-                    check_timestamp_rules(timestamp_of(m), tr)
-                        .map_err(|reason| path.err(reason))?;
+                Some(RuleType::Timestamp(tr)) if desc.full_name() == "google.protobuf.Timestamp" => {
+                    check_timestamp_rules(timestamp_of(m), tr).map_err(|reason| path.err(reason))?;
                 }
                 Some(RuleType::Any(ar)) if desc.full_name() == "google.protobuf.Any" => {
                     let url = m.get_field_by_name("type_url");
@@ -517,8 +466,7 @@ impl Validator {
                 Some(_) if is_wrapper(desc.full_name()) => {
                     if let Some(inner_fd) = desc.get_field(1) {
                         let inner = m.get_field(&inner_fd);
-                        check_scalar(&inner, &inner_fd.kind(), r)
-                            .map_err(|reason| path.err(reason))?;
+                        check_scalar(&inner, &inner_fd.kind(), r).map_err(|reason| path.err(reason))?;
                     }
                 }
                 _ => {}
@@ -540,11 +488,7 @@ impl Validator {
         let url = any.get_field_by_name("type_url");
         let url = url.as_deref().and_then(Value::as_str).unwrap_or("");
         let bytes = any.get_field_by_name("value");
-        let bytes: &[u8] = bytes
-            .as_deref()
-            .and_then(Value::as_bytes)
-            .map(|b| &b[..])
-            .unwrap_or(&[]);
+        let bytes: &[u8] = bytes.as_deref().and_then(Value::as_bytes).map(|b| &b[..]).unwrap_or(&[]);
         if url.is_empty() {
             if bytes.is_empty() {
                 return Ok(());
@@ -553,9 +497,7 @@ impl Validator {
         }
         let name = url.rsplit('/').next().unwrap_or(url);
         let Some(desc) = self.pool.get_message_by_name(name) else {
-            return Err(path.err(format!(
-                "unknown type URL {url:?} (not a message type Pinion knows)"
-            )));
+            return Err(path.err(format!("unknown type URL {url:?} (not a message type Pinion knows)")));
         };
         let payload = DynamicMessage::decode(desc, bytes)
             .map_err(|e| path.err(format!("cannot decode Any payload as {name}: {e}")))?;
@@ -616,177 +558,43 @@ fn check_scalar(value: &Value, kind: &Kind, c: &Compiled) -> Result<(), String> 
             (Some(v), Some(want)) if v != want => Err(format!("value must equal {want}")),
             _ => Ok(()),
         },
-        RuleType::Enum(r) => value
-            .as_enum_number()
-            .map_or(Ok(()), |n| check_enum(n, kind, r)),
-        RuleType::Float(r) => value.as_f32().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0.0,
-            )
-        }),
-        RuleType::Double(r) => value.as_f64().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0.0,
-            )
-        }),
-        RuleType::Int32(r) => value.as_i32().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Sint32(r) => value.as_i32().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Sfixed32(r) => value.as_i32().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Int64(r) => value.as_i64().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Sint64(r) => value.as_i64().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Sfixed64(r) => value.as_i64().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Uint32(r) => value.as_u32().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Fixed32(r) => value.as_u32().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Uint64(r) => value.as_u64().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
-        RuleType::Fixed64(r) => value.as_u64().map_or(Ok(()), |v| {
-            num(
-                v,
-                r.r#const,
-                r.lt,
-                r.lte,
-                r.gt,
-                r.gte,
-                &r.r#in,
-                &r.not_in,
-                r.ignore_empty,
-                0,
-            )
-        }),
+        RuleType::Enum(r) => value.as_enum_number().map_or(Ok(()), |n| check_enum(n, kind, r)),
+        RuleType::Float(r) => value
+            .as_f32()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0.0)),
+        RuleType::Double(r) => value
+            .as_f64()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0.0)),
+        RuleType::Int32(r) => value
+            .as_i32()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Sint32(r) => value
+            .as_i32()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Sfixed32(r) => value
+            .as_i32()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Int64(r) => value
+            .as_i64()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Sint64(r) => value
+            .as_i64()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Sfixed64(r) => value
+            .as_i64()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Uint32(r) => value
+            .as_u32()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Fixed32(r) => value
+            .as_u32()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Uint64(r) => value
+            .as_u64()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
+        RuleType::Fixed64(r) => value
+            .as_u64()
+            .map_or(Ok(()), |v| num(v, r.r#const, r.lt, r.lte, r.gt, r.gte, &r.r#in, &r.not_in, r.ignore_empty, 0)),
         // Message-typed rules are handled where the message value is seen.
         RuleType::Repeated(_)
         | RuleType::Map(_)
@@ -819,23 +627,11 @@ fn num<T: PartialOrd + Copy + Display>(
             return Err(format!("value must equal {c}"));
         }
     }
-    range(
-        &v,
-        lt.as_ref(),
-        lte.as_ref(),
-        gt.as_ref(),
-        gte.as_ref(),
-        show,
-    )?;
+    range(&v, lt.as_ref(), lte.as_ref(), gt.as_ref(), gte.as_ref(), show)?;
     in_lists(&v, r#in, not_in, show)
 }
 
-fn in_lists<T: PartialEq>(
-    v: &T,
-    r#in: &[T],
-    not_in: &[T],
-    show: impl Fn(&T) -> String,
-) -> Result<(), String> {
+fn in_lists<T: PartialEq>(v: &T, r#in: &[T], not_in: &[T], show: impl Fn(&T) -> String) -> Result<(), String> {
     let list = |l: &[T]| l.iter().map(&show).collect::<Vec<_>>().join(", ");
     if !r#in.is_empty() && !r#in.contains(v) {
         return Err(format!("value must be in list [{}]", list(r#in)));
@@ -886,16 +682,12 @@ fn range<T: PartialOrd>(
                 ))
             }
         }
-        (Some(lo), None) if !lower_ok(lo) => Err(format!(
-            "value must be greater than {}{}",
-            if lo.1 { "or equal to " } else { "" },
-            show(lo.0)
-        )),
-        (None, Some(hi)) if !upper_ok(hi) => Err(format!(
-            "value must be less than {}{}",
-            if hi.1 { "or equal to " } else { "" },
-            show(hi.0)
-        )),
+        (Some(lo), None) if !lower_ok(lo) => {
+            Err(format!("value must be greater than {}{}", if lo.1 { "or equal to " } else { "" }, show(lo.0)))
+        }
+        (None, Some(hi)) if !upper_ok(hi) => {
+            Err(format!("value must be less than {}{}", if hi.1 { "or equal to " } else { "" }, show(hi.0)))
+        }
         _ => Ok(()),
     }
 }
@@ -1002,10 +794,7 @@ fn check_string(s: &str, r: &StringRules, c: &Compiled) -> Result<(), String> {
         W::Ipv6(true) => ok_or(s.parse::<Ipv6Addr>().is_ok(), "a valid IPv6 address"),
         W::Uri(true) => ok_or(is_uri(s), "a valid absolute URI"),
         W::UriRef(true) => ok_or(is_uri_ref(s), "a valid URI reference"),
-        W::Address(true) => ok_or(
-            s.parse::<IpAddr>().is_ok() || is_hostname(s),
-            "a valid hostname or IP address",
-        ),
+        W::Address(true) => ok_or(s.parse::<IpAddr>().is_ok() || is_hostname(s), "a valid hostname or IP address"),
         W::Uuid(true) => ok_or(is_uuid(s), "a valid UUID"),
         W::WellKnownRegex(k) => check_header_regex(s, k, r.strict.unwrap_or(true)),
         _ => Ok(()),
@@ -1033,7 +822,8 @@ fn check_header_regex(s: &str, known: i32, strict: bool) -> Result<(), String> {
             // `+-.` in PGV's class is a range, so ',' is allowed too.
             let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+,-.^_|~`".contains(c);
             if body.is_empty() || !body.chars().all(tchar) {
-                Err(r#"value does not match regex pattern "^:?[0-9a-zA-Z!#$%&'*+-.^_|~\x60]+$" (HTTP header name)"#.into())
+                Err(r#"value does not match regex pattern "^:?[0-9a-zA-Z!#$%&'*+-.^_|~\x60]+$" (HTTP header name)"#
+                    .into())
             } else {
                 Ok(())
             }
@@ -1095,9 +885,7 @@ fn check_bytes(b: &[u8], r: &BytesRules, c: &Compiled) -> Result<(), String> {
         }
     }
     let bv = b.to_vec();
-    in_lists(&bv, &r.r#in, &r.not_in, |x| {
-        format!("{:?}", String::from_utf8_lossy(x))
-    })?;
+    in_lists(&bv, &r.r#in, &r.not_in, |x| format!("{:?}", String::from_utf8_lossy(x)))?;
     use bytes_rules::WellKnown as W;
     match r.well_known {
         Some(W::Ip(true)) if n != 4 && n != 16 => Err("value must be a valid IP address".into()),
@@ -1187,10 +975,7 @@ fn check_any_rules(url: &str, r: &AnyRules) -> Result<(), String> {
         return Err(format!("type URL must be in list [{}]", r.r#in.join(", ")));
     }
     if r.not_in.iter().any(|u| u == url) {
-        return Err(format!(
-            "type URL must not be in list [{}]",
-            r.not_in.join(", ")
-        ));
+        return Err(format!("type URL must not be in list [{}]", r.not_in.join(", ")));
     }
     Ok(())
 }
@@ -1202,14 +987,8 @@ fn check_any_rules(url: &str, r: &AnyRules) -> Result<(), String> {
 type Dur = (i64, i32);
 
 fn sec_nanos(msg: &DynamicMessage) -> Dur {
-    let s = msg
-        .get_field_by_number(1)
-        .and_then(|v| v.as_i64())
-        .unwrap_or(0);
-    let n = msg
-        .get_field_by_number(2)
-        .and_then(|v| v.as_i32())
-        .unwrap_or(0);
+    let s = msg.get_field_by_number(1).and_then(|v| v.as_i64()).unwrap_or(0);
+    let n = msg.get_field_by_number(2).and_then(|v| v.as_i32()).unwrap_or(0);
     (s, n)
 }
 
@@ -1217,16 +996,10 @@ fn sec_nanos(msg: &DynamicMessage) -> Dur {
 fn duration_of(msg: &DynamicMessage) -> Result<Dur, String> {
     let (s, n) = sec_nanos(msg);
     if s < 0 || n < 0 {
-        return Err(format!(
-            "invalid duration {}: must not be negative",
-            fmt_dur(&(s, n))
-        ));
+        return Err(format!("invalid duration {}: must not be negative", fmt_dur(&(s, n))));
     }
     if s > MAX_DURATION_SECONDS || n > 999_999_999 {
-        return Err(format!(
-            "invalid duration {}: out of range",
-            fmt_dur(&(s, n))
-        ));
+        return Err(format!("invalid duration {}: out of range", fmt_dur(&(s, n))));
     }
     Ok((s, n))
 }
@@ -1254,10 +1027,7 @@ fn pb_ts(t: &PbTimestamp) -> Dur {
 }
 
 fn fmt_ts(t: &Dur) -> String {
-    let ts = prost_types::Timestamp {
-        seconds: t.0,
-        nanos: t.1,
-    };
+    let ts = prost_types::Timestamp { seconds: t.0, nanos: t.1 };
     ts.to_string()
 }
 
@@ -1269,14 +1039,7 @@ fn check_duration_rules(d: Dur, r: &DurationRules) -> Result<(), String> {
     }
     let b = |x: &Option<PbDuration>| x.as_ref().map(pb_dur);
     let (lt, lte, gt, gte) = (b(&r.lt), b(&r.lte), b(&r.gt), b(&r.gte));
-    range(
-        &d,
-        lt.as_ref(),
-        lte.as_ref(),
-        gt.as_ref(),
-        gte.as_ref(),
-        fmt_dur,
-    )?;
+    range(&d, lt.as_ref(), lte.as_ref(), gt.as_ref(), gte.as_ref(), fmt_dur)?;
     let ins: Vec<Dur> = r.r#in.iter().map(pb_dur).collect();
     let outs: Vec<Dur> = r.not_in.iter().map(pb_dur).collect();
     in_lists(&d, &ins, &outs, fmt_dur)
@@ -1290,14 +1053,7 @@ fn check_timestamp_rules(t: Dur, r: &TimestampRules) -> Result<(), String> {
     }
     let b = |x: &Option<PbTimestamp>| x.as_ref().map(pb_ts);
     let (lt, lte, gt, gte) = (b(&r.lt), b(&r.lte), b(&r.gt), b(&r.gte));
-    range(
-        &t,
-        lt.as_ref(),
-        lte.as_ref(),
-        gt.as_ref(),
-        gte.as_ref(),
-        fmt_ts,
-    )?;
+    range(&t, lt.as_ref(), lte.as_ref(), gt.as_ref(), gte.as_ref(), fmt_ts)?;
     let now = now();
     if r.lt_now.unwrap_or(false) && t >= now {
         return Err("value must be less than now".into());
@@ -1317,27 +1073,16 @@ fn check_timestamp_rules(t: Dur, r: &TimestampRules) -> Result<(), String> {
 }
 
 fn now() -> Dur {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (
-        i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        d.subsec_nanos() as i32,
-    )
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (i64::try_from(d.as_secs()).unwrap_or(i64::MAX), d.subsec_nanos() as i32)
 }
 
 fn dur_add(a: Dur, b: Dur) -> Dur {
-    normalize(
-        i128::from(a.0) + i128::from(b.0),
-        i128::from(a.1) + i128::from(b.1),
-    )
+    normalize(i128::from(a.0) + i128::from(b.0), i128::from(a.1) + i128::from(b.1))
 }
 
 fn dur_sub(a: Dur, b: Dur) -> Dur {
-    normalize(
-        i128::from(a.0) - i128::from(b.0),
-        i128::from(a.1) - i128::from(b.1),
-    )
+    normalize(i128::from(a.0) - i128::from(b.0), i128::from(a.1) - i128::from(b.1))
 }
 
 fn normalize(s: i128, n: i128) -> Dur {
@@ -1362,17 +1107,12 @@ fn is_hostname(s: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     })
 }
 
 fn is_email(s: &str) -> bool {
-    let s = s
-        .strip_prefix('<')
-        .and_then(|x| x.strip_suffix('>'))
-        .unwrap_or(s);
+    let s = s.strip_prefix('<').and_then(|x| x.strip_suffix('>')).unwrap_or(s);
     match s.rsplit_once('@') {
         Some((local, domain)) => {
             !local.is_empty()
@@ -1490,26 +1230,15 @@ mod tests {
             cluster_err("name: c\npreconnect_policy: {per_upstream_preconnect_ratio: 3.5}"),
             "preconnect_policy.per_upstream_preconnect_ratio: value must be inside range [1, 3]"
         );
-        assert_eq!(
-            cluster_err("name: c\npreconnect_policy: {per_upstream_preconnect_ratio: 2}"),
-            ""
-        );
+        assert_eq!(cluster_err("name: c\npreconnect_policy: {per_upstream_preconnect_ratio: 2}"), "");
         // enum not_in
         let hc = "name: c\nhealth_checks: [{timeout: 1s, interval: 1s, unhealthy_threshold: 1, \
                   healthy_threshold: 1, http_health_check: {path: /h, method: CONNECT}}]";
-        assert_eq!(
-            cluster_err(hc),
-            "health_checks[0].http_health_check.method: value must not be in list [6]"
-        );
+        assert_eq!(cluster_err(hc), "health_checks[0].http_health_check.method: value must not be in list [6]");
         // string pattern
-        assert!(
-            route_err("match: {path_separated_prefix: /a/}\ndirect_response: {status: 200}")
-                .starts_with("match.path_separated_prefix: value does not match regex pattern")
-        );
-        assert_eq!(
-            route_err("match: {path_separated_prefix: /a}\ndirect_response: {status: 200}"),
-            ""
-        );
+        assert!(route_err("match: {path_separated_prefix: /a/}\ndirect_response: {status: 200}")
+            .starts_with("match.path_separated_prefix: value does not match regex pattern"));
+        assert_eq!(route_err("match: {path_separated_prefix: /a}\ndirect_response: {status: 200}"), "");
         // repeated unique + items
         let redirect = |hdrs: &str| {
             route_err(&format!(
@@ -1522,8 +1251,7 @@ mod tests {
             "route.internal_redirect_policy.response_headers_to_copy: \
              repeated value must contain unique items"
         );
-        assert!(redirect("[a, \"b\\nc\"]")
-            .starts_with("route.internal_redirect_policy.response_headers_to_copy[1]: "));
+        assert!(redirect("[a, \"b\\nc\"]").starts_with("route.internal_redirect_policy.response_headers_to_copy[1]: "));
         assert_eq!(redirect("[a, b]"), "");
     }
 
@@ -1531,17 +1259,9 @@ mod tests {
     fn unknown_any_in_binary_input_is_rejected() {
         use envoy_types::pb::envoy::config::cluster::v3::Cluster;
         use envoy_types::pb::google::protobuf::Any;
-        let mut c = Cluster {
-            name: "c".into(),
-            ..Default::default()
-        };
-        c.typed_extension_protocol_options.insert(
-            "x".into(),
-            Any {
-                type_url: "type.googleapis.com/no.Such".into(),
-                value: vec![1, 2],
-            },
-        );
+        let mut c = Cluster { name: "c".into(), ..Default::default() };
+        c.typed_extension_protocol_options
+            .insert("x".into(), Any { type_url: "type.googleapis.com/no.Such".into(), value: vec![1, 2] });
         let e = crate::decode::validate_prost(&c).unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -1566,9 +1286,6 @@ mod tests {
                 }
             }
         }
-        assert!(
-            checked > 0,
-            "no PGV patterns found: extensions not readable?"
-        );
+        assert!(checked > 0, "no PGV patterns found: extensions not readable?");
     }
 }

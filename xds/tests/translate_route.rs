@@ -122,11 +122,9 @@ fn invalid_wildcard_domains() {
 
 #[test]
 fn duplicate_domains_across_vhosts() {
-    let err = route_configuration(&rc(vec![
-        vhost("a", &["example.com"], vec![]),
-        vhost("b", &["Example.com"], vec![]),
-    ]))
-    .unwrap_err();
+    let err =
+        route_configuration(&rc(vec![vhost("a", &["example.com"], vec![]), vhost("b", &["Example.com"], vec![])]))
+            .unwrap_err();
     assert_eq!(
         err.to_string(),
         "virtual_hosts[1].domains[0]: Only unique values for domains are permitted. Duplicate entry of domain Example.com in route local_route"
@@ -135,8 +133,8 @@ fn duplicate_domains_across_vhosts() {
 
 #[test]
 fn duplicate_vhost_names() {
-    let err = route_configuration(&rc(vec![vhost("a", &["x.com"], vec![]), vhost("a", &["y.com"], vec![])]))
-        .unwrap_err();
+    let err =
+        route_configuration(&rc(vec![vhost("a", &["x.com"], vec![]), vhost("a", &["y.com"], vec![])])).unwrap_err();
     assert_eq!(err.path, "virtual_hosts[1].name");
     assert!(err.reason.contains("duplicate virtual host name 'a'"), "{err}");
 }
@@ -231,8 +229,7 @@ fn weighted_clusters() {
             ..Default::default()
         })
     };
-    let cfg = route_configuration(&one_route(prefix_route("/", action(vec![wc("a", 30), wc("b", 70)], None))))
-        .unwrap();
+    let cfg = route_configuration(&one_route(prefix_route("/", action(vec![wc("a", 30), wc("b", 70)], None)))).unwrap();
     match &forward_action(&cfg).cluster {
         model::ClusterSpecifier::Weighted { clusters, total_weight } => {
             assert_eq!(*total_weight, 100);
@@ -244,8 +241,8 @@ fn weighted_clusters() {
         other => panic!("{other:?}"),
     }
 
-    let err = route_configuration(&one_route(prefix_route("/", action(vec![wc("a", 0), wc("b", 0)], None))))
-        .unwrap_err();
+    let err =
+        route_configuration(&one_route(prefix_route("/", action(vec![wc("a", 0), wc("b", 0)], None)))).unwrap_err();
     assert_eq!(err.path, "virtual_hosts[0].routes[0].route.weighted_clusters.clusters");
     assert!(err.reason.contains("greater than 0"), "{err}");
 
@@ -278,8 +275,9 @@ fn redirect_mapping() {
     assert!(matches!(rd.path, model::RedirectPath::PrefixRewrite(ref p) if p == "/v2/"));
 
     // Defaults: 301, keep path.
-    let cfg = route_configuration(&one_route(prefix_route("/", r::route::Action::Redirect(r::RedirectAction::default()))))
-        .unwrap();
+    let cfg =
+        route_configuration(&one_route(prefix_route("/", r::route::Action::Redirect(r::RedirectAction::default()))))
+            .unwrap();
     let model::RouteAction::Redirect(rd) = &cfg.virtual_hosts[0].routes[0].action else { panic!() };
     assert_eq!(rd.response_code, 301);
     assert!(matches!(rd.path, model::RedirectPath::Keep));
@@ -304,11 +302,9 @@ fn direct_response_body_limits_and_file() {
         })
     };
     let big = "x".repeat(5000);
-    let err = route_configuration(&one_route(prefix_route(
-        "/",
-        dr(core::data_source::Specifier::InlineString(big.clone())),
-    )))
-    .unwrap_err();
+    let err =
+        route_configuration(&one_route(prefix_route("/", dr(core::data_source::Specifier::InlineString(big.clone())))))
+            .unwrap_err();
     assert_eq!(err.path, "virtual_hosts[0].routes[0].direct_response.body");
     assert!(err.reason.contains("response body size is 5000 bytes; maximum is 4096"), "{err}");
 

@@ -9,9 +9,7 @@ use pinion_xds::decode::{bootstrap_from_file, bootstrap_from_str, DecodeOptions,
 use pinion_xds::ErrorKind;
 
 fn fixtures(dir: &str) -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(dir);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&root)
         .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
         .map(|e| e.unwrap().path())
@@ -38,10 +36,7 @@ fn invalid_bootstraps_are_rejected_with_path() {
     for f in &files {
         let want = expectation(f);
         match bootstrap_from_file(f, &DecodeOptions::default()) {
-            Ok(_) => failures.push(format!(
-                "{}: accepted, expected error {want:?}",
-                f.display()
-            )),
+            Ok(_) => failures.push(format!("{}: accepted, expected error {want:?}", f.display())),
             Err(e) => {
                 let got = e.to_string();
                 println!("{}: {got}", f.file_name().unwrap().to_string_lossy());
@@ -62,8 +57,7 @@ fn valid_bootstraps_decode() {
     let files = fixtures("valid");
     assert!(files.len() >= 3);
     for f in &files {
-        let b = bootstrap_from_file(f, &DecodeOptions::default())
-            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let b = bootstrap_from_file(f, &DecodeOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         assert!(b.static_resources.is_some(), "{}", f.display());
     }
 }
@@ -71,9 +65,7 @@ fn valid_bootstraps_decode() {
 #[test]
 fn unknown_fields_accepted_when_allowed() {
     let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/invalid/unknown_field.yaml");
-    let opts = DecodeOptions {
-        allow_unknown_fields: true,
-    };
+    let opts = DecodeOptions { allow_unknown_fields: true };
     let b = bootstrap_from_file(&f, &opts).expect("unknown field must be dropped");
     assert_eq!(b.static_resources.unwrap().clusters[0].name, "upstream_tcp");
 }
@@ -88,29 +80,19 @@ fn json_and_yaml_agree() {
     assert_eq!(from_yaml, from_json);
     // Any payloads are expanded with @type in the JSON rendering.
     let hcm = &json["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
-    assert!(hcm["typed_config"]["@type"]
-        .as_str()
-        .unwrap()
-        .ends_with("HttpConnectionManager"));
+    assert!(hcm["typed_config"]["@type"].as_str().unwrap().ends_with("HttpConnectionManager"));
 }
 
 #[test]
 fn camel_case_json_paths_use_proto_names() {
     let text = r#"{"staticResources": {"clusters": [{"name": "c", "connectTimeout": "0s"}]}}"#;
     let e = bootstrap_from_str(text, Format::Json, &DecodeOptions::default()).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "static_resources.clusters[0].connect_timeout: value must be greater than 0s"
-    );
+    assert_eq!(e.to_string(), "static_resources.clusters[0].connect_timeout: value must be greater than 0s");
 }
 
 #[test]
 fn binary_bootstrap_is_unsupported() {
-    let e = bootstrap_from_file(
-        Path::new("/nonexistent/bootstrap.pb"),
-        &DecodeOptions::default(),
-    )
-    .unwrap_err();
+    let e = bootstrap_from_file(Path::new("/nonexistent/bootstrap.pb"), &DecodeOptions::default()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unsupported);
 }
 
@@ -121,9 +103,7 @@ fn mutated_protos_never_panic() {
     use prost_reflect::DynamicMessage;
 
     let pool = pinion_xds::descriptor::pool();
-    let desc = pool
-        .get_message_by_name("envoy.config.bootstrap.v3.Bootstrap")
-        .unwrap();
+    let desc = pool.get_message_by_name("envoy.config.bootstrap.v3.Bootstrap").unwrap();
     let mut seeds = Vec::new();
     for f in fixtures("valid") {
         let b = bootstrap_from_file(&f, &DecodeOptions::default()).unwrap();
@@ -150,10 +130,7 @@ fn mutated_protos_never_panic() {
             }
         }
     }
-    assert!(
-        decoded > 100,
-        "mutations too destructive: {decoded} decoded"
-    );
+    assert!(decoded > 100, "mutations too destructive: {decoded} decoded");
     assert!(rejected > 0);
 }
 
@@ -164,15 +141,10 @@ fn deeply_nested_any_is_rejected_not_overflowed() {
     use prost::Message;
     use prost_reflect::DynamicMessage;
 
-    let mut any = prost_types::Any {
-        type_url: "type.googleapis.com/google.protobuf.Empty".into(),
-        value: Vec::new(),
-    };
+    let mut any = prost_types::Any { type_url: "type.googleapis.com/google.protobuf.Empty".into(), value: Vec::new() };
     for _ in 0..5000 {
-        any = prost_types::Any {
-            type_url: "type.googleapis.com/google.protobuf.Any".into(),
-            value: any.encode_to_vec(),
-        };
+        any =
+            prost_types::Any { type_url: "type.googleapis.com/google.protobuf.Any".into(), value: any.encode_to_vec() };
     }
     let pool = pinion_xds::descriptor::pool();
     let desc = pool.get_message_by_name("google.protobuf.Any").unwrap();
@@ -186,24 +158,12 @@ fn validate_prost_applies_annotations() {
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::google::protobuf::Duration;
 
-    let mut c = Cluster {
-        name: "c".into(),
-        ..Default::default()
-    };
+    let mut c = Cluster { name: "c".into(), ..Default::default() };
     pinion_xds::decode::validate_prost(&c).unwrap();
-    c.connect_timeout = Some(Duration {
-        seconds: 0,
-        nanos: 0,
-    });
+    c.connect_timeout = Some(Duration { seconds: 0, nanos: 0 });
     let e = pinion_xds::decode::validate_prost(&c).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        "connect_timeout: value must be greater than 0s"
-    );
-    c.connect_timeout = Some(Duration {
-        seconds: 1,
-        nanos: 2_000_000_000,
-    });
+    assert_eq!(e.to_string(), "connect_timeout: value must be greater than 0s");
+    c.connect_timeout = Some(Duration { seconds: 1, nanos: 2_000_000_000 });
     let e = pinion_xds::decode::validate_prost(&c).unwrap_err();
     assert!(e.to_string().contains("out of range"), "{e}");
     c.connect_timeout = None;

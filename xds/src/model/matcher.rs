@@ -29,9 +29,7 @@ impl StringMatcher {
                 }
             }
             StringMatcher::Prefix { value, ignore_case } => {
-                s.len() >= value.len()
-                    && s.is_char_boundary(value.len())
-                    && eq(&s[..value.len()], value, *ignore_case)
+                s.len() >= value.len() && s.is_char_boundary(value.len()) && eq(&s[..value.len()], value, *ignore_case)
             }
             StringMatcher::Suffix { value, ignore_case } => {
                 s.len() >= value.len()
@@ -66,9 +64,7 @@ pub fn full_match(re: &Regex, s: &str) -> bool {
 
 /// Compile `pattern` for full-match use (`^(?:pattern)$`), as every model regex is.
 pub fn anchored_regex(pattern: &str) -> Result<Regex, regex::Error> {
-    regex::RegexBuilder::new(&format!("^(?:{pattern})$"))
-        .size_limit(1 << 20)
-        .build()
+    regex::RegexBuilder::new(&format!("^(?:{pattern})$")).size_limit(1 << 20).build()
 }
 
 /// `envoy.config.route.v3.HeaderMatcher`.

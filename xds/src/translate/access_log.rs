@@ -75,9 +75,7 @@ fn file_access_log(f: &file::FileAccessLog) -> ConfigResult<model::AccessLog> {
 }
 
 /// Translate a `SubstitutionFormatString`; errors relative to it.
-pub(crate) fn substitution_format(
-    s: &core::SubstitutionFormatString,
-) -> ConfigResult<model::AccessLogFormat> {
+pub(crate) fn substitution_format(s: &core::SubstitutionFormatString) -> ConfigResult<model::AccessLogFormat> {
     use core::substitution_format_string::Format;
     let core::SubstitutionFormatString {
         omit_empty_values,
@@ -95,9 +93,8 @@ pub(crate) fn substitution_format(
         Some(Format::TextFormat(t)) => Ok(model::AccessLogFormat::Text(t.clone())),
         Some(Format::TextFormatSource(ds)) => {
             let bytes = data_source(ds).map_err(at("text_format_source"))?;
-            let text = String::from_utf8(bytes).map_err(|_| {
-                ConfigError::invalid("text_format_source", "format must be UTF-8")
-            })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| ConfigError::invalid("text_format_source", "format must be UTF-8"))?;
             Ok(model::AccessLogFormat::Text(text))
         }
         Some(Format::JsonFormat(j)) => json_format(j).map_err(at("json_format")),

@@ -108,10 +108,7 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
     }
     if let Some(d) = dynamic_resources {
         if *d != b::bootstrap::DynamicResources::default() {
-            return Err(ConfigError::unsupported(
-                "dynamic_resources",
-                "dynamic_resources (xDS) is not supported yet",
-            ));
+            return Err(ConfigError::unsupported("dynamic_resources", "dynamic_resources (xDS) is not supported yet"));
         }
     }
 
@@ -124,13 +121,7 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         None => (Vec::new(), Vec::new()),
         Some(s) => static_resources_(s).map_err(at("static_resources"))?,
     };
-    Ok(model::Bootstrap {
-        node,
-        admin,
-        listeners,
-        clusters,
-        config_dump_json: serde_json::Value::Null,
-    })
+    Ok(model::Bootstrap { node, admin, listeners, clusters, config_dump_json: serde_json::Value::Null })
 }
 
 /// Layered runtime: only admin layers and empty static layers (no runtime overrides).
@@ -230,10 +221,7 @@ fn static_resources_(s: &b::bootstrap::StaticResources) -> ConfigResult<Resource
     for (i, c) in clusters.iter().enumerate() {
         let p = format!("clusters[{i}]");
         if !cluster_names.insert(c.name.as_str()) {
-            return Err(ConfigError::invalid(
-                format!("{p}.name"),
-                format!("duplicate cluster name '{}'", c.name),
-            ));
+            return Err(ConfigError::invalid(format!("{p}.name"), format!("duplicate cluster name '{}'", c.name)));
         }
         let mc = cluster(c).map_err(at(&p))?;
         if mc.discovery == model::DiscoveryType::Eds {
@@ -251,10 +239,7 @@ fn static_resources_(s: &b::bootstrap::StaticResources) -> ConfigResult<Resource
     for (i, l) in listeners.iter().enumerate() {
         let p = format!("listeners[{i}]");
         if !l.name.is_empty() && !listener_names.insert(l.name.as_str()) {
-            return Err(ConfigError::invalid(
-                format!("{p}.name"),
-                format!("duplicate listener name '{}'", l.name),
-            ));
+            return Err(ConfigError::invalid(format!("{p}.name"), format!("duplicate listener name '{}'", l.name)));
         }
         let ml = listener(l).map_err(at(&p))?;
         // Port 0 asks the kernel for an ephemeral port: never a conflict.
@@ -291,10 +276,7 @@ fn check_static_routes(
             (format!("filter_chains[{i}].filters[{n}].typed_config"), fc)
         })
         .chain(l.default_filter_chain.iter().map(|fc| {
-            let n = proto
-                .default_filter_chain
-                .as_ref()
-                .map_or(0, |p| p.filters.len().saturating_sub(1));
+            let n = proto.default_filter_chain.as_ref().map_or(0, |p| p.filters.len().saturating_sub(1));
             (format!("default_filter_chain.filters[{n}].typed_config"), fc)
         }));
     for (p, fc) in chains {

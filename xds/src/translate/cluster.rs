@@ -9,8 +9,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as up;
 use super::endpoint::load_assignment;
 use super::http_connection_manager::{common_options, http1_options, http2_options, CommonOptions, Side};
 use super::{
-    at, duration_or, enum_value, plaintext_transport_socket, reject_set, u32_or, unpack,
-    unsupported_field, AddressMode,
+    at, duration_or, enum_value, plaintext_transport_socket, reject_set, u32_or, unpack, unsupported_field, AddressMode,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -165,11 +164,9 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         model::DiscoveryType::Static | model::DiscoveryType::Eds => AddressMode::RequireIp,
     };
     let load_assignment = match assignment {
-        None => model::LoadAssignment {
-            cluster_name: name.clone(),
-            localities: Vec::new(),
-            overprovisioning_factor: 140,
-        },
+        None => {
+            model::LoadAssignment { cluster_name: name.clone(), localities: Vec::new(), overprovisioning_factor: 140 }
+        }
         Some(a) => load_assignment(a, mode).map_err(at("load_assignment"))?,
     };
     if discovery == model::DiscoveryType::LogicalDns {
@@ -186,9 +183,8 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     let mut protocol = model::UpstreamProtocol::Http1;
     let mut http2 = model::Http2Options::default();
     let mut common = CommonOptions::default();
-    let deprecated_set = common_http_protocol_options.is_some()
-        || http_protocol_options.is_some()
-        || http2_protocol_options.is_some();
+    let deprecated_set =
+        common_http_protocol_options.is_some() || http_protocol_options.is_some() || http2_protocol_options.is_some();
     let mut keys: Vec<&String> = typed_extension_protocol_options.keys().collect();
     keys.sort();
     for k in keys {
@@ -304,8 +300,7 @@ fn upstream_http_options(
             match protocol_config {
                 None => model::UpstreamProtocol::Http1,
                 Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
-                    http1_options(h1, Side::Upstream)
-                        .map_err(at("explicit_http_config.http_protocol_options"))?;
+                    http1_options(h1, Side::Upstream).map_err(at("explicit_http_config.http_protocol_options"))?;
                     model::UpstreamProtocol::Http1
                 }
                 Some(ProtocolConfig::Http2ProtocolOptions(h2)) => {
@@ -329,8 +324,7 @@ fn upstream_http_options(
                     .map_err(at("use_downstream_protocol_config.http_protocol_options"))?;
             }
             if let Some(h2) = http2_protocol_options {
-                http2 = http2_options(h2)
-                    .map_err(at("use_downstream_protocol_config.http2_protocol_options"))?;
+                http2 = http2_options(h2).map_err(at("use_downstream_protocol_config.http2_protocol_options"))?;
             }
             model::UpstreamProtocol::UseDownstream
         }

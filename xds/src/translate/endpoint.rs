@@ -17,10 +17,7 @@ pub fn cluster_load_assignment(c: &e::ClusterLoadAssignment) -> ConfigResult<mod
 }
 
 /// Translate a `ClusterLoadAssignment` with the address rules of the owning cluster type.
-pub(crate) fn load_assignment(
-    c: &e::ClusterLoadAssignment,
-    mode: AddressMode,
-) -> ConfigResult<model::LoadAssignment> {
+pub(crate) fn load_assignment(c: &e::ClusterLoadAssignment, mode: AddressMode) -> ConfigResult<model::LoadAssignment> {
     let e::ClusterLoadAssignment { cluster_name, endpoints, named_endpoints, policy } = c;
     reject_set(named_endpoints, "named_endpoints")?;
     let mut overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR;
@@ -49,10 +46,7 @@ pub(crate) fn locality(l: &core::Locality) -> model::Locality {
     model::Locality { region: region.clone(), zone: zone.clone(), sub_zone: sub_zone.clone() }
 }
 
-fn locality_endpoints(
-    l: &e::LocalityLbEndpoints,
-    mode: AddressMode,
-) -> ConfigResult<model::LocalityEndpoints> {
+fn locality_endpoints(l: &e::LocalityLbEndpoints, mode: AddressMode) -> ConfigResult<model::LocalityEndpoints> {
     let e::LocalityLbEndpoints {
         locality: loc,
         // Opaque to the data plane (subset LB is not supported).

@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use super::access_log::access_logs;
 use super::route::route_configuration;
 use super::{
-    at, bool_or, duration_or, duration_zero_disables, enum_value, is_type, reject_set, type_name,
-    u32_or, unpack, unsupported_field,
+    at, bool_or, duration_or, duration_zero_disables, enum_value, is_type, reject_set, type_name, u32_or, unpack,
+    unsupported_field,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -20,12 +20,10 @@ use crate::model;
 const ROUTER_NAME: &str = "envoy.filters.http.router";
 
 /// Translate an `HttpConnectionManager`; errors relative to it.
-pub(crate) fn http_connection_manager(
-    h: &hcm::HttpConnectionManager,
-) -> ConfigResult<model::HttpConnectionManager> {
+pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigResult<model::HttpConnectionManager> {
     use hcm::http_connection_manager::{
-        CodecType as Codec, ForwardClientCertDetails as Fcc, PathWithEscapedSlashesAction as Esc,
-        RouteSpecifier as RS, ServerHeaderTransformation as Sht,
+        CodecType as Codec, ForwardClientCertDetails as Fcc, PathWithEscapedSlashesAction as Esc, RouteSpecifier as RS,
+        ServerHeaderTransformation as Sht,
     };
     let hcm::HttpConnectionManager {
         codec_type,
@@ -108,10 +106,7 @@ pub(crate) fn http_connection_manager(
     reject_set(set_current_client_cert_details, "set_current_client_cert_details")?;
     reject_set(forward_client_cert_matcher, "forward_client_cert_matcher")?;
     reject_set(proxy_100_continue, "proxy_100_continue")?;
-    reject_set(
-        represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
-        "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
-    )?;
+    reject_set(represent_ipv4_remote_address_as_ipv4_mapped_ipv6, "represent_ipv4_remote_address_as_ipv4_mapped_ipv6")?;
     reject_set(request_id_extension, "request_id_extension")?;
     reject_set(local_reply_config, "local_reply_config")?;
     reject_set(strip_matching_host_port, "strip_matching_host_port")?;
@@ -127,17 +122,10 @@ pub(crate) fn http_connection_manager(
         Codec::Auto => model::CodecType::Auto,
         Codec::Http1 => model::CodecType::Http1,
         Codec::Http2 => model::CodecType::Http2,
-        Codec::Http3 => {
-            return Err(ConfigError::unsupported("codec_type", "HTTP3 codec is not supported by pinion"))
-        }
+        Codec::Http3 => return Err(ConfigError::unsupported("codec_type", "HTTP3 codec is not supported by pinion")),
     };
     let route_specifier = match route_specifier {
-        None => {
-            return Err(ConfigError::invalid(
-                "",
-                "one of route_config, rds or scoped_routes must be set",
-            ))
-        }
+        None => return Err(ConfigError::invalid("", "one of route_config, rds or scoped_routes must be set")),
         Some(RS::RouteConfig(rc)) => {
             model::RouteSpecifier::Static(Arc::new(route_configuration(rc).map_err(at("route_config"))?))
         }
@@ -150,10 +138,7 @@ pub(crate) fn http_connection_manager(
     let http_filters = filters(http_filters).map_err(at("http_filters"))?;
 
     if let Some(c) = common_http_protocol_options {
-        reject_set(
-            &c.max_requests_per_connection,
-            "common_http_protocol_options.max_requests_per_connection",
-        )?;
+        reject_set(&c.max_requests_per_connection, "common_http_protocol_options.max_requests_per_connection")?;
     }
     let common = common_http_protocol_options
         .as_ref()
@@ -207,9 +192,7 @@ pub(crate) fn http_connection_manager(
             *path_with_escaped_slashes_action,
             "path_with_escaped_slashes_action",
         )? {
-            Esc::ImplementationSpecificDefault | Esc::KeepUnchanged => {
-                model::EscapedSlashesAction::KeepUnchanged
-            }
+            Esc::ImplementationSpecificDefault | Esc::KeepUnchanged => model::EscapedSlashesAction::KeepUnchanged,
             Esc::RejectRequest => model::EscapedSlashesAction::RejectRequest,
             Esc::UnescapeAndRedirect => model::EscapedSlashesAction::UnescapeAndRedirect,
             Esc::UnescapeAndForward => model::EscapedSlashesAction::UnescapeAndForward,
@@ -237,17 +220,9 @@ pub(crate) fn http_connection_manager(
             "stream_idle_timeout",
         )?,
         request_timeout: duration_zero_disables(request_timeout, None, "request_timeout")?,
-        request_headers_timeout: duration_zero_disables(
-            request_headers_timeout,
-            None,
-            "request_headers_timeout",
-        )?,
+        request_headers_timeout: duration_zero_disables(request_headers_timeout, None, "request_headers_timeout")?,
         drain_timeout: duration_or(drain_timeout, Duration::from_secs(5), "drain_timeout")?,
-        delayed_close_timeout: duration_or(
-            delayed_close_timeout,
-            Duration::from_secs(1),
-            "delayed_close_timeout",
-        )?,
+        delayed_close_timeout: duration_or(delayed_close_timeout, Duration::from_secs(1), "delayed_close_timeout")?,
         access_logs: access_logs(access_log).map_err(at("access_log"))?,
         upgrade_types,
         add_user_agent: bool_or(add_user_agent, false),
@@ -265,9 +240,7 @@ fn filters(fs: &[hcm::HttpFilter]) -> ConfigResult<Vec<model::HttpFilter>> {
         let any = match config_type {
             None => None,
             Some(ConfigType::TypedConfig(any)) => Some(any),
-            Some(ConfigType::ConfigDiscovery(_)) => {
-                return Err(unsupported_field("config_discovery").under(&p))
-            }
+            Some(ConfigType::ConfigDiscovery(_)) => return Err(unsupported_field("config_discovery").under(&p)),
         };
         let is_router = match any {
             Some(any) => is_type::<router::Router>(any),
@@ -312,10 +285,7 @@ fn filters(fs: &[hcm::HttpFilter]) -> ConfigResult<Vec<model::HttpFilter>> {
         return Err(ConfigError::unsupported(p, format!("HTTP filter {what} is not supported by pinion")));
     }
     if out.is_empty() {
-        return Err(ConfigError::invalid(
-            "",
-            format!("http_filters must end with the router filter ({ROUTER_NAME})"),
-        ));
+        return Err(ConfigError::invalid("", format!("http_filters must end with the router filter ({ROUTER_NAME})")));
     }
     Ok(out)
 }
@@ -390,11 +360,7 @@ pub(crate) fn common_options(o: &core::HttpProtocolOptions) -> ConfigResult<Comm
     reject_set(max_connection_duration_jitter, "max_connection_duration_jitter")?;
     reject_set(max_response_headers_kb, "max_response_headers_kb")?;
     Ok(CommonOptions {
-        idle_timeout: duration_zero_disables(
-            idle_timeout,
-            Some(Duration::from_secs(3600)),
-            "idle_timeout",
-        )?,
+        idle_timeout: duration_zero_disables(idle_timeout, Some(Duration::from_secs(3600)), "idle_timeout")?,
         max_headers_count: u32_or(max_headers_count, 100),
         max_stream_duration: duration_zero_disables(max_stream_duration, None, "max_stream_duration")?,
         headers_with_underscores_action: match enum_value::<U>(
@@ -419,10 +385,7 @@ pub(crate) enum Side {
 }
 
 /// Translate `Http1ProtocolOptions` into (`accept_http_10`, `default_host_for_http_10`).
-pub(crate) fn http1_options(
-    o: &core::Http1ProtocolOptions,
-    side: Side,
-) -> ConfigResult<(bool, Option<String>)> {
+pub(crate) fn http1_options(o: &core::Http1ProtocolOptions, side: Side) -> ConfigResult<(bool, Option<String>)> {
     let core::Http1ProtocolOptions {
         // Absolute-form request targets are always accepted (as with Envoy's default).
         allow_absolute_url: _,
@@ -449,11 +412,7 @@ pub(crate) fn http1_options(
         reject_set(accept_http_10, "accept_http_10")?;
         reject_set(default_host_for_http_10, "default_host_for_http_10")?;
     }
-    let host = if default_host_for_http_10.is_empty() {
-        None
-    } else {
-        Some(default_host_for_http_10.clone())
-    };
+    let host = if default_host_for_http_10.is_empty() { None } else { Some(default_host_for_http_10.clone()) };
     Ok((*accept_http_10, host))
 }
 
@@ -516,10 +475,7 @@ pub(crate) fn http2_options(o: &core::Http2ProtocolOptions) -> ConfigResult<mode
     Ok(model::Http2Options {
         max_concurrent_streams: u32_or(max_concurrent_streams, d.max_concurrent_streams),
         initial_stream_window_size: u32_or(initial_stream_window_size, d.initial_stream_window_size),
-        initial_connection_window_size: u32_or(
-            initial_connection_window_size,
-            d.initial_connection_window_size,
-        ),
+        initial_connection_window_size: u32_or(initial_connection_window_size, d.initial_connection_window_size),
         keepalive_interval,
         keepalive_timeout,
     })

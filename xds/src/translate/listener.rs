@@ -11,8 +11,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use super::http_connection_manager::http_connection_manager;
 use super::tcp_proxy::tcp_proxy;
 use super::{
-    at, bool_or, enum_value, ip_address, is_type, plaintext_transport_socket, reject_set, type_name,
-    u32_or, unpack, unsupported_field,
+    at, bool_or, enum_value, ip_address, is_type, plaintext_transport_socket, reject_set, type_name, u32_or, unpack,
+    unsupported_field,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -108,10 +108,8 @@ pub fn listener(li: &l::Listener) -> ConfigResult<model::Listener> {
     let mut chains = Vec::with_capacity(filter_chains.len());
     for (i, fc) in filter_chains.iter().enumerate() {
         let m = fc.filter_chain_match.clone().unwrap_or_default();
-        if let Some(j) = filter_chains
-            .iter()
-            .take(i)
-            .position(|o| o.filter_chain_match.clone().unwrap_or_default() == m)
+        if let Some(j) =
+            filter_chains.iter().take(i).position(|o| o.filter_chain_match.clone().unwrap_or_default() == m)
         {
             return Err(ConfigError::invalid(
                 format!("filter_chains[{i}].filter_chain_match"),
@@ -153,9 +151,21 @@ fn listener_filter(f: &l::ListenerFilter) -> ConfigResult<model::ListenerFilter>
         Some(ConfigType::ConfigDiscovery(_)) => return Err(unsupported_field("config_discovery")),
     };
     let known: [(&str, &str, model::ListenerFilter); 3] = [
-        ("envoy.filters.listener.tls_inspector", "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", model::ListenerFilter::TlsInspector),
-        ("envoy.filters.listener.http_inspector", "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector", model::ListenerFilter::HttpInspector),
-        ("envoy.filters.listener.original_dst", "envoy.extensions.filters.listener.original_dst.v3.OriginalDst", model::ListenerFilter::OriginalDst),
+        (
+            "envoy.filters.listener.tls_inspector",
+            "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+            model::ListenerFilter::TlsInspector,
+        ),
+        (
+            "envoy.filters.listener.http_inspector",
+            "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+            model::ListenerFilter::HttpInspector,
+        ),
+        (
+            "envoy.filters.listener.original_dst",
+            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
+            model::ListenerFilter::OriginalDst,
+        ),
     ];
     let found = known.iter().find(|(n, ty, _)| match any {
         Some(any) => type_name(any) == *ty,

@@ -12,8 +12,7 @@ use crate::model;
 pub(crate) fn regex_matcher(r: &m::RegexMatcher) -> ConfigResult<Regex> {
     // engine_type: only the deprecated google_re2 engine exists; Pinion uses the Rust regex engine.
     let m::RegexMatcher { regex, engine_type: _ } = r;
-    model::anchored_regex(regex)
-        .map_err(|e| ConfigError::invalid("regex", format!("invalid regex '{regex}': {e}")))
+    model::anchored_regex(regex).map_err(|e| ConfigError::invalid("regex", format!("invalid regex '{regex}': {e}")))
 }
 
 /// Compile a `RegexMatchAndSubstitute` (unanchored: Envoy substitutes every match, like
@@ -25,9 +24,10 @@ pub(crate) fn regex_substitute(r: &m::RegexMatchAndSubstitute) -> ConfigResult<(
     };
     // engine_type: see regex_matcher.
     let m::RegexMatcher { regex, engine_type: _ } = pattern;
-    let re = regex::RegexBuilder::new(regex).size_limit(1 << 20).build().map_err(|e| {
-        ConfigError::invalid("pattern.regex", format!("invalid regex '{regex}': {e}"))
-    })?;
+    let re = regex::RegexBuilder::new(regex)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| ConfigError::invalid("pattern.regex", format!("invalid regex '{regex}': {e}")))?;
     Ok((re, substitution.clone()))
 }
 
@@ -41,12 +41,8 @@ pub(crate) fn string_matcher(s: &m::StringMatcher) -> ConfigResult<model::String
         Some(MatchPattern::Exact(v)) => model::StringMatcher::Exact { value: v.clone(), ignore_case },
         Some(MatchPattern::Prefix(v)) => model::StringMatcher::Prefix { value: v.clone(), ignore_case },
         Some(MatchPattern::Suffix(v)) => model::StringMatcher::Suffix { value: v.clone(), ignore_case },
-        Some(MatchPattern::Contains(v)) => {
-            model::StringMatcher::Contains { value: v.clone(), ignore_case }
-        }
-        Some(MatchPattern::SafeRegex(r)) => {
-            model::StringMatcher::Regex(regex_matcher(r).map_err(at("safe_regex"))?)
-        }
+        Some(MatchPattern::Contains(v)) => model::StringMatcher::Contains { value: v.clone(), ignore_case },
+        Some(MatchPattern::SafeRegex(r)) => model::StringMatcher::Regex(regex_matcher(r).map_err(at("safe_regex"))?),
         Some(MatchPattern::Custom(_)) => return Err(unsupported_field("custom")),
     })
 }
@@ -54,12 +50,7 @@ pub(crate) fn string_matcher(s: &m::StringMatcher) -> ConfigResult<model::String
 /// Translate a route `HeaderMatcher`; errors relative to it.
 pub(crate) fn header_matcher(h: &route::HeaderMatcher) -> ConfigResult<model::HeaderMatcher> {
     use route::header_matcher::HeaderMatchSpecifier as S;
-    let route::HeaderMatcher {
-        name,
-        invert_match,
-        treat_missing_header_as_empty,
-        header_match_specifier,
-    } = h;
+    let route::HeaderMatcher { name, invert_match, treat_missing_header_as_empty, header_match_specifier } = h;
     if name.is_empty() {
         return Err(ConfigError::invalid("name", "header name must not be empty"));
     }
@@ -68,26 +59,19 @@ pub(crate) fn header_matcher(h: &route::HeaderMatcher) -> ConfigResult<model::He
         None => model::HeaderMatchSpec::Present(true),
         Some(S::PresentMatch(p)) => model::HeaderMatchSpec::Present(*p),
         Some(S::ExactMatch(v)) => model::HeaderMatchSpec::String(exact(v)),
-        Some(S::PrefixMatch(v)) => model::HeaderMatchSpec::String(model::StringMatcher::Prefix {
-            value: v.clone(),
-            ignore_case: false,
-        }),
-        Some(S::SuffixMatch(v)) => model::HeaderMatchSpec::String(model::StringMatcher::Suffix {
-            value: v.clone(),
-            ignore_case: false,
-        }),
+        Some(S::PrefixMatch(v)) => {
+            model::HeaderMatchSpec::String(model::StringMatcher::Prefix { value: v.clone(), ignore_case: false })
+        }
+        Some(S::SuffixMatch(v)) => {
+            model::HeaderMatchSpec::String(model::StringMatcher::Suffix { value: v.clone(), ignore_case: false })
+        }
         Some(S::ContainsMatch(v)) => {
-            model::HeaderMatchSpec::String(model::StringMatcher::Contains {
-                value: v.clone(),
-                ignore_case: false,
-            })
+            model::HeaderMatchSpec::String(model::StringMatcher::Contains { value: v.clone(), ignore_case: false })
         }
         Some(S::SafeRegexMatch(r)) => model::HeaderMatchSpec::String(model::StringMatcher::Regex(
             regex_matcher(r).map_err(at("safe_regex_match"))?,
         )),
-        Some(S::StringMatch(s)) => {
-            model::HeaderMatchSpec::String(string_matcher(s).map_err(at("string_match"))?)
-        }
+        Some(S::StringMatch(s)) => model::HeaderMatchSpec::String(string_matcher(s).map_err(at("string_match"))?),
         Some(S::RangeMatch(r)) => {
             let envoy_types::pb::envoy::r#type::v3::Int64Range { start, end } = r;
             if start >= end {
@@ -108,9 +92,7 @@ pub(crate) fn header_matcher(h: &route::HeaderMatcher) -> ConfigResult<model::He
 }
 
 /// Translate a `QueryParameterMatcher`; errors relative to it.
-pub(crate) fn query_parameter_matcher(
-    q: &route::QueryParameterMatcher,
-) -> ConfigResult<model::QueryParameterMatcher> {
+pub(crate) fn query_parameter_matcher(q: &route::QueryParameterMatcher) -> ConfigResult<model::QueryParameterMatcher> {
     use route::query_parameter_matcher::QueryParameterMatchSpecifier as S;
     let route::QueryParameterMatcher { name, query_parameter_match_specifier } = q;
     let string_match = match query_parameter_match_specifier {
@@ -129,14 +111,13 @@ mod tests {
     fn bad_regex_names_field() {
         let h = route::HeaderMatcher {
             name: "X-Foo".into(),
-            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(
-                m::StringMatcher {
-                    ignore_case: false,
-                    match_pattern: Some(m::string_matcher::MatchPattern::SafeRegex(
-                        m::RegexMatcher { regex: "(".into(), engine_type: None },
-                    )),
-                },
-            )),
+            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::StringMatch(m::StringMatcher {
+                ignore_case: false,
+                match_pattern: Some(m::string_matcher::MatchPattern::SafeRegex(m::RegexMatcher {
+                    regex: "(".into(),
+                    engine_type: None,
+                })),
+            })),
             ..Default::default()
         };
         let err = header_matcher(&h).unwrap_err();
@@ -147,9 +128,7 @@ mod tests {
     fn deprecated_exact_match_lowercases_name() {
         let h = route::HeaderMatcher {
             name: "X-Foo".into(),
-            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::ExactMatch(
-                "v".into(),
-            )),
+            header_match_specifier: Some(route::header_matcher::HeaderMatchSpecifier::ExactMatch("v".into())),
             ..Default::default()
         };
         let got = header_matcher(&h).unwrap();

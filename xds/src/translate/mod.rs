@@ -54,18 +54,13 @@ pub(crate) fn duration(d: &pbuf::Duration) -> ConfigResult<Duration> {
     if *nanos >= 1_000_000_000 {
         return Err(ConfigError::invalid("", "duration nanos must be below 1e9"));
     }
-    let secs = u64::try_from(*seconds)
-        .map_err(|_| ConfigError::invalid("", "duration out of range"))?;
+    let secs = u64::try_from(*seconds).map_err(|_| ConfigError::invalid("", "duration out of range"))?;
     let nanos = u32::try_from(*nanos).map_err(|_| ConfigError::invalid("", "duration out of range"))?;
     Ok(Duration::new(secs, nanos))
 }
 
 /// An optional duration with a default when unset; errors are placed at `field`.
-pub(crate) fn duration_or(
-    d: &Option<pbuf::Duration>,
-    default: Duration,
-    field: &str,
-) -> ConfigResult<Duration> {
+pub(crate) fn duration_or(d: &Option<pbuf::Duration>, default: Duration, field: &str) -> ConfigResult<Duration> {
     match d {
         None => Ok(default),
         Some(d) => duration(d).map_err(at(field)),
@@ -137,16 +132,11 @@ pub(crate) fn unpack<M: prost::Message + prost::Name + Default>(any: &pbuf::Any)
     if !is_type::<M>(any) {
         return Err(ConfigError::invalid(
             "",
-            format!(
-                "unexpected type URL '{}', expected '{TYPE_URL_PREFIX}{}'",
-                any.type_url,
-                M::full_name()
-            ),
+            format!("unexpected type URL '{}', expected '{TYPE_URL_PREFIX}{}'", any.type_url, M::full_name()),
         ));
     }
-    M::decode(any.value.as_slice()).map_err(|e| {
-        ConfigError::invalid("", format!("cannot decode {}: {e}", M::full_name()))
-    })
+    M::decode(any.value.as_slice())
+        .map_err(|e| ConfigError::invalid("", format!("cannot decode {}: {e}", M::full_name())))
 }
 
 /// How an address may be given.
@@ -173,14 +163,12 @@ pub(crate) fn address(a: &core::Address, mode: AddressMode) -> ConfigResult<Reso
     let core::Address { address } = a;
     match address {
         None => Err(ConfigError::invalid("", "address must be set")),
-        Some(A::Pipe(_)) => Err(ConfigError::unsupported(
-            "pipe",
-            "pipe (unix domain socket) addresses are not supported by pinion",
-        )),
-        Some(A::EnvoyInternalAddress(_)) => Err(ConfigError::unsupported(
-            "envoy_internal_address",
-            "envoy_internal_address is not supported by pinion",
-        )),
+        Some(A::Pipe(_)) => {
+            Err(ConfigError::unsupported("pipe", "pipe (unix domain socket) addresses are not supported by pinion"))
+        }
+        Some(A::EnvoyInternalAddress(_)) => {
+            Err(ConfigError::unsupported("envoy_internal_address", "envoy_internal_address is not supported by pinion"))
+        }
         Some(A::SocketAddress(s)) => socket_address(s, mode).map_err(at("socket_address")),
     }
 }
@@ -197,20 +185,16 @@ fn socket_address(s: &core::SocketAddress, mode: AddressMode) -> ConfigResult<Re
     } = s;
     match enum_value::<Protocol>(*protocol, "protocol")? {
         Protocol::Tcp => {}
-        Protocol::Udp => {
-            return Err(ConfigError::unsupported(
-                "protocol",
-                "UDP is not supported by pinion (TCP only)",
-            ))
-        }
+        Protocol::Udp => return Err(ConfigError::unsupported("protocol", "UDP is not supported by pinion (TCP only)")),
     }
     reject_set(resolver_name, "resolver_name")?;
     reject_set(ipv4_compat, "ipv4_compat")?;
     reject_set(network_namespace_filepath, "network_namespace_filepath")?;
     let port = match port_specifier {
         None => 0,
-        Some(PortSpecifier::PortValue(p)) => u16::try_from(*p)
-            .map_err(|_| ConfigError::invalid("port_value", format!("port {p} is out of range")))?,
+        Some(PortSpecifier::PortValue(p)) => {
+            u16::try_from(*p).map_err(|_| ConfigError::invalid("port_value", format!("port {p} is out of range")))?
+        }
         Some(PortSpecifier::NamedPort(_)) => return Err(unsupported_field("named_port")),
     };
     // Envoy accepts IPv6 literals without brackets; tolerate bracketed ones too.
@@ -218,10 +202,7 @@ fn socket_address(s: &core::SocketAddress, mode: AddressMode) -> ConfigResult<Re
     match literal.parse::<IpAddr>() {
         Ok(ip) => Ok(ResolvedAddress::Ip(SocketAddr::new(ip, port))),
         Err(_) => match mode {
-            AddressMode::RequireIp => Err(ConfigError::invalid(
-                "address",
-                format!("malformed IP address: {address}"),
-            )),
+            AddressMode::RequireIp => Err(ConfigError::invalid("address", format!("malformed IP address: {address}"))),
             AddressMode::AllowDns => {
                 if address.is_empty() {
                     Err(ConfigError::invalid("address", "address must not be empty"))
@@ -256,9 +237,9 @@ pub(crate) fn data_source(d: &core::DataSource) -> ConfigResult<Vec<u8>> {
         None => Ok(Vec::new()),
         Some(Specifier::InlineString(s)) => Ok(s.clone().into_bytes()),
         Some(Specifier::InlineBytes(b)) => Ok(b.clone()),
-        Some(Specifier::Filename(f)) => std::fs::read(f).map_err(|e| {
-            ConfigError::invalid("filename", format!("cannot read file '{f}': {e}"))
-        }),
+        Some(Specifier::Filename(f)) => {
+            std::fs::read(f).map_err(|e| ConfigError::invalid("filename", format!("cannot read file '{f}': {e}")))
+        }
         Some(Specifier::EnvironmentVariable(_)) => Err(unsupported_field("environment_variable")),
     }
 }
@@ -267,10 +248,7 @@ pub(crate) fn data_source(d: &core::DataSource) -> ConfigResult<Vec<u8>> {
 pub(crate) fn struct_to_json(s: &pbuf::Struct) -> serde_json::Value {
     let mut keys: Vec<&String> = s.fields.keys().collect();
     keys.sort();
-    let map = keys
-        .into_iter()
-        .filter_map(|k| s.fields.get(k).map(|v| (k.clone(), value_to_json(v))))
-        .collect();
+    let map = keys.into_iter().filter_map(|k| s.fields.get(k).map(|v| (k.clone(), value_to_json(v)))).collect();
     serde_json::Value::Object(map)
 }
 
@@ -279,22 +257,18 @@ pub(crate) fn value_to_json(v: &pbuf::Value) -> serde_json::Value {
     use pbuf::value::Kind;
     match &v.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
-            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, serde_json::Value::Number)
+        }
         Some(Kind::StringValue(s)) => serde_json::Value::String(s.clone()),
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
         Some(Kind::StructValue(s)) => struct_to_json(s),
-        Some(Kind::ListValue(l)) => {
-            serde_json::Value::Array(l.values.iter().map(value_to_json).collect())
-        }
+        Some(Kind::ListValue(l)) => serde_json::Value::Array(l.values.iter().map(value_to_json).collect()),
     }
 }
 
 /// A transport socket that must be plaintext (`raw_buffer`); TLS arrives with the mTLS issue.
-pub(crate) fn plaintext_transport_socket(
-    t: &Option<core::TransportSocket>,
-    tls_message: &str,
-) -> ConfigResult<()> {
+pub(crate) fn plaintext_transport_socket(t: &Option<core::TransportSocket>, tls_message: &str) -> ConfigResult<()> {
     use core::transport_socket::ConfigType;
     let Some(t) = t else { return Ok(()) };
     let core::TransportSocket { name, config_type } = t;
@@ -303,8 +277,7 @@ pub(crate) fn plaintext_transport_socket(
         None => String::new(),
     };
     let is = |n: &str, ty: &str| name == n || type_url == ty;
-    if is("envoy.transport_sockets.raw_buffer", "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")
-    {
+    if is("envoy.transport_sockets.raw_buffer", "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") {
         return Ok(());
     }
     if is("envoy.transport_sockets.tls", "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
@@ -333,10 +306,7 @@ pub(crate) fn has_formatter(value: &str) -> ConfigResult<bool> {
                     i += end + 2;
                 }
                 None => {
-                    return Err(ConfigError::invalid(
-                        "",
-                        format!("un-terminated variable expression in '{value}'"),
-                    ))
+                    return Err(ConfigError::invalid("", format!("un-terminated variable expression in '{value}'")))
                 }
             }
         } else {

@@ -10,8 +10,8 @@ use envoy_types::pb::envoy::config::route::v3 as r;
 
 use super::matcher::{header_matcher, query_parameter_matcher, regex_matcher, regex_substitute};
 use super::{
-    at, bool_or, data_source, duration, duration_zero_disables, enum_value, has_formatter,
-    reject_set, u32_or, unsupported_field,
+    at, bool_or, data_source, duration, duration_zero_disables, enum_value, has_formatter, reject_set, u32_or,
+    unsupported_field,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -247,18 +247,12 @@ fn route(rt: &r::Route, max_body: u32) -> ConfigResult<model::Route> {
                 "one of route, redirect, direct_response or non_forwarding_action must be set",
             ))
         }
-        Some(Action::Route(a)) => {
-            model::RouteAction::Forward(Arc::new(route_action(a).map_err(at("route"))?))
+        Some(Action::Route(a)) => model::RouteAction::Forward(Arc::new(route_action(a).map_err(at("route"))?)),
+        Some(Action::Redirect(a)) => model::RouteAction::Redirect(Arc::new(redirect(a).map_err(at("redirect"))?)),
+        Some(Action::DirectResponse(a)) => {
+            model::RouteAction::DirectResponse(Arc::new(direct_response(a, max_body).map_err(at("direct_response"))?))
         }
-        Some(Action::Redirect(a)) => {
-            model::RouteAction::Redirect(Arc::new(redirect(a).map_err(at("redirect"))?))
-        }
-        Some(Action::DirectResponse(a)) => model::RouteAction::DirectResponse(Arc::new(
-            direct_response(a, max_body).map_err(at("direct_response"))?,
-        )),
-        Some(Action::NonForwardingAction(r::NonForwardingAction {})) => {
-            model::RouteAction::NonForwarding
-        }
+        Some(Action::NonForwardingAction(r::NonForwardingAction {})) => model::RouteAction::NonForwarding,
         Some(Action::FilterAction(_)) => return Err(unsupported_field("filter_action")),
     };
     Ok(model::Route {
@@ -379,10 +373,7 @@ fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
 
     let cluster = match cluster_specifier {
         None => {
-            return Err(ConfigError::invalid(
-                "",
-                "one of cluster, cluster_header or weighted_clusters must be set",
-            ))
+            return Err(ConfigError::invalid("", "one of cluster, cluster_header or weighted_clusters must be set"))
         }
         Some(CS::Cluster(c)) => model::ClusterSpecifier::Cluster(c.clone()),
         Some(CS::ClusterHeader(h)) => {
@@ -390,18 +381,14 @@ fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
         }
         Some(CS::WeightedClusters(w)) => weighted_clusters(w).map_err(at("weighted_clusters"))?,
         Some(CS::ClusterSpecifierPlugin(_)) => return Err(unsupported_field("cluster_specifier_plugin")),
-        Some(CS::InlineClusterSpecifierPlugin(_)) => {
-            return Err(unsupported_field("inline_cluster_specifier_plugin"))
-        }
+        Some(CS::InlineClusterSpecifierPlugin(_)) => return Err(unsupported_field("inline_cluster_specifier_plugin")),
     };
-    let cluster_not_found_response_code = match enum_value::<C>(
-        *cluster_not_found_response_code,
-        "cluster_not_found_response_code",
-    )? {
-        C::ServiceUnavailable => 503,
-        C::NotFound => 404,
-        C::InternalServerError => 500,
-    };
+    let cluster_not_found_response_code =
+        match enum_value::<C>(*cluster_not_found_response_code, "cluster_not_found_response_code")? {
+            C::ServiceUnavailable => 503,
+            C::NotFound => 404,
+            C::InternalServerError => 500,
+        };
     let regex_rewrite = match regex_rewrite {
         None => None,
         Some(rr) => Some(regex_substitute(rr).map_err(at("regex_rewrite"))?),
@@ -416,9 +403,7 @@ fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
                 model::HostRewrite::None
             }
         }
-        Some(H::HostRewriteHeader(h)) => {
-            model::HostRewrite::Header(header_name(h).map_err(at("host_rewrite_header"))?)
-        }
+        Some(H::HostRewriteHeader(h)) => model::HostRewrite::Header(header_name(h).map_err(at("host_rewrite_header"))?),
         Some(H::HostRewritePathRegex(rr)) => {
             let (re, sub) = regex_substitute(rr).map_err(at("host_rewrite_path_regex"))?;
             model::HostRewrite::PathRegex(re, sub)
@@ -501,8 +486,7 @@ fn weighted_clusters(w: &r::WeightedCluster) -> ConfigResult<model::ClusterSpeci
             response_headers_to_remove,
         )
         .map_err(at(&p))?;
-        let host_rewrite_literal =
-            host_rewrite_specifier.as_ref().map(|H::HostRewriteLiteral(h)| h.clone());
+        let host_rewrite_literal = host_rewrite_specifier.as_ref().map(|H::HostRewriteLiteral(h)| h.clone());
         out.push(model::WeightedCluster { name: name.clone(), weight, headers, host_rewrite_literal });
     }
     check_weight_sum(sum)?;
@@ -520,10 +504,7 @@ fn weighted_clusters(w: &r::WeightedCluster) -> ConfigResult<model::ClusterSpeci
 /// Envoy's weighted-cluster sum checks (shared with tcp_proxy); errors relative to the message.
 pub(crate) fn check_weight_sum(sum: u64) -> ConfigResult<()> {
     if sum == 0 {
-        return Err(ConfigError::invalid(
-            "clusters",
-            "sum of weights in weighted_clusters must be greater than 0",
-        ));
+        return Err(ConfigError::invalid("clusters", "sum of weights in weighted_clusters must be greater than 0"));
     }
     if sum > u64::from(u32::MAX) {
         return Err(ConfigError::invalid(
@@ -572,12 +553,7 @@ fn retry(p: &r::RetryPolicy) -> ConfigResult<model::RetryPolicy> {
         codes.push(code);
     }
     Ok(model::RetryPolicy {
-        retry_on: retry_on
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        retry_on: retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
         num_retries: u32_or(num_retries, 1),
         per_try_timeout: duration_zero_disables(per_try_timeout, None, "per_try_timeout")?,
         retriable_status_codes: codes,
@@ -602,9 +578,9 @@ fn redirect(a: &r::RedirectAction) -> ConfigResult<model::RedirectAction> {
     };
     let port = match *port_redirect {
         0 => None,
-        p => Some(u16::try_from(p).map_err(|_| {
-            ConfigError::invalid("port_redirect", format!("port {p} is out of range"))
-        })?),
+        p => Some(
+            u16::try_from(p).map_err(|_| ConfigError::invalid("port_redirect", format!("port {p} is out of range")))?,
+        ),
     };
     let path = match path_rewrite_specifier {
         None => model::RedirectPath::Keep,
@@ -675,12 +651,10 @@ pub(crate) fn header_mutations(
     response_headers_to_remove: &[String],
 ) -> ConfigResult<model::HeaderMutations> {
     Ok(model::HeaderMutations {
-        request_headers_to_add: headers_to_add(request_headers_to_add)
-            .map_err(at("request_headers_to_add"))?,
+        request_headers_to_add: headers_to_add(request_headers_to_add).map_err(at("request_headers_to_add"))?,
         request_headers_to_remove: headers_to_remove(request_headers_to_remove)
             .map_err(at("request_headers_to_remove"))?,
-        response_headers_to_add: headers_to_add(response_headers_to_add)
-            .map_err(at("response_headers_to_add"))?,
+        response_headers_to_add: headers_to_add(response_headers_to_add).map_err(at("response_headers_to_add"))?,
         response_headers_to_remove: headers_to_remove(response_headers_to_remove)
             .map_err(at("response_headers_to_remove"))?,
     })
@@ -731,10 +705,7 @@ pub(crate) fn header_value_option(o: &core::HeaderValueOption) -> ConfigResult<m
     let action = enum_value::<A>(*append_action, "append_action")?;
     let append_action = match (append, action) {
         (Some(_), a) if a != A::AppendIfExistsOrAdd => {
-            return Err(ConfigError::invalid(
-                "append",
-                "Both append and append_action are set and it's not allowed",
-            ))
+            return Err(ConfigError::invalid("append", "Both append and append_action are set and it's not allowed"))
         }
         (Some(b), _) if b.value => model::AppendAction::AppendIfExistsOrAdd,
         (Some(_), _) => model::AppendAction::OverwriteIfExistsOrAdd,
@@ -743,13 +714,7 @@ pub(crate) fn header_value_option(o: &core::HeaderValueOption) -> ConfigResult<m
         (None, A::OverwriteIfExistsOrAdd) => model::AppendAction::OverwriteIfExistsOrAdd,
         (None, A::OverwriteIfExists) => model::AppendAction::OverwriteIfExists,
     };
-    Ok(model::HeaderValueOption {
-        name,
-        value,
-        has_formatter,
-        append_action,
-        keep_empty_value: *keep_empty_value,
-    })
+    Ok(model::HeaderValueOption { name, value, has_formatter, append_action, keep_empty_value: *keep_empty_value })
 }
 
 /// Every cluster a route table names, with the path (relative to the route config) where it is
