@@ -6,10 +6,12 @@
 pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod config_store;
 pub mod demo;
 pub mod formatter;
 pub mod http;
 pub mod listener;
+pub mod listener_manager;
 pub mod logging;
 pub mod server;
 pub mod snapshot;

@@ -4,8 +4,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use pinion_xds::model;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
 
 use crate::access_log::AccessLogger;
 use crate::http::route_table::RouteTable;
@@ -153,12 +155,72 @@ impl HcmStats {
     }
 }
 
+/// Shared RDS slots: route config name -> the current compiled table (empty until the first
+/// RDS response). Listeners that name the same route config share one slot, so an RDS update
+/// reaches them all without rebuilding any listener.
+pub type RdsSlot = Arc<ArcSwapOption<RouteTable>>;
+
+/// Where an HCM's route table comes from.
+pub enum RouteSource {
+    /// Inline `route_config`.
+    Static(Arc<RouteTable>),
+    /// `rds`: the slot for this route config name.
+    Rds {
+        /// `route_config_name`.
+        name: String,
+        /// The slot.
+        slot: RdsSlot,
+    },
+}
+
+/// A borrowed view of the current route table. For RDS it is an arc-swap guard, so reading
+/// the table per request touches no shared reference count.
+pub enum RouteGuard<'a> {
+    /// Inline table.
+    Static(&'a RouteTable),
+    /// RDS table.
+    Rds(arc_swap::Guard<Option<Arc<RouteTable>>>),
+}
+
+impl std::ops::Deref for RouteGuard<'_> {
+    type Target = RouteTable;
+    fn deref(&self) -> &RouteTable {
+        match self {
+            RouteGuard::Static(t) => t,
+            // `current()` only builds this variant when the slot holds a table.
+            RouteGuard::Rds(g) => g.as_deref().expect("checked non-empty"),
+        }
+    }
+}
+
+impl RouteSource {
+    /// The current table (None while an RDS config has not arrived).
+    #[inline]
+    pub fn current(&self) -> Option<RouteGuard<'_>> {
+        match self {
+            RouteSource::Static(t) => Some(RouteGuard::Static(t)),
+            RouteSource::Rds { slot, .. } => {
+                let g = slot.load();
+                g.is_some().then_some(RouteGuard::Rds(g))
+            }
+        }
+    }
+
+    /// The RDS name, if any.
+    pub fn rds_name(&self) -> Option<&str> {
+        match self {
+            RouteSource::Static(_) => None,
+            RouteSource::Rds { name, .. } => Some(name),
+        }
+    }
+}
+
 /// An HCM ready to serve: config, compiled routes, stats, access logs.
 pub struct HcmRuntime {
     /// Config.
     pub config: Arc<model::HttpConnectionManager>,
-    /// Compiled route table (static route config).
-    pub routes: Arc<RouteTable>,
+    /// Route table source.
+    pub routes: RouteSource,
     /// Stats.
     pub stats: HcmStats,
     /// Access loggers.
@@ -191,6 +253,8 @@ pub enum ChainRuntime {
 pub struct ListenerRuntime {
     /// Config.
     pub config: Arc<model::Listener>,
+    /// Set when this listener generation is removed or replaced: its connections drain.
+    pub drain: watch::Sender<bool>,
     /// Stats.
     pub stats: ListenerStats,
     /// Chains parallel to `config.filter_chains`.
@@ -211,8 +275,14 @@ pub enum ListenerError {
 }
 
 impl ListenerRuntime {
-    /// Build runtime state for `config` with `workers` workers.
-    pub fn new(config: Arc<model::Listener>, store: &Store, workers: usize) -> Result<Self, ListenerError> {
+    /// Build runtime state for `config` with `workers` workers. `rds` gives the shared slot
+    /// for a route config name (RDS listeners only).
+    pub fn new(
+        config: Arc<model::Listener>,
+        store: &Store,
+        workers: usize,
+        rds: &dyn Fn(&str) -> Option<RdsSlot>,
+    ) -> Result<Self, ListenerError> {
         let prefix =
             if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
         let stats = ListenerStats::new(store, &prefix, workers);
@@ -220,13 +290,16 @@ impl ListenerRuntime {
             match &chain.filter {
                 model::NetworkFilter::HttpConnectionManager(hcm) => {
                     let routes = match &hcm.route_specifier {
-                        model::RouteSpecifier::Static(rc) => Arc::new(RouteTable::new(rc.clone())),
-                        model::RouteSpecifier::Rds { route_config_name } => {
-                            return Err(ListenerError::Unsupported(
-                                config.name.clone(),
-                                format!("rds route config '{route_config_name}' needs dynamic_resources"),
-                            ))
-                        }
+                        model::RouteSpecifier::Static(rc) => RouteSource::Static(Arc::new(RouteTable::new(rc.clone()))),
+                        model::RouteSpecifier::Rds { route_config_name } => match rds(route_config_name) {
+                            Some(slot) => RouteSource::Rds { name: route_config_name.clone(), slot },
+                            None => {
+                                return Err(ListenerError::Unsupported(
+                                    config.name.clone(),
+                                    format!("rds route config '{route_config_name}' needs dynamic_resources"),
+                                ))
+                            }
+                        },
                     };
                     let router = hcm
                         .http_filters
@@ -276,7 +349,27 @@ impl ListenerRuntime {
         };
         let chains = config.filter_chains.iter().map(|c| build(c)).collect::<Result<Vec<_>, _>>()?;
         let default_chain = config.default_filter_chain.as_ref().map(|c| build(c)).transpose()?;
-        Ok(ListenerRuntime { config, stats, chains, default_chain })
+        Ok(ListenerRuntime { config, drain: watch::channel(false).0, stats, chains, default_chain })
+    }
+
+    /// RDS names this listener's HCMs need.
+    pub fn rds_names(&self) -> Vec<String> {
+        self.chains
+            .iter()
+            .chain(self.default_chain.iter())
+            .filter_map(|c| match c {
+                ChainRuntime::Http(h) => h.routes.rds_name().map(str::to_owned),
+                ChainRuntime::Tcp(_) => None,
+            })
+            .collect()
+    }
+
+    /// Whether every RDS table this listener needs has arrived (Envoy's listener warming).
+    pub fn is_warm(&self) -> bool {
+        self.chains.iter().chain(self.default_chain.iter()).all(|c| match c {
+            ChainRuntime::Http(h) => h.routes.current().is_some(),
+            ChainRuntime::Tcp(_) => true,
+        })
     }
 
     /// Pick the filter chain for a plain-TCP connection (no TLS/SNI yet): Envoy's match order

@@ -15,12 +15,13 @@ use pinion_xds::translate::NodeOverrides;
 use tokio::sync::{watch, Notify};
 
 use crate::cli::{Mode, Options};
-use crate::listener::{bind_reuseport, ListenerRuntime};
+use crate::listener::ListenerRuntime;
+use crate::listener_manager::ListenerManager;
 use crate::logging::LogHandle;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Gauge, Prom, Store};
 use crate::upstream::{dns, Cluster};
-use crate::worker::{self, WorkerCommand, WorkerHandle};
+use crate::worker::{self, WorkerHandle};
 
 /// Envoy's `server.state` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub struct ServerState {
     /// Worker count.
     pub concurrency: usize,
     /// Listener name -> bound address (ports resolved when 0).
-    pub bound_listeners: Mutex<Vec<(String, SocketAddr)>>,
+    pub bound_listeners: Arc<Mutex<Vec<(String, SocketAddr)>>>,
     /// Bound admin address.
     pub admin_address: Mutex<Option<SocketAddr>>,
     state_gauge: Gauge,
@@ -167,7 +168,7 @@ fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result
     let listeners = b
         .listeners
         .iter()
-        .map(|l| ListenerRuntime::new(l.clone(), store, workers).map(Arc::new))
+        .map(|l| ListenerRuntime::new(l.clone(), store, workers, &|_| None).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     Ok(Snapshot { version: 1, listeners, clusters })
@@ -244,57 +245,36 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
         immediate_exit: AtomicBool::new(false),
         log,
         concurrency,
-        bound_listeners: Mutex::new(Vec::new()),
+        bound_listeners: Arc::new(Mutex::new(Vec::new())),
         admin_address: Mutex::new(None),
         state_gauge,
     });
     state.set_state(ServerStateKind::Initializing);
     register_server_stats(&state);
 
-    // Bind every listener once per worker (SO_REUSEPORT). A port of 0 is resolved by the
-    // first bind and reused for the other workers' sockets.
-    let mut sockets: Vec<Vec<(Arc<ListenerRuntime>, std::net::TcpListener)>> =
-        (0..concurrency).map(|_| Vec::new()).collect();
-    for l in &listeners {
-        let backlog = l.config.tcp_backlog_size.unwrap_or(1024);
-        let mut addr = l.config.address;
-        for (w, per_worker) in sockets.iter_mut().enumerate() {
-            match bind_reuseport(addr, backlog) {
-                Ok(sock) => {
-                    if w == 0 {
-                        if let Ok(a) = sock.local_addr() {
-                            addr = a;
-                        }
-                    }
-                    per_worker.push((l.clone(), sock));
-                }
-                Err(e) => {
-                    tracing::error!("listener '{}' failed to bind to {addr}: {e}", l.config.name);
-                    eprintln!("error: listener '{}' failed to bind to {addr}: {e}", l.config.name);
-                    return 1;
-                }
-            }
-        }
-        state.bound_listeners.lock().unwrap_or_else(|e| e.into_inner()).push((l.config.name.clone(), addr));
-        tracing::info!("listener '{}' on {addr}", l.config.name);
-    }
-
     let mut workers: Vec<WorkerHandle> = Vec::with_capacity(concurrency);
     let drain_time = Duration::from_secs(opts.drain_time_s);
-    for (i, socks) in sockets.into_iter().enumerate() {
+    for i in 0..concurrency {
         match worker::spawn(i, state.snapshot.clone(), drain_rx.clone(), drain_time) {
-            Ok(h) => {
-                for (l, s) in socks {
-                    let _ = h.tx.send(WorkerCommand::AddListener(l, s));
-                }
-                workers.push(h);
-            }
+            Ok(h) => workers.push(h),
             Err(e) => {
                 eprintln!("cannot start worker {i}: {e}");
                 return 1;
             }
         }
     }
+    // Static listeners go through the same listener manager as dynamic ones.
+    let mut manager =
+        ListenerManager::new(workers.iter().map(|w| w.tx.clone()).collect(), state.bound_listeners.clone());
+    for l in &listeners {
+        if let Err(e) = manager.upsert(l.clone()) {
+            tracing::error!("{e}");
+            eprintln!("error: {e}");
+            return 1;
+        }
+    }
+    let manager = Arc::new(Mutex::new(manager));
+    let _ = &manager;
 
     if let Some(admin) = &state.bootstrap.admin {
         match crate::admin::start(admin.address, state.clone()).await {

@@ -43,10 +43,21 @@ pub struct WorkerCtx {
     pub drain: watch::Receiver<bool>,
 }
 
-/// Commands from the main thread.
+/// Commands from the main thread (the listener manager).
 pub enum WorkerCommand {
     /// Start accepting on this listener with this socket.
     AddListener(Arc<ListenerRuntime>, std::net::TcpListener),
+    /// New connections on listener `name` use this runtime (same address); existing ones
+    /// keep theirs and drain.
+    UpdateListener(String, Arc<ListenerRuntime>),
+    /// Stop accepting on listener `name` (its socket closes; its connections drain).
+    RemoveListener(String),
+}
+
+/// A listener as one worker runs it: the runtime new connections get, and a stop switch.
+struct WorkerListener {
+    current: Rc<RefCell<Arc<ListenerRuntime>>>,
+    stop: Rc<tokio::sync::Notify>,
 }
 
 /// Handle the main thread keeps per worker.
@@ -103,15 +114,32 @@ async fn run(
         });
     }
     let mut drain_rx = drain.clone();
+    let mut listeners: std::collections::HashMap<String, WorkerListener> = std::collections::HashMap::new();
     loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(WorkerCommand::AddListener(l, sock)) => {
                     match TcpListener::from_std(sock) {
                         Ok(listener) => {
-                            tokio::task::spawn_local(accept_loop(listener, l, ctx.clone(), connections.clone()));
+                            let name = l.config.name.clone();
+                            let current = Rc::new(RefCell::new(l));
+                            let stop = Rc::new(tokio::sync::Notify::new());
+                            if let Some(old) = listeners.insert(name, WorkerListener { current: current.clone(), stop: stop.clone() }) {
+                                old.stop.notify_one();
+                            }
+                            tokio::task::spawn_local(accept_loop(listener, current, stop, ctx.clone(), connections.clone()));
                         }
                         Err(e) => tracing::error!(error = %e, "worker {index}: cannot register listener"),
+                    }
+                }
+                Some(WorkerCommand::UpdateListener(name, l)) => {
+                    if let Some(wl) = listeners.get(&name) {
+                        *wl.current.borrow_mut() = l;
+                    }
+                }
+                Some(WorkerCommand::RemoveListener(name)) => {
+                    if let Some(wl) = listeners.remove(&name) {
+                        wl.stop.notify_one();
                     }
                 }
                 None => break,
@@ -130,7 +158,8 @@ async fn run(
 
 async fn accept_loop(
     listener: TcpListener,
-    rt: Arc<ListenerRuntime>,
+    current: Rc<RefCell<Arc<ListenerRuntime>>>,
+    stop: Rc<tokio::sync::Notify>,
     worker: Rc<WorkerCtx>,
     connections: Rc<RefCell<usize>>,
 ) {
@@ -141,11 +170,13 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            _ = stop.notified() => return,
             _ = drain.changed() => {
                 if *drain.borrow() { return; }
                 continue;
             }
         };
+        let rt = current.borrow().clone();
         let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -167,7 +198,7 @@ async fn accept_loop(
             g.inc();
         }
         *connections.borrow_mut() += 1;
-        let rt = rt.clone();
+
         let worker = worker.clone();
         let connections = connections.clone();
         tokio::task::spawn_local(async move {

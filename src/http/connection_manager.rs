@@ -121,8 +121,9 @@ pub async fn serve_connection(
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut drain = worker.drain.clone();
+    let mut listener_drain = ctx.listener.drain.subscribe();
     let idle_timeout = cfg.idle_timeout;
-    let mut draining = *drain.borrow();
+    let mut draining = *drain.borrow() || *listener_drain.borrow();
     if draining {
         conn.as_mut().graceful_shutdown();
     }
@@ -136,6 +137,12 @@ pub async fn serve_connection(
                 break;
             }
             _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = listener_drain.changed(), if !draining => {
+                // This listener generation was removed or replaced: finish in-flight requests,
+                // then close (Connection: close / GOAWAY).
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -246,7 +253,8 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBo
         h
     });
     let grpc = is_grpc(req.headers());
-    let (mut resp, upstream) = match process(&ctx, req, &mut info, grpc).await {
+    let mut log_request_headers = log_request_headers;
+    let (mut resp, upstream) = match process(&ctx, req, &mut info, grpc, &mut log_request_headers).await {
         Ok((resp, up)) => (resp, up),
         Err(resp) => (resp, None),
     };
@@ -303,12 +311,17 @@ async fn process(
     mut req: Request<Incoming>,
     info: &mut StreamInfo,
     grpc: bool,
+    log_headers: &mut Option<HeaderMap>,
 ) -> Phase<(Response<ResponseBody>, Option<router::UpstreamGuard>)> {
     let hcm = &ctx.hcm;
     let cfg = &hcm.config;
 
     // Phase: decode_headers.
     decode_headers(ctx, &mut req, info, grpc)?;
+    // The access log sees the request id the HCM generated, as in Envoy.
+    if let (Some(h), Some(rid)) = (log_headers.as_mut(), req.headers().get("x-request-id")) {
+        h.insert("x-request-id", rid.clone());
+    }
 
     // Phase: route.
     let authority =
@@ -318,7 +331,12 @@ async fn process(
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query.as_str(), None),
     };
-    let table = hcm.routes.clone();
+    let Some(table) = hcm.routes.current() else {
+        // An RDS config that never arrived (warming timed out): no routes, as Envoy.
+        hcm.stats.no_route.inc();
+        info.flags.set(ResponseFlags::NO_ROUTE);
+        return Err(reply(404, "", grpc, info, "route_configuration_not_found"));
+    };
     let view = RequestView {
         authority: &authority,
         path: path_only,
@@ -470,8 +488,10 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
     // Internal-only headers named by the route config are stripped from every request here;
     // Envoy strips them from external requests, and with `use_remote_address: false` all
     // requests count as external for this purpose.
-    for h in &ctx.hcm.routes.config.internal_only_headers {
-        req.headers_mut().remove(h.as_str());
+    if let Some(table) = ctx.hcm.routes.current() {
+        for h in &table.config.internal_only_headers {
+            req.headers_mut().remove(h.as_str());
+        }
     }
     request_headers::mutate(cfg, req.headers_mut(), ctx.peer, ctx.tls, &mut request_headers::new_request_id);
     if let Some(len) =

@@ -158,7 +158,7 @@ pub async fn forward(
     grpc: bool,
     route: &Arc<Route>,
     vhost: &Arc<VirtualHost>,
-    table: &Arc<RouteTable>,
+    table: &RouteTable,
     action: &Arc<ForwardAction>,
     is_upgrade: bool,
 ) -> Phase<(Response<ResponseBody>, Option<UpstreamGuard>)> {

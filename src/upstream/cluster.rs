@@ -205,7 +205,7 @@ impl Cluster {
                 ep.health_status,
             )));
         }
-        HostSet { priorities }
+        HostSet::new(priorities)
     }
 
     /// Replace the host set (DNS refresh, later EDS).

@@ -152,6 +152,16 @@ impl std::fmt::Debug for Host {
 pub struct HostSet {
     /// Hosts per priority level.
     pub priorities: Vec<Vec<Arc<Host>>>,
+    /// Every host was routable when the set was built: the LB's fast path.
+    pub all_routable: bool,
+}
+
+impl HostSet {
+    /// A set over these priority levels.
+    pub fn new(priorities: Vec<Vec<Arc<Host>>>) -> Self {
+        let all_routable = priorities.iter().flatten().all(|h| h.healthy());
+        HostSet { priorities, all_routable }
+    }
 }
 
 impl HostSet {

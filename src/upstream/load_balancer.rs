@@ -83,7 +83,17 @@ impl LoadBalancer {
                     }
                     _ => {
                         let start = slot.fetch_add(1, Ordering::Relaxed);
-                        (0..hosts.len()).map(|k| &hosts[(start + k) % hosts.len()]).find(|h| usable(h)).cloned()
+                        let h = &hosts[start % hosts.len()];
+                        if set.all_routable && usable(h) {
+                            return Some(h.clone());
+                        }
+                        // Some hosts are out: rotate over the usable ones only, so the
+                        // remaining hosts share the load evenly (Envoy's healthy host list).
+                        let k = hosts.iter().filter(|h| usable(h)).count();
+                        if k == 0 {
+                            return None;
+                        }
+                        hosts.iter().filter(|h| usable(h)).nth(start % k).cloned()
                     }
                 }
             }
@@ -157,13 +167,11 @@ mod tests {
 
     #[test]
     fn round_robin_rotates_and_skips_unhealthy() {
-        let set = HostSet {
-            priorities: vec![vec![
-                host(1, 1, HealthStatus::Healthy),
-                host(2, 1, HealthStatus::Unhealthy),
-                host(3, 1, HealthStatus::Healthy),
-            ]],
-        };
+        let set = HostSet::new(vec![vec![
+            host(1, 1, HealthStatus::Healthy),
+            host(2, 1, HealthStatus::Unhealthy),
+            host(3, 1, HealthStatus::Healthy),
+        ]]);
         let lb = LoadBalancer::new(LbPolicy::RoundRobin);
         lb.on_hosts_changed(&set);
         let p = picks(&lb, &set, 6);
@@ -173,8 +181,7 @@ mod tests {
 
     #[test]
     fn weighted_round_robin_follows_weights() {
-        let set =
-            HostSet { priorities: vec![vec![host(1, 3, HealthStatus::Healthy), host(2, 1, HealthStatus::Healthy)]] };
+        let set = HostSet::new(vec![vec![host(1, 3, HealthStatus::Healthy), host(2, 1, HealthStatus::Healthy)]]);
         let lb = LoadBalancer::new(LbPolicy::RoundRobin);
         lb.on_hosts_changed(&set);
         let p = picks(&lb, &set, 400);
@@ -183,16 +190,14 @@ mod tests {
 
     #[test]
     fn panic_mode_uses_all_hosts_and_priorities_fall_over() {
-        let set = HostSet { priorities: vec![vec![host(1, 1, HealthStatus::Unhealthy)]] };
+        let set = HostSet::new(vec![vec![host(1, 1, HealthStatus::Unhealthy)]]);
         let lb = LoadBalancer::new(LbPolicy::RoundRobin);
         lb.on_hosts_changed(&set);
         assert_eq!(picks(&lb, &set, 2), vec![1, 1]);
-        let set = HostSet {
-            priorities: vec![
-                vec![host(1, 1, HealthStatus::Unhealthy)],
-                vec![host(2, 1, HealthStatus::Healthy), host(3, 1, HealthStatus::Healthy)],
-            ],
-        };
+        let set = HostSet::new(vec![
+            vec![host(1, 1, HealthStatus::Unhealthy)],
+            vec![host(2, 1, HealthStatus::Healthy), host(3, 1, HealthStatus::Healthy)],
+        ]);
         lb.on_hosts_changed(&set);
         assert!(picks(&lb, &set, 4).iter().all(|&p| p != 1));
     }

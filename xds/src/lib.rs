@@ -3,11 +3,14 @@
 //! validated config model. Protos stop here: the data plane only sees [`model`].
 #![forbid(unsafe_code)]
 
+pub mod client;
+pub mod control_plane;
 pub mod decode;
 pub mod descriptor;
 pub mod error;
 pub mod loader;
 pub mod model;
+pub mod sink;
 pub mod translate;
 pub mod validate;
 

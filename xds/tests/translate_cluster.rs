@@ -352,3 +352,25 @@ fn eds_cluster_translates_with_service_name() {
     assert_eq!(m.discovery, model::DiscoveryType::Eds);
     assert_eq!(m.eds_service_name, "svc-eds");
 }
+
+#[test]
+fn unknown_enum_values_are_errors_not_panics() {
+    let mut cl = static_cluster("svc", vec![lb_endpoint("127.0.0.1", 80)]);
+    cl.lb_policy = 999;
+    let err = cluster(&cl).unwrap_err();
+    assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Invalid, "lb_policy"));
+    assert!(err.reason.contains("999"), "{err}");
+
+    let mut cl = static_cluster("svc", vec![lb_endpoint("127.0.0.1", 80)]);
+    cl.cluster_discovery_type = Some(c::cluster::ClusterDiscoveryType::Type(-1));
+    assert_eq!(cluster(&cl).unwrap_err().path, "type");
+
+    let mut ep = lb_endpoint("127.0.0.1", 80);
+    ep.health_status = 77;
+    let err = cluster_load_assignment(&cla("svc", vec![ep])).unwrap_err();
+    assert_eq!(err.path, "endpoints[0].lb_endpoints[0].health_status");
+
+    let mut cl = static_cluster("svc", vec![]);
+    cl.connect_timeout = Some(pbuf::Duration { seconds: -5, nanos: 0 });
+    assert_eq!(cluster(&cl).unwrap_err().path, "connect_timeout");
+}

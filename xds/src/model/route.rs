@@ -184,7 +184,8 @@ pub struct ForwardAction {
     pub cluster_not_found_response_code: u16,
     /// `prefix_rewrite`.
     pub prefix_rewrite: Option<String>,
-    /// `regex_rewrite` (pattern, substitution with `\1` groups).
+    /// `regex_rewrite` (pattern, substitution with `\1` groups). The pattern is compiled
+    /// unanchored: Envoy substitutes every match (RE2 `GlobalReplace`).
     pub regex_rewrite: Option<(Regex, String)>,
     /// Host rewrite.
     pub host_rewrite: HostRewrite,
@@ -240,7 +241,7 @@ pub enum HostRewrite {
     Auto,
     /// `host_rewrite_header`: copy from this request header.
     Header(http::HeaderName),
-    /// `host_rewrite_path_regex`.
+    /// `host_rewrite_path_regex` (pattern compiled unanchored: every match is substituted).
     PathRegex(Regex, String),
 }
 
@@ -283,7 +284,7 @@ pub enum RedirectPath {
     Path(String),
     /// `prefix_rewrite`: replace the matched prefix.
     PrefixRewrite(String),
-    /// `regex_rewrite`.
+    /// `regex_rewrite` (pattern compiled unanchored: every match is substituted).
     RegexRewrite(Regex, String),
 }
 

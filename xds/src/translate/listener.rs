@@ -106,11 +106,11 @@ pub fn listener(li: &l::Listener) -> ConfigResult<model::Listener> {
         ));
     }
     let mut chains = Vec::with_capacity(filter_chains.len());
+    let default_match = l::FilterChainMatch::default();
+    let mut seen: Vec<&l::FilterChainMatch> = Vec::with_capacity(filter_chains.len());
     for (i, fc) in filter_chains.iter().enumerate() {
-        let m = fc.filter_chain_match.clone().unwrap_or_default();
-        if let Some(j) =
-            filter_chains.iter().take(i).position(|o| o.filter_chain_match.clone().unwrap_or_default() == m)
-        {
+        let m = fc.filter_chain_match.as_ref().unwrap_or(&default_match);
+        if let Some(j) = seen.iter().position(|o| *o == m) {
             return Err(ConfigError::invalid(
                 format!("filter_chains[{i}].filter_chain_match"),
                 format!(
@@ -118,6 +118,7 @@ pub fn listener(li: &l::Listener) -> ConfigResult<model::Listener> {
                 ),
             ));
         }
+        seen.push(m);
         chains.push(Arc::new(filter_chain(fc).map_err(at(format!("filter_chains[{i}]")))?));
     }
     let default_filter_chain = match default_filter_chain {

@@ -1,0 +1,296 @@
+//! The proxies under test and their configs. Pinion and Envoy get the very same bootstrap
+//! file and the same command line; nginx and HAProxy get the closest plain reverse-proxy
+//! config (reference points only).
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::procs::Proc;
+
+/// A proxy under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// This project.
+    Pinion,
+    /// The reference implementation.
+    Envoy,
+    /// nginx (Debian), plain reverse proxy.
+    Nginx,
+    /// HAProxy (Debian), plain reverse proxy.
+    Haproxy,
+}
+
+impl Kind {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Pinion => "Pinion",
+            Kind::Envoy => "Envoy",
+            Kind::Nginx => "nginx",
+            Kind::Haproxy => "HAProxy",
+        }
+    }
+}
+
+/// A located proxy binary.
+#[derive(Clone, Debug)]
+pub struct Installed {
+    /// Which proxy.
+    pub kind: Kind,
+    /// Its binary.
+    pub bin: PathBuf,
+    /// Its version line.
+    pub version: String,
+}
+
+/// A started proxy; stopped and reaped on drop.
+pub struct Running {
+    /// The process (taskset execs the proxy, so this is the proxy's pid).
+    pub proc: Proc,
+    /// Port for HTTP/1.1 traffic.
+    pub h1_port: u16,
+    /// Port for h2c (prior knowledge) traffic.
+    pub h2_port: u16,
+}
+
+/// A free port on 127.0.0.1 (bound then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The bootstrap given unchanged (but for ports) to both Pinion and Envoy: one listener
+/// (HCM, codec AUTO, router), three static clusters on the same backend: HTTP/1.1, HTTP/2
+/// (h2c) and gRPC (HTTP/2).
+pub fn envoy_bootstrap(admin_port: u16, listen_port: u16, backend_port: u16) -> String {
+    format!(
+        r#"# pinion-bench: the same bootstrap for Pinion and Envoy.
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+static_resources:
+  listeners:
+  - name: bench
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {listen_port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/bench.Bench/" }}
+                route: {{ cluster: grpc }}
+              - match: {{ prefix: "/h2/" }}
+                route: {{ cluster: backend_h2 }}
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: backend_h1 }}
+  clusters:
+  - name: backend_h1
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend_h1
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {backend_port} }}
+  - name: backend_h2
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: backend_h2
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {backend_port} }}
+  - name: grpc
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config:
+          http2_protocol_options: {{}}
+    load_assignment:
+      cluster_name: grpc
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {backend_port} }}
+"#
+    )
+}
+
+/// nginx: one worker, HTTP/1.1 on one port and h2c (prior knowledge) on another, both to an
+/// HTTP/1.1 keep-alive upstream (nginx cannot proxy HTTP/2 upstream except via grpc_pass).
+fn nginx_conf(dir: &Path, h1_port: u16, h2_port: u16, backend_port: u16) -> String {
+    let d = dir.display();
+    format!(
+        r#"# pinion-bench: nginx as a plain reverse proxy (reference point).
+worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/client_body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  upstream backend {{
+    server 127.0.0.1:{backend_port};
+    keepalive 128;
+    keepalive_requests 100000000;
+  }}
+  server {{
+    listen 127.0.0.1:{h1_port};
+    listen 127.0.0.1:{h2_port} http2;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"#
+    )
+}
+
+/// HAProxy: one thread, HTTP/1.1 frontend to an HTTP/1.1 server, h2c frontend to an h2c server.
+fn haproxy_conf(h1_port: u16, h2_port: u16, backend_port: u16, threads: u32) -> String {
+    format!(
+        r#"# pinion-bench: HAProxy as a plain reverse proxy (reference point).
+global
+  nbthread {threads}
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend fe_h1
+  bind 127.0.0.1:{h1_port}
+  default_backend be_h1
+frontend fe_h2
+  bind 127.0.0.1:{h2_port} proto h2
+  default_backend be_h2
+backend be_h1
+  server s1 127.0.0.1:{backend_port}
+backend be_h2
+  server s1 127.0.0.1:{backend_port} proto h2
+"#
+    )
+}
+
+/// Starts `p` with `workers` workers pinned to `cpus`, writes its config to `dir`, and waits
+/// until it is ready (admin `/ready` for Pinion and Envoy, the listener accepting for the
+/// others), at most `timeout`.
+pub fn start(
+    p: &Installed,
+    dir: &Path,
+    backend_port: u16,
+    workers: u32,
+    cpus: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(dir)?;
+    let log = dir.join("proxy.log");
+    let (proc, h1_port, h2_port, admin) = match p.kind {
+        Kind::Pinion | Kind::Envoy => {
+            let (admin, port) = (free_port()?, free_port()?);
+            let cfg = dir.join("bootstrap.yaml");
+            std::fs::write(&cfg, envoy_bootstrap(admin, port, backend_port))?;
+            // The same command line for both (Pinion accepts Envoy's flags).
+            let args: Vec<String> = vec![
+                "-c".into(),
+                cfg.display().to_string(),
+                "--concurrency".into(),
+                workers.to_string(),
+                "-l".into(),
+                "warning".into(),
+                "--disable-hot-restart".into(),
+            ];
+            (Proc::spawn(p.kind.name(), cpus, &p.bin, &args, &log)?, port, port, Some(admin))
+        }
+        Kind::Nginx => {
+            let (h1, h2) = (free_port()?, free_port()?);
+            let cfg = dir.join("nginx.conf");
+            std::fs::write(&cfg, nginx_conf(dir, h1, h2, backend_port))?;
+            let args: Vec<String> = vec!["-p".into(), dir.display().to_string(), "-c".into(), cfg.display().to_string()];
+            (Proc::spawn("nginx", cpus, &p.bin, &args, &log)?, h1, h2, None)
+        }
+        Kind::Haproxy => {
+            let (h1, h2) = (free_port()?, free_port()?);
+            let cfg = dir.join("haproxy.cfg");
+            std::fs::write(&cfg, haproxy_conf(h1, h2, backend_port, workers))?;
+            let args: Vec<String> = vec!["-f".into(), cfg.display().to_string(), "-db".into()];
+            (Proc::spawn("haproxy", cpus, &p.bin, &args, &log)?, h1, h2, None)
+        }
+    };
+    let mut running = Running { proc, h1_port, h2_port };
+    let deadline = Instant::now() + timeout;
+    // Polls until ready, the process exits, or the deadline passes.
+    loop {
+        if let Some(st) = running.proc.exited() {
+            bail!("{} exited during start: {st}\n{}", p.kind.name(), running.proc.log_tail());
+        }
+        let ready = match admin {
+            Some(a) => {
+                matches!(http_get_status(a, "/ready"), Ok(200)) && port_open(h1_port) && port_open(h2_port)
+            }
+            None => port_open(h1_port) && port_open(h2_port),
+        };
+        if ready {
+            return Ok(running);
+        }
+        if Instant::now() > deadline {
+            bail!("{} not ready within {timeout:?}\n{}", p.kind.name(), running.proc.log_tail());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+/// Minimal blocking `GET` returning the status code (admin endpoints).
+pub fn http_get_status(port: u16, path: &str) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    // Bounded by the read timeout and the size limit.
+    s.take(1 << 20).read_to_end(&mut buf)?;
+    let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).into_owned();
+    head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("bad status line")
+}

@@ -1,0 +1,487 @@
+//! The config store (Envoy's cluster manager + listener manager bookkeeping for xDS): keeps
+//! every dynamic resource by type and name with its version, tracks warming (a cluster waits
+//! for its endpoints, a listener for its route configs), and publishes a new immutable
+//! snapshot whenever the active set changes. Implements the xDS client's `ConfigSink`.
+//!
+//! Runs on the control thread only; the request path never touches it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwapOption;
+use pinion_xds::model;
+use pinion_xds::sink::{ConfigSink, Rejected, Resource, ResourceType, ResourceUpdate, Update};
+use tokio::sync::watch;
+
+use crate::http::route_table::RouteTable;
+use crate::listener::{ListenerRuntime, RdsSlot};
+use crate::listener_manager::ListenerManager;
+use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::stats::Store;
+use crate::upstream::{dns, Cluster};
+
+/// A dynamic resource with its bookkeeping.
+#[derive(Clone)]
+pub struct Versioned<T> {
+    /// The resource.
+    pub value: T,
+    /// Version it came with.
+    pub version: String,
+    /// Proto3 JSON for `/config_dump`.
+    pub json: serde_json::Value,
+    /// When it was accepted.
+    pub last_updated: SystemTime,
+}
+
+/// The last rejected update, for `/config_dump`.
+#[derive(Clone, Debug)]
+pub struct RejectedUpdate {
+    /// Resource type.
+    pub type_: ResourceType,
+    /// Version of the rejected response.
+    pub version: String,
+    /// The error message sent in the NACK.
+    pub details: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+#[derive(Default)]
+struct Inner {
+    static_clusters: HashMap<String, Arc<Cluster>>,
+    listeners: BTreeMap<String, Versioned<Arc<model::Listener>>>,
+    routes: BTreeMap<String, Versioned<Arc<model::RouteConfiguration>>>,
+    clusters: BTreeMap<String, Versioned<Arc<model::Cluster>>>,
+    endpoints: BTreeMap<String, Versioned<Arc<model::LoadAssignment>>>,
+    /// Runtime clusters serving traffic (dynamic only).
+    active_clusters: HashMap<String, Arc<Cluster>>,
+    /// Runtime clusters waiting for their first EDS response.
+    warming_clusters: HashMap<String, Arc<Cluster>>,
+    /// Listeners waiting for RDS.
+    warming_listeners: HashMap<String, Arc<ListenerRuntime>>,
+    rds_slots: HashMap<String, RdsSlot>,
+    /// Types whose first response (or initial fetch timeout) has arrived.
+    initial_done: BTreeSet<ResourceType>,
+    /// EDS/RDS gave up waiting (initial_fetch_timeout): warming proceeds without them.
+    gave_up: BTreeSet<ResourceType>,
+    last_rejected: Option<RejectedUpdate>,
+    version: u64,
+}
+
+/// The store.
+pub struct ConfigStore {
+    inner: Mutex<Inner>,
+    snapshot: SharedSnapshot,
+    stats: Store,
+    workers: usize,
+    listeners: Arc<Mutex<ListenerManager>>,
+    initialized: watch::Sender<bool>,
+    connected: AtomicBool,
+}
+
+impl ConfigStore {
+    /// A store over the static clusters already in `snapshot`.
+    pub fn new(
+        snapshot: SharedSnapshot,
+        stats: Store,
+        workers: usize,
+        listeners: Arc<Mutex<ListenerManager>>,
+    ) -> Arc<Self> {
+        let static_clusters = snapshot.load().clusters.clone();
+        let version = snapshot.load().version;
+        Arc::new(ConfigStore {
+            inner: Mutex::new(Inner { static_clusters, version, ..Inner::default() }),
+            snapshot,
+            stats,
+            workers,
+            listeners,
+            initialized: watch::channel(false).0,
+            connected: AtomicBool::new(false),
+        })
+    }
+
+    /// Becomes true once the initial LDS/CDS responses and their dependents are in (Envoy's
+    /// init manager): the server reports LIVE only then.
+    pub fn initialized(&self) -> watch::Receiver<bool> {
+        self.initialized.subscribe()
+    }
+
+    /// Whether the xDS stream is up.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Current dynamic state for `/config_dump`.
+    pub fn dump(&self) -> serde_json::Value {
+        use serde_json::json;
+        let inner = self.lock();
+        let ts = |t: SystemTime| crate::formatter::format_time(t);
+        let warming_clusters: BTreeSet<&String> = inner.warming_clusters.keys().collect();
+        let (mut active_c, mut warming_c) = (Vec::new(), Vec::new());
+        for (name, v) in &inner.clusters {
+            let entry = json!({ "version_info": v.version, "cluster": with_type(&v.json, ResourceType::Cluster), "last_updated": ts(v.last_updated) });
+            if warming_clusters.contains(name) {
+                warming_c.push(entry);
+            } else {
+                active_c.push(entry);
+            }
+        }
+        let (mut active_l, mut warming_l) = (Vec::new(), Vec::new());
+        for (name, v) in &inner.listeners {
+            let state = json!({ "version_info": v.version, "listener": with_type(&v.json, ResourceType::Listener), "last_updated": ts(v.last_updated) });
+            if inner.warming_listeners.contains_key(name) {
+                warming_l.push(json!({ "name": name, "warming_state": state }));
+            } else {
+                active_l.push(json!({ "name": name, "active_state": state }));
+            }
+        }
+        let routes: Vec<_> = inner
+            .routes
+            .values()
+            .map(|v| json!({ "version_info": v.version, "route_config": with_type(&v.json, ResourceType::RouteConfiguration), "last_updated": ts(v.last_updated) }))
+            .collect();
+        let endpoints: Vec<_> = inner
+            .endpoints
+            .values()
+            .map(|v| json!({ "version_info": v.version, "endpoint_config": with_type(&v.json, ResourceType::ClusterLoadAssignment), "last_updated": ts(v.last_updated) }))
+            .collect();
+        let rejected = inner.last_rejected.as_ref().map(|r| {
+            json!({ "type": r.type_.type_url(), "version_info": r.version, "details": r.details, "last_update_attempt": ts(r.at) })
+        });
+        json!({
+            "dynamic_active_clusters": active_c,
+            "dynamic_warming_clusters": warming_c,
+            "dynamic_listeners": active_l.into_iter().chain(warming_l).collect::<Vec<_>>(),
+            "dynamic_route_configs": routes,
+            "dynamic_endpoint_configs": endpoints,
+            "last_rejected_update": rejected,
+        })
+    }
+
+    fn rds_slot(inner: &mut Inner, name: &str) -> RdsSlot {
+        inner.rds_slots.entry(name.to_string()).or_insert_with(|| Arc::new(ArcSwapOption::empty())).clone()
+    }
+
+    fn apply_clusters(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
+        let rejected = Vec::new();
+        for name in removed {
+            inner.clusters.remove(name);
+            inner.active_clusters.remove(name);
+            inner.warming_clusters.remove(name);
+        }
+        for u in updated {
+            let Resource::Cluster(cfg) = u.resource else { continue };
+            if inner.static_clusters.contains_key(&u.name) {
+                // Envoy refuses to replace a static cluster from CDS; so does Pinion.
+                continue;
+            }
+            if inner.clusters.get(&u.name).is_some_and(|old| old.json == u.json) {
+                continue; // unchanged: keep the running cluster, its pools and host state
+            }
+            let cluster = Cluster::new(cfg.clone(), &self.stats);
+            inner.clusters.insert(
+                u.name.clone(),
+                Versioned { value: cfg.clone(), version: u.version, json: u.json, last_updated: SystemTime::now() },
+            );
+            match cfg.discovery {
+                model::DiscoveryType::Eds => {
+                    let eds_name = eds_name(&cfg);
+                    if let Some(cla) = inner.endpoints.get(&eds_name) {
+                        install_endpoints(&cluster, &cla.value);
+                        inner.warming_clusters.remove(&u.name);
+                        inner.active_clusters.insert(u.name.clone(), cluster);
+                    } else if inner.gave_up.contains(&ResourceType::ClusterLoadAssignment) {
+                        inner.active_clusters.insert(u.name.clone(), cluster);
+                    } else {
+                        // Warming: the previous version (if any) keeps serving meanwhile.
+                        inner.warming_clusters.insert(u.name.clone(), cluster);
+                    }
+                }
+                model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => {
+                    dns::spawn_refresher(&cluster);
+                    inner.warming_clusters.remove(&u.name);
+                    inner.active_clusters.insert(u.name.clone(), cluster);
+                }
+                model::DiscoveryType::Static => {
+                    inner.warming_clusters.remove(&u.name);
+                    inner.active_clusters.insert(u.name.clone(), cluster);
+                }
+            }
+        }
+        rejected
+    }
+
+    fn apply_endpoints(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) {
+        for name in removed {
+            inner.endpoints.remove(name);
+        }
+        for u in updated {
+            let Resource::ClusterLoadAssignment(cla) = u.resource else { continue };
+            inner.endpoints.insert(
+                u.name.clone(),
+                Versioned { value: cla.clone(), version: u.version, json: u.json, last_updated: SystemTime::now() },
+            );
+            for c in inner.active_clusters.values() {
+                if c.config.discovery == model::DiscoveryType::Eds && eds_name(&c.config) == u.name {
+                    install_endpoints(c, &cla);
+                }
+            }
+            let warm: Vec<String> = inner
+                .warming_clusters
+                .iter()
+                .filter(|(_, c)| eds_name(&c.config) == u.name)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in warm {
+                if let Some(c) = inner.warming_clusters.remove(&n) {
+                    install_endpoints(&c, &cla);
+                    inner.active_clusters.insert(n, c);
+                }
+            }
+        }
+    }
+
+    fn apply_routes(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) {
+        for name in removed {
+            // Envoy keeps serving the last route table a listener has; only bookkeeping goes.
+            inner.routes.remove(name);
+        }
+        for u in updated {
+            let Resource::RouteConfiguration(rc) = u.resource else { continue };
+            let table = Arc::new(RouteTable::new(rc.clone()));
+            Self::rds_slot(inner, &u.name).store(Some(table));
+            inner.routes.insert(
+                u.name.clone(),
+                Versioned { value: rc, version: u.version, json: u.json, last_updated: SystemTime::now() },
+            );
+        }
+    }
+
+    fn apply_listeners(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        let mut manager = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for name in removed {
+            inner.listeners.remove(name);
+            inner.warming_listeners.remove(name);
+            manager.remove(name);
+        }
+        for u in updated {
+            let Resource::Listener(cfg) = u.resource else { continue };
+            if inner.listeners.get(&u.name).is_some_and(|old| old.json == u.json) {
+                continue;
+            }
+            let slots: HashMap<String, RdsSlot> = {
+                let names = rds_names(&cfg);
+                names.iter().map(|n| (n.clone(), Self::rds_slot(inner, n))).collect()
+            };
+            let runtime = match ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, &|n| slots.get(n).cloned())
+            {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
+                    continue;
+                }
+            };
+            inner.listeners.insert(
+                u.name.clone(),
+                Versioned { value: cfg, version: u.version, json: u.json, last_updated: SystemTime::now() },
+            );
+            if runtime.is_warm() || inner.gave_up.contains(&ResourceType::RouteConfiguration) {
+                inner.warming_listeners.remove(&u.name);
+                if let Err(e) = manager.upsert(runtime) {
+                    rejected.push(Rejected { name: u.name.clone(), reason: e });
+                }
+            } else {
+                inner.warming_listeners.insert(u.name.clone(), runtime);
+            }
+        }
+        rejected
+    }
+
+    /// Move listeners whose route configs arrived from warming to active.
+    fn promote_listeners(&self, inner: &mut Inner) {
+        let gave_up = inner.gave_up.contains(&ResourceType::RouteConfiguration);
+        let ready: Vec<String> =
+            inner.warming_listeners.iter().filter(|(_, l)| gave_up || l.is_warm()).map(|(n, _)| n.clone()).collect();
+        if ready.is_empty() {
+            return;
+        }
+        let mut manager = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for n in ready {
+            if let Some(l) = inner.warming_listeners.remove(&n) {
+                if let Err(e) = manager.upsert(l) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
+
+    /// Publish a snapshot with the current active clusters.
+    fn publish(&self, inner: &mut Inner) {
+        inner.version += 1;
+        let mut clusters = inner.static_clusters.clone();
+        for (n, c) in &inner.active_clusters {
+            clusters.insert(n.clone(), c.clone());
+        }
+        let listeners = {
+            let manager = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+            manager.names().iter().filter_map(|n| manager.get(n)).collect()
+        };
+        self.stats
+            .gauge("cluster_manager.active_clusters", crate::stats::Prom::plain("cluster_manager.active_clusters"))
+            .set(clusters.len() as i64);
+        self.stats
+            .gauge("cluster_manager.warming_clusters", crate::stats::Prom::plain("cluster_manager.warming_clusters"))
+            .set(inner.warming_clusters.len() as i64);
+        self.snapshot.store(Arc::new(Snapshot { version: inner.version, listeners, clusters }));
+    }
+
+    fn check_initialized(&self, inner: &Inner) {
+        if *self.initialized.borrow() {
+            return;
+        }
+        let done = inner.initial_done.contains(&ResourceType::Cluster)
+            && inner.initial_done.contains(&ResourceType::Listener)
+            && inner.warming_clusters.is_empty()
+            && inner.warming_listeners.is_empty();
+        if done {
+            let _ = self.initialized.send(true);
+        }
+    }
+
+    /// Mark a type's initial fetch done without data (no LDS/CDS configured, or timeout).
+    pub fn mark_initial_done(&self, t: ResourceType) {
+        let mut inner = self.lock();
+        inner.initial_done.insert(t);
+        self.check_initialized(&inner);
+    }
+}
+
+fn with_type(v: &serde_json::Value, t: ResourceType) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("@type".into(), serde_json::Value::String(t.type_url().into()));
+    if let serde_json::Value::Object(o) = v {
+        for (k, val) in o {
+            m.insert(k.clone(), val.clone());
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+/// The EDS service name of a cluster (`eds_cluster_config.service_name`, else its name).
+pub fn eds_name(c: &model::Cluster) -> String {
+    if c.eds_service_name.is_empty() {
+        c.name.clone()
+    } else {
+        c.eds_service_name.clone()
+    }
+}
+
+fn rds_names(l: &model::Listener) -> Vec<String> {
+    l.filter_chains
+        .iter()
+        .chain(l.default_filter_chain.iter())
+        .filter_map(|c| match &c.filter {
+            model::NetworkFilter::HttpConnectionManager(h) => match &h.route_specifier {
+                model::RouteSpecifier::Rds { route_config_name } => Some(route_config_name.clone()),
+                model::RouteSpecifier::Static(_) => None,
+            },
+            model::NetworkFilter::TcpProxy(_) => None,
+        })
+        .collect()
+}
+
+/// Install EDS endpoints into a cluster.
+fn install_endpoints(c: &Arc<Cluster>, cla: &model::LoadAssignment) {
+    let mut resolved = Vec::new();
+    for loc in &cla.localities {
+        for ep in &loc.endpoints {
+            if let model::EndpointAddress::Socket(a) = ep.address {
+                resolved.push((loc, ep, a));
+            }
+        }
+    }
+    let set = c.build_host_set(resolved.into_iter());
+    c.set_hosts(set);
+}
+
+impl ConfigSink for ConfigStore {
+    fn apply(&self, update: Update) -> Vec<Rejected> {
+        let mut inner = self.lock();
+        let Update { type_, updated, removed, version } = update;
+        let rejected = match type_ {
+            ResourceType::Cluster => self.apply_clusters(&mut inner, updated, &removed),
+            ResourceType::ClusterLoadAssignment => {
+                self.apply_endpoints(&mut inner, updated, &removed);
+                Vec::new()
+            }
+            ResourceType::RouteConfiguration => {
+                self.apply_routes(&mut inner, updated, &removed);
+                Vec::new()
+            }
+            ResourceType::Listener => self.apply_listeners(&mut inner, updated, &removed),
+        };
+        self.promote_listeners(&mut inner);
+        inner.initial_done.insert(type_);
+        if !rejected.is_empty() {
+            inner.last_rejected = Some(RejectedUpdate {
+                type_,
+                version,
+                details: rejected.iter().map(|r| format!("{}: {}", r.name, r.reason)).collect::<Vec<_>>().join("; "),
+                at: SystemTime::now(),
+            });
+        }
+        self.publish(&mut inner);
+        self.check_initialized(&inner);
+        rejected
+    }
+
+    fn wanted(&self, type_: ResourceType) -> Option<BTreeSet<String>> {
+        let inner = self.lock();
+        match type_ {
+            ResourceType::Listener | ResourceType::Cluster => None,
+            ResourceType::RouteConfiguration => {
+                Some(inner.listeners.values().flat_map(|l| rds_names(&l.value)).collect())
+            }
+            ResourceType::ClusterLoadAssignment => Some(
+                inner
+                    .clusters
+                    .values()
+                    .filter(|c| c.value.discovery == model::DiscoveryType::Eds)
+                    .map(|c| eds_name(&c.value))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn initial_fetch_timeout(&self, type_: ResourceType) {
+        let mut inner = self.lock();
+        inner.initial_done.insert(type_);
+        match type_ {
+            ResourceType::ClusterLoadAssignment => {
+                inner.gave_up.insert(type_);
+                let warming: Vec<(String, Arc<Cluster>)> = inner.warming_clusters.drain().collect();
+                for (n, c) in warming {
+                    inner.active_clusters.insert(n, c);
+                }
+            }
+            ResourceType::RouteConfiguration => {
+                inner.gave_up.insert(type_);
+                self.promote_listeners(&mut inner);
+            }
+            _ => {}
+        }
+        self.publish(&mut inner);
+        self.check_initialized(&inner);
+    }
+
+    fn connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+}

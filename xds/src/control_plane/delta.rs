@@ -1,0 +1,206 @@
+//! One Delta (incremental) stream of the test control plane.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Status, Streaming};
+
+use super::{empty_means_wildcard, ControlPlane, Event, Misbehave, Names, RecordedRequest};
+
+struct Watch {
+    names: Names,
+    /// Per-resource versions the client has (as far as this stream knows).
+    client: HashMap<String, String>,
+}
+
+struct Stream {
+    cp: Arc<ControlPlane>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    node_id: String,
+    watches: BTreeMap<String, Watch>,
+    id: u64,
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Serves one Delta stream until the client goes away or the stream is closed.
+pub(crate) async fn run(
+    cp: Arc<ControlPlane>,
+    mut requests: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    implied_type: Option<&'static str>,
+) {
+    let guard = cp.stream_opened();
+    let mut events = cp.subscribe_events();
+    let mut s = Stream { cp: cp.clone(), tx, node_id: String::new(), watches: BTreeMap::new(), id: guard.id };
+    loop {
+        let flow = tokio::select! {
+            req = requests.message() => match req {
+                Ok(Some(r)) => s.on_request(r, implied_type).await,
+                _ => Flow::Close,
+            },
+            ev = events.recv() => match ev {
+                Ok(Event::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => s.push_all().await,
+                Ok(Event::Disconnect) => {
+                    let _ = s.tx.send(Err(Status::unavailable("control plane closed the stream"))).await;
+                    Flow::Close
+                }
+                Ok(Event::InjectDelta(resp)) => s.inject(*resp).await,
+                Ok(Event::InjectSotw(_)) => Flow::Continue,
+                Err(broadcast::error::RecvError::Closed) => Flow::Close,
+            },
+        };
+        if let Flow::Close = flow {
+            break;
+        }
+    }
+    drop(guard);
+}
+
+impl Stream {
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest, implied_type: Option<&'static str>) -> Flow {
+        let type_url = match (req.type_url.is_empty(), implied_type) {
+            (true, Some(t)) => t.to_string(),
+            _ => req.type_url.clone(),
+        };
+        if let Some(n) = &req.node {
+            if self.node_id.is_empty() {
+                self.node_id = n.id.clone();
+            }
+        }
+        self.cp.record(RecordedRequest {
+            node_id: self.node_id.clone(),
+            type_url: type_url.clone(),
+            version_info: String::new(),
+            response_nonce: req.response_nonce.clone(),
+            resource_names: req.resource_names_subscribe.clone(),
+            unsubscribe: req.resource_names_unsubscribe.clone(),
+            initial_resource_versions: req
+                .initial_resource_versions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            error_detail: req.error_detail.as_ref().map(|s| (s.code, s.message.clone())),
+            delta: true,
+            has_node: req.node.is_some(),
+            stream_id: self.id,
+        });
+        if self.cp.misbehave() == Misbehave::Silent {
+            return Flow::Continue;
+        }
+        match self.watches.get_mut(&type_url) {
+            None => {
+                let names = if req.resource_names_subscribe.iter().any(|n| n == "*")
+                    || (req.resource_names_subscribe.is_empty() && empty_means_wildcard(&type_url))
+                {
+                    Names::Wildcard
+                } else {
+                    Names::Set(req.resource_names_subscribe.iter().cloned().collect())
+                };
+                let mut client: HashMap<String, String> = req.initial_resource_versions.clone();
+                client.retain(|k, _| names.contains(k));
+                self.watches.insert(type_url.clone(), Watch { names, client });
+            }
+            Some(w) => {
+                for n in &req.resource_names_subscribe {
+                    match &mut w.names {
+                        Names::Wildcard => {}
+                        Names::Set(_) if n == "*" => w.names = Names::Wildcard,
+                        Names::Set(s) => {
+                            s.insert(n.clone());
+                        }
+                    }
+                }
+                for n in &req.resource_names_unsubscribe {
+                    if n == "*" {
+                        if w.names == Names::Wildcard {
+                            w.names = Names::Set(Default::default());
+                        }
+                    } else if let Names::Set(s) = &mut w.names {
+                        s.remove(n);
+                    }
+                    w.client.remove(n);
+                }
+                let names = w.names.clone();
+                w.client.retain(|k, _| names.contains(k));
+            }
+        }
+        self.respond(&type_url).await
+    }
+
+    async fn push_all(&mut self) -> Flow {
+        let types: Vec<String> = self.watches.keys().cloned().collect();
+        for t in types {
+            if let Flow::Close = self.respond(&t).await {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn respond(&mut self, type_url: &str) -> Flow {
+        if self.cp.misbehave() == Misbehave::Silent {
+            return Flow::Continue;
+        }
+        let Some(snap) = self.cp.snapshot_for(&self.node_id) else { return Flow::Continue };
+        let Some(w) = self.watches.get_mut(type_url) else { return Flow::Continue };
+        let empty = BTreeMap::new();
+        let of_type = snap.of_type(type_url).unwrap_or(&empty);
+        let mut resources = Vec::new();
+        for (name, raw) in of_type {
+            if !w.names.contains(name) {
+                continue;
+            }
+            let v = raw.version();
+            if w.client.get(name) != Some(&v) {
+                resources.push(Resource {
+                    name: name.clone(),
+                    version: v.clone(),
+                    resource: Some(raw.to_any()),
+                    ..Default::default()
+                });
+                w.client.insert(name.clone(), v);
+            }
+        }
+        let mut removed: Vec<String> = w.client.keys().filter(|n| !of_type.contains_key(*n)).cloned().collect();
+        removed.sort();
+        for n in &removed {
+            w.client.remove(n);
+        }
+        if resources.is_empty() && removed.is_empty() {
+            return Flow::Continue;
+        }
+        let resp = DeltaDiscoveryResponse {
+            system_version_info: snap.version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            removed_resources: removed,
+            nonce: self.cp.next_nonce(),
+            ..Default::default()
+        };
+        self.send(resp).await
+    }
+
+    async fn inject(&mut self, mut resp: DeltaDiscoveryResponse) -> Flow {
+        if resp.nonce.is_empty() {
+            resp.nonce = self.cp.next_nonce();
+        }
+        self.send(resp).await
+    }
+
+    async fn send(&mut self, resp: DeltaDiscoveryResponse) -> Flow {
+        if self.tx.send(Ok(resp)).await.is_err() {
+            return Flow::Close;
+        }
+        if self.cp.misbehave() == Misbehave::CloseStreamAfterResponse {
+            let _ = self.tx.send(Err(Status::unavailable("control plane closes after each response"))).await;
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+}

@@ -1,0 +1,153 @@
+//! tonic service implementations: ADS and the per-type LDS/RDS/CDS/EDS services.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
+    ClusterDiscoveryService, ClusterDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
+    EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::{
+    ListenerDiscoveryService, ListenerDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
+    RouteDiscoveryService, RouteDiscoveryServiceServer,
+};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::ControlPlane;
+use crate::sink::ResourceType;
+
+/// Requests the server decodes at most (clients send small requests).
+const MAX_REQUEST: usize = 16 * 1024 * 1024;
+
+type SotwStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send + 'static>>;
+type DeltaStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send + 'static>>;
+
+#[derive(Clone)]
+pub(crate) struct Svc(Arc<ControlPlane>);
+
+impl Svc {
+    fn sotw(&self, req: Request<Streaming<DiscoveryRequest>>, implied: Option<&'static str>) -> Response<SotwStream> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(super::sotw::run(self.0.clone(), req.into_inner(), tx, implied));
+        Response::new(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    fn delta(
+        &self,
+        req: Request<Streaming<DeltaDiscoveryRequest>>,
+        implied: Option<&'static str>,
+    ) -> Response<DeltaStream> {
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(super::delta::run(self.0.clone(), req.into_inner(), tx, implied));
+        Response::new(Box::pin(ReceiverStream::new(rx)))
+    }
+}
+
+/// The tonic router with every xDS service.
+pub(crate) fn router(cp: Arc<ControlPlane>) -> tonic::transport::server::Router {
+    let svc = Svc(cp);
+    tonic::transport::Server::builder()
+        .add_service(AggregatedDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(ListenerDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(RouteDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(ClusterDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(EndpointDiscoveryServiceServer::new(svc).max_decoding_message_size(MAX_REQUEST))
+}
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Svc {
+    type StreamAggregatedResourcesStream = SotwStream;
+    type DeltaAggregatedResourcesStream = DeltaStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<SotwStream>, Status> {
+        Ok(self.sotw(request, None))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Ok(self.delta(request, None))
+    }
+}
+
+macro_rules! per_type_service {
+    ($trait:ident, $rt:expr, $sotw_ty:ident, $sotw:ident, $delta_ty:ident, $delta:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $trait for Svc {
+            type $sotw_ty = SotwStream;
+            type $delta_ty = DeltaStream;
+
+            async fn $sotw(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<SotwStream>, Status> {
+                Ok(self.sotw(request, Some($rt.type_url())))
+            }
+
+            async fn $delta(
+                &self,
+                request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<DeltaStream>, Status> {
+                Ok(self.delta(request, Some($rt.type_url())))
+            }
+
+            async fn $fetch(&self, _request: Request<DiscoveryRequest>) -> Result<Response<DiscoveryResponse>, Status> {
+                Err(Status::unimplemented("REST-style fetch is not served; use the streaming methods"))
+            }
+        }
+    };
+}
+
+per_type_service!(
+    ListenerDiscoveryService,
+    ResourceType::Listener,
+    StreamListenersStream,
+    stream_listeners,
+    DeltaListenersStream,
+    delta_listeners,
+    fetch_listeners
+);
+per_type_service!(
+    RouteDiscoveryService,
+    ResourceType::RouteConfiguration,
+    StreamRoutesStream,
+    stream_routes,
+    DeltaRoutesStream,
+    delta_routes,
+    fetch_routes
+);
+per_type_service!(
+    ClusterDiscoveryService,
+    ResourceType::Cluster,
+    StreamClustersStream,
+    stream_clusters,
+    DeltaClustersStream,
+    delta_clusters,
+    fetch_clusters
+);
+per_type_service!(
+    EndpointDiscoveryService,
+    ResourceType::ClusterLoadAssignment,
+    StreamEndpointsStream,
+    stream_endpoints,
+    DeltaEndpointsStream,
+    delta_endpoints,
+    fetch_endpoints
+);

@@ -1,0 +1,184 @@
+//! One SotW stream of the test control plane.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Status, Streaming};
+
+use super::{empty_means_wildcard, ControlPlane, Event, Misbehave, Names, RecordedRequest};
+
+struct Watch {
+    names: Names,
+    /// Snapshot version last sent (or the version the client said it has).
+    sent_version: Option<String>,
+    /// Nonce of the last response of this type.
+    last_nonce: String,
+}
+
+struct Stream {
+    cp: Arc<ControlPlane>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    node_id: String,
+    watches: BTreeMap<String, Watch>,
+    id: u64,
+}
+
+/// Whether the stream goes on.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// Serves one SotW stream until the client goes away or the stream is closed.
+pub(crate) async fn run(
+    cp: Arc<ControlPlane>,
+    mut requests: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    implied_type: Option<&'static str>,
+) {
+    let guard = cp.stream_opened();
+    let mut events = cp.subscribe_events();
+    let mut s = Stream { cp: cp.clone(), tx, node_id: String::new(), watches: BTreeMap::new(), id: guard.id };
+    loop {
+        let flow = tokio::select! {
+            req = requests.message() => match req {
+                Ok(Some(r)) => s.on_request(r, implied_type).await,
+                _ => Flow::Close,
+            },
+            ev = events.recv() => match ev {
+                Ok(Event::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => s.push_all().await,
+                Ok(Event::Disconnect) => {
+                    let _ = s.tx.send(Err(Status::unavailable("control plane closed the stream"))).await;
+                    Flow::Close
+                }
+                Ok(Event::InjectSotw(resp)) => s.inject(*resp).await,
+                Ok(Event::InjectDelta(_)) => Flow::Continue,
+                Err(broadcast::error::RecvError::Closed) => Flow::Close,
+            },
+        };
+        if let Flow::Close = flow {
+            break;
+        }
+    }
+    drop(guard);
+}
+
+impl Stream {
+    async fn on_request(&mut self, req: DiscoveryRequest, implied_type: Option<&'static str>) -> Flow {
+        let type_url = match (req.type_url.is_empty(), implied_type) {
+            (true, Some(t)) => t.to_string(),
+            _ => req.type_url.clone(),
+        };
+        if let Some(n) = &req.node {
+            if self.node_id.is_empty() {
+                self.node_id = n.id.clone();
+            }
+        }
+        self.cp.record(RecordedRequest {
+            node_id: self.node_id.clone(),
+            type_url: type_url.clone(),
+            version_info: req.version_info.clone(),
+            response_nonce: req.response_nonce.clone(),
+            resource_names: req.resource_names.clone(),
+            unsubscribe: Vec::new(),
+            initial_resource_versions: BTreeMap::new(),
+            error_detail: req.error_detail.as_ref().map(|s| (s.code, s.message.clone())),
+            delta: false,
+            has_node: req.node.is_some(),
+            stream_id: self.id,
+        });
+        if self.cp.misbehave() == Misbehave::Silent {
+            return Flow::Continue;
+        }
+        let names = if req.resource_names.iter().any(|n| n == "*")
+            || (req.resource_names.is_empty() && empty_means_wildcard(&type_url))
+        {
+            Names::Wildcard
+        } else {
+            Names::Set(req.resource_names.iter().cloned().collect::<BTreeSet<_>>())
+        };
+        let force = match self.watches.get_mut(&type_url) {
+            None => {
+                let sent_version = (!req.version_info.is_empty()).then(|| req.version_info.clone());
+                self.watches.insert(type_url.clone(), Watch { names, sent_version, last_nonce: String::new() });
+                false
+            }
+            Some(w) => {
+                if !req.response_nonce.is_empty() && req.response_nonce != w.last_nonce {
+                    // Stale nonce: the client has not seen our latest response yet.
+                    return Flow::Continue;
+                }
+                if w.names != names {
+                    w.names = names;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        self.respond(&type_url, force).await
+    }
+
+    async fn push_all(&mut self) -> Flow {
+        let types: Vec<String> = self.watches.keys().cloned().collect();
+        for t in types {
+            if let Flow::Close = self.respond(&t, false).await {
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn respond(&mut self, type_url: &str, force: bool) -> Flow {
+        if self.cp.misbehave() == Misbehave::Silent {
+            return Flow::Continue;
+        }
+        let Some(snap) = self.cp.snapshot_for(&self.node_id) else { return Flow::Continue };
+        let Some(w) = self.watches.get_mut(type_url) else { return Flow::Continue };
+        if !force && w.sent_version.as_deref() == Some(snap.version.as_str()) {
+            return Flow::Continue;
+        }
+        let mut resources = Vec::new();
+        if let Some(of_type) = snap.of_type(type_url) {
+            match &w.names {
+                Names::Wildcard => resources.extend(of_type.values().map(|r| r.to_any())),
+                Names::Set(names) => resources.extend(names.iter().filter_map(|n| of_type.get(n)).map(|r| r.to_any())),
+            }
+        }
+        resources.extend(snap.extras.iter().filter(|(t, _)| t == type_url).map(|(_, r)| r.to_any()));
+        let nonce = self.cp.next_nonce();
+        w.sent_version = Some(snap.version.clone());
+        w.last_nonce = nonce.clone();
+        let resp = DiscoveryResponse {
+            version_info: snap.version.clone(),
+            resources,
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        };
+        self.send(resp).await
+    }
+
+    async fn inject(&mut self, mut resp: DiscoveryResponse) -> Flow {
+        if resp.nonce.is_empty() {
+            resp.nonce = self.cp.next_nonce();
+        }
+        if let Some(w) = self.watches.get_mut(&resp.type_url) {
+            w.last_nonce = resp.nonce.clone();
+        }
+        self.send(resp).await
+    }
+
+    async fn send(&mut self, resp: DiscoveryResponse) -> Flow {
+        if self.tx.send(Ok(resp)).await.is_err() {
+            return Flow::Close;
+        }
+        if self.cp.misbehave() == Misbehave::CloseStreamAfterResponse {
+            let _ = self.tx.send(Err(Status::unavailable("control plane closes after each response"))).await;
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
+}

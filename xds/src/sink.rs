@@ -1,0 +1,127 @@
+//! The boundary between the xDS client (protocol, protos) and the data plane (plain model
+//! types): translated resources flow in through [`ConfigSink::apply`], which returns the
+//! resources it rejected (they become the NACK); the sink tells the client which RDS/EDS
+//! names the current listeners and clusters reference.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::model;
+
+/// The resource types Pinion subscribes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    /// LDS.
+    Listener,
+    /// RDS.
+    RouteConfiguration,
+    /// CDS.
+    Cluster,
+    /// EDS.
+    ClusterLoadAssignment,
+}
+
+impl ResourceType {
+    /// The v3 type URL.
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::ClusterLoadAssignment => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+        }
+    }
+
+    /// Parse a v3 type URL.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        [Self::Listener, Self::RouteConfiguration, Self::Cluster, Self::ClusterLoadAssignment]
+            .into_iter()
+            .find(|t| t.type_url() == url)
+    }
+
+    /// LDS and CDS are wildcard subscriptions; RDS and EDS name their resources.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, ResourceType::Listener | ResourceType::Cluster)
+    }
+
+    /// Short name for logs and stats (`lds`, `rds`, `cds`, `eds`).
+    pub fn short(self) -> &'static str {
+        match self {
+            ResourceType::Listener => "lds",
+            ResourceType::RouteConfiguration => "rds",
+            ResourceType::Cluster => "cds",
+            ResourceType::ClusterLoadAssignment => "eds",
+        }
+    }
+}
+
+/// A translated resource.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    /// A listener.
+    Listener(Arc<model::Listener>),
+    /// A route configuration.
+    RouteConfiguration(Arc<model::RouteConfiguration>),
+    /// A cluster (EDS clusters carry `eds_service_name` in `load_assignment.cluster_name`).
+    Cluster(Arc<model::Cluster>),
+    /// Endpoints of a cluster.
+    ClusterLoadAssignment(Arc<model::LoadAssignment>),
+}
+
+/// One added or updated resource.
+#[derive(Debug, Clone)]
+pub struct ResourceUpdate {
+    /// Resource name.
+    pub name: String,
+    /// Version (SotW: the response's `version_info`; Delta: the resource's version).
+    pub version: String,
+    /// The resource, translated.
+    pub resource: Resource,
+    /// Proto3 JSON of the resource for `/config_dump`.
+    pub json: serde_json::Value,
+}
+
+/// A resource the client or the sink refused, with the reason (goes into the NACK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Resource name (may be empty if the payload could not be decoded far enough).
+    pub name: String,
+    /// Why, naming the field path.
+    pub reason: String,
+}
+
+/// A batch for one type from one response.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// Resource type.
+    pub type_: ResourceType,
+    /// Added or changed resources that passed decoding, validation and translation.
+    pub updated: Vec<ResourceUpdate>,
+    /// Names removed (Delta `removed_resources`; SotW wildcard types: names missing from the
+    /// full set are computed by the client and listed here).
+    pub removed: Vec<String>,
+    /// Response version (`version_info` / `system_version_info`).
+    pub version: String,
+}
+
+/// Where the client delivers configuration. Implemented by the data plane's config store.
+pub trait ConfigSink: Send + Sync + 'static {
+    /// Apply a batch. Returns resources that the sink rejects (e.g. a cluster referenced by
+    /// nothing fails to build); the client folds them into the NACK. Must not block long.
+    fn apply(&self, update: Update) -> Vec<Rejected>;
+
+    /// The names of `type_` the current config references (RDS names from listeners, EDS
+    /// service names from EDS clusters). Wildcard types return `None`.
+    fn wanted(&self, type_: ResourceType) -> Option<BTreeSet<String>>;
+
+    /// Called when a subscription's `initial_fetch_timeout` passes without data, so warming
+    /// can give up waiting (Envoy then proceeds without the resource).
+    fn initial_fetch_timeout(&self, type_: ResourceType) {
+        let _ = type_;
+    }
+
+    /// Called on stream state changes (`control_plane.connected_state`).
+    fn connected(&self, connected: bool) {
+        let _ = connected;
+    }
+}
