@@ -280,7 +280,7 @@ fn config_dump(state: &ServerState) -> Value {
             }
         }
     }
-    json!({
+    let mut dump = json!({
         "configs": [
             { "@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": b, "last_updated": updated },
             {
@@ -299,7 +299,35 @@ fn config_dump(state: &ServerState) -> Value {
             },
             { "@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": routes },
         ]
-    })
+    });
+    if let Some(store) = state.config_store.get() {
+        merge_dynamic(&mut dump, store.dump());
+    }
+    dump
+}
+
+/// Fold the config store's dynamic state into the per-type dumps, with Envoy's field names.
+fn merge_dynamic(dump: &mut Value, dynamic: Value) {
+    let Some(configs) = dump.get_mut("configs").and_then(Value::as_array_mut) else { return };
+    let put = |configs: &mut Vec<Value>, ty: &str, key: &str, v: &Value| {
+        if let Some(c) = configs.iter_mut().find(|c| c["@type"] == ty) {
+            c[key] = v.clone();
+        }
+    };
+    let clusters = "type.googleapis.com/envoy.admin.v3.ClustersConfigDump";
+    let listeners = "type.googleapis.com/envoy.admin.v3.ListenersConfigDump";
+    let routes = "type.googleapis.com/envoy.admin.v3.RoutesConfigDump";
+    put(configs, clusters, "dynamic_active_clusters", &dynamic["dynamic_active_clusters"]);
+    put(configs, clusters, "dynamic_warming_clusters", &dynamic["dynamic_warming_clusters"]);
+    put(configs, listeners, "dynamic_listeners", &dynamic["dynamic_listeners"]);
+    put(configs, routes, "dynamic_route_configs", &dynamic["dynamic_route_configs"]);
+    if !dynamic["last_rejected_update"].is_null() {
+        put(configs, listeners, "last_rejected_update", &dynamic["last_rejected_update"]);
+    }
+    configs.push(json!({
+        "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+        "dynamic_endpoint_configs": dynamic["dynamic_endpoint_configs"],
+    }));
 }
 
 fn with_type(v: &Value, ty: &str) -> Value {

@@ -19,3 +19,4 @@ pub mod stats;
 pub mod tcp_proxy;
 pub mod upstream;
 pub mod worker;
+pub mod xds_runtime;

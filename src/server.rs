@@ -15,6 +15,7 @@ use pinion_xds::translate::NodeOverrides;
 use tokio::sync::{watch, Notify};
 
 use crate::cli::{Mode, Options};
+use crate::config_store::ConfigStore;
 use crate::listener::ListenerRuntime;
 use crate::listener_manager::ListenerManager;
 use crate::logging::LogHandle;
@@ -78,6 +79,8 @@ pub struct ServerState {
     pub bound_listeners: Arc<Mutex<Vec<(String, SocketAddr)>>>,
     /// Bound admin address.
     pub admin_address: Mutex<Option<SocketAddr>>,
+    /// The xDS config store, when `dynamic_resources` is configured.
+    pub config_store: std::sync::OnceLock<Arc<ConfigStore>>,
     state_gauge: Gauge,
 }
 
@@ -247,6 +250,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
         concurrency,
         bound_listeners: Arc::new(Mutex::new(Vec::new())),
         admin_address: Mutex::new(None),
+        config_store: std::sync::OnceLock::new(),
         state_gauge,
     });
     state.set_state(ServerStateKind::Initializing);
@@ -274,7 +278,20 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
         }
     }
     let manager = Arc::new(Mutex::new(manager));
-    let _ = &manager;
+    let mut initialized = None;
+    match dynamic_client_config(&state.bootstrap) {
+        None => {}
+        Some(Err(e)) => {
+            eprintln!("error initializing configuration: {e}");
+            return 1;
+        }
+        Some(Ok(cfg)) => {
+            let store = ConfigStore::new(state.snapshot.clone(), state.store.clone(), concurrency, manager.clone());
+            initialized = Some(store.initialized());
+            let _ = state.config_store.set(store.clone());
+            crate::xds_runtime::start(cfg, store, &state.store);
+        }
+    }
 
     if let Some(admin) = &state.bootstrap.admin {
         match crate::admin::start(admin.address, state.clone()).await {
@@ -288,7 +305,19 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             }
         }
     }
-    state.set_state(ServerStateKind::Live);
+    // Envoy's init manager: LIVE only once the initial xDS fetches (and warming) are done.
+    if let Some(mut init) = initialized {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = init.wait_for(|done| *done).await;
+            if state.state() == ServerStateKind::Initializing {
+                state.set_state(ServerStateKind::Live);
+                tracing::info!("initial xDS configuration received; server is live");
+            }
+        });
+    } else {
+        state.set_state(ServerStateKind::Live);
+    }
     tracing::info!("pinion {} started with {concurrency} worker(s)", env!("CARGO_PKG_VERSION"));
 
     // Control loop: signals and admin requests.
@@ -323,6 +352,12 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
     crate::access_log::flush_all();
     tracing::info!("exiting");
     0
+}
+
+/// The xDS client config from the bootstrap's `dynamic_resources` (None: static only).
+fn dynamic_client_config(b: &model::Bootstrap) -> Option<Result<pinion_xds::client::ClientConfig, String>> {
+    let _ = b;
+    None
 }
 
 fn register_server_stats(state: &Arc<ServerState>) {

@@ -130,12 +130,52 @@ struct Entry {
 pub struct Store {
     inner: Arc<Mutex<BTreeMap<String, Entry>>>,
     slots: usize,
+    sources: Arc<Mutex<Vec<Source>>>,
 }
+
+/// Stats owned elsewhere (e.g. the xDS client's atomics), read at scrape time:
+/// `(envoy name, value, is_gauge)`.
+pub type Source = Arc<dyn Fn() -> Vec<(String, i64, bool)> + Send + Sync>;
 
 impl Store {
     /// A store with a slot per worker plus one for the main thread.
     pub fn new(workers: usize) -> Self {
-        Store { inner: Arc::new(Mutex::new(BTreeMap::new())), slots: workers.clamp(1, MAX_WORKERS) + 1 }
+        Store {
+            inner: Arc::new(Mutex::new(BTreeMap::new())),
+            slots: workers.clamp(1, MAX_WORKERS) + 1,
+            sources: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Register stats owned elsewhere; they show in every output format.
+    pub fn add_source(&self, source: Source) {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner()).push(source);
+    }
+
+    /// All stats as (name, value, is_counter, prom name, tags), sorted by name.
+    #[allow(clippy::type_complexity)]
+    fn collect(&self) -> Vec<(String, i64, bool, String, Vec<(&'static str, String)>)> {
+        let mut out: Vec<_> = {
+            let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .map(|(name, e)| {
+                    let (v, is_counter) = match &e.metric {
+                        Metric::Counter(c) => (c.value() as i64, true),
+                        Metric::Gauge(g) => (g.value(), false),
+                    };
+                    (name.clone(), v, is_counter, e.prom_name.clone(), e.tags.clone())
+                })
+                .collect()
+        };
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for src in sources {
+            for (name, v, gauge) in src() {
+                let prom = Prom::plain(&name);
+                out.push((name, v, !gauge, prom.name, prom.tags));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Get or create the counter `name`; `prom` gives the Prometheus base name and tags.
@@ -165,33 +205,15 @@ impl Store {
 
     /// Current value of a stat by its Envoy name (counters and gauges), if it exists.
     pub fn value(&self, name: &str) -> Option<i64> {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(name).map(|e| match &e.metric {
-            Metric::Counter(c) => c.value() as i64,
-            Metric::Gauge(g) => g.value(),
-        })
+        self.collect().into_iter().find(|s| s.0 == name).map(|s| s.1)
     }
 
     /// Envoy's `/stats` text format: `name: value` per line, sorted. `filter` is a regex
     /// (Envoy's default `filter=` semantics); `used_only` skips counters never incremented.
     pub fn render_text(&self, filter: Option<&regex::Regex>, used_only: bool) -> String {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out = String::with_capacity(map.len() * 48);
-        for (name, e) in map.iter() {
-            if filter.is_some_and(|f| !f.is_match(name)) {
-                continue;
-            }
-            let (v, used) = match &e.metric {
-                Metric::Counter(c) => {
-                    let v = c.value();
-                    (v as i64, v > 0)
-                }
-                Metric::Gauge(g) => {
-                    let v = g.value();
-                    (v, true)
-                }
-            };
-            if used_only && !used {
+        let mut out = String::new();
+        for (name, v, is_counter, _, _) in self.collect() {
+            if filter.is_some_and(|f| !f.is_match(&name)) || (used_only && is_counter && v == 0) {
                 continue;
             }
             let _ = writeln!(out, "{name}: {v}");
@@ -201,21 +223,14 @@ impl Store {
 
     /// Envoy's `/stats?format=json`: `{"stats":[{"name":..,"value":..}]}`.
     pub fn render_json(&self, filter: Option<&regex::Regex>, used_only: bool) -> serde_json::Value {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut stats = Vec::with_capacity(map.len());
-        for (name, e) in map.iter() {
-            if filter.is_some_and(|f| !f.is_match(name)) {
-                continue;
-            }
-            let v = match &e.metric {
-                Metric::Counter(c) => c.value() as i64,
-                Metric::Gauge(g) => g.value(),
-            };
-            if used_only && matches!(e.metric, Metric::Counter(_)) && v == 0 {
-                continue;
-            }
-            stats.push(serde_json::json!({"name": name, "value": v}));
-        }
+        let stats: Vec<serde_json::Value> = self
+            .collect()
+            .into_iter()
+            .filter(|(name, v, is_counter, _, _)| {
+                !(filter.is_some_and(|f| !f.is_match(name)) || (used_only && *is_counter && *v == 0))
+            })
+            .map(|(name, v, _, _, _)| serde_json::json!({"name": name, "value": v}))
+            .collect();
         serde_json::json!({ "stats": stats })
     }
 
@@ -223,21 +238,16 @@ impl Store {
     /// Hand-written rather than via prometheus-client because that crate appends `_total` to
     /// every counter, which would break Envoy's metric names that dashboards expect.
     pub fn render_prometheus(&self, used_only: bool) -> String {
-        let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // Group by Prometheus name so each family gets one TYPE line.
-        let mut families: BTreeMap<&str, (bool, Vec<String>)> = BTreeMap::new();
-        for e in map.values() {
-            let (v, is_counter) = match &e.metric {
-                Metric::Counter(c) => (c.value() as i64, true),
-                Metric::Gauge(g) => (g.value(), false),
-            };
+        let mut families: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
+        for (_, v, is_counter, prom_name, tags) in self.collect() {
             if used_only && is_counter && v == 0 {
                 continue;
             }
-            let mut line = e.prom_name.clone();
-            if !e.tags.is_empty() {
+            let mut line = prom_name.clone();
+            if !tags.is_empty() {
                 line.push('{');
-                for (i, (k, val)) in e.tags.iter().enumerate() {
+                for (i, (k, val)) in tags.iter().enumerate() {
                     if i > 0 {
                         line.push(',');
                     }
@@ -246,7 +256,7 @@ impl Store {
                 line.push('}');
             }
             let _ = write!(line, " {v}");
-            families.entry(e.prom_name.as_str()).or_insert((is_counter, Vec::new())).1.push(line);
+            families.entry(prom_name).or_insert((is_counter, Vec::new())).1.push(line);
         }
         let mut out = String::new();
         for (name, (is_counter, lines)) in families {

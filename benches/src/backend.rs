@@ -159,10 +159,7 @@ async fn serve(listener: std::net::TcpListener, hits: Arc<AtomicU64>, mut shutdo
 
 async fn handle(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Result<Response<Reply>, Infallible> {
     hits.fetch_add(1, Ordering::Relaxed);
-    let grpc = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let large = req.uri().path().ends_with("64k");
     // Read the request body so h2 streams end cleanly (bounded by the peer's body).
     let _ = req.into_body().collect().await;

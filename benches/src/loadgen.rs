@@ -147,7 +147,9 @@ impl LoadGen {
         }
         let mut r = match self.tool {
             Tool::Oha => parse_oha(&out).with_context(|| format!("parsing oha output:\n{out}\n{err}"))?,
-            Tool::H2load => parse_h2load(&out, spec, scratch).with_context(|| format!("parsing h2load output:\n{out}"))?,
+            Tool::H2load => {
+                parse_h2load(&out, spec, scratch).with_context(|| format!("parsing h2load output:\n{out}"))?
+            }
         };
         r.wall = wall;
         Ok(r)
@@ -243,7 +245,8 @@ fn parse_h2load(out: &str, spec: &LoadSpec, scratch: &Path) -> anyhow::Result<Lo
     // requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout
     let n = nums(reqs);
     let (total, done) = (n.first().copied().unwrap_or(0), n.get(2).copied().unwrap_or(0));
-    let codes = out.lines().find(|l| l.starts_with("status codes:")).ok_or_else(|| anyhow!("no 'status codes:' line"))?;
+    let codes =
+        out.lines().find(|l| l.starts_with("status codes:")).ok_or_else(|| anyhow!("no 'status codes:' line"))?;
     let c = nums(codes);
     r.ok = c.first().copied().unwrap_or(0);
     r.non_2xx = c.iter().skip(1).sum();
@@ -263,11 +266,8 @@ fn parse_h2load(out: &str, spec: &LoadSpec, scratch: &Path) -> anyhow::Result<Lo
     if spec.rate.is_some() {
         // Log lines: start time (µs since epoch), status, duration (µs), stream id.
         let log = std::fs::read_to_string(scratch.join("h2load.log")).unwrap_or_default();
-        let mut lat: Vec<f64> = log
-            .lines()
-            .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
-            .map(|us| us / 1e3)
-            .collect();
+        let mut lat: Vec<f64> =
+            log.lines().filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok()).map(|us| us / 1e3).collect();
         lat.sort_by(|a, b| a.total_cmp(b));
         let pct = |p: f64| -> Option<f64> {
             if lat.is_empty() {

@@ -50,7 +50,12 @@ impl Proc {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read(&self.log).unwrap_or_default();
         let start = text.len().saturating_sub(4096);
-        format!("----- {} output ({}) -----\n{}", self.name, self.log.display(), String::from_utf8_lossy(&text[start..]))
+        format!(
+            "----- {} output ({}) -----\n{}",
+            self.name,
+            self.log.display(),
+            String::from_utf8_lossy(&text[start..])
+        )
     }
 
     /// SIGTERM, wait up to 5 s, then SIGKILL; always reaps.

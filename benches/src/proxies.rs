@@ -237,6 +237,9 @@ pub fn start(
                 "-l".into(),
                 "warning".into(),
                 "--disable-hot-restart".into(),
+                // Only shortens the exit after SIGTERM (Pinion drains for this long first).
+                "--drain-time-s".into(),
+                "1".into(),
             ];
             (Proc::spawn(p.kind.name(), cpus, &p.bin, &args, &log)?, port, port, Some(admin))
         }
@@ -244,7 +247,8 @@ pub fn start(
             let (h1, h2) = (free_port()?, free_port()?);
             let cfg = dir.join("nginx.conf");
             std::fs::write(&cfg, nginx_conf(dir, h1, h2, backend_port))?;
-            let args: Vec<String> = vec!["-p".into(), dir.display().to_string(), "-c".into(), cfg.display().to_string()];
+            let args: Vec<String> =
+                vec!["-p".into(), dir.display().to_string(), "-c".into(), cfg.display().to_string()];
             (Proc::spawn("nginx", cpus, &p.bin, &args, &log)?, h1, h2, None)
         }
         Kind::Haproxy => {
@@ -263,9 +267,7 @@ pub fn start(
             bail!("{} exited during start: {st}\n{}", p.kind.name(), running.proc.log_tail());
         }
         let ready = match admin {
-            Some(a) => {
-                matches!(http_get_status(a, "/ready"), Ok(200)) && port_open(h1_port) && port_open(h2_port)
-            }
+            Some(a) => matches!(http_get_status(a, "/ready"), Ok(200)) && port_open(h1_port) && port_open(h2_port),
             None => port_open(h1_port) && port_open(h2_port),
         };
         if ready {

@@ -419,7 +419,20 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
     if req.version() == Version::HTTP_10 && !cfg.accept_http_10 {
         return Err(reply(426, "", grpc, info, "low_version"));
     }
-    // Normalize the authority into `Host` for both protocols.
+    // hyper's HTTP/1 buffer has an 8 KiB floor, so smaller `max_request_headers_kb` limits
+    // are enforced here (Envoy counts names and values, pseudo-headers included).
+    let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len()).sum::<usize>()
+        + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + req.method().as_str().len();
+    if header_bytes > (cfg.max_request_headers_kb as usize) * 1024 {
+        info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        return Err(reply(431, "", grpc, info, "headers_too_large"));
+    }
+    // Normalize the authority into `Host` for both protocols. On HTTP/2, `:authority` wins
+    // over a `host` header, as in Envoy.
+    if req.version() == Version::HTTP_2 && req.uri().authority().is_some() {
+        req.headers_mut().remove(header::HOST);
+    }
     if !req.headers().contains_key(header::HOST) {
         let authority = req.uri().authority().map(|a| a.as_str().to_owned());
         match authority {

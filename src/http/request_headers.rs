@@ -95,12 +95,21 @@ pub fn mutate(
     let xff_name = HeaderName::from_static("x-forwarded-for");
     let had_xff = headers.contains_key(&xff_name);
     let (trusted_client, internal) = if cfg.use_remote_address {
+        // Envoy: with N trusted hops the client is the Nth address from the right of the XFF
+        // the proxy received (before appending); otherwise the peer.
+        let client = match cfg.xff_num_trusted_hops {
+            0 => None,
+            n => xff_client(headers, &xff_name, n - 1),
+        }
+        .unwrap_or(peer.ip());
         if !cfg.skip_xff_append {
-            append_xff(headers, &xff_name, peer.ip());
+            // Envoy appends its own non-loopback address for a loopback peer.
+            let hop = if peer.ip().is_loopback() { local_address(peer.ip()) } else { peer.ip() };
+            append_xff(headers, &xff_name, hop);
         }
         headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
-        let internal = !had_xff && is_internal(peer.ip());
-        (Some(peer.ip()), internal)
+        let internal = !had_xff && is_internal(client);
+        (Some(client), internal)
     } else {
         if !headers.contains_key("x-forwarded-proto") {
             headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
@@ -137,6 +146,26 @@ pub fn mutate(
         }
     }
     Mutated { trusted_client, internal }
+}
+
+/// The host's own address of `like`'s family (Envoy's `getLocalAddress`: the address the host
+/// routes from, not loopback), found once; `like` itself when there is none.
+pub fn local_address(like: IpAddr) -> IpAddr {
+    use std::sync::OnceLock;
+    static V4: OnceLock<Option<IpAddr>> = OnceLock::new();
+    static V6: OnceLock<Option<IpAddr>> = OnceLock::new();
+    // Connecting a UDP socket only selects a route and source address; nothing is sent.
+    let probe = |bind: &str, to: &str| {
+        let s = std::net::UdpSocket::bind(bind).ok()?;
+        s.connect(to).ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    };
+    let found = match like {
+        IpAddr::V4(_) => *V4.get_or_init(|| probe("0.0.0.0:0", "192.0.2.1:9")),
+        IpAddr::V6(_) => *V6.get_or_init(|| probe("[::]:0", "[2001:db8::1]:9")),
+    };
+    found.unwrap_or(like)
 }
 
 fn append_xff(headers: &mut HeaderMap, name: &HeaderName, ip: IpAddr) {

@@ -58,6 +58,8 @@ struct Pool {
     h1: Vec<H1Conn>,
     h2: Vec<H2Conn>,
     idle_timeout: Option<Duration>,
+    /// HTTP/2 connections being dialed: requests wait for them instead of each dialing its own.
+    h2_dialing: u32,
 }
 
 /// Why an upstream exchange failed before response headers.
@@ -102,6 +104,8 @@ impl Drop for StreamSlot {
 #[derive(Default)]
 pub struct ConnPools {
     pools: RefCell<HashMap<PoolKey, Pool>>,
+    /// Woken when an HTTP/2 dial finishes (successfully or not).
+    h2_dialed: tokio::sync::Notify,
 }
 
 enum Checkout {
@@ -125,7 +129,7 @@ impl ConnPools {
         // One retry on a fresh connection when a pooled one turns out dead before the request
         // was written (a race with the upstream's idle close or GOAWAY), as Envoy does.
         for attempt in 0..2 {
-            let checkout = if attempt == 0 { self.checkout(&key, cluster) } else { Checkout::Dial };
+            let checkout = if attempt == 0 { self.checkout_or_wait(&key, cluster).await } else { Checkout::Dial };
             match checkout {
                 Checkout::H1(mut sender, requests) => match sender.try_send_request(req).await {
                     Ok(resp) => {
@@ -148,6 +152,8 @@ impl ConnPools {
                     }
                 },
                 Checkout::Dial => {
+                    // Requests arriving while this HTTP/2 connection is dialed wait for it.
+                    let dialing = (protocol == Protocol::Http2).then(|| H2Dialing::start(self, key, cluster));
                     let stream = dial(cluster, host).await?;
                     match protocol {
                         Protocol::Http1 => {
@@ -160,6 +166,7 @@ impl ConnPools {
                             let mut sender = handshake_h2(stream, cluster, host).await?;
                             let active = Rc::new(Cell::new(1));
                             self.add_h2(key, cluster, sender.clone(), active.clone());
+                            drop(dialing);
                             let resp = sender.send_request(req).await.map_err(|e| {
                                 active.set(active.get().saturating_sub(1));
                                 UpstreamError::Reset(e)
@@ -181,6 +188,23 @@ impl ConnPools {
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let stream = dial(cluster, host).await?;
         handshake_h1(stream, cluster, host).await
+    }
+
+    /// `checkout`, but an HTTP/2 request that would dial while another request of the same
+    /// pool is already dialing waits for that connection (bounded by the connect timeout), so
+    /// a burst of requests shares one new connection instead of opening one each.
+    async fn checkout_or_wait(&self, key: &PoolKey, cluster: &Cluster) -> Checkout {
+        let deadline = tokio::time::Instant::now() + cluster.config.connect_timeout + Duration::from_secs(1);
+        loop {
+            let c = self.checkout(key, cluster);
+            let dialing = self.pools.borrow().get(key).is_some_and(|p| p.h2_dialing > 0);
+            if !matches!(c, Checkout::Dial) || key.protocol != Protocol::Http2 || !dialing {
+                return c;
+            }
+            if tokio::time::timeout_at(deadline, self.h2_dialed.notified()).await.is_err() {
+                return Checkout::Dial;
+            }
+        }
     }
 
     fn checkout(&self, key: &PoolKey, cluster: &Cluster) -> Checkout {
@@ -248,13 +272,39 @@ impl ConnPools {
                 pool.h1.retain(|c| !c.sender.is_ready());
                 pool.h2.retain(|c| c.active.get() > 0);
             }
-            !(pool.h1.is_empty() && pool.h2.is_empty())
+            !(pool.h1.is_empty() && pool.h2.is_empty() && pool.h2_dialing == 0)
         });
     }
 
     /// Number of pooled connections (for tests and stats).
     pub fn pooled(&self) -> usize {
         self.pools.borrow().values().map(|p| p.h1.len() + p.h2.len()).sum()
+    }
+}
+
+/// Marks an HTTP/2 dial (TCP connect + handshake) in progress for one pool; on drop (success
+/// or failure) clears the mark and wakes the requests waiting for it.
+struct H2Dialing<'a> {
+    pools: &'a ConnPools,
+    key: PoolKey,
+}
+
+impl<'a> H2Dialing<'a> {
+    fn start(pools: &'a ConnPools, key: PoolKey, cluster: &Cluster) -> Self {
+        let mut map = pools.pools.borrow_mut();
+        let pool =
+            map.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
+        pool.h2_dialing += 1;
+        H2Dialing { pools, key }
+    }
+}
+
+impl Drop for H2Dialing<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pools.pools.borrow_mut().get_mut(&self.key) {
+            p.h2_dialing = p.h2_dialing.saturating_sub(1);
+        }
+        self.pools.h2_dialed.notify_waiters();
     }
 }
 

