@@ -471,6 +471,16 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
     })
 }
 
+/// The load side's ceiling: the same load straight at the backend (no proxy), so a
+/// saturation row whose req/s is near it is bounded by the load core, not by the proxy.
+fn run_direct(env: &Env, sc: &Scenario) -> anyhow::Result<f64> {
+    let dir = env.scratch.join(format!("{}-direct", sc.id));
+    std::fs::create_dir_all(&dir)?;
+    let r = env.sat_gen.run(&load_spec(env, sc, env.backend.port(), Amount::Duration(env.o.duration)), &dir)?;
+    anyhow::ensure!(r.non_2xx == 0 && r.errors == 0 && r.ok > 0, "direct run: {} ok, {} errors", r.ok, r.errors);
+    Ok(r.rps)
+}
+
 fn machine() -> (usize, String, String, String) {
     let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -578,6 +588,15 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
                         res.failures.entry(p.kind).or_default().push(format!("{e:#}"));
                     }
                 }
+            }
+        }
+        if !o.smoke && sc.rate.is_none() && sc.workers == 1 {
+            match run_direct(&env, sc) {
+                Ok(rps) => {
+                    eprintln!("[bench] {:<7} no proxy: {rps:>8.0} req/s (load-side ceiling)", sc.id);
+                    res.direct_rps = Some(rps);
+                }
+                Err(e) => eprintln!("[bench] {} direct run failed: {e:#}", sc.id),
             }
         }
         all.push((sc.clone(), res));
@@ -695,6 +714,11 @@ fn render(i: &RenderInput<'_>) -> String {
     for (sc, r) in i.all {
         md.push_str(&report::main_rows(sc.label, sc.rate.is_some(), r, &order));
     }
+    for (sc, r) in i.all {
+        if let Some(d) = r.direct_rps {
+            let _ = writeln!(md, "| {} | no proxy (load-side ceiling) | {d:.0} | | | | | | | |", sc.label);
+        }
+    }
     let _ = writeln!(md, "| (e) mTLS HTTP/2 sidecar-to-sidecar, handshake rate | — | not yet available (needs the mTLS issue, not filed yet) | | | | | | | |");
     let _ = writeln!(md, "| (f) 1,000 clusters / 10,000 endpoints: RSS, update-to-ACK | — | not yet available (needs issue 3, xDS) | | | | | | | |");
     let _ = writeln!(md);
@@ -703,7 +727,8 @@ fn render(i: &RenderInput<'_>) -> String {
         "Latency is shown only for the fixed-rate row (at saturation it is queueing time and says nothing about the proxy). \
          \"proxy busy %\" is the proxy's CPU time over the run's wall time: 100% = its core was saturated; well below 100% in a \
          saturation row means the load generator + backend core was the bottleneck, so req/s there understates the proxy \
-         (CPU µs/req stays valid).\n"
+         (CPU µs/req stays valid). The \"no proxy\" rows are the same load sent straight to the backend: the most the \
+         load core can drive at all.\n"
     );
 
     let get = |id: &str| i.all.iter().find(|(s, _)| s.id == id).map(|(_, r)| r);

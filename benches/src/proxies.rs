@@ -189,7 +189,7 @@ fn haproxy_conf(h1_port: u16, h2_port: u16, backend_port: u16, threads: u32) -> 
         r#"# pinion-bench: HAProxy as a plain reverse proxy (reference point).
 global
   nbthread {threads}
-  maxconn 20000
+  maxconn 4096
 defaults
   mode http
   timeout connect 5s

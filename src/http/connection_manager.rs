@@ -26,6 +26,7 @@ use pinion_xds::model::{
 use tokio::net::TcpStream;
 
 use super::body::{OnComplete, ResponseBody};
+use super::h1_framing::{FramingCheck, FramingFlags};
 use super::local_reply::local_reply;
 use super::path::{self, PathOutcome};
 use super::request_headers;
@@ -52,6 +53,8 @@ pub struct ConnCtx {
     pub tls: bool,
     active_streams: Cell<u32>,
     last_activity: Cell<Instant>,
+    /// Per HTTP/1 request, in order: did it carry both Content-Length and Transfer-Encoding?
+    framing: FramingFlags,
 }
 
 /// Serve one downstream connection until it closes, idles out, or the worker drains.
@@ -76,13 +79,14 @@ pub async fn serve_connection(
         tls: false,
         active_streams: Cell::new(0),
         last_activity: Cell::new(Instant::now()),
+        framing: FramingFlags::default(),
     });
     let svc_ctx = ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
         async move { Ok::<_, Infallible>(handle(ctx, req).await) }
     });
-    let io = TokioIo::new(stream);
+    let io = TokioIo::new(FramingCheck::new(stream, ctx.framing.clone()));
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     {
         let mut h1 = builder.http1();
@@ -416,6 +420,13 @@ async fn process(
 /// Phase `decode_headers`: protocol-level checks and request header sanitizing.
 fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut StreamInfo, grpc: bool) -> Phase<()> {
     let cfg = &ctx.hcm.config;
+    if req.version() != Version::HTTP_2
+        && ctx.framing.lock().unwrap_or_else(|e| e.into_inner()).pop_front().unwrap_or(false)
+    {
+        // Both Content-Length and Transfer-Encoding: a smuggling vector; Envoy answers 400.
+        info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        return Err(reply(400, "", grpc, info, "http1.content_length_and_chunked_not_allowed"));
+    }
     if req.version() == Version::HTTP_10 && !cfg.accept_http_10 {
         return Err(reply(426, "", grpc, info, "low_version"));
     }

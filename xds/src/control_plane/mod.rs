@@ -385,7 +385,9 @@ impl ControlPlane {
     pub async fn wait_for(&self, pred: impl Fn(&[RecordedRequest]) -> bool, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if pred(&self.lock().requests) {
+            // Clone first: `pred` may call back into the control plane.
+            let requests = self.lock().requests.clone();
+            if pred(&requests) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
