@@ -624,7 +624,14 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
             }
         }
         let total = all.len() * 2;
-        println!("smoke: {} passed, {failed} failed ({:.0}s)", total - failed, elapsed.as_secs_f64());
+        if failed == 0 {
+            println!(
+                "smoke OK: all {total} proxy x scenario runs served every request with a 2xx ({:.0} s)",
+                elapsed.as_secs_f64()
+            );
+        } else {
+            println!("smoke FAILED: {failed} of {total} proxy x scenario runs did not serve every request with a 2xx");
+        }
         return Ok(if failed == 0 { 0 } else { 1 });
     }
 

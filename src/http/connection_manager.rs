@@ -55,6 +55,10 @@ pub struct ConnCtx {
     last_activity: Cell<Instant>,
     /// Per HTTP/1 request, in order: did it carry both Content-Length and Transfer-Encoding?
     framing: FramingFlags,
+    /// The connection is draining: HTTP/1.1 responses get `Connection: close`.
+    draining: Cell<bool>,
+    /// The connection speaks HTTP/2 (known after its first request).
+    saw_h2: Cell<bool>,
 }
 
 /// Serve one downstream connection until it closes, idles out, or the worker drains.
@@ -80,6 +84,8 @@ pub async fn serve_connection(
         active_streams: Cell::new(0),
         last_activity: Cell::new(Instant::now()),
         framing: FramingFlags::default(),
+        draining: Cell::new(false),
+        saw_h2: Cell::new(false),
     });
     let svc_ctx = ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -127,12 +133,31 @@ pub async fn serve_connection(
     let mut drain = worker.drain.clone();
     let mut listener_drain = ctx.listener.drain.subscribe();
     let idle_timeout = cfg.idle_timeout;
-    let mut draining = *drain.borrow() || *listener_drain.borrow();
-    if draining {
-        conn.as_mut().graceful_shutdown();
+    // Draining (server drain, or this listener generation replaced/removed): HTTP/2 gets
+    // GOAWAY at once; HTTP/1.1 responses carry `Connection: close` and an idle connection is
+    // closed only after the HCM's `drain_timeout`, so a client never races a request against
+    // a silent close. `closing` means hyper's graceful shutdown has started.
+    let mut closing = false;
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    // Returns whether graceful shutdown started now (HTTP/2); otherwise the HTTP/1 deadline.
+    let start_drain = || -> Option<tokio::time::Instant> {
+        ctx.draining.set(true);
+        (!ctx.saw_h2.get()).then(|| tokio::time::Instant::now() + cfg.drain_timeout)
+    };
+    if *drain.borrow() || *listener_drain.borrow() {
+        drain_deadline = start_drain();
+        if drain_deadline.is_none() {
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+        }
     }
     loop {
         let idle_deadline = idle_timeout.map(|t| tokio::time::Instant::from_std(ctx.last_activity.get() + t));
+        let deadline = match (idle_deadline, drain_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let draining = ctx.draining.get();
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -140,23 +165,34 @@ pub async fn serve_connection(
                 }
                 break;
             }
-            _ = drain.changed(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = listener_drain.changed(), if !draining => {
-                // This listener generation was removed or replaced: finish in-flight requests,
-                // then close (Connection: close / GOAWAY).
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = sleep_until(idle_deadline) => {
-                let expired = idle_timeout.is_some_and(|t| ctx.last_activity.get().elapsed() >= t);
-                if ctx.active_streams.get() == 0 && expired && !draining {
-                    stats.downstream_cx_idle_timeout.inc();
-                    draining = true;
+            _ = drain.changed(), if !draining && !closing => {
+                drain_deadline = start_drain();
+                if drain_deadline.is_none() {
                     conn.as_mut().graceful_shutdown();
-                } else if ctx.active_streams.get() > 0 {
+                    closing = true;
+                }
+            }
+            _ = listener_drain.changed(), if !draining && !closing => {
+                drain_deadline = start_drain();
+                if drain_deadline.is_none() {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = sleep_until(deadline), if !closing => {
+                let now = tokio::time::Instant::now();
+                let idle = ctx.active_streams.get() == 0;
+                let expired = idle_timeout.is_some_and(|t| ctx.last_activity.get().elapsed() >= t);
+                if idle && expired {
+                    if !draining {
+                        stats.downstream_cx_idle_timeout.inc();
+                    }
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else if drain_deadline.is_some_and(|d| now >= d) {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else if !idle {
                     ctx.last_activity.set(Instant::now());
                 }
             }
@@ -233,6 +269,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBo
     stats.downstream_rq_active.inc();
     if req.version() == Version::HTTP_2 {
         stats.downstream_rq_http2_total.inc();
+        ctx.saw_h2.set(true);
     } else {
         stats.downstream_rq_http1_total.inc();
     }
@@ -612,6 +649,9 @@ fn encode_headers(ctx: &Rc<ConnCtx>, resp: &mut Response<ResponseBody>, info: &S
     }
     if !h.contains_key(header::DATE) {
         h.insert(header::DATE, crate::worker::http_date());
+    }
+    if ctx.draining.get() && !ctx.saw_h2.get() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     let _ = info;
     let _ = Duration::ZERO;

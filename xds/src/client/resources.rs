@@ -50,10 +50,10 @@ pub(crate) struct Processed {
 }
 
 enum Decoded {
-    Listener(Listener),
-    Route(RouteConfiguration),
-    Cluster(Cluster),
-    Endpoints(ClusterLoadAssignment),
+    Listener(Box<Listener>),
+    Route(Box<RouteConfiguration>),
+    Cluster(Box<Cluster>),
+    Endpoints(Box<ClusterLoadAssignment>),
 }
 
 impl Decoded {
@@ -149,30 +149,32 @@ fn decode_any(t: ResourceType, any: &Any) -> Result<Decoded, String> {
     let bytes = any.value.as_slice();
     let err = |e: prost::DecodeError| format!("cannot decode {}: {e}", t.type_url().rsplit('/').next().unwrap_or(""));
     Ok(match t {
-        ResourceType::Listener => Decoded::Listener(Listener::decode(bytes).map_err(err)?),
-        ResourceType::RouteConfiguration => Decoded::Route(RouteConfiguration::decode(bytes).map_err(err)?),
-        ResourceType::Cluster => Decoded::Cluster(Cluster::decode(bytes).map_err(err)?),
-        ResourceType::ClusterLoadAssignment => Decoded::Endpoints(ClusterLoadAssignment::decode(bytes).map_err(err)?),
+        ResourceType::Listener => Decoded::Listener(Box::new(Listener::decode(bytes).map_err(err)?)),
+        ResourceType::RouteConfiguration => Decoded::Route(Box::new(RouteConfiguration::decode(bytes).map_err(err)?)),
+        ResourceType::Cluster => Decoded::Cluster(Box::new(Cluster::decode(bytes).map_err(err)?)),
+        ResourceType::ClusterLoadAssignment => {
+            Decoded::Endpoints(Box::new(ClusterLoadAssignment::decode(bytes).map_err(err)?))
+        }
     })
 }
 
 fn build(d: Decoded) -> Result<(Resource, serde_json::Value), ConfigError> {
     Ok(match d {
         Decoded::Listener(m) => {
-            validate_prost(&m)?;
-            (Resource::Listener(Arc::new(translate::listener(&m)?)), to_json(&m))
+            validate_prost(m.as_ref())?;
+            (Resource::Listener(Arc::new(translate::listener(&m)?)), to_json(m.as_ref()))
         }
         Decoded::Route(m) => {
-            validate_prost(&m)?;
-            (Resource::RouteConfiguration(Arc::new(translate::route_configuration(&m)?)), to_json(&m))
+            validate_prost(m.as_ref())?;
+            (Resource::RouteConfiguration(Arc::new(translate::route_configuration(&m)?)), to_json(m.as_ref()))
         }
         Decoded::Cluster(m) => {
-            validate_prost(&m)?;
-            (Resource::Cluster(Arc::new(translate::cluster(&m)?)), to_json(&m))
+            validate_prost(m.as_ref())?;
+            (Resource::Cluster(Arc::new(translate::cluster(&m)?)), to_json(m.as_ref()))
         }
         Decoded::Endpoints(m) => {
-            validate_prost(&m)?;
-            (Resource::ClusterLoadAssignment(Arc::new(translate::cluster_load_assignment(&m)?)), to_json(&m))
+            validate_prost(m.as_ref())?;
+            (Resource::ClusterLoadAssignment(Arc::new(translate::cluster_load_assignment(&m)?)), to_json(m.as_ref()))
         }
     })
 }

@@ -16,6 +16,8 @@ pub struct Bootstrap {
     pub listeners: Vec<Arc<Listener>>,
     /// Static clusters, in config order.
     pub clusters: Vec<Arc<Cluster>>,
+    /// `dynamic_resources` (xDS), if set to anything.
+    pub dynamic_resources: Option<super::DynamicResources>,
     /// The bootstrap as proto3 JSON, for `/config_dump`.
     pub config_dump_json: serde_json::Value,
 }

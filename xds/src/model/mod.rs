@@ -5,6 +5,7 @@
 mod access_log;
 mod bootstrap;
 mod cluster;
+mod dynamic;
 mod http_connection_manager;
 mod listener;
 mod matcher;
@@ -14,6 +15,7 @@ mod tcp_proxy;
 pub use access_log::*;
 pub use bootstrap::*;
 pub use cluster::*;
+pub use dynamic::*;
 pub use http_connection_manager::*;
 pub use listener::*;
 pub use matcher::*;

@@ -106,11 +106,12 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
     if let Some(rt) = layered_runtime {
         runtime(rt).map_err(at("layered_runtime"))?;
     }
-    if let Some(d) = dynamic_resources {
-        if *d != b::bootstrap::DynamicResources::default() {
-            return Err(ConfigError::unsupported("dynamic_resources", "dynamic_resources (xDS) is not supported yet"));
+    let dynamic_resources = match dynamic_resources {
+        Some(d) if *d != b::bootstrap::DynamicResources::default() => {
+            Some(super::config_source::dynamic_resources(d).map_err(at("dynamic_resources"))?)
         }
-    }
+        _ => None,
+    };
 
     let node = translate_node(node.as_ref(), overrides);
     let admin = match admin {
@@ -121,7 +122,14 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         None => (Vec::new(), Vec::new()),
         Some(s) => static_resources_(s).map_err(at("static_resources"))?,
     };
-    Ok(model::Bootstrap { node, admin, listeners, clusters, config_dump_json: serde_json::Value::Null })
+    Ok(model::Bootstrap {
+        node,
+        admin,
+        listeners,
+        clusters,
+        dynamic_resources,
+        config_dump_json: serde_json::Value::Null,
+    })
 }
 
 /// Layered runtime: only admin layers and empty static layers (no runtime overrides).

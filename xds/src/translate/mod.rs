@@ -16,6 +16,7 @@
 mod access_log;
 mod bootstrap;
 mod cluster;
+pub mod config_source;
 mod endpoint;
 mod http_connection_manager;
 mod listener;

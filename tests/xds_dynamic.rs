@@ -1,0 +1,323 @@
+//! The `pinion` binary driven by the in-process test control plane over ADS, SotW and Delta:
+//! initial convergence and readiness, endpoint and route changes, a rejected update that
+//! leaves the last good config serving, removal, and steady load while the control plane
+//! pushes updates (no request may fail).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use pinion_testkit::{free_port, spawn_http_backend_named, BackendKind, ProxyKind, ProxyProcess};
+use pinion_xds::control_plane::{ControlPlane, Snapshot};
+use pinion_xds::decode::{message_from_str, DecodeOptions, Format};
+
+const NODE: &str = "sidecar-1";
+const LISTENER_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+
+fn yaml<M: prost::Message + prost::Name + Default>(text: &str) -> M {
+    message_from_str(text, Format::Yaml, &DecodeOptions::default()).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn eds_cluster(name: &str) -> Cluster {
+    yaml(&format!(
+        "name: {name}\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}\n"
+    ))
+}
+
+fn endpoints(name: &str, ports: &[u16]) -> ClusterLoadAssignment {
+    let eps: Vec<String> = ports
+        .iter()
+        .map(|p| {
+            format!("  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }}")
+        })
+        .collect();
+    yaml(&format!("cluster_name: {name}\nendpoints:\n- lb_endpoints:\n{}\n", eps.join("\n")))
+}
+
+fn route(name: &str, cluster: &str, header: &str) -> RouteConfiguration {
+    yaml(&format!(
+        r#"
+name: {name}
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  response_headers_to_add: [{{ header: {{ key: x-route-version, value: "{header}" }} }}]
+  routes:
+  - match: {{ prefix: / }}
+    route: {{ cluster: {cluster} }}
+"#
+    ))
+}
+
+fn listener(name: &str, port: u16, rds: &str) -> Listener {
+    yaml(&format!(
+        r#"
+name: {name}
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: ingress
+      rds: {{ route_config_name: {rds}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    ))
+}
+
+fn bootstrap(admin: u16, xds_port: u16, api_type: &str) -> String {
+    format!(
+        r#"
+node: {{ id: {NODE}, cluster: test }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: {api_type}
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }} }} }}
+"#
+    )
+}
+
+/// GET / through the proxy; returns (status, x-backend, x-route-version).
+async fn get(port: u16) -> anyhow::Result<(u16, String, String)> {
+    let client = pinion_testkit::http1_client();
+    let req = http::Request::get(format!("http://127.0.0.1:{port}/")).body(pinion_testkit::empty())?;
+    let (status, headers, _) = pinion_testkit::send(&client, req).await?;
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    Ok((status.as_u16(), h("x-backend"), h("x-route-version")))
+}
+
+/// Poll until `pred` holds for a response, or fail after `timeout`.
+async fn eventually(
+    port: u16,
+    timeout: Duration,
+    pred: impl Fn(&(u16, String, String)) -> bool,
+) -> (u16, String, String) {
+    let deadline = Instant::now() + timeout;
+    let mut last = (0, String::new(), String::new());
+    while Instant::now() < deadline {
+        if let Ok(r) = get(port).await {
+            if pred(&r) {
+                return r;
+            }
+            last = r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached in {timeout:?}; last response {last:?}");
+}
+
+fn spawn_pinion(admin: u16, xds_port: u16, api_type: &str) -> ProxyProcess {
+    std::env::set_var("PINION_BIN", env!("CARGO_BIN_EXE_pinion"));
+    ProxyProcess::spawn(ProxyKind::Pinion, &bootstrap(admin, xds_port, api_type), &["--drain-time-s", "2"])
+}
+
+async fn converge_update_reject_remove(api_type: &str) {
+    let cp = ControlPlane::new();
+    let (xds_addr, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+    let a = spawn_http_backend_named(BackendKind::Http1, "a");
+    let b = spawn_http_backend_named(BackendKind::Http1, "b");
+    let port = free_port();
+    let admin = free_port();
+    cp.set_snapshot(
+        NODE,
+        Snapshot::new("1")
+            .with_cluster(eds_cluster("svc"))
+            .with_endpoints(endpoints("svc", &[a.port()]))
+            .with_route(route("rc", "svc", "v1"))
+            .with_listener(listener("ingress", port, "rc")),
+    );
+    let mut proxy = spawn_pinion(admin, xds_addr.port(), api_type);
+    proxy.wait_ready(admin, Duration::from_secs(20)).expect("pinion becomes ready once xDS converged");
+
+    // Initial convergence: the listener, its routes, the cluster and its endpoints.
+    let r = eventually(port, Duration::from_secs(10), |r| r.0 == 200).await;
+    assert_eq!((r.1.as_str(), r.2.as_str()), ("a", "v1"));
+
+    // EDS change: endpoints move to b.
+    cp.set_snapshot(
+        NODE,
+        Snapshot::new("2")
+            .with_cluster(eds_cluster("svc"))
+            .with_endpoints(endpoints("svc", &[b.port()]))
+            .with_route(route("rc", "svc", "v1"))
+            .with_listener(listener("ingress", port, "rc")),
+    );
+    eventually(port, Duration::from_secs(10), |r| r.0 == 200 && r.1 == "b").await;
+
+    // RDS change.
+    cp.set_snapshot(
+        NODE,
+        Snapshot::new("3")
+            .with_cluster(eds_cluster("svc"))
+            .with_endpoints(endpoints("svc", &[b.port()]))
+            .with_route(route("rc", "svc", "v3"))
+            .with_listener(listener("ingress", port, "rc")),
+    );
+    eventually(port, Duration::from_secs(10), |r| r.2 == "v3").await;
+
+    // A bad listener (an HTTP filter Pinion does not implement): NACK naming it, and the
+    // last good config keeps serving.
+    let mut bad = listener("ingress", port, "rc");
+    let bad_yaml = format!(
+        r#"
+name: bad
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: bad
+      rds: {{ route_config_name: rc, config_source: {{ ads: {{}} }} }}
+      http_filters:
+      - name: envoy.filters.http.cors
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }}
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#,
+        free_port()
+    );
+    let bad_listener: Listener = yaml(&bad_yaml);
+    bad.name = "ingress".into();
+    cp.set_snapshot(
+        NODE,
+        Snapshot::new("4")
+            .with_cluster(eds_cluster("svc"))
+            .with_endpoints(endpoints("svc", &[b.port()]))
+            .with_route(route("rc", "svc", "v3"))
+            .with_listener(bad)
+            .with_listener(bad_listener),
+    );
+    let nacked = cp
+        .wait_for(
+            |reqs| {
+                reqs.iter().any(|r| {
+                    r.type_url == LISTENER_URL
+                        && r.error_detail.as_ref().is_some_and(|(_, m)| m.contains("bad") && m.contains("cors"))
+                })
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(nacked, "expected an LDS NACK naming listener 'bad' and the cors filter; got {:?}", cp.nacks(LISTENER_URL));
+    let r = get(port).await.expect("still serving");
+    assert_eq!((r.0, r.1.as_str(), r.2.as_str()), (200, "b", "v3"));
+    let (_, dump) = proxy.admin_get("/config_dump").unwrap();
+    assert!(dump.contains("dynamic_active_clusters") && dump.contains("\"version_info\""), "{dump}");
+
+    // Removing the cluster: the route now names a missing cluster -> 503, as Envoy.
+    cp.set_snapshot(
+        NODE,
+        Snapshot::new("5").with_route(route("rc", "svc", "v5")).with_listener(listener("ingress", port, "rc")),
+    );
+    eventually(port, Duration::from_secs(10), |r| r.0 == 503).await;
+    let cds = proxy.stat("cluster_manager.cds.update_success").unwrap_or(0);
+    assert!(cds >= 2, "cds update_success = {cds}\n{}", proxy.stats());
+    assert_eq!(proxy.stat("control_plane.connected_state"), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_sotw_converges_updates_rejects_and_removes() {
+    converge_update_reject_remove("GRPC").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_delta_converges_updates_rejects_and_removes() {
+    converge_update_reject_remove("DELTA_GRPC").await;
+}
+
+/// Steady load while the control plane pushes 50 updates (weights, endpoints, routes, and a
+/// listener replacement): no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_pushes_under_load_lose_no_request() {
+    let cp = ControlPlane::new();
+    let (xds_addr, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+    let a = spawn_http_backend_named(BackendKind::Http1, "a");
+    let b = spawn_http_backend_named(BackendKind::Http1, "b");
+    let port = free_port();
+    let admin = free_port();
+    let snap = |v: u32| {
+        let ports: Vec<u16> = match v % 3 {
+            0 => vec![a.port()],
+            1 => vec![b.port()],
+            _ => vec![a.port(), b.port()],
+        };
+        let mut l = listener("ingress", port, "rc");
+        if v % 10 == 9 {
+            // A listener replacement: same address, changed config (stat prefix).
+            l = listener("ingress", port, "rc");
+            if let Some(f) = l.filter_chains.get_mut(0) {
+                f.name = format!("chain-{v}");
+            }
+        }
+        Snapshot::new(v.to_string())
+            .with_cluster(eds_cluster("svc"))
+            .with_endpoints(endpoints("svc", &ports))
+            .with_route(route("rc", "svc", &format!("v{v}")))
+            .with_listener(l)
+    };
+    cp.set_snapshot(NODE, snap(0));
+    let mut proxy = spawn_pinion(admin, xds_addr.port(), "GRPC");
+    proxy.wait_ready(admin, Duration::from_secs(20)).expect("ready");
+    eventually(port, Duration::from_secs(10), |r| r.0 == 200).await;
+
+    let failures = Arc::new(AtomicU64::new(0));
+    let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (failures, ok, stop) = (failures.clone(), ok.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = pinion_testkit::http1_client();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let req =
+                    http::Request::get(format!("http://127.0.0.1:{port}/")).body(pinion_testkit::empty()).unwrap();
+                match pinion_testkit::send(&client, req).await {
+                    Ok((s, _, _)) if s.is_success() => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("failed request: {:?}", other.map(|(s, h, b)| (s, h, b)));
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    for v in 1..=50 {
+        cp.set_snapshot(NODE, snap(v));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    eventually(port, Duration::from_secs(10), |r| r.2 == "v50").await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        let _ = l.await;
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failures.load(Ordering::Relaxed));
+    assert!(ok > 100, "too little load went through: {ok}");
+    assert_eq!(failed, 0, "{failed} of {} requests failed during 50 pushes", ok + failed);
+}
