@@ -96,6 +96,8 @@ pub struct HcmStats {
     pub downstream_rq_completed: Counter,
     /// `downstream_rq_timeout`.
     pub downstream_rq_timeout: Counter,
+    /// `downstream_rq_idle_timeout`.
+    pub downstream_rq_idle_timeout: Counter,
     /// `downstream_rq_ws_on_non_ws_route`.
     pub downstream_rq_ws_on_non_ws_route: Counter,
     /// `no_route`.
@@ -136,6 +138,7 @@ impl HcmStats {
             downstream_rq_xx: [xx(1), xx(2), xx(3), xx(4), xx(5)],
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_timeout: c("downstream_rq_timeout"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             no_route: c("no_route"),
             no_cluster: c("no_cluster"),

@@ -482,8 +482,10 @@ async fn forwarded_headers_follow_hcm_options() {
     let me = host_address();
     let (f, p, d) = xff(env.remote, &[]).await;
     assert_eq!((f.as_deref(), p.as_deref()), (Some(me.as_str()), Some("http")));
-    // Pinion counts loopback as internal (Envoy 1.40 without internal_address_config does not).
-    assert_eq!(upstream_header(&d, "x-envoy-internal").as_deref(), Some("true"), "{d}");
+    // Envoy 1.40 without internal_address_config counts no address as internal, loopback
+    // included: no x-envoy-internal, and the peer is the external address.
+    assert_eq!(upstream_header(&d, "x-envoy-internal"), None, "{d}");
+    assert_eq!(upstream_header(&d, "x-envoy-external-address").as_deref(), Some("127.0.0.1"), "{d}");
     let (f, _, d) = xff(env.remote, &[("x-forwarded-for", "203.0.113.9")]).await;
     assert_eq!(f, Some(format!("203.0.113.9,{me}")));
     assert_eq!(upstream_header(&d, "x-envoy-internal"), None, "more than one XFF hop is external: {d}");
@@ -515,8 +517,10 @@ async fn request_id_is_generated_kept_or_regenerated() {
     assert!(is_uuid(&a) && is_uuid(&b) && a != b, "{a} {b}");
     // Kept when present (use_remote_address: false).
     assert_eq!(rid(env.main, &[("x-request-id", "keep-me")]).await, "keep-me");
-    // use_remote_address: 127.0.0.1 with no XFF is internal: kept.
-    assert_eq!(rid(env.remote, &[("x-request-id", "keep-me")]).await, "keep-me");
+    // use_remote_address: every request is external (Envoy 1.40's default internal address
+    // config), so a client's id is replaced.
+    let edge = rid(env.remote, &[("x-request-id", "keep-me")]).await;
+    assert!(is_uuid(&edge), "edge request id must be regenerated, got {edge}");
     // An external request (XFF from elsewhere) gets a fresh id...
     let ext = rid(env.remote, &[("x-request-id", "keep-me"), ("x-forwarded-for", "203.0.113.9")]).await;
     assert!(is_uuid(&ext), "external request id must be regenerated, got {ext}");

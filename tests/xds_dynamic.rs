@@ -301,7 +301,7 @@ async fn fifty_pushes_under_load_lose_no_request() {
                 match pinion_testkit::send(&client, req).await {
                     Ok((s, _, _)) if s.is_success() => ok.fetch_add(1, Ordering::Relaxed),
                     other => {
-                        eprintln!("failed request: {:?}", other.map(|(s, h, b)| (s, h, b)));
+                        eprintln!("failed request: {other:?}");
                         failures.fetch_add(1, Ordering::Relaxed)
                     }
                 };

@@ -68,7 +68,7 @@ fn hosts(n: u16, weight: impl Fn(u16) -> u32) -> HostSet {
             Arc::new(Host::new(addr, String::new(), weight(i), None, 0, HealthStatus::Healthy))
         })
         .collect();
-    HostSet { priorities: vec![hs] }
+    HostSet::new(vec![hs])
 }
 
 fn bench_lb_pick(c: &mut Criterion) {

@@ -11,10 +11,31 @@ use hyper::body::Incoming;
 /// Error type of proxy bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Progress of one request, for the HCM's `stream_idle_timeout` and `request_timeout`.
+#[derive(Debug)]
+pub struct Activity {
+    /// Last time a body frame moved.
+    pub last: std::cell::Cell<std::time::Instant>,
+    /// The downstream request body has ended.
+    pub request_done: std::cell::Cell<bool>,
+}
+
+impl Activity {
+    /// Fresh activity at `now`.
+    pub fn new(request_done: bool) -> Self {
+        Activity {
+            last: std::cell::Cell::new(std::time::Instant::now()),
+            request_done: std::cell::Cell::new(request_done),
+        }
+    }
+}
+
 /// A request body sent upstream.
 pub enum RequestBody {
     /// Streamed from downstream.
     Incoming(Incoming),
+    /// Streamed from downstream, recording progress for the stream timeouts.
+    Tracked(Incoming, std::rc::Rc<Activity>),
     /// A buffered body (or none).
     Full(Option<Bytes>),
 }
@@ -33,20 +54,34 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Tracked(b, activity) => {
+                let res = Pin::new(&mut *b).poll_frame(cx).map_err(Into::into);
+                match &res {
+                    Poll::Ready(Some(Ok(_))) => {
+                        activity.last.set(std::time::Instant::now());
+                        if b.is_end_stream() {
+                            activity.request_done.set(true);
+                        }
+                    }
+                    Poll::Ready(None) => activity.request_done.set(true),
+                    _ => {}
+                }
+                res
+            }
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RequestBody::Incoming(b) => b.is_end_stream(),
+            RequestBody::Incoming(b) | RequestBody::Tracked(b, _) => b.is_end_stream(),
             RequestBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RequestBody::Incoming(b) => b.size_hint(),
+            RequestBody::Incoming(b) | RequestBody::Tracked(b, _) => b.size_hint(),
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

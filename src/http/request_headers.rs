@@ -67,12 +67,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Envoy's default internal addresses: RFC 1918, loopback, link-local, unique local v6.
+/// Whether an address counts as internal. Envoy 1.40 without `internal_address_config` (which
+/// Pinion rejects as unsupported) treats no address as internal, loopback included, so neither
+/// does Pinion: edge requests get `x-envoy-external-address` and a fresh `x-request-id`.
 pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
+    let _ = ip;
+    false
 }
 
 /// Result of request header mutation that later phases need.

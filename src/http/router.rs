@@ -7,7 +7,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -18,7 +18,7 @@ use pinion_xds::model::{
     WeightedCluster,
 };
 
-use super::body::{RequestBody, ResponseBody};
+use super::body::{Activity, RequestBody, ResponseBody};
 use super::connection_manager::{reply, set_path, ConnCtx};
 use super::header_mutation;
 use super::local_reply::{upstream_reset_body, NO_HEALTHY_UPSTREAM, UPSTREAM_TIMEOUT};
@@ -238,7 +238,14 @@ pub async fn forward(
     };
     let downstream_version = req.version();
     let on_downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
-    let upstream_req = to_upstream_request(req, protocol);
+    // Stream timeouts watch the request body's progress; a bodyless request is done already.
+    let cfg = &hcm.config;
+    let timeouts = cfg.stream_idle_timeout.is_some() || cfg.request_timeout.is_some();
+    // Only a streaming body needs shared progress tracking (and its allocation).
+    let tracked = (timeouts && !http_body::Body::is_end_stream(req.body())).then(|| Rc::new(Activity::new(false)));
+    let bodyless = Activity::new(true);
+    let upstream_req = to_upstream_request(req, protocol, tracked.clone());
+    let activity: &Activity = tracked.as_deref().unwrap_or(&bodyless);
 
     // Exchange.
     cluster.stats.upstream_rq_total.inc();
@@ -255,9 +262,44 @@ pub async fn forward(
             ctx.worker.pools.send(&cluster, &host, protocol, upstream_req).await
         }
     };
+    let stream_start = info.start;
+    let exchange = async {
+        tokio::select! {
+            r = exchange => Ok(r),
+            t = stream_watchdog(activity, cfg.stream_idle_timeout, cfg.request_timeout, stream_start) => Err(t),
+        }
+    };
+    let exchange = async {
+        match exchange.await {
+            Ok(r) => Ok(r),
+            Err((status, body, details, is_request_timeout)) => {
+                cluster.stats.upstream_rq_active.dec();
+                HostStats::add(&host.stats.rq_active, -1);
+                if is_request_timeout {
+                    hcm.stats.downstream_rq_timeout.inc();
+                } else {
+                    hcm.stats.downstream_rq_idle_timeout.inc();
+                }
+                let mut resp = reply(status, body, grpc, info, details);
+                if status == 408 {
+                    // Envoy closes the connection after a downstream timeout.
+                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                apply_response_mutations(
+                    &mut resp,
+                    &levels,
+                    weighted.map(|w| &w.headers),
+                    info,
+                    &downstream_headers_for_log,
+                );
+                Err(resp)
+            }
+        }
+    };
     let result = match action.timeout {
         Some(t) => match tokio::time::timeout(t, exchange).await {
-            Ok(r) => r,
+            Ok(Ok(r)) => r,
+            Ok(Err(resp)) => return Err(resp),
             Err(_) => {
                 cluster.stats.upstream_rq_timeout.inc();
                 cluster.stats.upstream_rq_active.dec();
@@ -276,7 +318,7 @@ pub async fn forward(
                 return Err(resp);
             }
         },
-        None => exchange.await,
+        None => exchange.await?,
     };
     let (mut resp, slot) = match result {
         Ok(r) => r,
@@ -358,6 +400,45 @@ pub async fn forward(
     Ok((resp, Some(UpstreamGuard::new(cluster, host, slot))))
 }
 
+/// Resolves when a stream timeout fires before the upstream answers: `request_timeout`
+/// while the request body is incomplete (408), or `stream_idle_timeout` with no body
+/// progress (408 while the request is incomplete, else 504), with Envoy's bodies.
+async fn stream_watchdog(
+    activity: &Activity,
+    stream_idle: Option<Duration>,
+    request: Option<Duration>,
+    started: Instant,
+) -> (u16, &'static str, &'static str, bool) {
+    if stream_idle.is_none() && request.is_none() {
+        return std::future::pending().await;
+    }
+    loop {
+        let now = Instant::now();
+        let mut next = now + Duration::from_secs(3600);
+        if let Some(rt) = request {
+            if !activity.request_done.get() {
+                let d = started + rt;
+                if now >= d {
+                    return (408, "request timeout", "request_overall_timeout", true);
+                }
+                next = next.min(d);
+            }
+        }
+        if let Some(it) = stream_idle {
+            let d = activity.last.get() + it;
+            if now >= d {
+                return if activity.request_done.get() {
+                    (504, "stream timeout", "stream_idle_timeout", false)
+                } else {
+                    (408, "stream timeout", "stream_idle_timeout", false)
+                };
+            }
+            next = next.min(d);
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+    }
+}
+
 /// Path and host rewrites, `x-envoy-original-path`, `x-forwarded-host`.
 fn rewrite_request(
     req: &mut Request<Incoming>,
@@ -422,7 +503,11 @@ fn rewrite_request(
 
 /// Shape the request for the upstream codec: origin-form + `Host` for HTTP/1.1, absolute URI
 /// (`:authority`) for HTTP/2.
-fn to_upstream_request(req: Request<Incoming>, protocol: Protocol) -> Request<RequestBody> {
+fn to_upstream_request(
+    req: Request<Incoming>,
+    protocol: Protocol,
+    activity: Option<Rc<Activity>>,
+) -> Request<RequestBody> {
     let (mut parts, body) = req.into_parts();
     let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     match protocol {
@@ -442,5 +527,9 @@ fn to_upstream_request(req: Request<Incoming>, protocol: Protocol) -> Request<Re
             }
         }
     }
-    Request::from_parts(parts, RequestBody::Incoming(body))
+    let body = match activity {
+        Some(a) => RequestBody::Tracked(body, a),
+        None => RequestBody::Incoming(body),
+    };
+    Request::from_parts(parts, body)
 }

@@ -282,7 +282,7 @@ fn rds_and_eds_and_dynamic_resources_unsupported_in_static_bootstrap() {
     b0.dynamic_resources =
         Some(b::bootstrap::DynamicResources { lds_config: Some(core::ConfigSource::default()), ..Default::default() });
     let err = bootstrap(&b0, &NodeOverrides::default()).unwrap_err();
-    assert_eq!(err.to_string(), "dynamic_resources: unsupported: dynamic_resources (xDS) is not supported yet");
+    assert_eq!(err.to_string(), "dynamic_resources.lds_config: config_source_specifier must be set");
 }
 
 #[test]

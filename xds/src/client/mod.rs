@@ -159,6 +159,90 @@ impl ClientConfig {
         }
     }
 
+    /// The client config a bootstrap's `dynamic_resources` asks for: `None` without dynamic
+    /// resources. `envoy_grpc` clusters must be static clusters of the bootstrap with an IP
+    /// endpoint (the first one is used); `google_grpc` targets are used as URIs. LDS brings RDS
+    /// and CDS brings EDS along (over ADS, or each on its own stream to the same server).
+    pub fn from_bootstrap(b: &model::Bootstrap) -> Result<Option<Self>, String> {
+        let Some(d) = &b.dynamic_resources else { return Ok(None) };
+        let sources: Vec<(ResourceType, &model::ConfigSource)> =
+            [(ResourceType::Listener, d.lds.as_ref()), (ResourceType::Cluster, d.cds.as_ref())]
+                .into_iter()
+                .filter_map(|(t, s)| s.map(|s| (t, s)))
+                .collect();
+        let Some((_, first)) = sources.first() else { return Ok(None) };
+        let uses_ads = sources.iter().any(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
+        let all_ads = sources.iter().all(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
+        if uses_ads && !all_ads {
+            return Err("mixing ads and api_config_source for lds_config/cds_config is not supported".into());
+        }
+        let resolve = |api: &model::ApiConfigSource| -> Result<(ServerAddr, Option<u32>), String> {
+            match &api.grpc_service {
+                model::GrpcService::GoogleGrpc { target_uri, .. } => Ok((ServerAddr::Uri(target_uri.clone()), None)),
+                model::GrpcService::EnvoyGrpc { cluster_name, max_receive_message_length, .. } => {
+                    let c = b
+                        .clusters
+                        .iter()
+                        .find(|c| &c.name == cluster_name)
+                        .ok_or_else(|| format!("envoy_grpc cluster '{cluster_name}' is not a static cluster"))?;
+                    let addr = c
+                        .load_assignment
+                        .localities
+                        .iter()
+                        .flat_map(|l| l.endpoints.iter())
+                        .find_map(|e| match e.address {
+                            model::EndpointAddress::Socket(a) => Some(a),
+                            model::EndpointAddress::Dns { .. } => None,
+                        })
+                        .ok_or_else(|| format!("envoy_grpc cluster '{cluster_name}' has no IP endpoint"))?;
+                    Ok((ServerAddr::Tcp(addr), *max_receive_message_length))
+                }
+            }
+        };
+        let mut apis: BTreeMap<ResourceType, &model::ApiConfigSource> = BTreeMap::new();
+        for (t, s) in &sources {
+            match &s.kind {
+                model::ConfigSourceKind::Ads => {
+                    let ads = d.ads.as_ref().ok_or("ads is used but ads_config is not set")?;
+                    apis.insert(*t, ads);
+                }
+                model::ConfigSourceKind::Api(a) => {
+                    apis.insert(*t, a);
+                }
+            }
+        }
+        let Some(main) = apis.values().next().copied() else { return Ok(None) };
+        if apis.values().any(|a| a.api_type != main.api_type) {
+            return Err("lds_config and cds_config must use the same api_type".into());
+        }
+        let (server, max) = resolve(main)?;
+        let mut cfg = ClientConfig::new(b.node.clone(), server);
+        cfg.aggregated = all_ads;
+        cfg.mode = match main.api_type {
+            model::ApiType::Grpc => Mode::Sotw,
+            model::ApiType::DeltaGrpc => Mode::Delta,
+        };
+        cfg.set_node_on_first_message_only = main.set_node_on_first_message_only;
+        cfg.initial_fetch_timeout = first.initial_fetch_timeout;
+        if let Some(m) = max.filter(|m| *m > 0) {
+            cfg.max_message_size = usize::try_from(m).unwrap_or(DEFAULT_MAX_MESSAGE_SIZE);
+        }
+        cfg.types.clear();
+        for (t, api) in &apis {
+            let dependent = match t {
+                ResourceType::Listener => ResourceType::RouteConfiguration,
+                _ => ResourceType::ClusterLoadAssignment,
+            };
+            cfg.types.extend([*t, dependent]);
+            if !all_ads {
+                let (server, _) = resolve(api)?;
+                cfg.per_type_servers.insert(*t, server.clone());
+                cfg.per_type_servers.insert(dependent, server);
+            }
+        }
+        Ok(Some(cfg))
+    }
+
     fn server_for(&self, t: ResourceType) -> ServerAddr {
         self.per_type_servers.get(&t).cloned().unwrap_or_else(|| self.server.clone())
     }

@@ -93,6 +93,10 @@ impl Stream {
         if self.cp.misbehave() == Misbehave::Silent {
             return Flow::Continue;
         }
+        if req.error_detail.is_some() && !self.watches.contains_key(&type_url) {
+            // A NACK of a type never subscribed (e.g. an injected unknown type): not a subscription.
+            return Flow::Continue;
+        }
         match self.watches.get_mut(&type_url) {
             None => {
                 let names = if req.resource_names_subscribe.iter().any(|n| n == "*")

@@ -92,6 +92,10 @@ impl Stream {
         if self.cp.misbehave() == Misbehave::Silent {
             return Flow::Continue;
         }
+        if req.error_detail.is_some() && !self.watches.contains_key(&type_url) {
+            // A NACK of a type never subscribed (e.g. an injected unknown type): not a subscription.
+            return Flow::Continue;
+        }
         let names = if req.resource_names.iter().any(|n| n == "*")
             || (req.resource_names.is_empty() && empty_means_wildcard(&type_url))
         {

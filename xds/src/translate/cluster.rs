@@ -134,8 +134,14 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     };
     let eds_service_name = match eds_cluster_config {
         None => String::new(),
-        // eds_config: where EDS comes from is the xDS client's business.
-        Some(c::cluster::EdsClusterConfig { eds_config: _, service_name }) => service_name.clone(),
+        Some(c::cluster::EdsClusterConfig { eds_config, service_name }) => {
+            // Where EDS comes from (ADS or an api_config_source) is the xDS client's business;
+            // only check that it is a source Pinion can use.
+            if let Some(cs) = eds_config {
+                super::config_source::config_source(cs).map_err(at("eds_cluster_config.eds_config"))?;
+            }
+            service_name.clone()
+        }
     };
     let lb_policy = match enum_value::<LB>(*lb_policy, "lb_policy")? {
         LB::RoundRobin => model::LbPolicy::RoundRobin,

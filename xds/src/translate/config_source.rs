@@ -28,7 +28,7 @@ pub fn dynamic_resources(d: &b::bootstrap::DynamicResources) -> ConfigResult<mod
         None => None,
         Some(a) => Some(api_config_source(a).map_err(at("ads_config"))?),
     };
-    let mut source = |c: &Option<core::ConfigSource>, field: &str| -> ConfigResult<Option<model::ConfigSource>> {
+    let source = |c: &Option<core::ConfigSource>, field: &str| -> ConfigResult<Option<model::ConfigSource>> {
         let Some(c) = c else { return Ok(None) };
         let s = config_source(c).map_err(at(field))?;
         if s.kind == model::ConfigSourceKind::Ads && ads.is_none() {
@@ -188,12 +188,12 @@ mod tests {
 
     #[test]
     fn ads_grpc_and_delta() {
-        let d = dynamic(
-            "ads_config: {api_type: DELTA_GRPC, transport_api_version: V3, set_node_on_first_message_only: true,
-               grpc_services: [{envoy_grpc: {cluster_name: xds}}]}
-             lds_config: {ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s}
-             cds_config: {ads: {}, initial_fetch_timeout: 2s}",
-        )
+        let d = dynamic(concat!(
+            "ads_config: {api_type: DELTA_GRPC, transport_api_version: V3, set_node_on_first_message_only: true, ",
+            "grpc_services: [{envoy_grpc: {cluster_name: xds}}]}\n",
+            "lds_config: {ads: {}, resource_api_version: V3, initial_fetch_timeout: 0s}\n",
+            "cds_config: {ads: {}, initial_fetch_timeout: 2s}\n",
+        ))
         .unwrap();
         let ads = d.ads.unwrap();
         assert_eq!(ads.api_type, model::ApiType::DeltaGrpc);
