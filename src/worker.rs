@@ -164,16 +164,27 @@ async fn accept_loop(
     connections: Rc<RefCell<usize>>,
 ) {
     let mut drain = worker.drain.clone();
-    if *drain.borrow() {
-        return;
-    }
+    // After a stop or drain, connections the kernel already completed (still in the backlog)
+    // are accepted and served, draining, before the socket closes: closing it with a backlog
+    // would reset connections whose clients have already sent a request.
+    let mut closing = *drain.borrow();
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.notified() => return,
-            _ = drain.changed() => {
-                if *drain.borrow() { return; }
-                continue;
+        let accepted = if closing {
+            match futures_util::FutureExt::now_or_never(listener.accept()) {
+                Some(r) => r,
+                None => return,
+            }
+        } else {
+            tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.notified() => {
+                    closing = true;
+                    continue;
+                }
+                _ = drain.changed() => {
+                    closing = *drain.borrow();
+                    continue;
+                }
             }
         };
         let rt = current.borrow().clone();

@@ -353,3 +353,82 @@ async fn unix_socket_and_node_on_first_message_only() {
     assert!(reqs[1..].iter().all(|r| !r.has_node), "node only on the first message");
     let _ = std::fs::remove_file(&path);
 }
+
+fn bootstrap_for(addr: std::net::SocketAddr, api_type: &str, ads: bool) -> pinion_xds::model::Bootstrap {
+    let source = if ads {
+        "{ads: {}, resource_api_version: V3}".to_string()
+    } else {
+        format!(
+            "{{api_config_source: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}, initial_fetch_timeout: 3s}}"
+        )
+    };
+    let yaml = format!(
+        r#"
+node: {{id: n1, cluster: test}}
+dynamic_resources:
+  ads_config: {{api_type: {api_type}, transport_api_version: V3, grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]}}
+  lds_config: {source}
+  cds_config: {source}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}
+"#,
+        port = addr.port()
+    );
+    let proto = pinion_xds::decode::bootstrap_from_str(
+        &yaml,
+        pinion_xds::decode::Format::Yaml,
+        &pinion_xds::decode::DecodeOptions::default(),
+    )
+    .expect("bootstrap decodes");
+    pinion_xds::translate::bootstrap(&proto, &Default::default()).expect("bootstrap translates")
+}
+
+#[tokio::test]
+async fn client_config_from_a_bootstrap() {
+    for (api_type, ads) in [("GRPC", true), ("DELTA_GRPC", true), ("GRPC", false), ("DELTA_GRPC", false)] {
+        let cp = start_cp();
+        cp.cp.set_snapshot("n1", basic_snapshot("v1"));
+        let b = bootstrap_for(cp.addr, api_type, ads);
+        let cfg = pinion_xds::client::ClientConfig::from_bootstrap(&b).unwrap().expect("dynamic resources");
+        assert_eq!(cfg.aggregated, ads);
+        assert_eq!(cfg.mode, if api_type == "GRPC" { Mode::Sotw } else { Mode::Delta });
+        assert_eq!(cfg.server, ServerAddr::Tcp(cp.addr));
+        assert_eq!(cfg.types.len(), 4);
+        if !ads {
+            assert_eq!(cfg.initial_fetch_timeout, Some(Duration::from_secs(3)));
+        }
+        let sink = TestSink::new();
+        let _client = start_client(cfg, sink.clone());
+        wait_basic(&sink).await;
+    }
+}
+
+#[test]
+fn eds_config_must_be_a_usable_source() {
+    let mut c = eds_cluster("e", "e");
+    assert!(pinion_xds::translate::cluster(&c).is_ok());
+    c.eds_cluster_config.as_mut().unwrap().eds_config = Some(envoy_types::pb::envoy::config::core::v3::ConfigSource {
+        config_source_specifier: Some(
+            envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier::PathConfigSource(
+                Default::default(),
+            ),
+        ),
+        ..Default::default()
+    });
+    let e = pinion_xds::translate::cluster(&c).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "eds_cluster_config.eds_config.path_config_source: unsupported: path_config_source is not supported by pinion"
+    );
+}
