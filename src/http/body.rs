@@ -87,6 +87,14 @@ impl Body for RequestBody {
     }
 }
 
+/// A response body from upstream: hyper's (HTTP/1.1) or an h2 stream.
+pub enum UpstreamBody {
+    /// HTTP/1.1.
+    H1(Incoming),
+    /// HTTP/2.
+    H2(crate::upstream::h2_client::H2Body),
+}
+
 /// Called once when a response body ends (fully sent, failed or dropped): finishes the
 /// request's accounting (access log, active-request gauges, pool stream slots).
 pub trait OnComplete {
@@ -104,6 +112,7 @@ pub struct ResponseBody {
 enum Inner {
     Full(Option<Bytes>),
     Upstream(Incoming),
+    UpstreamH2(crate::upstream::h2_client::H2Body),
 }
 
 impl ResponseBody {
@@ -119,8 +128,12 @@ impl ResponseBody {
     }
 
     /// Stream an upstream body.
-    pub fn upstream(b: Incoming) -> Self {
-        ResponseBody { inner: Inner::Upstream(b), bytes: 0, on_complete: None }
+    pub fn upstream(b: UpstreamBody) -> Self {
+        let inner = match b {
+            UpstreamBody::H1(b) => Inner::Upstream(b),
+            UpstreamBody::H2(b) => Inner::UpstreamH2(b),
+        };
+        ResponseBody { inner, bytes: 0, on_complete: None }
     }
 
     /// Run `f` when the body ends.
@@ -152,6 +165,7 @@ impl Body for ResponseBody {
         let res = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Inner::UpstreamH2(b) => Pin::new(b).poll_frame(cx),
         };
         match &res {
             Poll::Ready(Some(Ok(frame))) => {
@@ -173,6 +187,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full(b) => b.is_none(),
             Inner::Upstream(b) => b.is_end_stream(),
+            Inner::UpstreamH2(b) => b.is_end_stream(),
         }
     }
 
@@ -180,6 +195,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
             Inner::Upstream(b) => b.size_hint(),
+            Inner::UpstreamH2(b) => b.size_hint(),
         }
     }
 }

@@ -18,7 +18,7 @@ use pinion_xds::model::{
     WeightedCluster,
 };
 
-use super::body::{Activity, RequestBody, ResponseBody};
+use super::body::{Activity, RequestBody, ResponseBody, UpstreamBody};
 use super::connection_manager::{reply, set_path, ConnCtx};
 use super::header_mutation;
 use super::local_reply::{upstream_reset_body, NO_HEALTHY_UPSTREAM, UPSTREAM_TIMEOUT};
@@ -256,8 +256,8 @@ pub async fn forward(
     let exchange = async {
         if is_upgrade {
             let mut sender = ctx.worker.pools.upgrade_connection(&cluster, &host).await?;
-            let resp = sender.send_request(upstream_req).await.map_err(UpstreamError::Reset)?;
-            Ok((resp, StreamSlot::none()))
+            let resp = sender.send_request(upstream_req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
+            Ok((resp.map(UpstreamBody::H1), StreamSlot::none()))
         } else {
             ctx.worker.pools.send(&cluster, &host, protocol, upstream_req).await
         }

@@ -15,14 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::Request;
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::h2_client::{self, H2Sender};
 use super::{Cluster, Host, HostStats};
-use crate::http::body::RequestBody;
-use crate::worker::LocalExec;
+use crate::http::body::{BoxError, RequestBody, UpstreamBody};
 
 /// Upstream protocol of one exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,7 +46,7 @@ struct H1Conn {
 }
 
 struct H2Conn {
-    sender: http2::SendRequest<RequestBody>,
+    sender: H2Sender,
     active: Rc<Cell<u32>>,
     requests: u32,
     last_used: Instant,
@@ -73,10 +72,10 @@ pub enum UpstreamError {
     ConnectTimeout,
     /// The HTTP handshake failed.
     #[error("protocol error")]
-    Handshake(hyper::Error),
+    Handshake(BoxError),
     /// The connection was reset or closed before headers.
     #[error("connection termination")]
-    Reset(hyper::Error),
+    Reset(BoxError),
 }
 
 /// Returned with a response: keeps the HTTP/2 stream slot (or H1 bookkeeping) until the
@@ -110,7 +109,7 @@ pub struct ConnPools {
 
 enum Checkout {
     H1(http1::SendRequest<RequestBody>, u32),
-    H2(http2::SendRequest<RequestBody>, Rc<Cell<u32>>),
+    H2(H2Sender, Rc<Cell<u32>>),
     Dial,
 }
 
@@ -124,7 +123,7 @@ impl ConnPools {
         host: &Arc<Host>,
         protocol: Protocol,
         mut req: Request<RequestBody>,
-    ) -> Result<(http::Response<Incoming>, StreamSlot), UpstreamError> {
+    ) -> Result<(http::Response<UpstreamBody>, StreamSlot), UpstreamError> {
         let key = PoolKey { cluster_id: cluster.id, addr: host.address, protocol };
         // One retry on a fresh connection when a pooled one turns out dead before the request
         // was written (a race with the upstream's idle close or GOAWAY), as Envoy does.
@@ -134,20 +133,20 @@ impl ConnPools {
                 Checkout::H1(mut sender, requests) => match sender.try_send_request(req).await {
                     Ok(resp) => {
                         self.checkin_h1(key, cluster, sender, requests + 1);
-                        return Ok((resp, StreamSlot { active: None }));
+                        return Ok((resp.map(UpstreamBody::H1), StreamSlot { active: None }));
                     }
                     Err(mut e) => match e.take_message() {
                         Some(r) if attempt == 0 => req = r,
-                        _ => return Err(UpstreamError::Reset(e.into_error())),
+                        _ => return Err(UpstreamError::Reset(e.into_error().into())),
                     },
                 },
-                Checkout::H2(mut sender, active) => match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, StreamSlot { active: Some(active) })),
-                    Err(mut e) => {
+                Checkout::H2(sender, active) => match sender.send(req).await {
+                    Ok(resp) => return Ok((resp.map(UpstreamBody::H2), StreamSlot { active: Some(active) })),
+                    Err((e, back)) => {
                         active.set(active.get().saturating_sub(1));
-                        match e.take_message() {
+                        match back {
                             Some(r) if attempt == 0 => req = r,
-                            _ => return Err(UpstreamError::Reset(e.into_error())),
+                            _ => return Err(UpstreamError::Reset(e)),
                         }
                     }
                 },
@@ -158,20 +157,20 @@ impl ConnPools {
                     match protocol {
                         Protocol::Http1 => {
                             let mut sender = handshake_h1(stream, cluster, host).await?;
-                            let resp = sender.send_request(req).await.map_err(UpstreamError::Reset)?;
+                            let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
                             self.checkin_h1(key, cluster, sender, 1);
-                            return Ok((resp, StreamSlot { active: None }));
+                            return Ok((resp.map(UpstreamBody::H1), StreamSlot { active: None }));
                         }
                         Protocol::Http2 => {
-                            let mut sender = handshake_h2(stream, cluster, host).await?;
+                            let sender = handshake_h2(stream, cluster, host).await?;
                             let active = Rc::new(Cell::new(1));
                             self.add_h2(key, cluster, sender.clone(), active.clone());
                             drop(dialing);
-                            let resp = sender.send_request(req).await.map_err(|e| {
+                            let resp = sender.send(req).await.map_err(|(e, _)| {
                                 active.set(active.get().saturating_sub(1));
                                 UpstreamError::Reset(e)
                             })?;
-                            return Ok((resp, StreamSlot { active: Some(active) }));
+                            return Ok((resp.map(UpstreamBody::H2), StreamSlot { active: Some(active) }));
                         }
                     }
                 }
@@ -224,7 +223,10 @@ impl ConnPools {
                 let max_streams = cluster.config.http2.max_concurrent_streams.max(1);
                 let max_requests = cluster.config.max_requests_per_connection;
                 for c in pool.h2.iter_mut() {
-                    if c.active.get() < max_streams && (max_requests == 0 || c.requests < max_requests) {
+                    // The peer's SETTINGS_MAX_CONCURRENT_STREAMS bounds each connection too:
+                    // past it, a new connection is dialed rather than queueing streams.
+                    let limit = (max_streams as usize).min(c.sender.peer_max_streams()).max(1);
+                    if (c.active.get() as usize) < limit && (max_requests == 0 || c.requests < max_requests) {
                         c.active.set(c.active.get() + 1);
                         c.requests += 1;
                         c.last_used = Instant::now();
@@ -252,7 +254,7 @@ impl ConnPools {
         pool.h1.push(H1Conn { sender, requests, last_used: Instant::now() });
     }
 
-    fn add_h2(&self, key: PoolKey, cluster: &Cluster, sender: http2::SendRequest<RequestBody>, active: Rc<Cell<u32>>) {
+    fn add_h2(&self, key: PoolKey, cluster: &Cluster, sender: H2Sender, active: Rc<Cell<u32>>) {
         let mut pools = self.pools.borrow_mut();
         let pool =
             pools.entry(key).or_insert_with(|| Pool { idle_timeout: cluster.config.idle_timeout, ..Pool::default() });
@@ -359,7 +361,7 @@ async fn handshake_h1(
     host: &Arc<Host>,
 ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
     let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
+        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Handshake(e.into()))?;
     cluster.stats.upstream_cx_http1_total.inc();
     let guard = CxActive::new(cluster, host);
     tokio::task::spawn_local(async move {
@@ -371,32 +373,12 @@ async fn handshake_h1(
     Ok(sender)
 }
 
-async fn handshake_h2(
-    stream: TcpStream,
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
-) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
-    let h2 = &cluster.config.http2;
-    let mut builder = http2::Builder::new(LocalExec);
-    builder
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(h2.initial_stream_window_size)
-        .initial_connection_window_size(h2.initial_connection_window_size)
-        .max_concurrent_reset_streams(100);
-    if let Some(interval) = h2.keepalive_interval {
-        builder.keep_alive_interval(interval).keep_alive_while_idle(true);
-        if let Some(t) = h2.keepalive_timeout {
-            builder.keep_alive_timeout(t);
-        }
-    }
-    let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
-    cluster.stats.upstream_cx_http2_total.inc();
+async fn handshake_h2(stream: TcpStream, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Sender, UpstreamError> {
     let guard = CxActive::new(cluster, host);
-    tokio::task::spawn_local(async move {
-        let _guard = guard;
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream http/2 connection ended");
-        }
-    });
+    let sender =
+        h2_client::handshake(stream, &cluster.config.http2, cluster.config.connect_timeout, move || drop(guard))
+            .await
+            .map_err(|e| UpstreamError::Handshake(e.into()))?;
+    cluster.stats.upstream_cx_http2_total.inc();
     Ok(sender)
 }

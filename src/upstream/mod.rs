@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod conn_pool;
 pub mod dns;
+pub mod h2_client;
 pub mod host;
 pub mod load_balancer;
 

@@ -222,3 +222,20 @@ async fn unreachable_server_backs_off_without_panicking() {
     assert!(client.stats.cds.update_failure.load(Ordering::Relaxed) >= 2);
     assert_eq!(client.stats.connected_state.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn unrequested_rds_resources_are_ignored() {
+    let (cp, sink, _client) = converged(Mode::Sotw).await;
+    cp.cp.inject(DiscoveryResponse {
+        version_info: "x1".into(),
+        type_url: RDS.into(),
+        resources: vec![
+            Any { type_url: RDS.into(), value: route("r1", "c1").encode_to_vec() },
+            Any { type_url: RDS.into(), value: route("rx", "c1").encode_to_vec() },
+        ],
+        ..Default::default()
+    });
+    assert!(cp.cp.wait_for(|_| cp.cp.last_ack_version("n1", RDS).as_deref() == Some("x1"), WAIT).await);
+    assert!(!sink.names(ResourceType::RouteConfiguration).contains("rx"));
+    assert!(sink.names(ResourceType::RouteConfiguration).contains("r1"));
+}

@@ -80,11 +80,13 @@ pub(crate) fn kind(t: ResourceType) -> &'static str {
 /// Decodes every entry; a payload that cannot be decoded, a wrong type URL or a duplicate
 /// name rejects the whole response (as Envoy's gRPC mux does). Validation and translation
 /// failures reject only the resource. Resources whose payload hash equals `accepted[name]` are
-/// listed as unchanged and not translated again.
+/// listed as unchanged and not translated again; names outside `subscribed` (when given) are
+/// ignored.
 pub(crate) fn process(
     t: ResourceType,
     entries: &[Entry<'_>],
     accepted: &HashMap<String, u64>,
+    subscribed: Option<&BTreeSet<String>>,
 ) -> Result<Processed, String> {
     let mut decoded = Vec::with_capacity(entries.len());
     let mut out = Processed::default();
@@ -101,6 +103,10 @@ pub(crate) fn process(
     }
     for (d, e, hash) in decoded {
         let name = d.name().to_string();
+        if subscribed.is_some_and(|w| !w.contains(&name)) {
+            // Not subscribed (RDS/EDS): ignored, as Envoy's watch map does.
+            continue;
+        }
         if accepted.get(&name) == Some(&hash) {
             out.unchanged.push((name, e.version.clone()));
             continue;

@@ -272,7 +272,7 @@ fn apply(
     sotw: bool,
 ) -> Outcome {
     let t = st.type_;
-    let mut p = match resources::process(t, entries, &st.hashes) {
+    let mut p = match resources::process(t, entries, &st.hashes, st.names.as_ref()) {
         Ok(p) => p,
         Err(m) => return Outcome { rejected: Vec::new(), whole: Some(m) },
     };
