@@ -356,8 +356,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
 
 /// The xDS client config from the bootstrap's `dynamic_resources` (None: static only).
 fn dynamic_client_config(b: &model::Bootstrap) -> Option<Result<pinion_xds::client::ClientConfig, String>> {
-    let _ = b;
-    None
+    pinion_xds::client::ClientConfig::from_bootstrap(b).transpose()
 }
 
 fn register_server_stats(state: &Arc<ServerState>) {

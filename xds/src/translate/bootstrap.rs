@@ -235,7 +235,7 @@ fn static_resources_(s: &b::bootstrap::StaticResources) -> ConfigResult<Resource
         if mc.discovery == model::DiscoveryType::Eds {
             return Err(ConfigError::unsupported(
                 format!("{p}.type"),
-                "EDS clusters need dynamic_resources (xDS), which pinion does not support yet",
+                "static EDS clusters are not supported by pinion; deliver EDS clusters over CDS",
             ));
         }
         out_clusters.push(Arc::new(mc));
@@ -293,7 +293,7 @@ fn check_static_routes(
             model::RouteSpecifier::Rds { .. } => {
                 return Err(ConfigError::unsupported(
                     format!("{p}.rds"),
-                    "rds requires dynamic_resources (xDS), which pinion does not support yet",
+                    "rds in a static listener is not supported by pinion; deliver the listener over LDS or inline its route_config",
                 ))
             }
             model::RouteSpecifier::Static(rc) => {
