@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Pinion: an Envoy-compatible service-mesh sidecar proxy.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "pinion", version, about, args_conflicts_with_subcommands = true)]
+#[command(name = "pinion", version, about)]
 pub struct Cli {
     /// Subcommand (`demo`); without one, Pinion runs as a proxy like Envoy.
     #[command(subcommand)]
@@ -57,7 +57,7 @@ pub struct Options {
     #[arg(long = "config-yaml")]
     pub config_yaml: Option<String>,
     /// Number of worker threads (default: available cores).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub concurrency: Option<usize>,
     /// `--mode serve|validate|init_only`.
     #[arg(long, value_enum, default_value_t = Mode::Serve)]
@@ -72,7 +72,7 @@ pub struct Options {
     #[arg(long = "service-zone")]
     pub service_zone: Option<String>,
     /// Log level: trace, debug, info, warning/warn, error, critical, off.
-    #[arg(short = 'l', long = "log-level", default_value = "info")]
+    #[arg(short = 'l', long = "log-level", default_value = "info", global = true)]
     pub log_level: String,
     /// Per-component levels (`upstream:debug,router:trace`); mapped onto Pinion's modules.
     #[arg(long = "component-log-level")]

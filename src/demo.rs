@@ -1,5 +1,6 @@
-//! `pinion demo`: two built-in backends and a sidecar on a built-in bootstrap, plus a few
-//! sample requests printed so a user sees the mesh work.
+//! `pinion demo`: a small mesh in one process: an embedded xDS control plane, three
+//! backends, and a sidecar that gets all of its config over ADS. A script pushes two config
+//! changes (a weight shift and an endpoint move) and prints what the traffic does.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,6 +10,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+
+use pinion_xds::control_plane::{ControlPlane, Snapshot};
+use pinion_xds::sink::ResourceType;
 
 use crate::cli::Options;
 use crate::logging::LogHandle;
@@ -41,73 +45,114 @@ fn spawn_backend(name: &'static str) -> std::io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The demo bootstrap: `/` split 80/20 across the two backends, `/a` and `/b` pinned, a
-/// direct response at `/healthz`, and an access log on stdout.
-pub fn bootstrap(port: u16, admin_port: u16, a: SocketAddr, b: SocketAddr) -> String {
+const NODE: &str = "demo-sidecar";
+
+/// The sidecar's bootstrap: admin, and ADS to the embedded control plane; everything else
+/// (listener, routes, clusters, endpoints) arrives over xDS.
+pub fn bootstrap(admin_port: u16, xds: SocketAddr) -> String {
     format!(
         r#"
-node: {{ id: demo-sidecar, cluster: demo }}
+node: {{ id: {NODE}, cluster: demo }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
 static_resources:
-  listeners:
-  - name: ingress
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress_http
-          access_log:
-          - name: envoy.access_loggers.stdout
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog
-          route_config:
-            name: demo
-            virtual_hosts:
-            - name: demo
-              domains: ["*"]
-              routes:
-              - match: {{ path: /healthz }}
-                direct_response: {{ status: 200, body: {{ inline_string: "ok\n" }} }}
-              - match: {{ prefix: /a }}
-                route: {{ cluster: service-a }}
-              - match: {{ prefix: /b }}
-                route: {{ cluster: service-b }}
-              - match: {{ prefix: / }}
-                route:
-                  weighted_clusters:
-                    clusters:
-                    - {{ name: service-a, weight: 80 }}
-                    - {{ name: service-b, weight: 20 }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
   clusters:
-  - name: service-a
+  - name: xds
     type: STATIC
     connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
     load_assignment:
-      cluster_name: service-a
+      cluster_name: xds
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {a_ip}, port_value: {a_port} }} }} }}
-  - name: service-b
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: service-b
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {b_ip}, port_value: {b_port} }} }} }}
+        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
 "#,
-        a_ip = a.ip(),
-        a_port = a.port(),
-        b_ip = b.ip(),
-        b_port = b.port(),
+        ip = xds.ip(),
+        port = xds.port(),
     )
+}
+
+/// One version of the demo mesh as the control plane serves it: `/` split across service-a
+/// and service-b by `weights`, `/a` and `/b` pinned, `/healthz` answered by the sidecar.
+fn snapshot(version: &str, port: u16, weights: (u32, u32), a: &[SocketAddr], b: &[SocketAddr]) -> Snapshot {
+    let eps = |addrs: &[SocketAddr]| {
+        addrs
+            .iter()
+            .map(|x| {
+                format!(
+                    "  - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}",
+                    x.ip(),
+                    x.port()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let cluster = |name: &str| {
+        format!("name: {name}\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}\n")
+    };
+    let cla = |name: &str, addrs: &[SocketAddr]| {
+        format!("cluster_name: {name}\nendpoints:\n- lb_endpoints:\n{}\n", eps(addrs))
+    };
+    let route = format!(
+        r#"
+name: demo
+virtual_hosts:
+- name: demo
+  domains: ["*"]
+  routes:
+  - match: {{ path: /healthz }}
+    direct_response: {{ status: 200, body: {{ inline_string: "ok (config {version})" }} }}
+  - match: {{ prefix: /a }}
+    route: {{ cluster: service-a }}
+  - match: {{ prefix: /b }}
+    route: {{ cluster: service-b }}
+  - match: {{ prefix: / }}
+    route:
+      weighted_clusters:
+        clusters:
+        - {{ name: service-a, weight: {wa} }}
+        - {{ name: service-b, weight: {wb} }}
+"#,
+        wa = weights.0,
+        wb = weights.1,
+    );
+    let listener = format!(
+        r#"
+name: ingress
+address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+filter_chains:
+- filters:
+  - name: envoy.filters.network.http_connection_manager
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+      stat_prefix: ingress_http
+      rds: {{ route_config_name: demo, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+      http_filters:
+      - name: envoy.filters.http.router
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+"#
+    );
+    let build = || -> Result<Snapshot, pinion_xds::ConfigError> {
+        Snapshot::new(version)
+            .with_yaml(ResourceType::Cluster, &cluster("service-a"))?
+            .with_yaml(ResourceType::Cluster, &cluster("service-b"))?
+            .with_yaml(ResourceType::ClusterLoadAssignment, &cla("service-a", a))?
+            .with_yaml(ResourceType::ClusterLoadAssignment, &cla("service-b", b))?
+            .with_yaml(ResourceType::RouteConfiguration, &route)?
+            .with_yaml(ResourceType::Listener, &listener)
+    };
+    build().unwrap_or_else(|e| panic!("demo snapshot {version} is invalid: {e}"))
 }
 
 fn http_get(addr: SocketAddr, path: &str, method: &str) -> String {
@@ -119,16 +164,81 @@ fn http_get(addr: SocketAddr, path: &str, method: &str) -> String {
     out
 }
 
+/// Send `n` requests to `path` and count answers per backend.
+fn sample(proxy: SocketAddr, path: &str, n: usize) -> String {
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    for _ in 0..n {
+        let resp = http_get(proxy, path, "GET");
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+        let who = body.split(':').next().unwrap_or("").trim_start_matches("hello from ").to_string();
+        *counts
+            .entry(if who.is_empty() { resp.lines().next().unwrap_or("no answer").to_string() } else { who })
+            .or_default() += 1;
+    }
+    counts.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Wait until the sidecar ACKed `version` of every type (bounded).
+fn wait_ack(cp: &ControlPlane, version: &str) -> bool {
+    let types = [
+        ResourceType::Cluster,
+        ResourceType::ClusterLoadAssignment,
+        ResourceType::Listener,
+        ResourceType::RouteConfiguration,
+    ];
+    for _ in 0..200 {
+        if types.iter().all(|t| cp.last_ack_version(NODE, t.type_url()).as_deref() == Some(version)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
+}
+
 /// Run the demo; returns the exit code.
 pub fn run(port: u16, admin_port: u16, duration_s: u64, mut opts: Options, log: LogHandle) -> i32 {
-    let (a, b) = match (spawn_backend("service-a"), spawn_backend("service-b")) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
+    let backends = (spawn_backend("service-a/1"), spawn_backend("service-a/2"), spawn_backend("service-b"));
+    let (a1, a2, b) = match backends {
+        (Ok(a1), Ok(a2), Ok(b)) => (a1, a2, b),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             eprintln!("demo: cannot start backends: {e}");
             return 1;
         }
     };
-    opts.config_yaml = Some(bootstrap(port, admin_port, a, b));
+    // The embedded control plane runs on its own thread and runtime.
+    let cp = ControlPlane::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let cp = cp.clone();
+        std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            rt.block_on(async move {
+                match cp.serve(([127, 0, 0, 1], 0).into()) {
+                    Ok((addr, shutdown)) => {
+                        let _ = tx.send(Ok(addr));
+                        std::future::pending::<()>().await;
+                        drop(shutdown);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        });
+    }
+    let xds = match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => {
+            eprintln!("demo: control plane failed to start: {e}");
+            return 1;
+        }
+        Err(_) => {
+            eprintln!("demo: control plane did not start");
+            return 1;
+        }
+    };
+    cp.set_snapshot(NODE, snapshot("1", port, (80, 20), &[a1], &[b]));
+    opts.config_yaml = Some(bootstrap(admin_port, xds));
     opts.config_path = None;
     if opts.concurrency.is_none() {
         opts.concurrency = Some(2);
@@ -139,31 +249,42 @@ pub fn run(port: u16, admin_port: u16, duration_s: u64, mut opts: Options, log: 
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
     std::thread::spawn(move || {
-        // Wait for the sidecar, then show a few requests through it.
-        for _ in 0..100 {
+        for _ in 0..200 {
             if http_get(admin, "/ready", "GET").starts_with("HTTP/1.1 200") {
                 break;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        println!("\nPinion demo mesh is up: backends service-a ({a}) and service-b ({b}) behind a sidecar on {proxy}.");
-        println!("Sample requests through the sidecar:");
-        for path in ["/a/hello", "/b/hello", "/", "/", "/", "/healthz"] {
-            let resp = http_get(proxy, path, "GET");
-            let status = resp.lines().next().unwrap_or("").to_string();
-            let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
-            println!("  GET {path:<10} -> {status:<16} {body}");
-        }
+        println!("\nPinion demo mesh: an embedded xDS control plane ({xds}), backends service-a/1 ({a1}),");
+        println!("service-a/2 ({a2}) and service-b ({b}), and a sidecar on {proxy} configured only over ADS.");
+        println!("\n[config 1] / split 80/20 between service-a and service-b; service-a = service-a/1");
+        println!("  20 x GET /    -> {}", sample(proxy, "/", 20));
+        println!(
+            "  GET /healthz  -> {}",
+            http_get(proxy, "/healthz", "GET").split("\r\n\r\n").nth(1).unwrap_or("").trim()
+        );
+
+        cp.set_snapshot(NODE, snapshot("2", port, (0, 100), &[a2], &[b]));
+        let acked = wait_ack(&cp, "2");
+        println!("\n[config 2 pushed, ACKed by the sidecar: {acked}] weights shift to 0/100; service-a's endpoint moves to service-a/2");
+        println!("  20 x GET /    -> {}", sample(proxy, "/", 20));
+        println!("  10 x GET /a   -> {}", sample(proxy, "/a", 10));
+
+        cp.set_snapshot(NODE, snapshot("3", port, (50, 50), &[a1, a2], &[b]));
+        let acked = wait_ack(&cp, "3");
+        println!("\n[config 3 pushed, ACKed: {acked}] 50/50, service-a has both endpoints (round robin)");
+        println!("  20 x GET /    -> {}", sample(proxy, "/", 20));
         println!("\nTry it yourself:");
-        println!("  curl -v http://{proxy}/            # 80/20 split across service-a and service-b");
-        println!("  curl http://{proxy}/b/anything     # pinned to service-b");
-        println!("  curl --http2-prior-knowledge http://{proxy}/a   # h2c works too");
-        println!("  curl http://{admin}/stats/prometheus | grep upstream_rq_total");
+        println!("  curl -v http://{proxy}/");
+        println!("  curl --http2-prior-knowledge http://{proxy}/a");
+        println!("  curl http://{admin}/config_dump      # dynamic listeners/clusters/routes with versions");
         println!("  curl http://{admin}/clusters");
-        println!("Press Ctrl-C to stop.\n");
+        println!("  curl http://{admin}/stats/prometheus | grep -E 'upstream_rq_total|update_success'");
         if duration_s > 0 {
             std::thread::sleep(Duration::from_secs(duration_s));
             let _ = http_get(admin, "/quitquitquit", "POST");
+        } else {
+            println!("Press Ctrl-C to stop.\n");
         }
     });
     crate::server::run(opts, log)

@@ -456,7 +456,7 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         anyhow::ensure!(r.ok == n, "{} of {n} requests answered 2xx", r.ok);
     }
     anyhow::ensure!(forwarded >= r.ok, "backend saw {forwarded} requests but the client got {} 2xx", r.ok);
-    let cpu_s = (t1 - t0) as f64 / env.clk_tck as f64;
+    let cpu_s = t1.saturating_sub(t0) as f64 / env.clk_tck as f64;
     let completed = r.completed() as f64;
     Ok(Sample {
         rps: r.rps,

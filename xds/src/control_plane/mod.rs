@@ -12,6 +12,7 @@
 mod delta;
 mod service;
 mod sotw;
+mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
