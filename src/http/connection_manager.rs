@@ -391,7 +391,7 @@ async fn process(
         info.flags.set(ResponseFlags::NO_ROUTE);
         return Err(reply(404, "", grpc, info, "route_not_found"));
     };
-    if !route.name.is_empty() {
+    if !route.name.is_empty() && !hcm.access_logs.is_empty() {
         info.route_name = Some(route.name.as_str().into());
     }
     let levels =

@@ -186,7 +186,9 @@ pub async fn forward(
         return Err(resp);
     };
     drop(snapshot);
-    info.upstream_cluster = Some(cluster.config.name.as_str().into());
+    if !hcm.access_logs.is_empty() {
+        info.upstream_cluster = Some(cluster.config.name.as_str().into());
+    }
 
     // Phase: upstream_peer.
     let Some(host) = cluster.choose_host() else {
@@ -198,7 +200,13 @@ pub async fn forward(
     info.upstream_host = Some(host.address);
 
     // Phase: upstream_request (rewrites and headers).
-    let downstream_headers_for_log = req.headers().clone();
+    // Header values with `%REQ(..)%`-style commands read the downstream request headers as
+    // received; copy them only when some mutation level actually formats.
+    let formats = levels
+        .ordered(weighted.map(|w| &w.headers), false)
+        .iter()
+        .any(|m| m.request_headers_to_add.iter().chain(&m.response_headers_to_add).any(|h| h.has_formatter));
+    let downstream_headers_for_log = if formats { req.headers().clone() } else { HeaderMap::new() };
     rewrite_request(&mut req, route, action, &host, weighted, hcm.router.suppress_envoy_headers);
     {
         let fctx =
@@ -448,6 +456,11 @@ fn rewrite_request(
     weighted: Option<&WeightedCluster>,
     suppress_envoy_headers: bool,
 ) {
+    let no_host_rewrite =
+        matches!(action.host_rewrite, HostRewrite::None) && weighted.is_none_or(|w| w.host_rewrite_literal.is_none());
+    if action.prefix_rewrite.is_none() && action.regex_rewrite.is_none() && no_host_rewrite {
+        return; // the common case: nothing to rewrite, nothing to copy
+    }
     let original = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let (path, query) = match original.split_once('?') {
         Some((p, q)) => (p, Some(q)),

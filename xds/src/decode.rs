@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 
 use crate::descriptor::pool;
 use crate::error::ConfigError;
-use crate::validate::validate_message;
+use crate::validate::{validate_message, validate_message_shallow};
 
 /// Text format of a config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +123,15 @@ pub fn validate_prost<M: Message + prost::Name>(msg: &M) -> Result<(), ConfigErr
     let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
         .map_err(|e| ConfigError::invalid("", format!("cannot decode {}: {e}", M::full_name())))?;
     validate_message(&dynamic)
+}
+
+/// Like [`validate_prost`] without looking into `Any` payloads (see
+/// [`validate_message_shallow`]): the check Envoy makes when it decodes an xDS resource.
+pub fn validate_prost_shallow<M: Message + prost::Name>(msg: &M) -> Result<(), ConfigError> {
+    let desc = descriptor_for::<M>()?;
+    let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
+        .map_err(|e| ConfigError::invalid("", format!("cannot decode {}: {e}", M::full_name())))?;
+    validate_message_shallow(&dynamic)
 }
 
 /// Proto3 JSON of a message (proto field names, defaults omitted, `Any` expanded with

@@ -39,21 +39,35 @@ pub fn validate_message(msg: &DynamicMessage) -> Result<(), ConfigError> {
 
 /// Like [`validate_message`], with every error path prefixed by `root` (e.g. a resource name).
 pub fn validate_message_at(msg: &DynamicMessage, root: &str) -> Result<(), ConfigError> {
+    validate_with(msg, root, true)
+}
+
+/// Like [`validate_message`] but without looking into `Any` payloads (the `Any` field rules
+/// still apply): what Envoy checks when it decodes the resources of an xDS response
+/// (`MessageUtil::anyConvertAndValidate`, which does not recurse into `Any`). Typed configs are
+/// validated later, per resource, when the resource is built.
+pub fn validate_message_shallow(msg: &DynamicMessage) -> Result<(), ConfigError> {
+    validate_with(msg, "", false)
+}
+
+fn validate_with(msg: &DynamicMessage, root: &str, into_any: bool) -> Result<(), ConfigError> {
     let pool = msg.descriptor().parent_pool().clone();
     let own = crate::descriptor::pool();
     let mut path = Path::default();
     let result = if &pool == own {
-        shared_validator().check_message(msg, &mut path, 0, true)
+        shared_validator(into_any).check_message(msg, &mut path, 0, true)
     } else {
         // A foreign pool gets its own (uncached) rule tables.
-        Validator::new(pool).check_message(msg, &mut path, 0, true)
+        Validator::new(pool, into_any).check_message(msg, &mut path, 0, true)
     };
     result.map_err(|e| e.under(root))
 }
 
-fn shared_validator() -> &'static Validator {
-    static V: OnceLock<Validator> = OnceLock::new();
-    V.get_or_init(|| Validator::new(crate::descriptor::pool().clone()))
+fn shared_validator(into_any: bool) -> &'static Validator {
+    static DEEP: OnceLock<Validator> = OnceLock::new();
+    static SHALLOW: OnceLock<Validator> = OnceLock::new();
+    let cell = if into_any { &DEEP } else { &SHALLOW };
+    cell.get_or_init(|| Validator::new(crate::descriptor::pool().clone(), into_any))
 }
 
 /// Field path from the root, rendered only when an error is reported.
@@ -191,18 +205,28 @@ struct Validator {
     ext_disabled: Option<ExtensionDescriptor>,
     ext_ignored: Option<ExtensionDescriptor>,
     ext_oneof_required: Option<ExtensionDescriptor>,
+    /// Whether `Any` payloads are decoded and validated too.
+    into_any: bool,
     /// Plans built lazily per message type: only the types actually seen cost memory.
     plans: RwLock<HashMap<String, Arc<MessagePlan>>>,
 }
 
 impl Validator {
-    fn new(pool: DescriptorPool) -> Self {
+    fn new(pool: DescriptorPool, into_any: bool) -> Self {
         let ext = |name: &str| pool.get_extension_by_name(name);
         let ext_rules = ext("validate.rules");
         let ext_disabled = ext("validate.disabled");
         let ext_ignored = ext("validate.ignored");
         let ext_oneof_required = ext("validate.required");
-        Validator { pool, ext_rules, ext_disabled, ext_ignored, ext_oneof_required, plans: RwLock::new(HashMap::new()) }
+        Validator {
+            pool,
+            ext_rules,
+            ext_disabled,
+            ext_ignored,
+            ext_oneof_required,
+            into_any,
+            plans: RwLock::new(HashMap::new()),
+        }
     }
 
     fn plan(&self, desc: &MessageDescriptor) -> Arc<MessagePlan> {
@@ -485,6 +509,9 @@ impl Validator {
         depth: usize,
         pgv: bool,
     ) -> Result<(), ConfigError> {
+        if !self.into_any {
+            return Ok(());
+        }
         let url = any.get_field_by_name("type_url");
         let url = url.as_deref().and_then(Value::as_str).unwrap_or("");
         let bytes = any.get_field_by_name("value");
@@ -1267,11 +1294,17 @@ mod tests {
             e.to_string(),
             r#"typed_extension_protocol_options["x"]: unknown type URL "type.googleapis.com/no.Such" (not a message type Pinion knows)"#
         );
+        // The shallow check (Envoy's decode-time one) does not look into Any payloads, but
+        // still checks the message's own fields.
+        crate::decode::validate_prost_shallow(&c).expect("Any payloads are not checked");
+        c.connect_timeout = Some(envoy_types::pb::google::protobuf::Duration { seconds: -1, nanos: 0 });
+        let e = crate::decode::validate_prost_shallow(&c).unwrap_err();
+        assert!(e.to_string().contains("connect_timeout"), "{e}");
     }
 
     #[test]
     fn every_pattern_in_the_pool_compiles() {
-        let v = shared_validator();
+        let v = shared_validator(true);
         let mut checked = 0;
         for m in v.pool.all_messages() {
             let plan = v.plan(&m);

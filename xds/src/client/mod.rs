@@ -8,7 +8,7 @@
 //!
 //! Protocol behaviour follows Envoy:
 //! - SotW ACK = the response's `version_info` + its nonce; NACK = the last accepted version + the
-//!   nonce + `error_detail` (code 3, `INVALID_ARGUMENT`) naming each rejected resource.
+//!   nonce + `error_detail` (code 13, `INTERNAL`, as Envoy) naming each rejected resource.
 //! - A response that cannot be decoded as a whole (bad payload, a resource whose `Any` type URL
 //!   differs from the response's, duplicate names) is rejected entirely; otherwise valid
 //!   resources are applied and invalid ones are listed in the NACK (the version does not advance).

@@ -13,7 +13,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use crate::control_plane::fnv1a;
-use crate::decode::{to_json, validate_prost};
+use crate::decode::{to_json, validate_prost, validate_prost_shallow};
 use crate::error::ConfigError;
 use crate::sink::{Rejected, Resource, ResourceType, ResourceUpdate};
 use crate::translate;
@@ -65,6 +65,17 @@ impl Decoded {
             Decoded::Endpoints(m) => &m.cluster_name,
         }
     }
+
+    /// The PGV check Envoy's gRPC mux makes while decoding a response (not into `Any`
+    /// payloads): one failure rejects the whole response.
+    fn validate_shallow(&self) -> Result<(), ConfigError> {
+        match self {
+            Decoded::Listener(m) => validate_prost_shallow(m.as_ref()),
+            Decoded::Route(m) => validate_prost_shallow(m.as_ref()),
+            Decoded::Cluster(m) => validate_prost_shallow(m.as_ref()),
+            Decoded::Endpoints(m) => validate_prost_shallow(m.as_ref()),
+        }
+    }
 }
 
 /// The word Envoy uses for a type in its NACK messages.
@@ -77,9 +88,10 @@ pub(crate) fn kind(t: ResourceType) -> &'static str {
     }
 }
 
-/// Decodes every entry; a payload that cannot be decoded, a wrong type URL or a duplicate
-/// name rejects the whole response (as Envoy's gRPC mux does). Validation and translation
-/// failures reject only the resource. Resources whose payload hash equals `accepted[name]` are
+/// Decodes every entry; a payload that cannot be decoded, a wrong type URL, a PGV violation
+/// outside `Any` payloads or a duplicate name rejects the whole response (as Envoy's gRPC mux
+/// does: it validates while decoding). Validation of typed configs and translation failures
+/// reject only the resource. Resources whose payload hash equals `accepted[name]` are
 /// listed as unchanged and not translated again; names outside `subscribed` (when given) are
 /// ignored.
 pub(crate) fn process(
@@ -99,6 +111,7 @@ pub(crate) fn process(
         if !out.names.insert(name.clone()) {
             return Err(format!("duplicate {} {name} found", kind(t)));
         }
+        d.validate_shallow().map_err(|e| format!("{} {name}: {e}", kind(t)))?;
         decoded.push((d, e, fnv1a(&[any.type_url.as_bytes(), &any.value])));
     }
     for (d, e, hash) in decoded {

@@ -25,8 +25,8 @@ use crate::sink::{ConfigSink, Rejected, ResourceType, Update};
 /// Requests waiting to be written; a server that stops reading fails the stream instead of
 /// growing this without bound.
 const REQUEST_QUEUE: usize = 1024;
-/// `google.rpc.Code.INVALID_ARGUMENT`, what Envoy puts in NACKs.
-const INVALID_ARGUMENT: i32 = 3;
+/// `google.rpc.Code.INTERNAL`, what Envoy puts in NACKs (`GrpcMuxImpl`, `DeltaSubscriptionState`).
+const NACK_CODE: i32 = 13;
 /// Order of the initial requests on a stream (Envoy: CDS, EDS, LDS, RDS).
 const ORDER: [ResourceType; 4] = [
     ResourceType::Cluster,
@@ -235,7 +235,7 @@ impl<T> Outbox<'_, T> {
 }
 
 fn nack_status(message: String) -> Option<RpcStatus> {
-    Some(RpcStatus { code: INVALID_ARGUMENT, message, details: Vec::new() })
+    Some(RpcStatus { code: NACK_CODE, message, details: Vec::new() })
 }
 
 fn unsubscribed_message(type_url: &str) -> String {
