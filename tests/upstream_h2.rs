@@ -1,5 +1,6 @@
 //! Upstream HTTP/2 honours the peer's SETTINGS_MAX_CONCURRENT_STREAMS: past it the pool
-//! opens another connection instead of queueing streams on a full one.
+//! opens another connection instead of queueing streams on a full one. Also IPv6 listeners
+//! and upstreams.
 
 mod common;
 
@@ -18,9 +19,18 @@ use serde_json::json;
 /// An h2c server that allows `max_streams` concurrent streams per connection, answers each
 /// request after `delay`, and counts connections and the peak of concurrent requests.
 fn spawn_limited_h2(max_streams: u32, delay: Duration) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    spawn_limited_h2_at("127.0.0.1:0".parse().unwrap(), max_streams, delay)
+}
+
+/// [`spawn_limited_h2`] on a given address.
+fn spawn_limited_h2_at(
+    at: std::net::SocketAddr,
+    max_streams: u32,
+    delay: Duration,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let conns = Arc::new(AtomicUsize::new(0));
     let peak_per_conn = Arc::new(AtomicUsize::new(0));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listener = std::net::TcpListener::bind(at).unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let (c, p) = (conns.clone(), peak_per_conn.clone());
@@ -79,4 +89,33 @@ async fn pool_respects_peer_max_concurrent_streams() {
     assert!(conns.load(Ordering::SeqCst) >= 5, "only {} upstream connections", conns.load(Ordering::SeqCst));
     assert!(peak.load(Ordering::SeqCst) <= 2, "a connection carried {} streams", peak.load(Ordering::SeqCst));
     assert!(stat(&proxy, "cluster.limited.upstream_cx_http2_total") >= 5);
+}
+
+/// Listeners and upstreams on IPv6 loopback work like IPv4 ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_listener_and_upstream() {
+    use_this_binary();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    // An IPv6 upstream: a tiny h2c server on [::1] (the testkit backends bind IPv4).
+    let v6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+    let v6_addr = v6.local_addr().unwrap();
+    drop(v6);
+    let (v6_backend, _, _) = spawn_limited_h2_at(v6_addr, 100, Duration::from_millis(0));
+    let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let mut l = listener("v6", port, hcm("v6", route_all_to("v4"), json!({})));
+    l["address"]["socket_address"]["address"] = json!("::1");
+    let mut l2 = listener("v4", pinion_testkit::free_port(), hcm("to_v6", route_all_to("v6up"), json!({})));
+    let l2_port = l2["address"]["socket_address"]["port_value"].as_u64().unwrap() as u16;
+    l2["address"]["socket_address"]["address"] = json!("127.0.0.1");
+    let bootstrap = bootstrap(
+        admin,
+        vec![l, l2],
+        vec![cluster("v4", backend.addr, json!({})), cluster("v6up", v6_backend, h2_upstream(json!({})))],
+    );
+    let _proxy = start(&bootstrap, &["--concurrency", "1"]);
+    let r = get(std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)), "/v6-in", &[]).await;
+    assert_eq!(r.status, 200);
+    let r = get(local(l2_port), "/v6-out", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(&r.body[..], b"ok");
 }

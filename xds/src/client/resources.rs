@@ -111,7 +111,7 @@ pub(crate) fn process(
         if !out.names.insert(name.clone()) {
             return Err(format!("duplicate {} {name} found", kind(t)));
         }
-        d.validate_shallow().map_err(|e| format!("{} {name}: {e}", kind(t)))?;
+        d.validate_shallow().map_err(|e| nack_message(t, &[Rejected { name: name.clone(), reason: e.to_string() }]))?;
         decoded.push((d, e, fnv1a(&[any.type_url.as_bytes(), &any.value])));
     }
     for (d, e, hash) in decoded {
