@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
+
 use pinion::cli::{Cli, Command};
 
 fn main() {

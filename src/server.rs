@@ -179,7 +179,21 @@ fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result
 
 /// Run the proxy with these options; returns the process exit code.
 pub fn run(opts: Options, log: LogHandle) -> i32 {
-    let bootstrap = match load_bootstrap(&opts) {
+    // Decoding runs on a short-lived thread: its scratch memory (descriptor pool, JSON trees)
+    // lives in that thread's malloc arena, which gives it back to the OS once freed, instead
+    // of staying in the main heap for the life of the process.
+    let loaded = std::thread::scope(|s| {
+        s.spawn(|| {
+            let b = load_bootstrap(&opts);
+            if matches!(&b, Ok(b) if b.dynamic_resources.is_none()) {
+                pinion_xds::descriptor::release();
+            }
+            b
+        })
+        .join()
+        .unwrap_or_else(|_| Err("configuration loader panicked".into()))
+    });
+    let bootstrap = match loaded {
         Ok(b) => b,
         Err(e) => {
             eprintln!("error initializing configuration '{}': {e}", config_name(&opts));

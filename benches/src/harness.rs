@@ -733,8 +733,8 @@ fn render(i: &RenderInput<'_>) -> String {
         md,
         "Latency is shown only for the fixed-rate row (at saturation it is queueing time and says nothing about the proxy). \
          \"proxy busy %\" is the proxy's CPU time over the run's wall time: 100% = its core was saturated; well below 100% in a \
-         saturation row means the load generator + backend core was the bottleneck, so req/s there understates the proxy \
-         (CPU µs/req stays valid). The \"no proxy\" rows are the same load sent straight to the backend: the most the \
+         saturation row means something else limited the run (the load core: compare the \"no proxy\" row; or other \
+         processes sharing the machine), so req/s there understates the proxy (CPU µs/req stays valid). The \"no proxy\" rows are the same load sent straight to the backend: the most the \
          load core can drive at all.\n"
     );
 

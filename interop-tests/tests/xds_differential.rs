@@ -53,6 +53,8 @@ const TYPES: [ResourceType; 4] = [
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A step has settled once nothing new reached the control plane for this long.
 const QUIET: Duration = Duration::from_millis(300);
+/// How long a step waits for the two proxies' subscription sets to agree once answers are in.
+const SUBSCRIPTION_GRACE: Duration = Duration::from_secs(3);
 /// Both proxies drain replaced listeners this fast (same flag for both).
 const DRAIN_TIME_S: &str = "1";
 
@@ -753,11 +755,11 @@ fn answer_counts(ans: &[Answer]) -> BTreeMap<&'static str, usize> {
 fn subscriptions(reqs: &[RecordedRequest], api: Api, node: &str) -> BTreeMap<&'static str, BTreeSet<String>> {
     let mut out = BTreeMap::new();
     for t in [ResourceType::ClusterLoadAssignment, ResourceType::RouteConfiguration] {
-        let mine = reqs.iter().filter(|r| r.node_id == node && r.type_url == t.type_url());
+        let mut mine = reqs.iter().filter(|r| r.node_id == node && r.type_url == t.type_url());
         let mut names = BTreeSet::new();
         match api {
             Api::Sotw => {
-                if let Some(r) = mine.last() {
+                if let Some(r) = mine.next_back() {
                     names = r.resource_names.iter().cloned().collect();
                 }
             }
@@ -808,8 +810,10 @@ fn changed_types(prev: Option<&Snapshot>, cur: &Snapshot) -> BTreeSet<ResourceTy
 
 /// Waits until both nodes answered the step and the exchange went quiet. SotW: every type's
 /// last answer is an ACK of `version` or a NACK. Delta: every changed wildcard type (LDS, CDS)
-/// was answered; RDS/EDS answers depend on subscriptions, so quiet time decides. In both modes
-/// the RDS/EDS subscription sets of the two proxies must agree.
+/// was answered; RDS/EDS answers depend on subscriptions, so quiet time decides. It also waits
+/// (at most [`SUBSCRIPTION_GRACE`] more) for the RDS/EDS subscription sets of the two proxies
+/// to agree: a replaced listener's route config is only unsubscribed once it has drained. The
+/// caller compares the subscriptions afterwards.
 async fn settle(
     cp: &ControlPlane,
     api: Api,
@@ -821,6 +825,7 @@ async fn settle(
     let deadline = start + SETTLE_TIMEOUT;
     let mut last_len = usize::MAX;
     let mut last_change = Instant::now();
+    let mut answered_at: Option<Instant> = None;
     loop {
         let reqs = cp.requests();
         if reqs.len() != last_len {
@@ -856,13 +861,15 @@ async fn settle(
                 }
             }
         }
-        let (se, sp) = (subscriptions(&reqs, api, ENVOY_NODE), subscriptions(&reqs, api, PINION_NODE));
-        if se != sp {
-            missing.push(format!("subscriptions differ: envoy {se:?} vs pinion {sp:?}"));
-        }
         let quiet = last_change.elapsed() >= QUIET;
         if missing.is_empty() && quiet {
-            return Ok(start.elapsed());
+            let answered = *answered_at.get_or_insert_with(Instant::now);
+            let same_subscriptions = subscriptions(&reqs, api, ENVOY_NODE) == subscriptions(&reqs, api, PINION_NODE);
+            if same_subscriptions || answered.elapsed() >= SUBSCRIPTION_GRACE {
+                return Ok(start.elapsed());
+            }
+        } else {
+            answered_at = None;
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -954,6 +961,9 @@ async fn run_script(api: Api) {
     let steps = script();
     assert!(steps.len() >= 10, "the script must have at least 10 snapshots");
     assert!(!DELIBERATE_DIFFERENCES.is_empty());
+    for (what, why) in DELIBERATE_DIFFERENCES {
+        eprintln!("[{tag}] not compared: {what}: {why}");
+    }
 
     let backends: BTreeMap<&'static str, Backend> = ["alpha-1", "alpha-2", "beta", "gamma", "omega"]
         .into_iter()
@@ -1041,15 +1051,25 @@ async fn run_script(api: Api) {
             render_summary(&se, &ce),
             if se == sp { " (same on both)".to_string() } else { format!(" | pinion: {}", render_summary(&sp, &cpn)) }
         );
-        let subs = subscriptions(&reqs, api, ENVOY_NODE);
-        eprintln!(
-            "    subscriptions (both): EDS {:?} RDS {:?}",
-            subs["EDS"].iter().collect::<Vec<_>>(),
-            subs["RDS"].iter().collect::<Vec<_>>()
-        );
+        let (sub_e, sub_p) = (subscriptions(&reqs, api, ENVOY_NODE), subscriptions(&reqs, api, PINION_NODE));
+        let show_subs = |m: &BTreeMap<&str, BTreeSet<String>>| {
+            format!("EDS {:?} RDS {:?}", m["EDS"].iter().collect::<Vec<_>>(), m["RDS"].iter().collect::<Vec<_>>())
+        };
+        if sub_e == sub_p {
+            eprintln!("    subscriptions (both): {}", show_subs(&sub_e));
+        } else {
+            eprintln!("    subscriptions DIFFER: envoy {} | pinion {}", show_subs(&sub_e), show_subs(&sub_p));
+            xds_problems.push(format!(
+                "RDS/EDS subscriptions differ:\n      envoy:  {}\n      pinion: {}",
+                show_subs(&sub_e),
+                show_subs(&sub_p)
+            ));
+        }
         for (side, ans) in [("envoy", &ae), ("pinion", &ap)] {
             for a in ans.iter().filter(|a| a.nack.is_some()) {
-                eprintln!("    {side} NACK {}: {}", short(a.type_), a.nack.as_ref().map_or("", |(_, m)| m.as_str()));
+                let msg =
+                    a.nack.as_ref().map_or(String::new(), |(_, m)| m.split_whitespace().collect::<Vec<_>>().join(" "));
+                eprintln!("    {side} NACK {}: {msg}", short(a.type_));
             }
         }
         if !xds_problems.is_empty() {

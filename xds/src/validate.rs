@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, Timestamp as PbTimestamp};
 use envoy_types::pb::validate::{
@@ -54,7 +54,7 @@ fn validate_with(msg: &DynamicMessage, root: &str, into_any: bool) -> Result<(),
     let pool = msg.descriptor().parent_pool().clone();
     let own = crate::descriptor::pool();
     let mut path = Path::default();
-    let result = if &pool == own {
+    let result = if pool == own {
         shared_validator(into_any).check_message(msg, &mut path, 0, true)
     } else {
         // A foreign pool gets its own (uncached) rule tables.
@@ -63,11 +63,20 @@ fn validate_with(msg: &DynamicMessage, root: &str, into_any: bool) -> Result<(),
     result.map_err(|e| e.under(root))
 }
 
-fn shared_validator(into_any: bool) -> &'static Validator {
-    static DEEP: OnceLock<Validator> = OnceLock::new();
-    static SHALLOW: OnceLock<Validator> = OnceLock::new();
+static DEEP: std::sync::Mutex<Option<Arc<Validator>>> = std::sync::Mutex::new(None);
+static SHALLOW: std::sync::Mutex<Option<Arc<Validator>>> = std::sync::Mutex::new(None);
+
+fn shared_validator(into_any: bool) -> Arc<Validator> {
     let cell = if into_any { &DEEP } else { &SHALLOW };
-    cell.get_or_init(|| Validator::new(crate::descriptor::pool().clone(), into_any))
+    let mut v = cell.lock().unwrap_or_else(|e| e.into_inner());
+    v.get_or_insert_with(|| Arc::new(Validator::new(crate::descriptor::pool(), into_any))).clone()
+}
+
+/// Drop the cached rule tables (see `descriptor::release`).
+pub(crate) fn release_caches() {
+    for cell in [&DEEP, &SHALLOW] {
+        *cell.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 /// Field path from the root, rendered only when an error is reported.
