@@ -73,8 +73,10 @@ impl Body for Reply {
 
 /// A running backend; stopped when dropped.
 pub struct Backend {
-    /// 127.0.0.1:<ephemeral>.
+    /// 127.0.0.1:<ephemeral> (the first of `addrs`).
     pub addr: SocketAddr,
+    /// Every port it listens on (one unless started with [`Backend::spawn_ports`]).
+    pub addrs: Vec<SocketAddr>,
     /// Requests answered so far.
     pub hits: Arc<AtomicU64>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -84,9 +86,19 @@ pub struct Backend {
 impl Backend {
     /// Starts the backend on a new thread (inheriting the caller's CPU affinity).
     pub fn spawn() -> anyhow::Result<Backend> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind backend")?;
-        listener.set_nonblocking(true).context("nonblocking backend listener")?;
-        let addr = listener.local_addr()?;
+        Self::spawn_ports(1)
+    }
+
+    /// Starts one backend thread listening on `n` ports (same responses on each; one hit
+    /// counter for all of them).
+    pub fn spawn_ports(n: usize) -> anyhow::Result<Backend> {
+        let mut listeners = Vec::with_capacity(n);
+        for _ in 0..n.max(1) {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind backend")?;
+            listener.set_nonblocking(true).context("nonblocking backend listener")?;
+            listeners.push(listener);
+        }
+        let addrs = listeners.iter().map(|l| l.local_addr()).collect::<Result<Vec<_>, _>>()?;
         let hits = Arc::new(AtomicU64::new(0));
         let (tx, rx) = oneshot::channel();
         let h = hits.clone();
@@ -94,10 +106,15 @@ impl Backend {
             .name("bench-backend".into())
             .spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("backend runtime");
-                rt.block_on(serve(listener, h, rx));
+                rt.block_on(serve_all(listeners, h, rx));
             })
             .context("spawn backend thread")?;
-        Ok(Backend { addr, hits, shutdown: Some(tx), thread: Some(thread) })
+        Ok(Backend { addr: addrs[0], addrs, hits, shutdown: Some(tx), thread: Some(thread) })
+    }
+
+    /// Every port the backend listens on.
+    pub fn ports(&self) -> Vec<u16> {
+        self.addrs.iter().map(SocketAddr::port).collect()
     }
 
     /// Port the backend listens on.
@@ -125,6 +142,26 @@ impl Drop for Backend {
                 let _ = t.join();
             }
         }
+    }
+}
+
+/// Serves every listener until the backend is dropped.
+async fn serve_all(listeners: Vec<std::net::TcpListener>, hits: Arc<AtomicU64>, shutdown: oneshot::Receiver<()>) {
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut tasks = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let (h, mut stop) = (hits.clone(), stop_tx.subscribe());
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let _ = stop.recv().await;
+            let _ = tx.send(());
+        });
+        tasks.push(tokio::spawn(serve(l, h, rx)));
+    }
+    let _ = shutdown.await;
+    let _ = stop_tx.send(());
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

@@ -49,6 +49,14 @@ pub fn check(rt: &tokio::runtime::Runtime, probe: &Probe, within: Duration) -> a
     }
 }
 
+/// Sends `probe` once, waiting at most `timeout` for the whole response.
+pub fn attempt(rt: &tokio::runtime::Runtime, probe: &Probe, timeout: Duration) -> anyhow::Result<()> {
+    match rt.block_on(async { tokio::time::timeout(timeout, once(probe)).await }) {
+        Ok(r) => r,
+        Err(_) => bail!("probe timed out"),
+    }
+}
+
 async fn once(p: &Probe) -> anyhow::Result<()> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", p.port)).await.context("connect")?;
     let io = TokioIo::new(stream);

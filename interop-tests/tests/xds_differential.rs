@@ -1173,6 +1173,7 @@ fn bookkeeping_reports_differences() {
         delta: false,
         has_node: true,
         stream_id: 1,
+        received_at: Instant::now(),
     };
     let reqs = vec![
         // Step 1 (before the mark).

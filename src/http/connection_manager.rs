@@ -448,7 +448,10 @@ async fn process(
             let action = action.clone();
             let route = route.clone();
             let vhost = vhost.clone();
-            router::forward(ctx, req, info, grpc, &route, &vhost, &table, &action, upgrade.is_some()).await
+            // Boxed: the upstream exchange is the bulk of the request's state machine, and
+            // hyper moves the per-stream future around (h2 spawns one per stream); a pointer
+            // is cheaper to move than kilobytes of state.
+            Box::pin(router::forward(ctx, req, info, grpc, &route, &vhost, &table, &action, upgrade.is_some())).await
         }
     }
 }

@@ -10,3 +10,23 @@ pub mod request_headers;
 pub mod route_table;
 pub mod router;
 pub mod stream_info;
+
+thread_local! {
+    static NUMERIC: std::cell::RefCell<std::collections::HashMap<u64, http::HeaderValue>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// A header value for a small number (`x-envoy-upstream-service-time`, expected timeouts),
+/// cached per worker so the common values cost no allocation per request.
+pub fn numeric_header(n: u64) -> http::HeaderValue {
+    if n > 100_000 {
+        return http::HeaderValue::from(n);
+    }
+    NUMERIC.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() > 4096 {
+            c.clear(); // bounded: long-tail values just get recomputed
+        }
+        c.entry(n).or_insert_with(|| http::HeaderValue::from(n)).clone()
+    })
+}

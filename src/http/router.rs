@@ -46,16 +46,10 @@ impl MutationLevels<'_> {
         &'b self,
         weighted: Option<&'b HeaderMutations>,
         most_specific_wins: bool,
-    ) -> Vec<&'b HeaderMutations> {
-        let mut v: Vec<&HeaderMutations> = Vec::with_capacity(4);
-        if let Some(w) = weighted {
-            v.push(w);
-        }
-        v.extend([self.route, self.vhost, self.route_config]);
-        if most_specific_wins {
-            v.reverse();
-        }
-        v
+    ) -> impl Iterator<Item = &'b HeaderMutations> + 'b {
+        // No allocation: a fixed array, reversed by index when the most specific level wins.
+        let levels = [weighted, Some(self.route), Some(self.vhost), Some(self.route_config)];
+        (0..4).filter_map(move |i| levels[if most_specific_wins { 3 - i } else { i }]).filter(|m| !m.is_empty())
     }
 }
 
@@ -94,10 +88,13 @@ pub fn apply_response_mutations(
     info: &StreamInfo,
     request_headers: &HeaderMap,
 ) {
-    let all = levels.ordered(weighted, false);
-    if all.iter().all(|m| m.response_headers_to_add.is_empty() && m.response_headers_to_remove.is_empty()) {
+    if levels
+        .ordered(weighted, false)
+        .all(|m| m.response_headers_to_add.is_empty() && m.response_headers_to_remove.is_empty())
+    {
         return;
     }
+    let all = levels.ordered(weighted, false);
     let response_snapshot = resp.headers().clone();
     let ctx = Context {
         info,
@@ -204,7 +201,6 @@ pub async fn forward(
     // received; copy them only when some mutation level actually formats.
     let formats = levels
         .ordered(weighted.map(|w| &w.headers), false)
-        .iter()
         .any(|m| m.request_headers_to_add.iter().chain(&m.response_headers_to_add).any(|h| h.has_formatter));
     let downstream_headers_for_log = if formats { req.headers().clone() } else { HeaderMap::new() };
     rewrite_request(&mut req, route, action, &host, weighted, hcm.router.suppress_envoy_headers);
@@ -225,7 +221,7 @@ pub async fn forward(
         if !hcm.router.suppress_envoy_headers {
             req.headers_mut().insert(
                 HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
-                HeaderValue::from(t.as_millis() as u64),
+                crate::http::numeric_header(t.as_millis() as u64),
             );
         }
     }
@@ -379,7 +375,7 @@ pub async fn forward(
     if !hcm.router.suppress_envoy_headers && !switching {
         resp.headers_mut().insert(
             HeaderName::from_static("x-envoy-upstream-service-time"),
-            HeaderValue::from(service_time.as_millis() as u64),
+            crate::http::numeric_header(service_time.as_millis() as u64),
         );
     }
     if switching {

@@ -166,6 +166,8 @@ pub struct RecordedRequest {
     pub has_node: bool,
     /// Which stream (per control plane, increasing) it came on.
     pub stream_id: u64,
+    /// When the control plane received it (for timing: push to ACK).
+    pub received_at: std::time::Instant,
 }
 
 impl RecordedRequest {

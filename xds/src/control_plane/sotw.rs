@@ -88,6 +88,7 @@ impl Stream {
             delta: false,
             has_node: req.node.is_some(),
             stream_id: self.id,
+            received_at: std::time::Instant::now(),
         });
         if self.cp.misbehave() == Misbehave::Silent {
             return Flow::Continue;
