@@ -296,3 +296,68 @@ pub fn http_get_status(port: u16, path: &str) -> anyhow::Result<u16> {
     let head = String::from_utf8_lossy(&buf[..buf.len().min(64)]).into_owned();
     head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("bad status line")
 }
+
+/// The bootstrap of scenario (f), the same for Pinion and Envoy apart from the node id and the
+/// ports: everything (listener, routes, clusters, endpoints) comes over ADS (SotW, `api_type:
+/// GRPC`) from the harness's in-process control plane, reached through a static HTTP/2 cluster.
+pub fn xds_bootstrap(node_id: &str, admin_port: u16, xds_port: u16) -> String {
+    format!(
+        r#"# pinion-bench scenario (f): the same bootstrap for Pinion and Envoy (node id and ports differ).
+node:
+  id: {node_id}
+  cluster: pinion-bench
+admin:
+  address:
+    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services:
+    - envoy_grpc: {{ cluster_name: xds }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: xds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }} }} }}
+"#
+    )
+}
+
+/// Starts Pinion or Envoy on an xDS bootstrap (scenario (f)) without waiting for anything:
+/// the caller times what happens next. Same command line as [`start`].
+pub fn spawn_xds(
+    p: &Installed,
+    dir: &Path,
+    node_id: &str,
+    xds_port: u16,
+    workers: u32,
+    cpus: Option<&str>,
+) -> anyhow::Result<Proc> {
+    std::fs::create_dir_all(dir)?;
+    let cfg = dir.join("bootstrap.yaml");
+    std::fs::write(&cfg, xds_bootstrap(node_id, free_port()?, xds_port))?;
+    let args: Vec<String> = vec![
+        "-c".into(),
+        cfg.display().to_string(),
+        "--concurrency".into(),
+        workers.to_string(),
+        "-l".into(),
+        "warning".into(),
+        "--disable-hot-restart".into(),
+        "--drain-time-s".into(),
+        "1".into(),
+    ];
+    Proc::spawn(p.kind.name(), cpus, &p.bin, &args, &dir.join("proxy.log"))
+}

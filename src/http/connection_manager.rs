@@ -364,29 +364,29 @@ async fn process(
         h.insert("x-request-id", rid.clone());
     }
 
-    // Phase: route.
-    let authority =
-        req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned).unwrap_or_default();
-    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let (path_only, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query.as_str(), None),
-    };
+    // Phase: route. The view borrows the request; the match borrows only the table, so the
+    // request can move on to the router without copying its authority or path.
     let Some(table) = hcm.routes.current() else {
         // An RDS config that never arrived (warming timed out): no routes, as Envoy.
         hcm.stats.no_route.inc();
         info.flags.set(ResponseFlags::NO_ROUTE);
         return Err(reply(404, "", grpc, info, "route_configuration_not_found"));
     };
-    let view = RequestView {
-        authority: &authority,
-        path: path_only,
-        query,
-        method: req.method(),
-        headers: req.headers(),
-        is_grpc: grpc,
+    let matched = {
+        let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let (path_only, query) = split_query(path_and_query);
+        let view = RequestView {
+            authority,
+            path: path_only,
+            query,
+            method: req.method(),
+            headers: req.headers(),
+            is_grpc: grpc,
+        };
+        table.route(&view)
     };
-    let Some((vhost, route)) = table.route(&view) else {
+    let Some((vhost, route)) = matched else {
         hcm.stats.no_route.inc();
         info.flags.set(ResponseFlags::NO_ROUTE);
         return Err(reply(404, "", grpc, info, "route_not_found"));
@@ -430,7 +430,9 @@ async fn process(
         RouteAction::Redirect(rd) => {
             hcm.stats.rq_redirect.inc();
             info.response_code_details = "direct_response";
-            let location = redirect_location(rd, &authority, path_only, query, route, ctx.tls);
+            let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let (path_only, query) = split_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+            let location = redirect_location(rd, authority, path_only, query, route, ctx.tls);
             let mut resp = Response::new(ResponseBody::empty());
             *resp.status_mut() = StatusCode::from_u16(rd.response_code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -445,13 +447,10 @@ async fn process(
             Err(reply(404, "", grpc, info, "route_not_found"))
         }
         RouteAction::Forward(action) => {
-            let action = action.clone();
-            let route = route.clone();
-            let vhost = vhost.clone();
             // Boxed: the upstream exchange is the bulk of the request's state machine, and
             // hyper moves the per-stream future around (h2 spawns one per stream); a pointer
             // is cheaper to move than kilobytes of state.
-            Box::pin(router::forward(ctx, req, info, grpc, &route, &vhost, &table, &action, upgrade.is_some())).await
+            Box::pin(router::forward(ctx, req, info, grpc, route, vhost, &table, action, upgrade.is_some())).await
         }
     }
 }
@@ -564,6 +563,14 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         info.bytes_received = len;
     }
     Ok(())
+}
+
+/// `path?query` -> (`path`, `query`).
+fn split_query(path_and_query: &str) -> (&str, Option<&str>) {
+    match path_and_query.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (path_and_query, None),
+    }
 }
 
 /// Replace the request's path (and query).

@@ -153,10 +153,10 @@ pub async fn forward(
     mut req: Request<Incoming>,
     info: &mut StreamInfo,
     grpc: bool,
-    route: &Arc<Route>,
-    vhost: &Arc<VirtualHost>,
+    route: &Route,
+    vhost: &VirtualHost,
     table: &RouteTable,
-    action: &Arc<ForwardAction>,
+    action: &ForwardAction,
     is_upgrade: bool,
 ) -> Phase<(Response<ResponseBody>, Option<UpstreamGuard>)> {
     let hcm = &ctx.hcm;
