@@ -29,8 +29,9 @@ pub struct Versioned<T> {
     pub value: T,
     /// Version it came with.
     pub version: String,
-    /// Proto3 JSON for `/config_dump`.
-    pub json: serde_json::Value,
+    /// Proto3 JSON for `/config_dump`, kept as compact text: a `serde_json::Value` tree costs
+    /// several times the memory, and thousands of resources are normal in a mesh.
+    pub json: Box<str>,
     /// When it was accepted.
     pub last_updated: SystemTime,
 }
@@ -181,13 +182,18 @@ impl ConfigStore {
                 // Envoy refuses to replace a static cluster from CDS; so does Pinion.
                 continue;
             }
-            if inner.clusters.get(&u.name).is_some_and(|old| old.json == u.json) {
+            if inner.clusters.get(&u.name).is_some_and(|old| *old.json == *compact(&u.json)) {
                 continue; // unchanged: keep the running cluster, its pools and host state
             }
             let cluster = Cluster::new(cfg.clone(), &self.stats);
             inner.clusters.insert(
                 u.name.clone(),
-                Versioned { value: cfg.clone(), version: u.version, json: u.json, last_updated: SystemTime::now() },
+                Versioned {
+                    value: cfg.clone(),
+                    version: u.version,
+                    json: compact(&u.json),
+                    last_updated: SystemTime::now(),
+                },
             );
             match cfg.discovery {
                 model::DiscoveryType::Eds => {
@@ -225,7 +231,12 @@ impl ConfigStore {
             let Resource::ClusterLoadAssignment(cla) = u.resource else { continue };
             inner.endpoints.insert(
                 u.name.clone(),
-                Versioned { value: cla.clone(), version: u.version, json: u.json, last_updated: SystemTime::now() },
+                Versioned {
+                    value: cla.clone(),
+                    version: u.version,
+                    json: compact(&u.json),
+                    last_updated: SystemTime::now(),
+                },
             );
             for c in inner.active_clusters.values() {
                 if c.config.discovery == model::DiscoveryType::Eds && eds_name(&c.config) == u.name {
@@ -258,7 +269,7 @@ impl ConfigStore {
             Self::rds_slot(inner, &u.name).store(Some(table));
             inner.routes.insert(
                 u.name.clone(),
-                Versioned { value: rc, version: u.version, json: u.json, last_updated: SystemTime::now() },
+                Versioned { value: rc, version: u.version, json: compact(&u.json), last_updated: SystemTime::now() },
             );
         }
     }
@@ -273,7 +284,7 @@ impl ConfigStore {
         }
         for u in updated {
             let Resource::Listener(cfg) = u.resource else { continue };
-            if inner.listeners.get(&u.name).is_some_and(|old| old.json == u.json) {
+            if inner.listeners.get(&u.name).is_some_and(|old| *old.json == *compact(&u.json)) {
                 continue;
             }
             let slots: HashMap<String, RdsSlot> = {
@@ -290,7 +301,7 @@ impl ConfigStore {
             };
             inner.listeners.insert(
                 u.name.clone(),
-                Versioned { value: cfg, version: u.version, json: u.json, last_updated: SystemTime::now() },
+                Versioned { value: cfg, version: u.version, json: compact(&u.json), last_updated: SystemTime::now() },
             );
             if runtime.is_warm() || inner.gave_up.contains(&ResourceType::RouteConfiguration) {
                 inner.warming_listeners.remove(&u.name);
@@ -363,7 +374,14 @@ impl ConfigStore {
     }
 }
 
-fn with_type(v: &serde_json::Value, t: ResourceType) -> serde_json::Value {
+/// Compact JSON text of a resource.
+fn compact(v: &serde_json::Value) -> Box<str> {
+    v.to_string().into_boxed_str()
+}
+
+fn with_type(text: &str, t: ResourceType) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    let v = &v;
     let mut m = serde_json::Map::new();
     m.insert("@type".into(), serde_json::Value::String(t.type_url().into()));
     if let serde_json::Value::Object(o) = v {

@@ -147,6 +147,11 @@ impl Store {
         }
     }
 
+    /// Number of shard slots (workers + the main thread).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
     /// Register stats owned elsewhere; they show in every output format.
     pub fn add_source(&self, source: Source) {
         self.sources.lock().unwrap_or_else(|e| e.into_inner()).push(source);

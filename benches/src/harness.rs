@@ -2,7 +2,7 @@
 //! machine, side by side, with the same bootstrap and worker count. See benches/README.md.
 //!
 //! ```text
-//! cargo run --release -p pinion-bench -- all     # full run (~10 min), writes benches/RESULTS.md
+//! cargo run --release -p pinion-bench -- all     # full run (~13 min), writes benches/RESULTS.md
 //! cargo run --release -p pinion-bench -- smoke   # a few seconds per scenario, asserts 2xx only
 //! ```
 
@@ -12,6 +12,7 @@ mod loadgen;
 mod procs;
 mod proxies;
 mod report;
+mod xds_scale;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::backend::{Backend, LARGE_BODY_LEN, SMALL_BODY_LEN};
 use crate::loadgen::{Amount, LoadGen, LoadSpec, Tool};
 use crate::proxies::{Installed, Kind};
 use crate::report::{Sample, ScenarioResults, TargetRow};
+use crate::xds_scale::{XdsResults, XdsServer};
 
 const ENVOY_VERSION: &str = "1.40.0";
 /// The fixed request rate of the latency scenario (total over all connections).
@@ -51,7 +53,7 @@ options:
   --loadgen oha|h2load  one load generator for every run (default: h2load for saturation,
                       oha for the fixed rate; smoke: h2load)
   --no-reference      skip nginx and HAProxy
-  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2)
+  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2 f)
   --out PATH          results file (all: benches/RESULTS.md; '-' = none)"
 }
 
@@ -513,6 +515,7 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
     let o = parse_opts(args, &root)?;
     let started = Instant::now();
     let date = procs::first_line(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let load_at_start = loadavg();
 
     // Build and install first, while every core is still available to the compiler.
     let pinion = locate_pinion(&o, &root)?;
@@ -601,6 +604,11 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         }
         all.push((sc.clone(), res));
     }
+    let xds = if o.only.as_ref().is_none_or(|only| only.iter().any(|x| x == "f")) {
+        Some(run_xds_scale(&env, &pinion, &envoy))
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     let elapsed = started.elapsed();
 
@@ -623,14 +631,37 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
                 }
             }
         }
-        let total = all.len() * 2;
+        let mut total = all.len() * 2;
+        if let Some(x) = &xds {
+            total += 2;
+            for k in [Kind::Pinion, Kind::Envoy] {
+                let runs = x.samples.get(&k).map(Vec::len).unwrap_or(0);
+                match x.failures.get(&k).filter(|f| !f.is_empty()) {
+                    Some(f) => {
+                        failed += 1;
+                        println!("smoke FAIL f {}: {}", k.name(), f.join("; "));
+                    }
+                    None if runs == 0 => {
+                        failed += 1;
+                        println!("smoke FAIL f {}: no run", k.name());
+                    }
+                    None => println!(
+                        "smoke ok   f {}: {} clusters / {} endpoints / {} routes ACKed (load and update) and routed",
+                        k.name(),
+                        xds_scale::CLUSTERS,
+                        xds_scale::CLUSTERS * xds_scale::ENDPOINTS_PER_CLUSTER,
+                        xds_scale::CLUSTERS
+                    ),
+                }
+            }
+        }
         if failed == 0 {
             println!(
                 "smoke OK: all {total} proxy x scenario runs served every request with a 2xx ({:.0} s)",
                 elapsed.as_secs_f64()
             );
         } else {
-            println!("smoke FAILED: {failed} of {total} proxy x scenario runs did not serve every request with a 2xx");
+            println!("smoke FAILED: {failed} of {total} proxy x scenario runs did not serve every request with a 2xx (or, in f, ACK and route)");
         }
         return Ok(if failed == 0 { 0 } else { 1 });
     }
@@ -649,8 +680,10 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         mem,
         versions,
         command: command_line(args),
+        load: format!("{load_at_start} at the start, {} at the end", loadavg()),
         opts: &o,
         all: &all,
+        xds: xds.as_ref(),
         elapsed,
         notes: std::fs::read_to_string(root.join("benches/notes.md")).ok(),
     });
@@ -659,8 +692,63 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         std::fs::write(out, &md).with_context(|| format!("write {}", out.display()))?;
         eprintln!("[bench] wrote {}", out.display());
     }
-    let failures: usize = all.iter().map(|(_, r)| r.failures.values().map(Vec::len).sum::<usize>()).sum();
+    let failures: usize = all.iter().map(|(_, r)| r.failures.values().map(Vec::len).sum::<usize>()).sum::<usize>()
+        + xds.as_ref().map(|x| x.failures.values().map(Vec::len).sum::<usize>()).unwrap_or(0);
     Ok(if failures == 0 { 0 } else { 1 })
+}
+
+/// Scenario (f): Pinion and Envoy alternating on one in-process control plane.
+fn run_xds_scale(env: &Env, pinion: &Installed, envoy: &Installed) -> XdsResults {
+    let started = Instant::now();
+    let mut res = XdsResults::default();
+    let xs = match XdsServer::start() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("[bench] f: cannot start the control plane: {e:#}");
+            for k in [Kind::Pinion, Kind::Envoy] {
+                res.failures.entry(k).or_default().push(format!("control plane: {e:#}"));
+            }
+            return res;
+        }
+    };
+    let ctx = xds_scale::RunCtx {
+        rt: &env.rt,
+        scratch: &env.scratch,
+        cpus: env.pinned.then_some(PROXY_CORE),
+        clk_tck: env.clk_tck,
+    };
+    for round in 0..env.o.runs {
+        for p in [pinion, envoy] {
+            let t = Instant::now();
+            match xds_scale::run_one(&ctx, &xs, p, round) {
+                Ok(s) => {
+                    eprintln!(
+                        "[bench] f       {:<6} run {}: {}  ({:.1}s)",
+                        p.kind.name(),
+                        round + 1,
+                        xds_scale::log_line(&s),
+                        t.elapsed().as_secs_f64()
+                    );
+                    res.samples.entry(p.kind).or_default().push(s);
+                }
+                Err(e) => {
+                    eprintln!("[bench] f {} run {} FAILED: {e:#}", p.kind.name(), round + 1);
+                    res.failures.entry(p.kind).or_default().push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    drop(xs);
+    res.elapsed = started.elapsed();
+    eprintln!("[bench] f took {:.0}s", res.elapsed.as_secs_f64());
+    res
+}
+
+/// The 1/5/15-minute load averages, e.g. `1.02 0.87 0.60`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn git_commit(root: &Path) -> String {
@@ -683,8 +771,11 @@ struct RenderInput<'a> {
     mem: String,
     versions: Vec<String>,
     command: String,
+    /// Load averages (1/5/15 min) at the start and end of the run.
+    load: String,
     opts: &'a Opts,
     all: &'a [(Scenario, ScenarioResults)],
+    xds: Option<&'a XdsResults>,
     elapsed: Duration,
     notes: Option<String>,
 }
@@ -700,6 +791,11 @@ fn render(i: &RenderInput<'_>) -> String {
         let _ = writeln!(md, "- {v}");
     }
     let _ = writeln!(md, "- command: `{}` (took {:.0} s)", i.command, i.elapsed.as_secs_f64());
+    let _ = writeln!(
+        md,
+        "- machine load (1/5/15-min load averages from /proc/loadavg, whole machine, including the benchmark itself): {}",
+        i.load
+    );
     let _ = writeln!(
         md,
         "- placement: proxy `taskset -c {PROXY_CORE}`; backend (in the harness process) and load generator `taskset -c {LOAD_CORE}`; \
@@ -727,7 +823,12 @@ fn render(i: &RenderInput<'_>) -> String {
         }
     }
     let _ = writeln!(md, "| (e) mTLS HTTP/2 sidecar-to-sidecar, handshake rate | — | not yet available (needs the mTLS issue, not filed yet) | | | | | | | |");
-    let _ = writeln!(md, "| (f) 1,000 clusters / 10,000 endpoints: RSS, update-to-ACK | — | not yet available (needs issue 3, xDS) | | | | | | | |");
+    if i.xds.is_some() {
+        let _ = writeln!(
+            md,
+            "| (f) 1,000 EDS clusters / 10,000 endpoints / 1,000 routes over ADS | Pinion, Envoy | see \"(f) xDS scale\" below | | | | | | | |"
+        );
+    }
     let _ = writeln!(md);
     let _ = writeln!(
         md,
@@ -737,6 +838,9 @@ fn render(i: &RenderInput<'_>) -> String {
          processes sharing the machine), so req/s there understates the proxy (CPU µs/req stays valid). The \"no proxy\" rows are the same load sent straight to the backend: the most the \
          load core can drive at all.\n"
     );
+    if let Some(x) = i.xds {
+        md.push_str(&xds_scale::render(x, o.runs));
+    }
 
     let get = |id: &str| i.all.iter().find(|(s, _)| s.id == id).map(|(_, r)| r);
     let cpu = |id: &str, k: Kind| get(id).and_then(|r| r.median_of(k, |s| Some(s.cpu_us_per_req)));
@@ -795,16 +899,28 @@ fn render(i: &RenderInput<'_>) -> String {
         target: 0.15,
         unit: "MiB",
     });
+    if let Some(x) = i.xds {
+        rows.push(TargetRow {
+            what: "RSS with 1,000 clusters / 10,000 endpoints (VmRSS once loaded, f)".into(),
+            pinion: xds_scale::loaded_rss_mib(x, Kind::Pinion),
+            envoy: xds_scale::loaded_rss_mib(x, Kind::Envoy),
+            at_most: true,
+            target: 0.25,
+            unit: "MiB",
+        });
+    }
     let _ = writeln!(md, "## Targets (Pinion/Envoy, medians of this run)\n");
     md.push_str(&report::targets_table(&rows));
     let _ = writeln!(
         md,
         "| CPU/request over TLS, mTLS HTTP/2 (≤ 0.5x) | — | — | — | ≤ 0.50x | n/a | needs the mTLS issue |"
     );
-    let _ = writeln!(
-        md,
-        "| RSS with 1,000 clusters / 10,000 endpoints (≤ 0.25x) | — | — | — | ≤ 0.25x | n/a | needs issue 3 |"
-    );
+    if i.xds.is_none() {
+        let _ = writeln!(
+            md,
+            "| RSS with 1,000 clusters / 10,000 endpoints (≤ 0.25x) | — | — | — | ≤ 0.25x | n/a | scenario f not run |"
+        );
+    }
     let _ = writeln!(md);
 
     if let (Some(one), Some(two)) = (get("a_sat"), get("scale2")) {
@@ -843,7 +959,7 @@ fn render(i: &RenderInput<'_>) -> String {
         let _ = writeln!(md);
     }
 
-    let failures: Vec<String> = i
+    let mut failures: Vec<String> = i
         .all
         .iter()
         .flat_map(|(s, r)| {
@@ -852,6 +968,11 @@ fn render(i: &RenderInput<'_>) -> String {
             })
         })
         .collect();
+    if let Some(x) = i.xds {
+        for (k, v) in &x.failures {
+            failures.extend(v.iter().map(|e| format!("- f {}: {}", k.name(), e.lines().next().unwrap_or(""))));
+        }
+    }
     if !failures.is_empty() {
         let _ = writeln!(md, "## Failed runs\n");
         for f in failures {

@@ -116,9 +116,12 @@ pub fn snapshot(version: &str, listen_port: u16, ports: &[u16]) -> anyhow::Resul
     )?;
     let eps: Vec<String> = ports[..ENDPOINTS_PER_CLUSTER]
         .iter()
-        .map(|p| format!("  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }}"))
+        .map(|p| {
+            format!("  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }}")
+        })
         .collect();
-    let cla: ClusterLoadAssignment = yaml(&format!("cluster_name: t\nendpoints:\n- lb_endpoints:\n{}\n", eps.join("\n")))?;
+    let cla: ClusterLoadAssignment =
+        yaml(&format!("cluster_name: t\nendpoints:\n- lb_endpoints:\n{}\n", eps.join("\n")))?;
     let mut routes = String::new();
     for i in 0..CLUSTERS {
         let _ = writeln!(routes, "  - match: {{ prefix: \"/svc-{i}/\" }}\n    route: {{ cluster: svc-{i} }}");
@@ -289,14 +292,13 @@ fn wait_routed(
     deadline: Instant,
     cond: impl Fn() -> bool,
 ) -> anyhow::Result<Instant> {
-    let mut last = String::from("no attempt");
     // Bounded by the deadline.
     loop {
-        match client::attempt(rt, probe, Duration::from_secs(2)) {
+        let last = match client::attempt(rt, probe, Duration::from_secs(2)) {
             Ok(()) if cond() => return Ok(Instant::now()),
-            Ok(()) => last = "200 from an old endpoint".into(),
-            Err(e) => last = format!("{e:#}"),
-        }
+            Ok(()) => "200 from an old endpoint".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
         if let Some(st) = proc.exited() {
             bail!("the proxy exited: {st}");
         }

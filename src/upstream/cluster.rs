@@ -157,7 +157,7 @@ impl Cluster {
         let stats = ClusterStats::new(store, &config.stat_name);
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            lb: LoadBalancer::new(config.lb_policy),
+            lb: LoadBalancer::new(config.lb_policy, store.slots()),
             config,
             stats,
             hosts: ArcSwap::from_pointee(HostSet::default()),

@@ -33,11 +33,11 @@ pub struct LoadBalancer {
 }
 
 impl LoadBalancer {
-    /// A balancer for `policy`.
-    pub fn new(policy: LbPolicy) -> Self {
+    /// A balancer for `policy` with a round-robin slot per stats slot (workers + main).
+    pub fn new(policy: LbPolicy, slots: usize) -> Self {
         LoadBalancer {
             policy,
-            rr: (0..=MAX_WORKERS).map(|_| Slot::default()).collect(),
+            rr: (0..slots.clamp(1, MAX_WORKERS + 1)).map(|_| Slot::default()).collect(),
             schedules: ArcSwap::from_pointee(Schedules::default()),
         }
     }
@@ -69,7 +69,7 @@ impl LoadBalancer {
         match self.policy {
             LbPolicy::RoundRobin => {
                 let schedules = self.schedules.load();
-                let slot = &self.rr[current_slot().min(MAX_WORKERS)].0;
+                let slot = &self.rr[current_slot().min(self.rr.len() - 1)].0;
                 match schedules.per_priority.get(level).and_then(|s| s.as_ref()) {
                     Some(schedule) if !schedule.is_empty() => {
                         for _ in 0..schedule.len() {
@@ -172,7 +172,7 @@ mod tests {
             host(2, 1, HealthStatus::Unhealthy),
             host(3, 1, HealthStatus::Healthy),
         ]]);
-        let lb = LoadBalancer::new(LbPolicy::RoundRobin);
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, 2);
         lb.on_hosts_changed(&set);
         let p = picks(&lb, &set, 6);
         assert!(!p.contains(&2));
@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn weighted_round_robin_follows_weights() {
         let set = HostSet::new(vec![vec![host(1, 3, HealthStatus::Healthy), host(2, 1, HealthStatus::Healthy)]]);
-        let lb = LoadBalancer::new(LbPolicy::RoundRobin);
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, 2);
         lb.on_hosts_changed(&set);
         let p = picks(&lb, &set, 400);
         assert_eq!(p.iter().filter(|&&x| x == 1).count(), 300);
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn panic_mode_uses_all_hosts_and_priorities_fall_over() {
         let set = HostSet::new(vec![vec![host(1, 1, HealthStatus::Unhealthy)]]);
-        let lb = LoadBalancer::new(LbPolicy::RoundRobin);
+        let lb = LoadBalancer::new(LbPolicy::RoundRobin, 2);
         lb.on_hosts_changed(&set);
         assert_eq!(picks(&lb, &set, 2), vec![1, 1]);
         let set = HostSet::new(vec![
@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn empty_cluster_has_no_host() {
-        let lb = LoadBalancer::new(LbPolicy::Random);
+        let lb = LoadBalancer::new(LbPolicy::Random, 2);
         let stats = ClusterStats::new(&Store::new(1), "c");
         assert!(lb.choose(&HostSet::default(), &stats).is_none());
         assert_eq!(stats.upstream_cx_none_healthy.value(), 1);
