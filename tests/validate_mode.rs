@@ -118,3 +118,17 @@ fn missing_file_fails() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("/nonexistent/pinion-bootstrap.yaml"), "{stderr}");
 }
+
+/// The example bootstraps shipped in `deploy/` stay valid.
+#[test]
+fn deploy_examples_validate() {
+    for f in ["deploy/bootstrap-static.yaml", "deploy/bootstrap-ads.yaml"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pinion"))
+            .args(["--mode", "validate", "-c"])
+            .arg(&path)
+            .output()
+            .expect("run pinion");
+        assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
