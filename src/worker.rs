@@ -109,7 +109,12 @@ async fn run(
             loop {
                 tick.tick().await;
                 let snap = ctx.snapshot.load();
-                ctx.pools.sweep(|id| snap.clusters.values().any(|c| c.id == id));
+                if ctx.pools.pooled() == 0 {
+                    continue;
+                }
+                let by_id: std::collections::HashMap<u64, &crate::upstream::Cluster> =
+                    snap.clusters.values().map(|c| (c.id, &**c)).collect();
+                ctx.pools.sweep(|id, addr| by_id.get(&id).is_some_and(|c| c.hosts().all().any(|h| h.address == addr)));
             }
         });
     }

@@ -168,6 +168,13 @@ async fn converge_update_reject_remove(api_type: &str) {
             .with_listener(listener("ingress", port, "rc")),
     );
     eventually(port, Duration::from_secs(10), |r| r.0 == 200 && r.1 == "b").await;
+    // The pooled connection to the removed endpoint closes once idle (the pool sweep runs
+    // every second), instead of lingering until the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.stat("cluster.svc.upstream_cx_destroy").unwrap_or(0) < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(proxy.stat("cluster.svc.upstream_cx_destroy").unwrap_or(0) >= 1, "{}", proxy.stats());
 
     // RDS change.
     cp.set_snapshot(

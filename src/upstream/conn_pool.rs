@@ -261,16 +261,17 @@ impl ConnPools {
         pool.h2.push(H2Conn { sender, active, requests: 1, last_used: Instant::now() });
     }
 
-    /// Close idle connections past their idle timeout, dead ones, and pools of clusters that
-    /// are no longer in the config (`live` says which cluster ids are current).
-    pub fn sweep(&self, live: impl Fn(u64) -> bool) {
+    /// Close idle connections past their idle timeout, dead ones, and idle connections to
+    /// hosts or clusters that are no longer in the config (`live(cluster_id, host)` says
+    /// which are current); busy ones finish their requests first.
+    pub fn sweep(&self, live: impl Fn(u64, SocketAddr) -> bool) {
         let now = Instant::now();
         let mut pools = self.pools.borrow_mut();
         pools.retain(|key, pool| {
             let expired = |last: Instant| pool.idle_timeout.is_some_and(|t| now.duration_since(last) >= t);
             pool.h1.retain(|c| !(c.sender.is_closed() || c.sender.is_ready() && expired(c.last_used)));
             pool.h2.retain(|c| !(c.sender.is_closed() || c.active.get() == 0 && expired(c.last_used)));
-            if !live(key.cluster_id) {
+            if !live(key.cluster_id, key.addr) {
                 pool.h1.retain(|c| !c.sender.is_ready());
                 pool.h2.retain(|c| c.active.get() > 0);
             }
