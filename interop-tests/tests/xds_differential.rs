@@ -73,10 +73,6 @@ const DELIBERATE_DIFFERENCES: &[(&str, &str)] = &[
     ("response `date`, `x-envoy-upstream-service-time`", "wall-clock values: only their presence is compared"),
     ("upstream `x-request-id`", "random UUID per request: only its presence is compared"),
     (
-        "responses of unknown or v2 type URLs",
-        "Pinion NACKs them, Envoy ignores them; not exercised here (this control plane serves only the four v3 types)",
-    ),
-    (
         "xDS stats under `http.*.rds.*` and `cluster.*.` (EDS)",
         "Pinion aggregates RDS/EDS update counters per type instead of per route config / cluster; only \
          `listener_manager.lds.*`, `cluster_manager.cds.*` and `control_plane.connected_state` are compared",

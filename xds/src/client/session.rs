@@ -424,14 +424,11 @@ fn on_sotw_response(
     resp: DiscoveryResponse,
 ) -> Result<(), String> {
     let Some(st) = ResourceType::from_type_url(&resp.type_url).and_then(|t| states.get_mut(&t)) else {
-        let req = DiscoveryRequest {
-            node: out.node(),
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            error_detail: nack_status(unsubscribed_message(&resp.type_url)),
-            ..Default::default()
-        };
-        return out.send(req);
+        // Envoy ignores responses for types it does not watch (an ECDS or v2 push, say):
+        // no ACK, no NACK, nothing applied.
+        tracing::warn!("ignoring xDS response for unwatched type: {}", unsubscribed_message(&resp.type_url));
+        let _ = out;
+        return Ok(());
     };
     sh.stats.for_type(st.type_).update_attempt.fetch_add(1, Ordering::Relaxed);
     st.nonce = resp.nonce.clone();
@@ -565,14 +562,11 @@ fn on_delta_response(
     resp: DeltaDiscoveryResponse,
 ) -> Result<(), String> {
     let Some(st) = ResourceType::from_type_url(&resp.type_url).and_then(|t| states.get_mut(&t)) else {
-        let req = DeltaDiscoveryRequest {
-            node: out.node(),
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            error_detail: nack_status(unsubscribed_message(&resp.type_url)),
-            ..Default::default()
-        };
-        return out.send(req);
+        // Envoy ignores responses for types it does not watch (an ECDS or v2 push, say):
+        // no ACK, no NACK, nothing applied.
+        tracing::warn!("ignoring xDS response for unwatched type: {}", unsubscribed_message(&resp.type_url));
+        let _ = out;
+        return Ok(());
     };
     sh.stats.for_type(st.type_).update_attempt.fetch_add(1, Ordering::Relaxed);
     st.nonce = resp.nonce.clone();
