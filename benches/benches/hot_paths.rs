@@ -83,7 +83,7 @@ fn bench_lb_pick(c: &mut Criterion) {
         ("random_10_hosts", LbPolicy::Random, hosts(10, |_| 1)),
     ];
     for (name, policy, set) in cases {
-        let lb = LoadBalancer::new(policy);
+        let lb = LoadBalancer::new(policy, 2);
         lb.on_hosts_changed(&set);
         g.bench_function(name, |b| b.iter(|| black_box(lb.choose(black_box(&set), &stats))));
     }
