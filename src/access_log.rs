@@ -1,6 +1,7 @@
 //! Access logs (`envoy.access_loggers.file`, `stdout`, `stderr`). Workers format lines and
 //! hand them to one writer thread per file over a channel, so no worker ever blocks on disk.
-//! The writer flushes when idle or every `--file-flush-interval-msec`.
+//! The writer flushes when idle or every `--file-flush-interval-msec`. gRPC access logs
+//! (`http_grpc` / `tcp_grpc`) go to [`crate::access_log_grpc`] instead.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -30,6 +31,7 @@ fn writer_for(sink: &AccessLogSink) -> Result<Sender<String>, String> {
         AccessLogSink::File(p) => p.clone(),
         AccessLogSink::Stdout => "/dev/stdout".into(),
         AccessLogSink::Stderr => "/dev/stderr".into(),
+        AccessLogSink::Grpc(_) => return Err("a gRPC access log has no writer".into()),
     };
     let mut map = writers().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(tx) = map.get(&key) {
@@ -45,6 +47,7 @@ fn writer_for(sink: &AccessLogSink) -> Result<Sender<String>, String> {
                 .open(p)
                 .map_err(|e| format!("cannot open access log '{p}': {e}"))?,
         ),
+        AccessLogSink::Grpc(_) => return Err("a gRPC access log has no writer".into()),
     };
     let (tx, rx) = mpsc::channel::<String>();
     std::thread::Builder::new()
@@ -98,13 +101,23 @@ enum LineFormat {
 /// One configured access log.
 #[derive(Clone)]
 pub struct AccessLogger {
-    format: Arc<LineFormat>,
-    tx: Sender<String>,
+    kind: LoggerKind,
+}
+
+#[derive(Clone)]
+enum LoggerKind {
+    /// Formatted lines to a writer thread.
+    Line { format: Arc<LineFormat>, tx: Sender<String> },
+    /// Entries to an access log service.
+    Grpc(crate::access_log_grpc::GrpcLogger),
 }
 
 impl AccessLogger {
-    /// Set up a logger (opens the file).
+    /// Set up a logger (opens the file, or joins the gRPC sink).
     pub fn new(cfg: &AccessLog) -> Result<Self, String> {
+        if let AccessLogSink::Grpc(g) = &cfg.sink {
+            return Ok(AccessLogger { kind: LoggerKind::Grpc(crate::access_log_grpc::GrpcLogger::new(g)?) });
+        }
         let format = match &cfg.format {
             AccessLogFormat::Default => LineFormat::Text(Format::parse(DEFAULT_ACCESS_LOG_FORMAT)?),
             AccessLogFormat::Text(s) => LineFormat::Text(Format::parse(s)?),
@@ -112,12 +125,16 @@ impl AccessLogger {
                 fields.iter().map(|(k, v)| Ok((k.clone(), Format::parse(v)?))).collect::<Result<_, String>>()?,
             ),
         };
-        Ok(AccessLogger { format: Arc::new(format), tx: writer_for(&cfg.sink)? })
+        Ok(AccessLogger { kind: LoggerKind::Line { format: Arc::new(format), tx: writer_for(&cfg.sink)? } })
     }
 
-    /// Format and queue one line.
+    /// Format and queue one line (or entry).
     pub fn log(&self, ctx: &Context<'_>) {
-        let line = match &*self.format {
+        let (format, tx) = match &self.kind {
+            LoggerKind::Line { format, tx } => (format, tx),
+            LoggerKind::Grpc(g) => return g.log(ctx),
+        };
+        let line = match &**format {
             LineFormat::Text(f) => f.render(ctx, false),
             LineFormat::Json(fields) => {
                 let mut obj = serde_json::Map::new();
@@ -137,6 +154,6 @@ impl AccessLogger {
                 s
             }
         };
-        let _ = self.tx.send(line);
+        let _ = tx.send(line);
     }
 }

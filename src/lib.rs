@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_log;
+pub mod access_log_grpc;
 pub mod admin;
 pub mod cli;
 pub mod config_store;

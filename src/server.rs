@@ -233,6 +233,7 @@ fn config_name(opts: &Options) -> String {
 async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, log: LogHandle) -> i32 {
     let store = Store::new(concurrency);
     let state_gauge = store.gauge("server.state", Prom::plain("server.state"));
+    crate::access_log_grpc::init(tokio::runtime::Handle::current(), bootstrap.node.clone());
     let snapshot = match build_snapshot(&bootstrap, &store, concurrency) {
         Ok(s) => s,
         Err(e) => {
@@ -268,6 +269,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
         state_gauge,
     });
     state.set_state(ServerStateKind::Initializing);
+    crate::access_log_grpc::set_snapshot(state.snapshot.clone());
     register_server_stats(&state);
 
     let mut workers: Vec<WorkerHandle> = Vec::with_capacity(concurrency);

@@ -3,6 +3,7 @@
 //! validated config model. Protos stop here: the data plane only sees [`model`].
 #![forbid(unsafe_code)]
 
+pub mod als;
 pub mod client;
 pub mod control_plane;
 pub mod decode;

@@ -3,6 +3,7 @@
 use envoy_types::pb::envoy::config::accesslog::v3 as al;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::extensions::access_loggers::file::v3 as file;
+use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3 as grpc;
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3 as stream;
 use envoy_types::pb::google::protobuf as pbuf;
 
@@ -49,12 +50,116 @@ pub(crate) fn access_log(l: &al::AccessLog) -> ConfigResult<model::AccessLog> {
             }
         };
         Ok(model::AccessLog { sink: model::AccessLogSink::Stderr, format })
+    } else if is_type::<grpc::HttpGrpcAccessLogConfig>(any) {
+        let grpc::HttpGrpcAccessLogConfig {
+            common_config,
+            additional_request_headers_to_log,
+            additional_response_headers_to_log,
+            additional_response_trailers_to_log,
+        } = unpack(any).map_err(typed)?;
+        let mut g = common_grpc_config(common_config.as_ref(), model::GrpcAccessLogKind::Http).map_err(typed)?;
+        g.additional_request_headers_to_log = header_names(&additional_request_headers_to_log)
+            .map_err(at("typed_config.additional_request_headers_to_log"))?;
+        g.additional_response_headers_to_log = header_names(&additional_response_headers_to_log)
+            .map_err(at("typed_config.additional_response_headers_to_log"))?;
+        // Pinion's access log path does not see response trailers yet.
+        reject_set(&additional_response_trailers_to_log, "typed_config.additional_response_trailers_to_log")?;
+        Ok(model::AccessLog { sink: model::AccessLogSink::Grpc(g), format: model::AccessLogFormat::Default })
+    } else if is_type::<grpc::TcpGrpcAccessLogConfig>(any) {
+        let grpc::TcpGrpcAccessLogConfig { common_config } = unpack(any).map_err(typed)?;
+        let g = common_grpc_config(common_config.as_ref(), model::GrpcAccessLogKind::Tcp).map_err(typed)?;
+        Ok(model::AccessLog { sink: model::AccessLogSink::Grpc(g), format: model::AccessLogFormat::Default })
     } else {
         Err(ConfigError::unsupported(
             "typed_config",
             format!("access logger '{name}' ({}) is not supported by pinion", type_name(any)),
         ))
     }
+}
+
+/// `CommonGrpcAccessLogConfig` (errors relative to the logger config).
+fn common_grpc_config(
+    c: Option<&grpc::CommonGrpcAccessLogConfig>,
+    kind: model::GrpcAccessLogKind,
+) -> ConfigResult<model::GrpcAccessLog> {
+    let Some(c) = c else {
+        return Err(ConfigError::invalid("common_config", "common_config is required"));
+    };
+    let under = at("common_config");
+    let grpc::CommonGrpcAccessLogConfig {
+        log_name,
+        grpc_service,
+        transport_api_version,
+        buffer_flush_interval,
+        buffer_size_bytes,
+        filter_state_objects_to_log,
+        grpc_stream_retry_policy,
+        custom_tags,
+    } = c;
+    if log_name.is_empty() {
+        return Err(ConfigError::invalid("common_config.log_name", "log_name must not be empty"));
+    }
+    match super::enum_value::<core::ApiVersion>(*transport_api_version, "common_config.transport_api_version")? {
+        core::ApiVersion::Auto | core::ApiVersion::V3 => {}
+        core::ApiVersion::V2 => {
+            return Err(ConfigError::invalid(
+                "common_config.transport_api_version",
+                "the v2 access log service API is no longer supported (use V3)",
+            ))
+        }
+    }
+    let Some(service) = grpc_service else {
+        return Err(ConfigError::invalid("common_config.grpc_service", "grpc_service is required"));
+    };
+    let service = super::config_source::grpc_service(service).map_err(at("common_config.grpc_service"))?;
+    let (cluster_name, authority) = match service {
+        model::GrpcService::EnvoyGrpc { cluster_name, authority, max_receive_message_length: _ } => {
+            (cluster_name, authority)
+        }
+        model::GrpcService::GoogleGrpc { .. } => {
+            return Err(super::unsupported_field("common_config.grpc_service.google_grpc"));
+        }
+    };
+    let buffer_flush_interval = super::duration_or(
+        buffer_flush_interval,
+        model::GrpcAccessLog::DEFAULT_FLUSH_INTERVAL,
+        "common_config.buffer_flush_interval",
+    )?;
+    if buffer_flush_interval.is_zero() {
+        return Err(ConfigError::invalid("common_config.buffer_flush_interval", "must be greater than 0s"));
+    }
+    let buffer_size_bytes = super::u32_or(buffer_size_bytes, model::GrpcAccessLog::DEFAULT_BUFFER_SIZE_BYTES);
+    reject_set(filter_state_objects_to_log, "filter_state_objects_to_log").map_err(under)?;
+    reject_set(grpc_stream_retry_policy, "common_config.grpc_stream_retry_policy")?;
+    reject_set(custom_tags, "common_config.custom_tags")?;
+    Ok(model::GrpcAccessLog {
+        log_name: log_name.clone(),
+        cluster_name,
+        authority,
+        kind,
+        buffer_flush_interval,
+        buffer_size_bytes,
+        additional_request_headers_to_log: Vec::new(),
+        additional_response_headers_to_log: Vec::new(),
+        additional_response_trailers_to_log: Vec::new(),
+    })
+}
+
+/// Header names to log: valid HTTP header names, lowercased (`:authority`-style pseudo
+/// headers are allowed, as in Envoy).
+fn header_names(names: &[String]) -> ConfigResult<Vec<String>> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let lower = n.to_ascii_lowercase();
+            let bare = lower.strip_prefix(':').unwrap_or(&lower);
+            if http::HeaderName::from_bytes(bare.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(format!("[{i}]"), format!("invalid header name '{n}'")));
+            }
+            Ok(lower)
+        })
+        .collect()
 }
 
 fn file_access_log(f: &file::FileAccessLog) -> ConfigResult<model::AccessLog> {
