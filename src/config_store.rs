@@ -239,14 +239,14 @@ impl ConfigStore {
                 },
             );
             for c in inner.active_clusters.values() {
-                if c.config.discovery == model::DiscoveryType::Eds && eds_name(&c.config) == u.name {
+                if c.config.discovery == model::DiscoveryType::Eds && eds_name_ref(&c.config) == u.name {
                     install_endpoints(c, &cla);
                 }
             }
             let warm: Vec<String> = inner
                 .warming_clusters
                 .iter()
-                .filter(|(_, c)| eds_name(&c.config) == u.name)
+                .filter(|(_, c)| eds_name_ref(&c.config) == u.name)
                 .map(|(n, _)| n.clone())
                 .collect();
             for n in warm {
@@ -398,6 +398,15 @@ pub fn eds_name(c: &model::Cluster) -> String {
         c.name.clone()
     } else {
         c.eds_service_name.clone()
+    }
+}
+
+/// [`eds_name`] without allocating (compared once per cluster for every EDS resource).
+fn eds_name_ref(c: &model::Cluster) -> &str {
+    if c.eds_service_name.is_empty() {
+        &c.name
+    } else {
+        &c.eds_service_name
     }
 }
 

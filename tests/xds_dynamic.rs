@@ -328,3 +328,44 @@ async fn fifty_pushes_under_load_lose_no_request() {
     assert!(ok > 100, "too little load went through: {ok}");
     assert_eq!(failed, 0, "{failed} of {} requests failed during 50 pushes", ok + failed);
 }
+
+/// The xDS cluster may be a unix socket (`pipe`), as Istio's bootstrap has it; a STRICT_DNS
+/// name works too (here `localhost`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ads_over_a_unix_socket_and_a_dns_name() {
+    let a = spawn_http_backend_named(BackendKind::Http1, "a");
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("xds.sock");
+    let cp = ControlPlane::new();
+    let _unix = cp.serve_unix(&sock).expect("unix control plane");
+    let (tcp_addr, _tcp) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("tcp control plane");
+    for (i, address) in [
+        format!("pipe: {{ path: {} }}", sock.display()),
+        format!("socket_address: {{ address: localhost, port_value: {} }}", tcp_addr.port()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let port = free_port();
+        let admin = free_port();
+        let node = format!("node-{i}");
+        cp.set_snapshot(
+            &node,
+            Snapshot::new("1")
+                .with_cluster(eds_cluster("svc"))
+                .with_endpoints(endpoints("svc", &[a.port()]))
+                .with_route(route("rc", "svc", "v1"))
+                .with_listener(listener("ingress", port, "rc")),
+        );
+        let cluster_type = if i == 0 { "STATIC" } else { "STRICT_DNS\n    dns_lookup_family: V4_ONLY" };
+        let bootstrap = bootstrap(admin, 1, "GRPC")
+            .replace(&format!("id: {NODE}"), &format!("id: {node}"))
+            .replace("type: STATIC", &format!("type: {cluster_type}"))
+            .replace("socket_address: { address: 127.0.0.1, port_value: 1 }", &address);
+        std::env::set_var("PINION_BIN", env!("CARGO_BIN_EXE_pinion"));
+        let mut proxy = ProxyProcess::spawn(ProxyKind::Pinion, &bootstrap, &["--drain-time-s", "1"]);
+        proxy.wait_ready(admin, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{address}: {e:#}"));
+        let r = eventually(port, Duration::from_secs(10), |r| r.0 == 200).await;
+        assert_eq!(r.1, "a", "{address}");
+    }
+}

@@ -191,7 +191,7 @@ impl Cluster {
             let hostname = if ep.hostname.is_empty() {
                 match &ep.address {
                     model::EndpointAddress::Dns { host, .. } => host.clone(),
-                    model::EndpointAddress::Socket(_) => String::new(),
+                    model::EndpointAddress::Socket(_) | model::EndpointAddress::Pipe(_) => String::new(),
                 }
             } else {
                 ep.hostname.clone()

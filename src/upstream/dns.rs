@@ -49,6 +49,8 @@ pub async fn refresh(cluster: &Arc<Cluster>) {
         for ep in &loc.endpoints {
             match &ep.address {
                 EndpointAddress::Socket(a) => resolved.push((loc, ep, *a)),
+                // Unix sockets are not dialed by the HTTP data plane (see the model).
+                EndpointAddress::Pipe(_) => {}
                 EndpointAddress::Dns { host, port } => {
                     let mut addrs = resolve(host, *port, cfg.dns_lookup_family).await;
                     if cfg.discovery == DiscoveryType::LogicalDns {

@@ -190,12 +190,16 @@ impl ClientConfig {
                         .localities
                         .iter()
                         .flat_map(|l| l.endpoints.iter())
-                        .find_map(|e| match e.address {
-                            model::EndpointAddress::Socket(a) => Some(a),
-                            model::EndpointAddress::Dns { .. } => None,
+                        .map(|e| match &e.address {
+                            model::EndpointAddress::Socket(a) => ServerAddr::Tcp(*a),
+                            model::EndpointAddress::Dns { host, port } => {
+                                ServerAddr::Uri(format!("http://{host}:{port}"))
+                            }
+                            model::EndpointAddress::Pipe(path) => ServerAddr::Unix(path.into()),
                         })
-                        .ok_or_else(|| format!("envoy_grpc cluster '{cluster_name}' has no IP endpoint"))?;
-                    Ok((ServerAddr::Tcp(addr), *max_receive_message_length))
+                        .next()
+                        .ok_or_else(|| format!("envoy_grpc cluster '{cluster_name}' has no endpoint"))?;
+                    Ok((addr, *max_receive_message_length))
                 }
             }
         };

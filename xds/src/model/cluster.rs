@@ -141,6 +141,9 @@ pub enum EndpointAddress {
         /// Port.
         port: u16,
     },
+    /// A unix domain socket (`pipe`). The xDS and gRPC access-log clients dial it; the HTTP
+    /// data plane does not yet, so such hosts never serve routed traffic (503 no healthy upstream).
+    Pipe(String),
 }
 
 /// `envoy.config.core.v3.HealthStatus`.

@@ -108,6 +108,7 @@ fn lb_endpoint(ep: &e::LbEndpoint, mode: AddressMode) -> ConfigResult<model::End
     let address = match address(addr, mode).map_err(at("endpoint.address"))? {
         ResolvedAddress::Ip(sa) => model::EndpointAddress::Socket(sa),
         ResolvedAddress::Dns(host, port) => model::EndpointAddress::Dns { host, port },
+        ResolvedAddress::Pipe(path) => model::EndpointAddress::Pipe(path),
     };
     let weight = u32_or(load_balancing_weight, 1);
     if weight == 0 {

@@ -156,6 +156,8 @@ pub(crate) enum ResolvedAddress {
     Ip(SocketAddr),
     /// Hostname to resolve and port.
     Dns(String, u16),
+    /// A unix domain socket path (`pipe`): cluster endpoints only.
+    Pipe(String),
 }
 
 /// Translate an `Address` (socket addresses over TCP only); errors relative to the `Address`.
@@ -164,8 +166,12 @@ pub(crate) fn address(a: &core::Address, mode: AddressMode) -> ConfigResult<Reso
     let core::Address { address } = a;
     match address {
         None => Err(ConfigError::invalid("", "address must be set")),
-        Some(A::Pipe(_)) => {
-            Err(ConfigError::unsupported("pipe", "pipe (unix domain socket) addresses are not supported by pinion"))
+        Some(A::Pipe(p)) => {
+            let core::Pipe { path, mode } = p;
+            if *mode != 0 {
+                return Err(ConfigError::unsupported("pipe.mode", "pipe.mode is not supported by pinion"));
+            }
+            Ok(ResolvedAddress::Pipe(path.clone()))
         }
         Some(A::EnvoyInternalAddress(_)) => {
             Err(ConfigError::unsupported("envoy_internal_address", "envoy_internal_address is not supported by pinion"))
@@ -226,6 +232,10 @@ pub(crate) fn ip_address(a: &Option<core::Address>) -> ConfigResult<SocketAddr> 
         ResolvedAddress::Dns(h, _) => {
             Err(ConfigError::invalid("socket_address.address", format!("malformed IP address: {h}")))
         }
+        ResolvedAddress::Pipe(_) => Err(ConfigError::unsupported(
+            "pipe",
+            "pipe (unix domain socket) addresses are supported only for cluster endpoints (e.g. the xDS cluster)",
+        )),
     }
 }
 
