@@ -29,9 +29,10 @@ pub struct Versioned<T> {
     pub value: T,
     /// Version it came with.
     pub version: String,
-    /// Proto3 JSON for `/config_dump`, kept as compact text: a `serde_json::Value` tree costs
-    /// several times the memory, and thousands of resources are normal in a mesh.
-    pub json: Box<str>,
+    /// The encoded proto, rendered to JSON only for `/config_dump`: JSON (even as text) costs
+    /// several times the memory and most of an update's CPU, and thousands of resources are
+    /// normal in a mesh.
+    pub raw: bytes::Bytes,
     /// When it was accepted.
     pub last_updated: SystemTime,
 }
@@ -126,7 +127,7 @@ impl ConfigStore {
         let warming_clusters: BTreeSet<&String> = inner.warming_clusters.keys().collect();
         let (mut active_c, mut warming_c) = (Vec::new(), Vec::new());
         for (name, v) in &inner.clusters {
-            let entry = json!({ "version_info": v.version, "cluster": with_type(&v.json, ResourceType::Cluster), "last_updated": ts(v.last_updated) });
+            let entry = json!({ "version_info": v.version, "cluster": with_type(&v.raw, ResourceType::Cluster), "last_updated": ts(v.last_updated) });
             if warming_clusters.contains(name) {
                 warming_c.push(entry);
             } else {
@@ -135,7 +136,7 @@ impl ConfigStore {
         }
         let (mut active_l, mut warming_l) = (Vec::new(), Vec::new());
         for (name, v) in &inner.listeners {
-            let state = json!({ "version_info": v.version, "listener": with_type(&v.json, ResourceType::Listener), "last_updated": ts(v.last_updated) });
+            let state = json!({ "version_info": v.version, "listener": with_type(&v.raw, ResourceType::Listener), "last_updated": ts(v.last_updated) });
             if inner.warming_listeners.contains_key(name) {
                 warming_l.push(json!({ "name": name, "warming_state": state }));
             } else {
@@ -145,12 +146,12 @@ impl ConfigStore {
         let routes: Vec<_> = inner
             .routes
             .values()
-            .map(|v| json!({ "version_info": v.version, "route_config": with_type(&v.json, ResourceType::RouteConfiguration), "last_updated": ts(v.last_updated) }))
+            .map(|v| json!({ "version_info": v.version, "route_config": with_type(&v.raw, ResourceType::RouteConfiguration), "last_updated": ts(v.last_updated) }))
             .collect();
         let endpoints: Vec<_> = inner
             .endpoints
             .values()
-            .map(|v| json!({ "version_info": v.version, "endpoint_config": with_type(&v.json, ResourceType::ClusterLoadAssignment), "last_updated": ts(v.last_updated) }))
+            .map(|v| json!({ "version_info": v.version, "endpoint_config": with_type(&v.raw, ResourceType::ClusterLoadAssignment), "last_updated": ts(v.last_updated) }))
             .collect();
         let rejected = inner.last_rejected.as_ref().map(|r| {
             json!({ "type": r.type_.type_url(), "version_info": r.version, "details": r.details, "last_update_attempt": ts(r.at) })
@@ -182,18 +183,13 @@ impl ConfigStore {
                 // Envoy refuses to replace a static cluster from CDS; so does Pinion.
                 continue;
             }
-            if inner.clusters.get(&u.name).is_some_and(|old| *old.json == *compact(&u.json)) {
+            if inner.clusters.get(&u.name).is_some_and(|old| old.raw == u.raw) {
                 continue; // unchanged: keep the running cluster, its pools and host state
             }
             let cluster = Cluster::new(cfg.clone(), &self.stats);
             inner.clusters.insert(
                 u.name.clone(),
-                Versioned {
-                    value: cfg.clone(),
-                    version: u.version,
-                    json: compact(&u.json),
-                    last_updated: SystemTime::now(),
-                },
+                Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
             match cfg.discovery {
                 model::DiscoveryType::Eds => {
@@ -231,12 +227,7 @@ impl ConfigStore {
             let Resource::ClusterLoadAssignment(cla) = u.resource else { continue };
             inner.endpoints.insert(
                 u.name.clone(),
-                Versioned {
-                    value: cla.clone(),
-                    version: u.version,
-                    json: compact(&u.json),
-                    last_updated: SystemTime::now(),
-                },
+                Versioned { value: cla.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
             for c in inner.active_clusters.values() {
                 if c.config.discovery == model::DiscoveryType::Eds && eds_name_ref(&c.config) == u.name {
@@ -269,7 +260,7 @@ impl ConfigStore {
             Self::rds_slot(inner, &u.name).store(Some(table));
             inner.routes.insert(
                 u.name.clone(),
-                Versioned { value: rc, version: u.version, json: compact(&u.json), last_updated: SystemTime::now() },
+                Versioned { value: rc, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
         }
     }
@@ -284,7 +275,7 @@ impl ConfigStore {
         }
         for u in updated {
             let Resource::Listener(cfg) = u.resource else { continue };
-            if inner.listeners.get(&u.name).is_some_and(|old| *old.json == *compact(&u.json)) {
+            if inner.listeners.get(&u.name).is_some_and(|old| old.raw == u.raw) {
                 continue;
             }
             let slots: HashMap<String, RdsSlot> = {
@@ -301,7 +292,7 @@ impl ConfigStore {
             };
             inner.listeners.insert(
                 u.name.clone(),
-                Versioned { value: cfg, version: u.version, json: compact(&u.json), last_updated: SystemTime::now() },
+                Versioned { value: cfg, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
             if runtime.is_warm() || inner.gave_up.contains(&ResourceType::RouteConfiguration) {
                 inner.warming_listeners.remove(&u.name);
@@ -374,13 +365,8 @@ impl ConfigStore {
     }
 }
 
-/// Compact JSON text of a resource.
-fn compact(v: &serde_json::Value) -> Box<str> {
-    v.to_string().into_boxed_str()
-}
-
-fn with_type(text: &str, t: ResourceType) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+fn with_type(raw: &[u8], t: ResourceType) -> serde_json::Value {
+    let v = pinion_xds::decode::json_of(t.message_name(), raw);
     let v = &v;
     let mut m = serde_json::Map::new();
     m.insert("@type".into(), serde_json::Value::String(t.type_url().into()));

@@ -236,6 +236,9 @@ filter_chains:
     assert_eq!((r.0, r.1.as_str(), r.2.as_str()), (200, "b", "v3"));
     let (_, dump) = proxy.admin_get("/config_dump").unwrap();
     assert!(dump.contains("dynamic_active_clusters") && dump.contains("\"version_info\""), "{dump}");
+    // The resources themselves are rendered as proto3 JSON with their type.
+    assert!(dump.contains("\"@type\": \"type.googleapis.com/envoy.config.cluster.v3.Cluster\""), "{dump}");
+    assert!(dump.contains("\"name\": \"svc\"") && dump.contains("\"route_config_name\": \"rc\""), "{dump}");
 
     // Removing the cluster: the route now names a missing cluster -> 503, as Envoy.
     cp.set_snapshot(

@@ -151,6 +151,15 @@ pub fn to_json<M: Message + prost::Name>(msg: &M) -> Json {
     })
 }
 
+/// Proto3 JSON of an encoded message of type `message_name` (for `/config_dump`); `Null` if it
+/// cannot be rendered.
+pub fn json_of(message_name: &str, raw: &[u8]) -> Json {
+    let Some(desc) = pool().get_message_by_name(message_name) else { return Json::Null };
+    let Ok(dynamic) = DynamicMessage::decode(desc, raw) else { return Json::Null };
+    let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
+    dynamic.serialize_with_options(serde_json::value::Serializer, &opts).unwrap_or(Json::Null)
+}
+
 fn descriptor_for<M: prost::Name>() -> Result<MessageDescriptor, ConfigError> {
     let name = M::full_name();
     pool()

@@ -44,6 +44,11 @@ impl ResourceType {
         matches!(self, ResourceType::Listener | ResourceType::Cluster)
     }
 
+    /// The proto message's full name (`envoy.config.listener.v3.Listener`).
+    pub fn message_name(self) -> &'static str {
+        self.type_url().trim_start_matches("type.googleapis.com/")
+    }
+
     /// Short name for logs and stats (`lds`, `rds`, `cds`, `eds`).
     pub fn short(self) -> &'static str {
         match self {
@@ -77,8 +82,9 @@ pub struct ResourceUpdate {
     pub version: String,
     /// The resource, translated.
     pub resource: Resource,
-    /// Proto3 JSON of the resource for `/config_dump`.
-    pub json: serde_json::Value,
+    /// The resource's encoded proto, kept for `/config_dump` (rendered to JSON only when asked:
+    /// JSON for thousands of resources costs memory and update time for nothing).
+    pub raw: bytes::Bytes,
 }
 
 /// A resource the client or the sink refused, with the reason (goes into the NACK).

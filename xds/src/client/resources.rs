@@ -13,7 +13,7 @@ use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use crate::control_plane::fnv1a;
-use crate::decode::{to_json, validate_prost, validate_prost_shallow};
+use crate::decode::{validate_prost, validate_prost_shallow};
 use crate::error::ConfigError;
 use crate::sink::{Rejected, Resource, ResourceType, ResourceUpdate};
 use crate::translate;
@@ -138,9 +138,9 @@ pub(crate) fn process(
             continue;
         }
         match build(d) {
-            Ok((resource, json)) => {
+            Ok((resource, raw)) => {
                 out.hashes.insert(name.clone(), hash);
-                out.updated.push(ResourceUpdate { name, version: e.version.clone(), resource, json })
+                out.updated.push(ResourceUpdate { name, version: e.version.clone(), resource, raw })
             }
             Err(err) => out.rejected.push(Rejected { name, reason: err.to_string() }),
         }
@@ -177,23 +177,26 @@ fn decode_any(t: ResourceType, any: &Any) -> Result<Decoded, String> {
     })
 }
 
-fn build(d: Decoded) -> Result<(Resource, serde_json::Value), ConfigError> {
+fn build(d: Decoded) -> Result<(Resource, bytes::Bytes), ConfigError> {
+    fn raw<M: Message>(m: &M) -> bytes::Bytes {
+        bytes::Bytes::from(m.encode_to_vec())
+    }
     Ok(match d {
         Decoded::Listener(m) => {
             validate_prost(m.as_ref())?;
-            (Resource::Listener(Arc::new(translate::listener(&m)?)), to_json(m.as_ref()))
+            (Resource::Listener(Arc::new(translate::listener(&m)?)), raw(m.as_ref()))
         }
         Decoded::Route(m) => {
             validate_prost(m.as_ref())?;
-            (Resource::RouteConfiguration(Arc::new(translate::route_configuration(&m)?)), to_json(m.as_ref()))
+            (Resource::RouteConfiguration(Arc::new(translate::route_configuration(&m)?)), raw(m.as_ref()))
         }
         Decoded::Cluster(m) => {
             validate_prost(m.as_ref())?;
-            (Resource::Cluster(Arc::new(translate::cluster(&m)?)), to_json(m.as_ref()))
+            (Resource::Cluster(Arc::new(translate::cluster(&m)?)), raw(m.as_ref()))
         }
         Decoded::Endpoints(m) => {
             validate_prost(m.as_ref())?;
-            (Resource::ClusterLoadAssignment(Arc::new(translate::cluster_load_assignment(&m)?)), to_json(m.as_ref()))
+            (Resource::ClusterLoadAssignment(Arc::new(translate::cluster_load_assignment(&m)?)), raw(m.as_ref()))
         }
     })
 }
