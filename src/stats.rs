@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 thread_local! {
@@ -27,17 +27,46 @@ pub fn current_slot() -> usize {
     SLOT.with(|s| s.get())
 }
 
+/// Eight cells on one cache line.
 #[repr(align(64))]
 #[derive(Default)]
-struct Padded<T>(T);
+struct Chunk([AtomicU64; 8]);
+
+/// The cells of one or more stats, slot-major: each slot's cells start on their own cache line,
+/// so workers never write the same line, and a group of stats (a cluster's) shares lines
+/// within a slot instead of padding every counter.
+struct Block {
+    per_slot: usize,
+    chunks: Box<[Chunk]>,
+}
+
+impl Block {
+    fn new(slots: usize, stats: usize) -> Arc<Self> {
+        let per_slot = stats.div_ceil(8).max(1);
+        Arc::new(Block { per_slot, chunks: (0..slots * per_slot).map(|_| Chunk::default()).collect() })
+    }
+
+    #[inline]
+    fn cell(&self, slot: usize, idx: usize) -> Option<&AtomicU64> {
+        self.chunks.get(slot * self.per_slot + idx / 8).map(|c| &c.0[idx % 8])
+    }
+
+    fn sum(&self, idx: usize) -> u64 {
+        let slots = self.chunks.len() / self.per_slot;
+        (0..slots).filter_map(|s| self.cell(s, idx)).fold(0u64, |a, c| a.wrapping_add(c.load(Ordering::Relaxed)))
+    }
+}
 
 /// A monotonically increasing counter, sharded per worker.
 #[derive(Clone)]
-pub struct Counter(Arc<[Padded<AtomicU64>]>);
+pub struct Counter {
+    block: Arc<Block>,
+    idx: usize,
+}
 
 impl Counter {
     fn new(slots: usize) -> Self {
-        Counter((0..slots).map(|_| Padded::default()).collect())
+        Counter { block: Block::new(slots, 1), idx: 0 }
     }
 
     /// Add one.
@@ -51,29 +80,33 @@ impl Counter {
     pub fn add(&self, n: u64) {
         // Only this thread writes its slot, so a relaxed load+store would do; fetch_add keeps
         // it correct even if two threads ever shared a slot.
-        if let Some(slot) = self.0.get(current_slot()) {
-            slot.0.fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = self.block.cell(current_slot(), self.idx) {
+            c.fetch_add(n, Ordering::Relaxed);
         }
     }
 
     /// Sum over all slots.
     pub fn value(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.block.sum(self.idx)
     }
 
     /// Value of one worker's slot (0-based worker index).
     pub fn worker_value(&self, worker: usize) -> u64 {
-        self.0.get(worker + 1).map(|s| s.0.load(Ordering::Relaxed)).unwrap_or(0)
+        self.block.cell(worker + 1, self.idx).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0)
     }
 }
 
-/// A gauge, sharded per worker: each worker adds and subtracts on its own slot.
+/// A gauge, sharded per worker: each worker adds and subtracts on its own slot (two's
+/// complement in the shared cell type).
 #[derive(Clone)]
-pub struct Gauge(Arc<[Padded<AtomicI64>]>);
+pub struct Gauge {
+    block: Arc<Block>,
+    idx: usize,
+}
 
 impl Gauge {
     fn new(slots: usize) -> Self {
-        Gauge((0..slots).map(|_| Padded::default()).collect())
+        Gauge { block: Block::new(slots, 1), idx: 0 }
     }
 
     /// Add one.
@@ -91,22 +124,53 @@ impl Gauge {
     /// Add `n` (may be negative).
     #[inline]
     pub fn add(&self, n: i64) {
-        if let Some(slot) = self.0.get(current_slot()) {
-            slot.0.fetch_add(n, Ordering::Relaxed);
+        if let Some(c) = self.block.cell(current_slot(), self.idx) {
+            c.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
 
     /// Set the main-thread slot (for gauges owned by the control thread) to `v`.
     pub fn set(&self, v: i64) {
-        for (i, s) in self.0.iter().enumerate() {
-            s.0.store(if i == 0 { v } else { 0 }, Ordering::Relaxed);
+        let slots = self.block.chunks.len() / self.block.per_slot;
+        for s in 0..slots {
+            if let Some(c) = self.block.cell(s, self.idx) {
+                c.store(if s == 0 { v as u64 } else { 0 }, Ordering::Relaxed);
+            }
         }
     }
 
     /// Sum over all slots.
     pub fn value(&self) -> i64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.block.sum(self.idx) as i64
     }
+}
+
+/// A family of stats registered together (a cluster's): one block of cells, names rendered
+/// from a shared prefix at scrape time instead of one stored name per stat.
+pub struct StatGroup {
+    block: Arc<Block>,
+}
+
+impl StatGroup {
+    /// The counter at `idx` of the group's name list.
+    pub fn counter(&self, idx: usize) -> Counter {
+        Counter { block: self.block.clone(), idx }
+    }
+
+    /// The gauge at `idx` of the group's name list.
+    pub fn gauge(&self, idx: usize) -> Gauge {
+        Gauge { block: self.block.clone(), idx }
+    }
+}
+
+/// A registered group.
+struct Group {
+    family: &'static str,
+    tag: &'static str,
+    value: Box<str>,
+    /// (name after the prefix, is_gauge).
+    names: &'static [(&'static str, bool)],
+    block: Arc<Block>,
 }
 
 /// Kind of stat, for `/stats` and Prometheus `# TYPE`.
@@ -129,6 +193,7 @@ struct Entry {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Mutex<BTreeMap<String, Entry>>>,
+    groups: Arc<Mutex<BTreeMap<String, Group>>>,
     slots: usize,
     sources: Arc<Mutex<Vec<Source>>>,
 }
@@ -142,6 +207,7 @@ impl Store {
     pub fn new(workers: usize) -> Self {
         Store {
             inner: Arc::new(Mutex::new(BTreeMap::new())),
+            groups: Arc::new(Mutex::new(BTreeMap::new())),
             slots: workers.clamp(1, MAX_WORKERS) + 1,
             sources: Arc::new(Mutex::new(Vec::new())),
         }
@@ -150,6 +216,27 @@ impl Store {
     /// Number of shard slots (workers + the main thread).
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// Get or create the group `<family>.<value>.<name>` for every name in `names`, with
+    /// `value` extracted into the Prometheus tag `tag` (Envoy's tag extraction).
+    pub fn group(
+        &self,
+        family: &'static str,
+        tag: &'static str,
+        value: &str,
+        names: &'static [(&'static str, bool)],
+    ) -> StatGroup {
+        let key = format!("{family}.{value}.");
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = groups.get(&key) {
+            if std::ptr::eq(g.names, names) {
+                return StatGroup { block: g.block.clone() };
+            }
+        }
+        let block = Block::new(self.slots, names.len());
+        groups.insert(key, Group { family, tag, value: value.into(), names, block: block.clone() });
+        StatGroup { block }
     }
 
     /// Register stats owned elsewhere; they show in every output format.
@@ -172,6 +259,26 @@ impl Store {
                 })
                 .collect()
         };
+        {
+            let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            for (prefix, g) in groups.iter() {
+                for (i, (n, gauge)) in g.names.iter().enumerate() {
+                    // Gauges live in the same cells as two's complement; the cast reads both.
+                    let v = g.block.sum(i) as i64;
+                    // `upstream_rq_2xx` -> `upstream_rq_xx{envoy_response_code_class="2"}`.
+                    let b = n.as_bytes();
+                    let class = (b.len() > 4 && n.ends_with("xx") && b[b.len() - 4] == b'_')
+                        .then(|| b[b.len() - 3])
+                        .filter(|c| (b'1'..=b'5').contains(c));
+                    let prom = match class {
+                        Some(c) => Prom::tagged(g.family, g.tag, &g.value, &format!("{}xx", &n[..n.len() - 3]))
+                            .with_tag("envoy_response_code_class", &(c as char).to_string()),
+                        None => Prom::tagged(g.family, g.tag, &g.value, n),
+                    };
+                    out.push((format!("{prefix}{n}"), v, !gauge, prom.name, prom.tags));
+                }
+            }
+        }
         let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for src in sources {
             for (name, v, gauge) in src() {
@@ -335,6 +442,31 @@ mod tests {
         let prom = store.render_prometheus(false);
         assert!(prom.contains("# TYPE envoy_cluster_upstream_rq_total counter\n"), "{prom}");
         assert!(prom.contains("envoy_cluster_upstream_rq_total{envoy_cluster_name=\"a\"} 6\n"), "{prom}");
+    }
+
+    #[test]
+    fn groups_share_a_block_and_render_envoy_names() {
+        static NAMES: &[(&str, bool)] =
+            &[("upstream_rq_total", false), ("upstream_rq_2xx", false), ("cx_active", true)];
+        let store = Store::new(2);
+        let g = store.group("cluster", "envoy_cluster_name", "svc", NAMES);
+        g.counter(0).add(3);
+        g.counter(1).inc();
+        g.gauge(2).dec();
+        // Registering the same group again gives the same cells.
+        store.group("cluster", "envoy_cluster_name", "svc", NAMES).counter(0).inc();
+        let text = store.render_text(None, false);
+        assert_eq!(
+            text,
+            "cluster.svc.cx_active: -1\ncluster.svc.upstream_rq_2xx: 1\ncluster.svc.upstream_rq_total: 4\n"
+        );
+        let prom = store.render_prometheus(false);
+        assert!(
+            prom.contains("envoy_cluster_upstream_rq_xx{envoy_cluster_name=\"svc\",envoy_response_code_class=\"2\"} 1"),
+            "{prom}"
+        );
+        assert!(prom.contains("# TYPE envoy_cluster_cx_active gauge"), "{prom}");
+        assert_eq!(store.value("cluster.svc.upstream_rq_total"), Some(4));
     }
 
     #[test]

@@ -13,6 +13,36 @@ use crate::stats::{Counter, Gauge, Prom, Store};
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// Names of a cluster's stats after `cluster.<name>.`, in the order of their cells; `true`
+/// marks gauges.
+const CLUSTER_STATS: &[(&str, bool)] = &[
+    ("upstream_cx_total", false),
+    ("upstream_cx_active", true),
+    ("upstream_cx_http1_total", false),
+    ("upstream_cx_http2_total", false),
+    ("upstream_cx_connect_fail", false),
+    ("upstream_cx_connect_timeout", false),
+    ("upstream_cx_none_healthy", false),
+    ("upstream_cx_destroy", false),
+    ("upstream_cx_rx_bytes_total", false),
+    ("upstream_cx_tx_bytes_total", false),
+    ("upstream_rq_total", false),
+    ("upstream_rq_active", true),
+    ("upstream_rq_completed", false),
+    ("upstream_rq_timeout", false),
+    ("upstream_rq_pending_total", false),
+    ("upstream_rq_pending_failure_eject", false),
+    ("upstream_rq_rx_reset", false),
+    ("upstream_rq_1xx", false),
+    ("upstream_rq_2xx", false),
+    ("upstream_rq_3xx", false),
+    ("upstream_rq_4xx", false),
+    ("upstream_rq_5xx", false),
+    ("membership_total", true),
+    ("membership_healthy", true),
+    ("lb_healthy_panic", false),
+];
+
 /// Envoy's cluster stats (`cluster.<name>.*`).
 #[derive(Clone)]
 pub struct ClusterStats {
@@ -65,49 +95,31 @@ pub struct ClusterStats {
 }
 
 impl ClusterStats {
-    /// Register the stats of cluster `stat_name`.
+    /// Register the stats of cluster `stat_name` (one stat group: one block of cells).
     pub fn new(store: &Store, stat_name: &str) -> Self {
-        let c = |rest: &str| {
-            store.counter(
-                &format!("cluster.{stat_name}.{rest}"),
-                Prom::tagged("cluster", "envoy_cluster_name", stat_name, rest),
-            )
-        };
-        let g = |rest: &str| {
-            store.gauge(
-                &format!("cluster.{stat_name}.{rest}"),
-                Prom::tagged("cluster", "envoy_cluster_name", stat_name, rest),
-            )
-        };
-        let xx = |class: u8| {
-            store.counter(
-                &format!("cluster.{stat_name}.upstream_rq_{class}xx"),
-                Prom::tagged("cluster", "envoy_cluster_name", stat_name, "upstream_rq_xx")
-                    .with_tag("envoy_response_code_class", &class.to_string()),
-            )
-        };
+        let g = store.group("cluster", "envoy_cluster_name", stat_name, CLUSTER_STATS);
         ClusterStats {
-            upstream_cx_total: c("upstream_cx_total"),
-            upstream_cx_active: g("upstream_cx_active"),
-            upstream_cx_http1_total: c("upstream_cx_http1_total"),
-            upstream_cx_http2_total: c("upstream_cx_http2_total"),
-            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
-            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
-            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
-            upstream_cx_destroy: c("upstream_cx_destroy"),
-            upstream_cx_rx_bytes_total: c("upstream_cx_rx_bytes_total"),
-            upstream_cx_tx_bytes_total: c("upstream_cx_tx_bytes_total"),
-            upstream_rq_total: c("upstream_rq_total"),
-            upstream_rq_active: g("upstream_rq_active"),
-            upstream_rq_completed: c("upstream_rq_completed"),
-            upstream_rq_timeout: c("upstream_rq_timeout"),
-            upstream_rq_pending_total: c("upstream_rq_pending_total"),
-            upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
-            upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
-            upstream_rq_xx: [xx(1), xx(2), xx(3), xx(4), xx(5)],
-            membership_total: g("membership_total"),
-            membership_healthy: g("membership_healthy"),
-            lb_healthy_panic: c("lb_healthy_panic"),
+            upstream_cx_total: g.counter(0),
+            upstream_cx_active: g.gauge(1),
+            upstream_cx_http1_total: g.counter(2),
+            upstream_cx_http2_total: g.counter(3),
+            upstream_cx_connect_fail: g.counter(4),
+            upstream_cx_connect_timeout: g.counter(5),
+            upstream_cx_none_healthy: g.counter(6),
+            upstream_cx_destroy: g.counter(7),
+            upstream_cx_rx_bytes_total: g.counter(8),
+            upstream_cx_tx_bytes_total: g.counter(9),
+            upstream_rq_total: g.counter(10),
+            upstream_rq_active: g.gauge(11),
+            upstream_rq_completed: g.counter(12),
+            upstream_rq_timeout: g.counter(13),
+            upstream_rq_pending_total: g.counter(14),
+            upstream_rq_pending_failure_eject: g.counter(15),
+            upstream_rq_rx_reset: g.counter(16),
+            membership_total: g.gauge(22),
+            membership_healthy: g.gauge(23),
+            lb_healthy_panic: g.counter(24),
+            upstream_rq_xx: [g.counter(17), g.counter(18), g.counter(19), g.counter(20), g.counter(21)],
             codes: Arc::new(OnceLock::new()),
             store: store.clone(),
             stat_name: stat_name.into(),
