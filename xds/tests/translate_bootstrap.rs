@@ -543,8 +543,12 @@ fn transport_sockets_and_listener_filters() {
         server_names: vec!["Example.COM".into()],
         ..Default::default()
     });
+    // original_dst (transparent interception) is not implemented: refused, not ignored.
+    let err = listener(&li).unwrap_err();
+    assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "listener_filters[1]"));
+    li.listener_filters.truncate(1);
     let m = listener(&li).unwrap();
-    assert_eq!(m.listener_filters, vec![model::ListenerFilter::TlsInspector, model::ListenerFilter::OriginalDst]);
+    assert_eq!(m.listener_filters, vec![model::ListenerFilter::TlsInspector]);
     assert!(!m.reuse_port);
     assert_eq!(m.tcp_backlog_size, Some(512));
     let fcm = &m.filter_chains[0].filter_chain_match;

@@ -247,6 +247,18 @@ fn cluster_settings_mapped() {
         }],
         per_host_thresholds: vec![],
     });
+    // Non-default thresholds would change behaviour Pinion does not enforce yet: refused.
+    let err = cluster(&cl).unwrap_err();
+    assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "circuit_breakers"));
+    // Thresholds equal to Envoy's defaults are accepted.
+    cl.circuit_breakers = Some(c::CircuitBreakers {
+        thresholds: vec![c::circuit_breakers::Thresholds {
+            max_connections: Some(pbuf::UInt32Value { value: 1024 }),
+            max_retries: Some(pbuf::UInt32Value { value: 3 }),
+            ..Default::default()
+        }],
+        per_host_thresholds: vec![],
+    });
     let m = cluster(&cl).unwrap();
     assert_eq!(m.stat_name, "svc_stats");
     assert_eq!(m.connect_timeout, Duration::from_millis(250));
@@ -255,7 +267,12 @@ fn cluster_settings_mapped() {
     assert_eq!(m.dns_refresh_rate, Duration::from_secs(30));
     assert_eq!(
         m.circuit_breakers,
-        model::CircuitBreakers { max_connections: 10, max_pending_requests: 1024, max_requests: 1024, max_retries: 1 }
+        model::CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3
+        }
     );
 }
 

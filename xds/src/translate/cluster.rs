@@ -257,7 +257,18 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         dns_lookup_family,
         circuit_breakers: match circuit_breakers {
             None => model::CircuitBreakers::default(),
-            Some(cb) => breakers(cb).map_err(at("circuit_breakers"))?,
+            Some(cb) => {
+                let b = breakers(cb).map_err(at("circuit_breakers"))?;
+                // Thresholds that differ from Envoy's defaults would change behaviour that
+                // Pinion does not enforce yet (the circuit-breaker issue): refuse them.
+                if b != model::CircuitBreakers::default() {
+                    return Err(ConfigError::unsupported(
+                        "circuit_breakers",
+                        "circuit breaker thresholds are not enforced by pinion yet",
+                    ));
+                }
+                b
+            }
         },
         close_connections_on_host_health_failure: *close_connections_on_host_health_failure,
     })

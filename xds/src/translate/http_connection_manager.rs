@@ -174,6 +174,18 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
         }
     }
 
+    if *always_set_request_id_in_response {
+        return Err(ConfigError::unsupported(
+            "always_set_request_id_in_response",
+            "always_set_request_id_in_response is not supported by pinion yet",
+        ));
+    }
+    if common.max_stream_duration.is_some() {
+        return Err(ConfigError::unsupported(
+            "common_http_protocol_options.max_stream_duration",
+            "max_stream_duration is not enforced by pinion yet",
+        ));
+    }
     Ok(model::HttpConnectionManager {
         stat_prefix: stat_prefix.clone(),
         codec_type,

@@ -151,7 +151,7 @@ fn listener_filter(f: &l::ListenerFilter) -> ConfigResult<model::ListenerFilter>
         Some(ConfigType::TypedConfig(any)) => Some(any),
         Some(ConfigType::ConfigDiscovery(_)) => return Err(unsupported_field("config_discovery")),
     };
-    let known: [(&str, &str, model::ListenerFilter); 3] = [
+    let known: [(&str, &str, model::ListenerFilter); 2] = [
         (
             "envoy.filters.listener.tls_inspector",
             "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
@@ -162,11 +162,8 @@ fn listener_filter(f: &l::ListenerFilter) -> ConfigResult<model::ListenerFilter>
             "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
             model::ListenerFilter::HttpInspector,
         ),
-        (
-            "envoy.filters.listener.original_dst",
-            "envoy.extensions.filters.listener.original_dst.v3.OriginalDst",
-            model::ListenerFilter::OriginalDst,
-        ),
+        // original_dst is left out on purpose: transparent interception (SO_ORIGINAL_DST)
+        // is not implemented, so it is reported as unsupported rather than ignored.
     ];
     let found = known.iter().find(|(n, ty, _)| match any {
         Some(any) => type_name(any) == *ty,

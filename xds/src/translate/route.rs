@@ -182,12 +182,21 @@ fn virtual_host(vh: &r::VirtualHost, max_body: u32) -> ConfigResult<model::Virtu
     }
     let require_tls = match enum_value::<r::virtual_host::TlsRequirementType>(*require_tls, "require_tls")? {
         r::virtual_host::TlsRequirementType::None => model::RequireTls::None,
-        r::virtual_host::TlsRequirementType::ExternalOnly => model::RequireTls::ExternalOnly,
-        r::virtual_host::TlsRequirementType::All => model::RequireTls::All,
+        // Enforcing it needs downstream TLS (the mTLS issue); refusing beats a silent no-op.
+        r::virtual_host::TlsRequirementType::ExternalOnly | r::virtual_host::TlsRequirementType::All => {
+            return Err(ConfigError::unsupported("require_tls", "require_tls is not supported by pinion yet"))
+        }
     };
     let retry_policy = match retry_policy {
         None => None,
-        Some(p) => Some(retry(p).map_err(at("retry_policy"))?),
+        Some(p) => {
+            // Checked first so malformed policies still get their own error.
+            retry(p).map_err(at("retry_policy"))?;
+            return Err(ConfigError::unsupported(
+                "retry_policy",
+                "retries are not implemented by pinion yet (they arrive with the retries issue)",
+            ));
+        }
     };
     let mut out_routes = Vec::with_capacity(routes.len());
     for (i, rt) in routes.iter().enumerate() {
@@ -414,13 +423,24 @@ fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
     let idle_timeout = match idle_timeout {
         None => None,
         Some(d) => {
-            let d = duration(d).map_err(at("idle_timeout"))?;
-            Some(if d.is_zero() { None } else { Some(d) })
+            duration(d).map_err(at("idle_timeout"))?;
+            // The HCM's stream_idle_timeout applies; a per-route override is not wired yet.
+            return Err(ConfigError::unsupported(
+                "idle_timeout",
+                "a per-route idle_timeout is not supported by pinion yet",
+            ));
         }
     };
     let retry_policy = match retry_policy {
         None => None,
-        Some(p) => Some(retry(p).map_err(at("retry_policy"))?),
+        Some(p) => {
+            // Checked first so malformed policies still get their own error.
+            retry(p).map_err(at("retry_policy"))?;
+            return Err(ConfigError::unsupported(
+                "retry_policy",
+                "retries are not implemented by pinion yet (they arrive with the retries issue)",
+            ));
+        }
     };
     let mut upgrade_websocket = None;
     for (i, u) in upgrade_configs.iter().enumerate() {
