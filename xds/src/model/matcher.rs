@@ -6,13 +6,33 @@ use regex::Regex;
 #[derive(Debug, Clone)]
 pub enum StringMatcher {
     /// `exact`.
-    Exact { value: String, ignore_case: bool },
+    Exact {
+        /// The string to compare with.
+        value: String,
+        /// Compare ASCII case-insensitively.
+        ignore_case: bool,
+    },
     /// `prefix`.
-    Prefix { value: String, ignore_case: bool },
+    Prefix {
+        /// The string to compare with.
+        value: String,
+        /// Compare ASCII case-insensitively.
+        ignore_case: bool,
+    },
     /// `suffix`.
-    Suffix { value: String, ignore_case: bool },
+    Suffix {
+        /// The string to compare with.
+        value: String,
+        /// Compare ASCII case-insensitively.
+        ignore_case: bool,
+    },
     /// `contains`.
-    Contains { value: String, ignore_case: bool },
+    Contains {
+        /// The string to compare with.
+        value: String,
+        /// Compare ASCII case-insensitively.
+        ignore_case: bool,
+    },
     /// `safe_regex` (RE2 syntax; full match as Envoy does).
     Regex(Regex),
 }
@@ -88,7 +108,12 @@ pub enum HeaderMatchSpec {
     /// `string_match` or the deprecated exact/prefix/suffix/contains/safe_regex fields.
     String(StringMatcher),
     /// `range_match` [start, end).
-    Range { start: i64, end: i64 },
+    Range {
+        /// Inclusive start.
+        start: i64,
+        /// Exclusive end.
+        end: i64,
+    },
 }
 
 /// `envoy.config.route.v3.QueryParameterMatcher`.
