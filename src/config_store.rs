@@ -194,7 +194,7 @@ impl ConfigStore {
             match cfg.discovery {
                 model::DiscoveryType::Eds => {
                     let eds_name = eds_name(&cfg);
-                    if let Some(cla) = inner.endpoints.get(&eds_name) {
+                    if let Some(cla) = inner.endpoints.get(eds_name) {
                         install_endpoints(&cluster, &cla.value);
                         inner.warming_clusters.remove(&u.name);
                         inner.active_clusters.insert(u.name.clone(), cluster);
@@ -230,14 +230,14 @@ impl ConfigStore {
                 Versioned { value: cla.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
             for c in inner.active_clusters.values() {
-                if c.config.discovery == model::DiscoveryType::Eds && eds_name_ref(&c.config) == u.name {
+                if c.config.discovery == model::DiscoveryType::Eds && eds_name(&c.config) == u.name {
                     install_endpoints(c, &cla);
                 }
             }
             let warm: Vec<String> = inner
                 .warming_clusters
                 .iter()
-                .filter(|(_, c)| eds_name_ref(&c.config) == u.name)
+                .filter(|(_, c)| eds_name(&c.config) == u.name)
                 .map(|(n, _)| n.clone())
                 .collect();
             for n in warm {
@@ -379,16 +379,7 @@ fn with_type(raw: &[u8], t: ResourceType) -> serde_json::Value {
 }
 
 /// The EDS service name of a cluster (`eds_cluster_config.service_name`, else its name).
-pub fn eds_name(c: &model::Cluster) -> String {
-    if c.eds_service_name.is_empty() {
-        c.name.clone()
-    } else {
-        c.eds_service_name.clone()
-    }
-}
-
-/// [`eds_name`] without allocating (compared once per cluster for every EDS resource).
-fn eds_name_ref(c: &model::Cluster) -> &str {
+pub fn eds_name(c: &model::Cluster) -> &str {
     if c.eds_service_name.is_empty() {
         &c.name
     } else {
@@ -467,7 +458,7 @@ impl ConfigSink for ConfigStore {
                     .clusters
                     .values()
                     .filter(|c| c.value.discovery == model::DiscoveryType::Eds)
-                    .map(|c| eds_name(&c.value))
+                    .map(|c| eds_name(&c.value).to_owned())
                     .collect(),
             ),
         }

@@ -47,17 +47,18 @@ fn spawn_backend(name: &'static str) -> std::io::Result<SocketAddr> {
 
 const NODE: &str = "demo-sidecar";
 
-/// The sidecar's bootstrap: admin, and ADS to the embedded control plane; everything else
-/// (listener, routes, clusters, endpoints) arrives over xDS.
-pub fn bootstrap(admin_port: u16, xds: SocketAddr) -> String {
+/// A sidecar bootstrap with only an admin listener and ADS (`api_type` `GRPC` or `DELTA_GRPC`)
+/// to the control plane at `xds`; everything else (listeners, routes, clusters, endpoints)
+/// arrives over xDS. Used by the demo and the xDS end-to-end tests.
+pub fn ads_bootstrap(node_id: &str, admin_port: u16, xds: SocketAddr, api_type: &str) -> String {
     format!(
         r#"
-node: {{ id: {NODE}, cluster: demo }}
+node: {{ id: {node_id}, cluster: demo }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
   lds_config: {{ ads: {{}}, resource_api_version: V3 }}
@@ -238,7 +239,7 @@ pub fn run(port: u16, admin_port: u16, duration_s: u64, mut opts: Options, log: 
         }
     };
     cp.set_snapshot(NODE, snapshot("1", port, (80, 20), &[a1], &[b]));
-    opts.config_yaml = Some(bootstrap(admin_port, xds));
+    opts.config_yaml = Some(ads_bootstrap(NODE, admin_port, xds, "GRPC"));
     opts.config_path = None;
     if opts.concurrency.is_none() {
         opts.concurrency = Some(2);

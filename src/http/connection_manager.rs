@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -299,7 +299,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBo
         Ok((resp, up)) => (resp, up),
         Err(resp) => (resp, None),
     };
-    encode_headers(&ctx, &mut resp, &info);
+    encode_headers(&ctx, &mut resp);
     info.response_code = resp.status().as_u16();
     stats.record_status(info.response_code);
     let log_response_headers = (!hcm.access_logs.is_empty()).then(|| resp.headers().clone());
@@ -639,7 +639,7 @@ fn redirect_location(
 }
 
 /// Phase `encode_headers`: response header rules applied to every response, proxied or local.
-fn encode_headers(ctx: &Rc<ConnCtx>, resp: &mut Response<ResponseBody>, info: &StreamInfo) {
+fn encode_headers(ctx: &Rc<ConnCtx>, resp: &mut Response<ResponseBody>) {
     let cfg = &ctx.hcm.config;
     let h = resp.headers_mut();
     match cfg.server_header_transformation {
@@ -663,6 +663,4 @@ fn encode_headers(ctx: &Rc<ConnCtx>, resp: &mut Response<ResponseBody>, info: &S
     if ctx.draining.get() && !ctx.saw_h2.get() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    let _ = info;
-    let _ = Duration::ZERO;
 }

@@ -173,13 +173,14 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for FramingCheck<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         let before = buf.filled().len();
-        let res = Pin::new(&mut self.io).poll_read(cx, buf);
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &res {
-            if !matches!(self.state, State::Passthrough) {
-                let new = buf.filled()[before..].to_vec();
-                self.feed(&new);
+            if !matches!(this.state, State::Passthrough) {
+                // Scan the bytes in place: no copy per read.
+                this.feed(&buf.filled()[before..]);
             }
         }
         res
