@@ -91,7 +91,12 @@ fn handle(state: &Arc<ServerState>, req: Request<Incoming>) -> Response<Full<Byt
     let post = req.method() == Method::POST;
     let mutating = matches!(
         path.as_str(),
-        "/healthcheck/fail" | "/healthcheck/ok" | "/quitquitquit" | "/drain_listeners" | "/reset_counters"
+        "/healthcheck/fail"
+            | "/healthcheck/ok"
+            | "/quitquitquit"
+            | "/drain_listeners"
+            | "/reset_counters"
+            | "/runtime_modify"
     ) || (path == "/logging" && !q.is_empty());
     if mutating && !post {
         return text(StatusCode::METHOD_NOT_ALLOWED, "This endpoint requires POST.\n");
@@ -145,13 +150,20 @@ fn handle(state: &Arc<ServerState>, req: Request<Incoming>) -> Response<Full<Byt
         "/memory" => {
             json_response(&json!({ "allocated": rss_bytes().to_string(), "heap_size": rss_bytes().to_string() }))
         }
-        "/runtime" => json_response(&json!({ "layers": [], "entries": {} })),
+        "/runtime" => json_response(&state.runtime.dump()),
+        "/runtime_modify" => {
+            let kv: Vec<(String, String)> = q.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            match state.runtime.modify(&kv) {
+                Ok(()) => text(StatusCode::OK, "OK\n"),
+                Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            }
+        }
         "/" | "/help" => text(StatusCode::OK, HELP),
         _ => text(StatusCode::NOT_FOUND, format!("invalid path. admin commands are:\n{HELP}")),
     }
 }
 
-const HELP: &str = "  /: this help\n  /clusters: upstream cluster status\n  /config_dump: dump current config\n  /drain_listeners (POST): drain listeners\n  /healthcheck/fail (POST): cause the server to fail health checks\n  /healthcheck/ok (POST): cause the server to pass health checks\n  /listeners: print listener info\n  /logging (POST): query/change logging levels\n  /memory: print current allocation/heap usage\n  /quitquitquit (POST): exit the server\n  /ready: print server state, return 200 if LIVE, otherwise return 503\n  /runtime: print runtime values\n  /server_info: print server version/status information\n  /stats: print server stats\n  /stats/prometheus: print server stats in prometheus format\n";
+const HELP: &str = "  /: this help\n  /clusters: upstream cluster status\n  /config_dump: dump current config\n  /drain_listeners (POST): drain listeners\n  /healthcheck/fail (POST): cause the server to fail health checks\n  /healthcheck/ok (POST): cause the server to pass health checks\n  /listeners: print listener info\n  /logging (POST): query/change logging levels\n  /memory: print current allocation/heap usage\n  /quitquitquit (POST): exit the server\n  /ready: print server state, return 200 if LIVE, otherwise return 503\n  /runtime: print runtime values\n  /runtime_modify (POST): Adds or modifies runtime values as passed in query parameters. To delete a previously added key, use an empty string as the value. Note that deletion only applies to overrides added via this endpoint; values loaded from disk can be modified via override but not deleted. E.g. ?key1=value1&key2=value2...\n  /server_info: print server version/status information\n  /stats: print server stats\n  /stats/prometheus: print server stats in prometheus format\n";
 
 fn effective_state(state: &ServerState) -> ServerStateKind {
     // Envoy reports DRAINING while health checks are failed.
@@ -323,6 +335,12 @@ fn merge_dynamic(dump: &mut Value, dynamic: Value) {
     put(configs, routes, "dynamic_route_configs", &dynamic["dynamic_route_configs"]);
     if !dynamic["last_rejected_update"].is_null() {
         put(configs, listeners, "last_rejected_update", &dynamic["last_rejected_update"]);
+    }
+    if dynamic["dynamic_scoped_route_configs"].as_array().is_some_and(|a| !a.is_empty()) {
+        configs.push(json!({
+            "@type": "type.googleapis.com/envoy.admin.v3.ScopedRoutesConfigDump",
+            "dynamic_scoped_route_configs": [{ "scoped_route_configs": dynamic["dynamic_scoped_route_configs"] }],
+        }));
     }
     configs.push(json!({
         "@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",

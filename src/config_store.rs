@@ -15,8 +15,10 @@ use pinion_xds::model;
 use pinion_xds::sink::{ConfigSink, Rejected, Resource, ResourceType, ResourceUpdate, Update};
 use tokio::sync::watch;
 
+use crate::http::on_demand::OnDemandVhds;
 use crate::http::route_table::RouteTable;
-use crate::listener::{ListenerRuntime, RdsSlot};
+use crate::listener::{scope_map_key, ListenerRuntime, RdsSlot, RouteProvider, ScopeMap, ScopeSlot};
+use crate::runtime::Runtime;
 use crate::listener_manager::ListenerManager;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::Store;
@@ -64,6 +66,10 @@ struct Inner {
     /// Listeners waiting for RDS.
     warming_listeners: HashMap<String, Arc<ListenerRuntime>>,
     rds_slots: HashMap<String, RdsSlot>,
+    /// SRDS scopes.
+    scopes: BTreeMap<String, Versioned<Arc<model::ScopedRouteConfiguration>>>,
+    /// VHDS virtual hosts by route config, then by resource name (`<route config>/<vhost>`).
+    vhds: BTreeMap<String, BTreeMap<String, Arc<model::VirtualHost>>>,
     /// Types whose first response (or initial fetch timeout) has arrived.
     initial_done: BTreeSet<ResourceType>,
     /// EDS/RDS gave up waiting (initial_fetch_timeout): warming proceeds without them.
@@ -81,15 +87,24 @@ pub struct ConfigStore {
     listeners: Arc<Mutex<ListenerManager>>,
     initialized: watch::Sender<bool>,
     connected: AtomicBool,
+    /// The scope set SRDS delivers, shared by every `scoped_rds` HCM.
+    srds: ScopeSlot,
+    on_demand: Arc<OnDemandVhds>,
+    runtime: Arc<Runtime>,
+    /// VHDS needs Delta xDS.
+    delta: bool,
 }
 
 impl ConfigStore {
-    /// A store over the static clusters already in `snapshot`.
+    /// A store over the static clusters already in `snapshot`. `delta`: the client speaks
+    /// Delta xDS (VHDS needs it).
     pub fn new(
         snapshot: SharedSnapshot,
         stats: Store,
         workers: usize,
         listeners: Arc<Mutex<ListenerManager>>,
+        runtime: Arc<Runtime>,
+        delta: bool,
     ) -> Arc<Self> {
         let static_clusters = snapshot.load().clusters.clone();
         let version = snapshot.load().version;
@@ -101,6 +116,10 @@ impl ConfigStore {
             listeners,
             initialized: watch::channel(false).0,
             connected: AtomicBool::new(false),
+            srds: Arc::new(arc_swap::ArcSwap::from_pointee(ScopeMap::default())),
+            on_demand: Arc::new(OnDemandVhds::default()),
+            runtime,
+            delta,
         })
     }
 
@@ -153,6 +172,11 @@ impl ConfigStore {
             .values()
             .map(|v| json!({ "version_info": v.version, "endpoint_config": with_type(&v.raw, ResourceType::ClusterLoadAssignment), "last_updated": ts(v.last_updated) }))
             .collect();
+        let scopes: Vec<_> = inner
+            .scopes
+            .values()
+            .map(|v| json!({ "version_info": v.version, "scoped_route_config": with_type(&v.raw, ResourceType::ScopedRouteConfiguration), "last_updated": ts(v.last_updated) }))
+            .collect();
         let rejected = inner.last_rejected.as_ref().map(|r| {
             json!({ "type": r.type_.type_url(), "version_info": r.version, "details": r.details, "last_update_attempt": ts(r.at) })
         });
@@ -162,6 +186,7 @@ impl ConfigStore {
             "dynamic_listeners": active_l.into_iter().chain(warming_l).collect::<Vec<_>>(),
             "dynamic_route_configs": routes,
             "dynamic_endpoint_configs": endpoints,
+            "dynamic_scoped_route_configs": scopes,
             "last_rejected_update": rejected,
         })
     }
@@ -249,19 +274,119 @@ impl ConfigStore {
         }
     }
 
-    fn apply_routes(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) {
+    fn apply_routes(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
         for name in removed {
             // Envoy keeps serving the last route table a listener has; only bookkeeping goes.
             inner.routes.remove(name);
         }
         for u in updated {
             let Resource::RouteConfiguration(rc) = u.resource else { continue };
-            let table = Arc::new(RouteTable::new(rc.clone()));
-            Self::rds_slot(inner, &u.name).store(Some(table));
+            if rc.vhds.is_some() && !self.delta {
+                rejected.push(Rejected {
+                    name: u.name,
+                    reason: "vhds: ADS must use DELTA_GRPC api_type when used as VHDS config source.".into(),
+                });
+                continue;
+            }
             inner.routes.insert(
                 u.name.clone(),
                 Versioned { value: rc, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
+            Self::install_route(inner, &u.name);
+        }
+        rejected
+    }
+
+    /// Compile route config `name` (with its VHDS virtual hosts) into its slot.
+    fn install_route(inner: &mut Inner, name: &str) {
+        let Some(rc) = inner.routes.get(name).map(|v| v.value.clone()) else { return };
+        let rc = match (&rc.vhds, inner.vhds.get(name)) {
+            (Some(_), Some(extra)) if !extra.is_empty() => {
+                // VHDS virtual hosts come after the RDS ones; one with the name of an RDS
+                // virtual host does not replace it.
+                let mut merged = (*rc).clone();
+                for vh in extra.values() {
+                    if !merged.virtual_hosts.iter().any(|v| v.name == vh.name) {
+                        merged.virtual_hosts.push(vh.clone());
+                    }
+                }
+                Arc::new(merged)
+            }
+            _ => rc,
+        };
+        Self::rds_slot(inner, name).store(Some(Arc::new(RouteTable::new(rc))));
+    }
+
+    fn apply_vhds(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) {
+        let mut touched = BTreeSet::new();
+        for name in removed {
+            let Some((rc, _)) = name.rsplit_once('/') else { continue };
+            if let Some(m) = inner.vhds.get_mut(rc) {
+                m.remove(name);
+            }
+            touched.insert(rc.to_string());
+        }
+        for u in updated {
+            let Resource::VirtualHost(vh) = u.resource else { continue };
+            let Some((rc, _)) = u.name.rsplit_once('/') else { continue };
+            inner.vhds.entry(rc.to_string()).or_default().insert(u.name.clone(), vh);
+            touched.insert(rc.to_string());
+        }
+        for rc in touched {
+            Self::install_route(inner, &rc);
+        }
+        self.on_demand.updated();
+    }
+
+    fn apply_scopes(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        for name in removed {
+            inner.scopes.remove(name);
+        }
+        for u in updated {
+            let Resource::ScopedRouteConfiguration(sc) = u.resource else { continue };
+            let key = scope_map_key(&sc.key);
+            if let Some((other, _)) =
+                inner.scopes.iter().find(|(n, v)| **n != u.name && scope_map_key(&v.value.key) == key)
+            {
+                rejected.push(Rejected {
+                    name: u.name.clone(),
+                    reason: format!("scope key conflict found, the same key is used by scope '{other}'"),
+                });
+                continue;
+            }
+            inner.scopes.insert(
+                u.name.clone(),
+                Versioned { value: sc, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
+            );
+        }
+        self.rebuild_scopes(inner);
+        rejected
+    }
+
+    /// Publish the SRDS scope set (ready from the first response on).
+    fn rebuild_scopes(&self, inner: &mut Inner) {
+        let mut map = ScopeMap { ready: true, scopes: HashMap::new() };
+        let scopes: Vec<Arc<model::ScopedRouteConfiguration>> = inner.scopes.values().map(|v| v.value.clone()).collect();
+        for sc in scopes {
+            let slot = match &sc.route_configuration {
+                Some(rc) => Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone()))),
+                None => Self::rds_slot(inner, &sc.route_configuration_name),
+            };
+            map.scopes.insert(scope_map_key(&sc.key), (sc.name.clone(), slot));
+        }
+        self.srds.store(Arc::new(map));
+    }
+
+    fn apply_runtime(&self, updated: Vec<ResourceUpdate>, removed: &[String]) {
+        for name in removed {
+            self.runtime.set_rtds(name, None);
+        }
+        for u in updated {
+            if let Resource::Runtime(layer) = u.resource {
+                self.runtime.set_rtds(&u.name, Some(&layer));
+            }
         }
     }
 
@@ -278,12 +403,11 @@ impl ConfigStore {
             if inner.listeners.get(&u.name).is_some_and(|old| old.raw == u.raw) {
                 continue;
             }
-            let slots: HashMap<String, RdsSlot> = {
-                let names = rds_names(&cfg);
-                names.iter().map(|n| (n.clone(), Self::rds_slot(inner, n))).collect()
-            };
-            let runtime = match ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, &|n| slots.get(n).cloned())
-            {
+            for n in rds_names(&cfg) {
+                Self::rds_slot(inner, &n);
+            }
+            let provider = Provider { inner: &*inner, srds: &self.srds, on_demand: &self.on_demand };
+            let runtime = match ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, Some(&provider)) {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
                     rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
@@ -351,7 +475,8 @@ impl ConfigStore {
         let done = inner.initial_done.contains(&ResourceType::Cluster)
             && inner.initial_done.contains(&ResourceType::Listener)
             && inner.warming_clusters.is_empty()
-            && inner.warming_listeners.is_empty();
+            && inner.warming_listeners.is_empty()
+            && (self.runtime.rtds_names().is_empty() || inner.initial_done.contains(&ResourceType::Runtime));
         if done {
             let _ = self.initialized.send(true);
         }
@@ -392,13 +517,52 @@ fn rds_names(l: &model::Listener) -> Vec<String> {
         .iter()
         .chain(l.default_filter_chain.iter())
         .filter_map(|c| match &c.filter {
-            model::NetworkFilter::HttpConnectionManager(h) => match &h.route_specifier {
-                model::RouteSpecifier::Rds { route_config_name } => Some(route_config_name.clone()),
-                model::RouteSpecifier::Static(_) => None,
-            },
+            model::NetworkFilter::HttpConnectionManager(h) => Some(h),
             model::NetworkFilter::TcpProxy(_) => None,
         })
+        .flat_map(|h| match &h.route_specifier {
+            model::RouteSpecifier::Rds { route_config_name } => vec![route_config_name.clone()],
+            model::RouteSpecifier::Static(_) => Vec::new(),
+            model::RouteSpecifier::Scoped(sr) => match &sr.scopes {
+                model::ScopesSource::Inline(list) => list
+                    .iter()
+                    .filter(|s| s.route_configuration.is_none())
+                    .map(|s| s.route_configuration_name.clone())
+                    .collect(),
+                model::ScopesSource::Srds(_) => Vec::new(),
+            },
+        })
         .collect()
+}
+
+/// Whether a listener takes its scopes from SRDS.
+fn uses_srds(l: &model::Listener) -> bool {
+    l.filter_chains.iter().chain(l.default_filter_chain.iter()).any(|c| match &c.filter {
+        model::NetworkFilter::HttpConnectionManager(h) => {
+            matches!(&h.route_specifier, model::RouteSpecifier::Scoped(sr) if matches!(sr.scopes, model::ScopesSource::Srds(_)))
+        }
+        model::NetworkFilter::TcpProxy(_) => false,
+    })
+}
+
+/// The config store as seen by a listener being built.
+struct Provider<'a> {
+    inner: &'a Inner,
+    srds: &'a ScopeSlot,
+    on_demand: &'a Arc<OnDemandVhds>,
+}
+
+impl RouteProvider for Provider<'_> {
+    fn rds(&self, name: &str) -> RdsSlot {
+        // `apply_listeners` creates the slots of every name the listener references first.
+        self.inner.rds_slots.get(name).cloned().unwrap_or_else(|| Arc::new(ArcSwapOption::empty()))
+    }
+    fn srds(&self) -> ScopeSlot {
+        self.srds.clone()
+    }
+    fn on_demand(&self) -> Arc<OnDemandVhds> {
+        self.on_demand.clone()
+    }
 }
 
 /// Install EDS endpoints into a cluster.
@@ -425,11 +589,17 @@ impl ConfigSink for ConfigStore {
                 self.apply_endpoints(&mut inner, updated, &removed);
                 Vec::new()
             }
-            ResourceType::RouteConfiguration => {
-                self.apply_routes(&mut inner, updated, &removed);
+            ResourceType::RouteConfiguration => self.apply_routes(&mut inner, updated, &removed),
+            ResourceType::Listener => self.apply_listeners(&mut inner, updated, &removed),
+            ResourceType::ScopedRouteConfiguration => self.apply_scopes(&mut inner, updated, &removed),
+            ResourceType::VirtualHost => {
+                self.apply_vhds(&mut inner, updated, &removed);
                 Vec::new()
             }
-            ResourceType::Listener => self.apply_listeners(&mut inner, updated, &removed),
+            ResourceType::Runtime => {
+                self.apply_runtime(updated, &removed);
+                Vec::new()
+            }
         };
         self.promote_listeners(&mut inner);
         inner.initial_done.insert(type_);
@@ -451,8 +621,33 @@ impl ConfigSink for ConfigStore {
         match type_ {
             ResourceType::Listener | ResourceType::Cluster => None,
             ResourceType::RouteConfiguration => {
-                Some(inner.listeners.values().flat_map(|l| rds_names(&l.value)).collect())
+                let mut names: BTreeSet<String> = inner.listeners.values().flat_map(|l| rds_names(&l.value)).collect();
+                if inner.listeners.values().any(|l| uses_srds(&l.value)) {
+                    names.extend(
+                        inner
+                            .scopes
+                            .values()
+                            .filter(|s| s.value.route_configuration.is_none())
+                            .map(|s| s.value.route_configuration_name.clone()),
+                    );
+                }
+                Some(names)
             }
+            ResourceType::ScopedRouteConfiguration => {
+                // A wildcard subscription, opened once some listener uses SRDS.
+                let used = inner.listeners.values().any(|l| uses_srds(&l.value));
+                Some(if used { BTreeSet::from(["*".to_string()]) } else { BTreeSet::new() })
+            }
+            ResourceType::VirtualHost => {
+                if !self.delta {
+                    return Some(BTreeSet::new());
+                }
+                let mut names: BTreeSet<String> =
+                    inner.routes.iter().filter(|(_, v)| v.value.vhds.is_some()).map(|(n, _)| n.clone()).collect();
+                names.extend(self.on_demand.names());
+                Some(names)
+            }
+            ResourceType::Runtime => Some(self.runtime.rtds_names().into_iter().collect()),
             ResourceType::ClusterLoadAssignment => Some(
                 inner
                     .clusters
@@ -479,10 +674,21 @@ impl ConfigSink for ConfigStore {
                 inner.gave_up.insert(type_);
                 self.promote_listeners(&mut inner);
             }
+            ResourceType::ScopedRouteConfiguration => {
+                // No scopes yet: the scope set is known to be empty; listeners go on.
+                if !self.srds.load().ready {
+                    self.rebuild_scopes(&mut inner);
+                }
+                self.promote_listeners(&mut inner);
+            }
             _ => {}
         }
         self.publish(&mut inner);
         self.check_initialized(&inner);
+    }
+
+    fn wanted_changes(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.on_demand.changes())
     }
 
     fn connected(&self, connected: bool) {

@@ -16,6 +16,7 @@ pub mod listener_manager;
 pub mod logging;
 pub mod server;
 pub mod snapshot;
+pub mod runtime;
 pub mod stats;
 pub mod tcp_proxy;
 pub mod upstream;

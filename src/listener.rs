@@ -4,12 +4,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwapOption;
+use std::collections::HashMap;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pinion_xds::model;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::access_log::AccessLogger;
+use crate::http::on_demand::OnDemandVhds;
 use crate::http::route_table::RouteTable;
 use crate::stats::{Counter, Gauge, Prom, Store};
 
@@ -163,6 +166,32 @@ impl HcmStats {
 /// reaches them all without rebuilding any listener.
 pub type RdsSlot = Arc<ArcSwapOption<RouteTable>>;
 
+/// The scopes of a `scoped_routes` HCM: scope key (fragments joined by [`KEY_SEPARATOR`]) ->
+/// (scope name, the slot of its route table).
+#[derive(Default)]
+pub struct ScopeMap {
+    /// Whether the scope set is known (inline, or SRDS has answered or timed out).
+    pub ready: bool,
+    /// Scopes by key.
+    pub scopes: HashMap<String, (String, RdsSlot)>,
+}
+
+/// Joins key fragments (a control character: header values cannot contain it).
+pub const KEY_SEPARATOR: char = '\u{1f}';
+
+/// Shared scope set; SRDS updates swap it whole.
+pub type ScopeSlot = Arc<ArcSwap<ScopeMap>>;
+
+/// What the config store provides to listeners that take routes from xDS.
+pub trait RouteProvider {
+    /// The shared slot of an RDS route config.
+    fn rds(&self, name: &str) -> RdsSlot;
+    /// The scope set delivered by SRDS.
+    fn srds(&self) -> ScopeSlot;
+    /// The VHDS on-demand registry.
+    fn on_demand(&self) -> Arc<OnDemandVhds>;
+}
+
 /// Where an HCM's route table comes from.
 pub enum RouteSource {
     /// Inline `route_config`.
@@ -173,6 +202,13 @@ pub enum RouteSource {
         name: String,
         /// The slot.
         slot: RdsSlot,
+    },
+    /// `scoped_routes`: a key built from request headers picks the scope.
+    Scoped {
+        /// The key builder.
+        config: Arc<model::ScopedRoutes>,
+        /// The scopes.
+        scopes: ScopeSlot,
     },
 }
 
@@ -190,21 +226,30 @@ impl std::ops::Deref for RouteGuard<'_> {
     fn deref(&self) -> &RouteTable {
         match self {
             RouteGuard::Static(t) => t,
-            // `current()` only builds this variant when the slot holds a table.
+            // `table_for()` only builds this variant when the slot holds a table.
             RouteGuard::Rds(g) => g.as_deref().expect("checked non-empty"),
         }
     }
 }
 
+fn load_slot(slot: &RdsSlot) -> Option<RouteGuard<'static>> {
+    let g = slot.load();
+    g.is_some().then_some(RouteGuard::Rds(g))
+}
+
 impl RouteSource {
-    /// The current table (None while an RDS config has not arrived).
+    /// The table that routes a request with `headers` (None while an RDS config has not
+    /// arrived, or when no scope matches).
     #[inline]
-    pub fn current(&self) -> Option<RouteGuard<'_>> {
+    pub fn table_for(&self, headers: &http::HeaderMap) -> Option<RouteGuard<'_>> {
         match self {
             RouteSource::Static(t) => Some(RouteGuard::Static(t)),
-            RouteSource::Rds { slot, .. } => {
-                let g = slot.load();
-                g.is_some().then_some(RouteGuard::Rds(g))
+            RouteSource::Rds { slot, .. } => load_slot(slot),
+            RouteSource::Scoped { config, scopes } => {
+                let key = scope_key(config, headers)?;
+                let map = scopes.load();
+                let (_, slot) = map.scopes.get(&key)?;
+                load_slot(slot)
             }
         }
     }
@@ -212,10 +257,39 @@ impl RouteSource {
     /// The RDS name, if any.
     pub fn rds_name(&self) -> Option<&str> {
         match self {
-            RouteSource::Static(_) => None,
+            RouteSource::Static(_) | RouteSource::Scoped { .. } => None,
             RouteSource::Rds { name, .. } => Some(name),
         }
     }
+
+    /// Whether every route table this source needs has arrived (listener warming).
+    pub fn is_warm(&self) -> bool {
+        match self {
+            RouteSource::Static(_) => true,
+            RouteSource::Rds { slot, .. } => slot.load().is_some(),
+            RouteSource::Scoped { scopes, .. } => {
+                let map = scopes.load();
+                map.ready && map.scopes.values().all(|(_, slot)| slot.load().is_some())
+            }
+        }
+    }
+}
+
+/// Envoy's `ScopeKeyBuilderImpl::computeScopeKey`: every fragment must be found.
+fn scope_key(config: &model::ScopedRoutes, headers: &http::HeaderMap) -> Option<String> {
+    let mut key = String::new();
+    for (i, f) in config.key_builder.iter().enumerate() {
+        if i > 0 {
+            key.push(KEY_SEPARATOR);
+        }
+        key.push_str(f.compute(headers)?);
+    }
+    Some(key)
+}
+
+/// A scope's key as stored in a [`ScopeMap`].
+pub fn scope_map_key(fragments: &[String]) -> String {
+    fragments.join(&KEY_SEPARATOR.to_string())
 }
 
 /// An HCM ready to serve: config, compiled routes, stats, access logs.
@@ -230,6 +304,8 @@ pub struct HcmRuntime {
     pub access_logs: Vec<AccessLogger>,
     /// The router filter's settings.
     pub router: model::RouterConfig,
+    /// VHDS on demand (`envoy.filters.http.on_demand` in the filter chain, RDS routes).
+    pub on_demand: Option<Arc<OnDemandVhds>>,
 }
 
 /// TCP proxy runtime.
@@ -278,13 +354,13 @@ pub enum ListenerError {
 }
 
 impl ListenerRuntime {
-    /// Build runtime state for `config` with `workers` workers. `rds` gives the shared slot
-    /// for a route config name (RDS listeners only).
+    /// Build runtime state for `config` with `workers` workers. `dynamic` provides route
+    /// tables from xDS (RDS, SRDS, VHDS); static listeners have none.
     pub fn new(
         config: Arc<model::Listener>,
         store: &Store,
         workers: usize,
-        rds: &dyn Fn(&str) -> Option<RdsSlot>,
+        dynamic: Option<&dyn RouteProvider>,
     ) -> Result<Self, ListenerError> {
         let prefix =
             if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
@@ -292,23 +368,46 @@ impl ListenerRuntime {
         let build = |chain: &model::FilterChain| -> Result<ChainRuntime, ListenerError> {
             match &chain.filter {
                 model::NetworkFilter::HttpConnectionManager(hcm) => {
+                    let needs_xds = |what: &str| {
+                        ListenerError::Unsupported(config.name.clone(), format!("{what} needs dynamic_resources"))
+                    };
                     let routes = match &hcm.route_specifier {
                         model::RouteSpecifier::Static(rc) => RouteSource::Static(Arc::new(RouteTable::new(rc.clone()))),
-                        model::RouteSpecifier::Rds { route_config_name } => match rds(route_config_name) {
-                            Some(slot) => RouteSource::Rds { name: route_config_name.clone(), slot },
-                            None => {
-                                return Err(ListenerError::Unsupported(
-                                    config.name.clone(),
-                                    format!("rds route config '{route_config_name}' needs dynamic_resources"),
-                                ))
-                            }
+                        model::RouteSpecifier::Rds { route_config_name } => match dynamic {
+                            Some(d) => RouteSource::Rds { name: route_config_name.clone(), slot: d.rds(route_config_name) },
+                            None => return Err(needs_xds(&format!("rds route config '{route_config_name}'"))),
                         },
+                        model::RouteSpecifier::Scoped(sr) => {
+                            let d = dynamic.ok_or_else(|| needs_xds("scoped_routes"))?;
+                            let scopes = match &sr.scopes {
+                                model::ScopesSource::Srds(_) => d.srds(),
+                                model::ScopesSource::Inline(list) => {
+                                    let mut map = ScopeMap { ready: true, scopes: HashMap::new() };
+                                    for sc in list {
+                                        let slot = match &sc.route_configuration {
+                                            Some(rc) => Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone()))),
+                                            None => d.rds(&sc.route_configuration_name),
+                                        };
+                                        map.scopes.insert(scope_map_key(&sc.key), (sc.name.clone(), slot));
+                                    }
+                                    Arc::new(ArcSwap::from_pointee(map))
+                                }
+                            };
+                            RouteSource::Scoped { config: sr.clone(), scopes }
+                        }
                     };
+                    let on_demand = hcm
+                        .http_filters
+                        .iter()
+                        .any(|f| matches!(f, model::HttpFilter::OnDemand))
+                        .then(|| dynamic.map(|d| d.on_demand()))
+                        .flatten();
                     let router = hcm
                         .http_filters
                         .iter()
-                        .map(|f| match f {
-                            model::HttpFilter::Router(r) => r.clone(),
+                        .filter_map(|f| match f {
+                            model::HttpFilter::Router(r) => Some(r.clone()),
+                            model::HttpFilter::OnDemand => None,
                         })
                         .next_back()
                         .unwrap_or_default();
@@ -324,6 +423,7 @@ impl ListenerRuntime {
                         routes,
                         access_logs,
                         router,
+                        on_demand,
                     })))
                 }
                 model::NetworkFilter::TcpProxy(tcp) => {
@@ -370,7 +470,7 @@ impl ListenerRuntime {
     /// Whether every RDS table this listener needs has arrived (Envoy's listener warming).
     pub fn is_warm(&self) -> bool {
         self.chains.iter().chain(self.default_chain.iter()).all(|c| match c {
-            ChainRuntime::Http(h) => h.routes.current().is_some(),
+            ChainRuntime::Http(h) => h.routes.is_warm(),
             ChainRuntime::Tcp(_) => true,
         })
     }

@@ -81,6 +81,8 @@ pub struct ServerState {
     pub admin_address: Mutex<Option<SocketAddr>>,
     /// The xDS config store, when `dynamic_resources` is configured.
     pub config_store: std::sync::OnceLock<Arc<ConfigStore>>,
+    /// The layered runtime.
+    pub runtime: Arc<crate::runtime::Runtime>,
     state_gauge: Gauge,
 }
 
@@ -171,7 +173,7 @@ fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result
     let listeners = b
         .listeners
         .iter()
-        .map(|l| ListenerRuntime::new(l.clone(), store, workers, &|_| None).map(Arc::new))
+        .map(|l| ListenerRuntime::new(l.clone(), store, workers, None).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     Ok(Snapshot { version: 1, listeners, clusters })
@@ -250,7 +252,9 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
     }
     let (drain_tx, drain_rx) = watch::channel(false);
     let listeners = snapshot.listeners.clone();
+    let runtime = crate::runtime::Runtime::new(&bootstrap.layered_runtime, &store);
     let state = Arc::new(ServerState {
+        runtime,
         store: store.clone(),
         snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
         bootstrap: Arc::new(bootstrap),
@@ -302,7 +306,14 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             return 1;
         }
         Some(Ok(cfg)) => {
-            let store = ConfigStore::new(state.snapshot.clone(), state.store.clone(), concurrency, manager.clone());
+            let store = ConfigStore::new(
+                state.snapshot.clone(),
+                state.store.clone(),
+                concurrency,
+                manager.clone(),
+                state.runtime.clone(),
+                cfg.mode == pinion_xds::client::Mode::Delta,
+            );
             initialized = Some(store.initialized());
             let _ = state.config_store.set(store.clone());
             crate::xds_runtime::start(cfg, store, &state.store);

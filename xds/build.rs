@@ -17,6 +17,7 @@ const FILES: &[&str] = &[
     "envoy/config/bootstrap/v3/bootstrap.proto",
     "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.proto",
     "envoy/extensions/filters/http/router/v3/router.proto",
+    "envoy/extensions/filters/http/on_demand/v3/on_demand.proto",
     "envoy/extensions/filters/http/upstream_codec/v3/upstream_codec.proto",
     "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.proto",
     "envoy/extensions/access_loggers/file/v3/file.proto",

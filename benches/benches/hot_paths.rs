@@ -55,6 +55,7 @@ fn bench_route_match(c: &mut Criterion) {
             method: &method,
             headers: &headers,
             is_grpc: false,
+            random: Default::default(),
         };
         g.bench_function(name, |b| b.iter(|| black_box(table.route(black_box(&req)).is_some())));
     }

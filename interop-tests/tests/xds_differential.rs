@@ -671,6 +671,9 @@ fn short(t: ResourceType) -> &'static str {
         ResourceType::ClusterLoadAssignment => "EDS",
         ResourceType::Listener => "LDS",
         ResourceType::RouteConfiguration => "RDS",
+        ResourceType::ScopedRouteConfiguration => "SRDS",
+        ResourceType::VirtualHost => "VHDS",
+        ResourceType::Runtime => "RTDS",
     }
 }
 

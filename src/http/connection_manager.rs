@@ -366,12 +366,30 @@ async fn process(
 
     // Phase: route. The view borrows the request; the match borrows only the table, so the
     // request can move on to the router without copying its authority or path.
-    let Some(table) = hcm.routes.current() else {
-        // An RDS config that never arrived (warming timed out): no routes, as Envoy.
+    let Some(mut table) = hcm.routes.table_for(req.headers()) else {
+        // An RDS config that never arrived (warming timed out), or no scope for the request's
+        // scope key: no routes, as Envoy.
         hcm.stats.no_route.inc();
         info.flags.set(ResponseFlags::NO_ROUTE);
         return Err(reply(404, "", grpc, info, "route_configuration_not_found"));
     };
+    // Phase: on_demand (VHDS). Only a host without a virtual host gets here.
+    if let Some(od) = &hcm.on_demand {
+        let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if table.config.vhds.is_some() && table.virtual_host(authority).is_none() {
+            let name = format!("{}/{}", table.config.name, authority.to_ascii_lowercase());
+            drop(table);
+            od.fetch(name, super::on_demand::ON_DEMAND_TIMEOUT).await;
+            table = match hcm.routes.table_for(req.headers()) {
+                Some(t) => t,
+                None => {
+                    hcm.stats.no_route.inc();
+                    info.flags.set(ResponseFlags::NO_ROUTE);
+                    return Err(reply(404, "", grpc, info, "route_configuration_not_found"));
+                }
+            };
+        }
+    }
     let matched = {
         let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -383,6 +401,7 @@ async fn process(
             method: req.method(),
             headers: req.headers(),
             is_grpc: grpc,
+            random: Default::default(),
         };
         table.route(&view)
     };
@@ -551,7 +570,7 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
     // Internal-only headers named by the route config are stripped from every request here;
     // Envoy strips them from external requests, and with `use_remote_address: false` all
     // requests count as external for this purpose.
-    if let Some(table) = ctx.hcm.routes.current() {
+    if let Some(table) = ctx.hcm.routes.table_for(req.headers()) {
         for h in &table.config.internal_only_headers {
             req.headers_mut().remove(h.as_str());
         }

@@ -5,6 +5,7 @@ pub mod connection_manager;
 pub mod h1_framing;
 pub mod header_mutation;
 pub mod local_reply;
+pub mod on_demand;
 pub mod path;
 pub mod request_headers;
 pub mod route_table;

@@ -36,6 +36,22 @@ pub struct RequestView<'a> {
     pub headers: &'a HeaderMap,
     /// Whether it is a gRPC request.
     pub is_grpc: bool,
+    /// The request's random value for `runtime_fraction` matches (Envoy draws one per stream);
+    /// drawn on first use, so tables without runtime fractions never pay for it.
+    pub random: std::cell::Cell<Option<u64>>,
+}
+
+impl RequestView<'_> {
+    fn random_value(&self) -> u64 {
+        match self.random.get() {
+            Some(r) => r,
+            None => {
+                let r = rand::random();
+                self.random.set(Some(r));
+                r
+            }
+        }
+    }
 }
 
 impl RouteTable {
@@ -136,6 +152,11 @@ fn route_matches(route: &Route, req: &RequestView<'_>) -> bool {
     if m.grpc && !req.is_grpc {
         return false;
     }
+    if let Some(f) = &m.runtime_fraction {
+        if !crate::runtime::snapshot().feature_enabled(&f.runtime_key, &f.default_value, req.random_value()) {
+            return false;
+        }
+    }
     m.headers.iter().all(|h| header_matches(h, req)) && m.query_parameters.iter().all(|q| query_matches(q, req.query))
 }
 
@@ -233,6 +254,7 @@ mod tests {
             max_direct_response_body_size_bytes: 4096,
             most_specific_header_mutations_wins: false,
             validate_clusters: None,
+            vhds: None,
         };
         let t = RouteTable::new(Arc::new(cfg));
         let name = |a: &str| t.virtual_host(a).map(|v| v.name.clone()).unwrap();

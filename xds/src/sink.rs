@@ -19,6 +19,12 @@ pub enum ResourceType {
     Cluster,
     /// EDS.
     ClusterLoadAssignment,
+    /// SRDS (wildcard, requested once an HCM uses `scoped_rds`).
+    ScopedRouteConfiguration,
+    /// VHDS (Delta only; named by route configuration, namespace-matched, plus on-demand names).
+    VirtualHost,
+    /// RTDS.
+    Runtime,
 }
 
 impl ResourceType {
@@ -29,19 +35,44 @@ impl ResourceType {
             ResourceType::RouteConfiguration => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
             ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
             ResourceType::ClusterLoadAssignment => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            ResourceType::ScopedRouteConfiguration => {
+                "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
+            }
+            ResourceType::VirtualHost => "type.googleapis.com/envoy.config.route.v3.VirtualHost",
+            ResourceType::Runtime => "type.googleapis.com/envoy.service.runtime.v3.Runtime",
         }
     }
 
     /// Parse a v3 type URL.
     pub fn from_type_url(url: &str) -> Option<Self> {
-        [Self::Listener, Self::RouteConfiguration, Self::Cluster, Self::ClusterLoadAssignment]
-            .into_iter()
-            .find(|t| t.type_url() == url)
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// LDS and CDS are wildcard subscriptions; RDS and EDS name their resources.
+    /// Every type.
+    pub const ALL: [ResourceType; 7] = [
+        Self::Listener,
+        Self::RouteConfiguration,
+        Self::Cluster,
+        Self::ClusterLoadAssignment,
+        Self::ScopedRouteConfiguration,
+        Self::VirtualHost,
+        Self::Runtime,
+    ];
+
+    /// LDS, CDS and SRDS are wildcard subscriptions; the others name their resources.
     pub fn is_wildcard(self) -> bool {
-        matches!(self, ResourceType::Listener | ResourceType::Cluster)
+        matches!(self, ResourceType::Listener | ResourceType::Cluster | ResourceType::ScopedRouteConfiguration)
+    }
+
+    /// SRDS, VHDS, RTDS: used only by some configs (the four core types are always there).
+    pub fn is_optional(self) -> bool {
+        matches!(self, ResourceType::ScopedRouteConfiguration | ResourceType::VirtualHost | ResourceType::Runtime)
+    }
+
+    /// Subscribed only once the config needs it (SRDS: an HCM with `scoped_rds`; the sink's
+    /// `wanted` returns a non-empty set then), instead of from the start.
+    pub fn is_lazy(self) -> bool {
+        matches!(self, ResourceType::ScopedRouteConfiguration)
     }
 
     /// The proto message's full name (`envoy.config.listener.v3.Listener`).
@@ -49,13 +80,16 @@ impl ResourceType {
         self.type_url().trim_start_matches("type.googleapis.com/")
     }
 
-    /// Short name for logs and stats (`lds`, `rds`, `cds`, `eds`).
+    /// Short name for logs and stats (`lds`, `rds`, `cds`, `eds`, `srds`, `vhds`, `rtds`).
     pub fn short(self) -> &'static str {
         match self {
             ResourceType::Listener => "lds",
             ResourceType::RouteConfiguration => "rds",
             ResourceType::Cluster => "cds",
             ResourceType::ClusterLoadAssignment => "eds",
+            ResourceType::ScopedRouteConfiguration => "srds",
+            ResourceType::VirtualHost => "vhds",
+            ResourceType::Runtime => "rtds",
         }
     }
 }
@@ -71,6 +105,13 @@ pub enum Resource {
     Cluster(Arc<model::Cluster>),
     /// Endpoints of a cluster.
     ClusterLoadAssignment(Arc<model::LoadAssignment>),
+    /// A routing scope.
+    ScopedRouteConfiguration(Arc<model::ScopedRouteConfiguration>),
+    /// A virtual host of a route configuration (VHDS); the resource name is
+    /// `<route configuration name>/<virtual host name>`.
+    VirtualHost(Arc<model::VirtualHost>),
+    /// A runtime layer.
+    Runtime(Arc<model::RuntimeLayer>),
 }
 
 /// One added or updated resource.
@@ -124,6 +165,12 @@ pub trait ConfigSink: Send + Sync + 'static {
     /// can give up waiting (Envoy then proceeds without the resource).
     fn initial_fetch_timeout(&self, type_: ResourceType) {
         let _ = type_;
+    }
+
+    /// A receiver that changes whenever the sink's wanted names change for reasons other than
+    /// an applied update (VHDS on-demand requests from the data plane).
+    fn wanted_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
     }
 
     /// Called on stream state changes (`control_plane.connected_state`).

@@ -499,11 +499,11 @@ fn unsupported_route_fields() {
         "virtual_hosts[0].routes[0].route.hash_policy: unsupported: hash_policy is not supported by pinion"
     );
 
+    // runtime_fraction without default_value is invalid (supported otherwise: see below).
     let mut route = prefix_route("/", forward("svc"));
     route.r#match.as_mut().unwrap().runtime_fraction = Some(core::RuntimeFractionalPercent::default());
     let err = route_configuration(&one_route(route)).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Unsupported);
-    assert_eq!(err.path, "virtual_hosts[0].routes[0].match.runtime_fraction");
+    assert_eq!(err.path, "virtual_hosts[0].routes[0].match.runtime_fraction.default_value");
 
     let mut vh = vhost("vh", &["*"], vec![]);
     vh.rate_limits = vec![r::RateLimit::default()];
@@ -528,4 +528,48 @@ fn route_without_action_or_match_is_invalid() {
     let route = r::Route { action: None, ..prefix_route("/", forward("svc")) };
     let err = route_configuration(&one_route(route)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid);
+}
+
+#[test]
+fn runtime_fraction_and_vhds() {
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    let mut route = prefix_route("/", forward("svc"));
+    route.r#match.as_mut().unwrap().runtime_fraction = Some(core::RuntimeFractionalPercent {
+        default_value: Some(FractionalPercent { numerator: 25, denominator: 1 }),
+        runtime_key: "routing.canary".into(),
+    });
+    let cfg = route_configuration(&one_route(route)).unwrap();
+    let f = cfg.virtual_hosts[0].routes[0].matcher.runtime_fraction.clone().unwrap();
+    assert_eq!(f.runtime_key, "routing.canary");
+    assert_eq!(f.default_value, model::FractionalPercent { numerator: 25, denominator: 10_000 });
+    assert!(f.default_value.evaluate(10_024) && !f.default_value.evaluate(10_025));
+
+    // VHDS over a SotW api_config_source is refused with Envoy's message.
+    let mut cfg = rc(vec![vhost("vh", &["a.com"], vec![])]);
+    cfg.vhds = Some(r::Vhds {
+        config_source: Some(core::ConfigSource {
+            config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                core::ApiConfigSource {
+                    api_type: core::api_config_source::ApiType::Grpc as i32,
+                    grpc_services: vec![core::GrpcService {
+                        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                            core::grpc_service::EnvoyGrpc { cluster_name: "xds".into(), ..Default::default() },
+                        )),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+    });
+    let err = route_configuration(&cfg).unwrap_err();
+    assert!(err.to_string().contains("vhds: only 'DELTA_GRPC' or 'ADS'"), "{err}");
+    cfg.vhds = Some(r::Vhds {
+        config_source: Some(core::ConfigSource {
+            config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(Default::default())),
+            ..Default::default()
+        }),
+    });
+    assert!(route_configuration(&cfg).unwrap().vhds.is_some());
 }

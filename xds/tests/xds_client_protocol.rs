@@ -404,7 +404,8 @@ async fn client_config_from_a_bootstrap() {
         assert_eq!(cfg.aggregated, ads);
         assert_eq!(cfg.mode, if api_type == "GRPC" { Mode::Sotw } else { Mode::Delta });
         assert_eq!(cfg.server, ServerAddr::Tcp(cp.addr));
-        assert_eq!(cfg.types.len(), 4);
+        // LDS brings RDS and SRDS (subscribed only once used), plus VHDS with Delta; CDS brings EDS.
+        assert_eq!(cfg.types.len(), if api_type == "GRPC" { 5 } else { 6 });
         if !ads {
             assert_eq!(cfg.initial_fetch_timeout, Some(Duration::from_secs(3)));
         }

@@ -233,15 +233,46 @@ impl ClientConfig {
         }
         cfg.types.clear();
         for (t, api) in &apis {
-            let dependent = match t {
-                ResourceType::Listener => ResourceType::RouteConfiguration,
-                _ => ResourceType::ClusterLoadAssignment,
+            // LDS brings RDS, SRDS and (Delta only) VHDS along; CDS brings EDS.
+            let dependents: &[ResourceType] = match (t, cfg.mode) {
+                (ResourceType::Listener, Mode::Delta) => &[
+                    ResourceType::RouteConfiguration,
+                    ResourceType::ScopedRouteConfiguration,
+                    ResourceType::VirtualHost,
+                ],
+                (ResourceType::Listener, Mode::Sotw) => {
+                    &[ResourceType::RouteConfiguration, ResourceType::ScopedRouteConfiguration]
+                }
+                _ => &[ResourceType::ClusterLoadAssignment],
             };
-            cfg.types.extend([*t, dependent]);
+            cfg.types.push(*t);
+            cfg.types.extend_from_slice(dependents);
             if !all_ads {
                 let (server, _) = resolve(api)?;
                 cfg.per_type_servers.insert(*t, server.clone());
-                cfg.per_type_servers.insert(dependent, server);
+                for d in dependents {
+                    cfg.per_type_servers.insert(*d, server.clone());
+                }
+            }
+        }
+        // RTDS layers of the layered runtime.
+        for layer in &b.layered_runtime.layers {
+            let model::RuntimeLayerKind::Rtds { config_source, .. } = &layer.kind else { continue };
+            match (&config_source.kind, all_ads) {
+                (model::ConfigSourceKind::Ads, true) => {}
+                (model::ConfigSourceKind::Api(api), false) if api.api_type == main.api_type => {
+                    let (server, _) = resolve(api)?;
+                    cfg.per_type_servers.insert(ResourceType::Runtime, server);
+                }
+                _ => {
+                    return Err(format!(
+                        "layered_runtime layer '{}': rtds_config must use the same transport as lds_config/cds_config (ads, or an api_config_source of the same api_type)",
+                        layer.name
+                    ))
+                }
+            }
+            if !cfg.types.contains(&ResourceType::Runtime) {
+                cfg.types.push(ResourceType::Runtime);
             }
         }
         Ok(Some(cfg))
@@ -276,7 +307,7 @@ pub async fn run(cfg: ClientConfig, sink: Arc<dyn ConfigSink>, stats: Arc<Client
     let mut types = cfg.types.clone();
     types.sort();
     types.dedup();
-    let shared = Arc::new(session::Shared::new(cfg, sink, stats));
+    let shared = session::Shared::new(cfg, sink, stats);
     if shared.cfg.aggregated {
         session::drive(shared.clone(), transport::StreamKind::Ads, types, shared.cfg.server.clone()).await;
     } else {

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::envoy::service::discovery::v3::Resource as ResourceWrapper;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -54,6 +55,10 @@ enum Decoded {
     Route(Box<RouteConfiguration>),
     Cluster(Box<Cluster>),
     Endpoints(Box<ClusterLoadAssignment>),
+    Scope(Box<ScopedRouteConfiguration>),
+    /// VHDS resources are named by their wrapper (`<route config>/<vhost>`), not the message.
+    VirtualHost(Box<VirtualHost>, String),
+    Runtime(Box<Runtime>),
 }
 
 impl Decoded {
@@ -63,6 +68,9 @@ impl Decoded {
             Decoded::Route(m) => &m.name,
             Decoded::Cluster(m) => &m.name,
             Decoded::Endpoints(m) => &m.cluster_name,
+            Decoded::Scope(m) => &m.name,
+            Decoded::VirtualHost(_, name) => name,
+            Decoded::Runtime(m) => &m.name,
         }
     }
 
@@ -74,6 +82,9 @@ impl Decoded {
             Decoded::Route(m) => validate_prost_shallow(m.as_ref()),
             Decoded::Cluster(m) => validate_prost_shallow(m.as_ref()),
             Decoded::Endpoints(m) => validate_prost_shallow(m.as_ref()),
+            Decoded::Scope(m) => validate_prost_shallow(m.as_ref()),
+            Decoded::VirtualHost(m, _) => validate_prost_shallow(m.as_ref()),
+            Decoded::Runtime(m) => validate_prost_shallow(m.as_ref()),
         }
     }
 }
@@ -85,6 +96,9 @@ pub(crate) fn kind(t: ResourceType) -> &'static str {
         ResourceType::RouteConfiguration => "route configuration",
         ResourceType::Cluster => "cluster",
         ResourceType::ClusterLoadAssignment => "cluster load assignment",
+        ResourceType::ScopedRouteConfiguration => "scoped route configuration",
+        ResourceType::VirtualHost => "virtual host",
+        ResourceType::Runtime => "runtime layer",
     }
 }
 
@@ -104,9 +118,14 @@ pub(crate) fn process(
     let mut out = Processed::default();
     for (i, e) in entries.iter().enumerate() {
         let Some(any) = e.any else {
+            if t == ResourceType::VirtualHost {
+                // VHDS answers an on-demand name it cannot resolve with an empty resource
+                // carrying the name as an alias (Envoy skips those).
+                continue;
+            }
             return Err(format!("resource {i} ({}): the resource body is missing", e.wrapper_name.unwrap_or("")));
         };
-        let d = decode_any(t, any).map_err(|m| format!("resource {i}: {m}"))?;
+        let d = decode_any(t, any, e.wrapper_name).map_err(|m| format!("resource {i}: {m}"))?;
         let name = d.name().to_string();
         if !out.names.insert(name.clone()) {
             return Err(format!("duplicate {} {name} found", kind(t)));
@@ -116,7 +135,7 @@ pub(crate) fn process(
     }
     for (d, e, hash) in decoded {
         let name = d.name().to_string();
-        if subscribed.is_some_and(|w| !w.contains(&name)) {
+        if subscribed.is_some_and(|w| !is_subscribed(t, w, &name)) {
             // Not subscribed (RDS/EDS): ignored, as Envoy's watch map does.
             continue;
         }
@@ -148,7 +167,17 @@ pub(crate) fn process(
     Ok(out)
 }
 
-fn decode_any(t: ResourceType, any: &Any) -> Result<Decoded, String> {
+/// Whether `name` is covered by the subscribed names. VHDS uses namespace matching (Envoy's
+/// `use_namespace_matching`): subscribing to a route configuration name covers every
+/// `<name>/<vhost>` resource.
+fn is_subscribed(t: ResourceType, subscribed: &BTreeSet<String>, name: &str) -> bool {
+    if subscribed.contains(name) {
+        return true;
+    }
+    t == ResourceType::VirtualHost && name.rsplit_once('/').is_some_and(|(ns, _)| subscribed.contains(ns))
+}
+
+fn decode_any(t: ResourceType, any: &Any, wrapper_name: Option<&str>) -> Result<Decoded, String> {
     let unwrapped;
     let any = if any.type_url == RESOURCE_WRAPPER {
         let w = ResourceWrapper::decode(any.value.as_slice())
@@ -174,6 +203,18 @@ fn decode_any(t: ResourceType, any: &Any) -> Result<Decoded, String> {
         ResourceType::ClusterLoadAssignment => {
             Decoded::Endpoints(Box::new(ClusterLoadAssignment::decode(bytes).map_err(err)?))
         }
+        ResourceType::ScopedRouteConfiguration => {
+            Decoded::Scope(Box::new(ScopedRouteConfiguration::decode(bytes).map_err(err)?))
+        }
+        ResourceType::VirtualHost => {
+            let vh = VirtualHost::decode(bytes).map_err(err)?;
+            let name = match wrapper_name {
+                Some(w) => w.to_string(),
+                None => return Err("VHDS resources must come in a named Resource wrapper (Delta xDS)".into()),
+            };
+            Decoded::VirtualHost(Box::new(vh), name)
+        }
+        ResourceType::Runtime => Decoded::Runtime(Box::new(Runtime::decode(bytes).map_err(err)?)),
     })
 }
 
@@ -197,6 +238,18 @@ fn build(d: Decoded) -> Result<(Resource, bytes::Bytes), ConfigError> {
         Decoded::Endpoints(m) => {
             validate_prost(m.as_ref())?;
             (Resource::ClusterLoadAssignment(Arc::new(translate::cluster_load_assignment(&m)?)), raw(m.as_ref()))
+        }
+        Decoded::Scope(m) => {
+            validate_prost(m.as_ref())?;
+            (Resource::ScopedRouteConfiguration(Arc::new(translate::scoped_route_configuration(&m)?)), raw(m.as_ref()))
+        }
+        Decoded::VirtualHost(m, _) => {
+            validate_prost(m.as_ref())?;
+            (Resource::VirtualHost(Arc::new(translate::vhds_virtual_host(&m)?)), raw(m.as_ref()))
+        }
+        Decoded::Runtime(m) => {
+            validate_prost(m.as_ref())?;
+            (Resource::Runtime(Arc::new(translate::runtime_layer(&m)?)), raw(m.as_ref()))
         }
     })
 }

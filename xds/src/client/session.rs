@@ -27,12 +27,16 @@ use crate::sink::{ConfigSink, Rejected, ResourceType, Update};
 const REQUEST_QUEUE: usize = 1024;
 /// `google.rpc.Code.INTERNAL`, what Envoy puts in NACKs (`GrpcMuxImpl`, `DeltaSubscriptionState`).
 const NACK_CODE: i32 = 13;
-/// Order of the initial requests on a stream (Envoy: CDS, EDS, LDS, RDS).
-const ORDER: [ResourceType; 4] = [
+/// Order of the initial requests on a stream (Envoy: CDS, EDS, RTDS, LDS, RDS, then the
+/// subscriptions listeners and route configurations bring along).
+const ORDER: [ResourceType; 7] = [
     ResourceType::Cluster,
     ResourceType::ClusterLoadAssignment,
+    ResourceType::Runtime,
     ResourceType::Listener,
     ResourceType::RouteConfiguration,
+    ResourceType::ScopedRouteConfiguration,
+    ResourceType::VirtualHost,
 ];
 
 /// What every session of one [`super::run`] shares.
@@ -47,9 +51,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(cfg: ClientConfig, sink: Arc<dyn ConfigSink>, stats: Arc<ClientStats>) -> Self {
+    pub(crate) fn new(cfg: ClientConfig, sink: Arc<dyn ConfigSink>, stats: Arc<ClientStats>) -> Arc<Self> {
         let node = cfg.node_proto();
-        Self { cfg, sink, stats, wanted: watch::channel(0).0, connected: AtomicUsize::new(0), node }
+        let changes = sink.wanted_changes();
+        let sh = Arc::new(Self { cfg, sink, stats, wanted: watch::channel(0).0, connected: AtomicUsize::new(0), node });
+        if let Some(mut rx) = changes {
+            // The data plane asks for names on its own (VHDS on demand): re-query like after an update.
+            let weak = Arc::downgrade(&sh);
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    match weak.upgrade() {
+                        Some(sh) => sh.bump_wanted(),
+                        None => break,
+                    }
+                }
+            });
+        }
+        sh
     }
 
     fn bump_wanted(&self) {
@@ -89,6 +107,8 @@ struct TypeState {
     nonce: String,
     /// Subscribed names (RDS/EDS); `None` for wildcard types.
     names: Option<BTreeSet<String>>,
+    /// Lazy wildcard types (SRDS): subscribed once the config needs them, then for good.
+    active: bool,
     /// A request for this type went out on the current stream.
     requested: bool,
     /// Names applied to the sink (SotW wildcard removal).
@@ -108,6 +128,7 @@ impl TypeState {
             version_info: String::new(),
             nonce: String::new(),
             names: (!t.is_wildcard()).then(BTreeSet::new),
+            active: !t.is_lazy(),
             requested: false,
             known: BTreeSet::new(),
             resource_versions: BTreeMap::new(),
@@ -128,6 +149,15 @@ impl TypeState {
 }
 
 type States = BTreeMap<ResourceType, TypeState>;
+
+/// Activates a lazy wildcard type once the sink wants it; returns whether the type is active.
+fn activate(sh: &Shared, st: &mut TypeState) -> bool {
+    if !st.active && sh.sink.wanted(st.type_).is_some_and(|w| !w.is_empty()) {
+        st.active = true;
+        st.arm(sh.cfg.initial_fetch_timeout);
+    }
+    st.active
+}
 
 /// Jittered exponential backoff.
 struct BackoffState {
@@ -157,12 +187,23 @@ impl BackoffState {
 pub(crate) async fn drive(sh: Arc<Shared>, kind: StreamKind, types: Vec<ResourceType>, server: ServerAddr) {
     let mut states: States = types.iter().map(|t| (*t, TypeState::new(*t))).collect();
     for st in states.values_mut() {
-        if st.type_.is_wildcard() {
+        if st.type_.is_wildcard() && st.active {
             st.arm(sh.cfg.initial_fetch_timeout);
         }
     }
     let mut backoff = BackoffState::new(sh.cfg.backoff);
     let mut wanted_rx = sh.wanted.subscribe();
+    if let StreamKind::Single(t) = kind {
+        // A stream of its own for SRDS or VHDS opens only once the config uses them, so a
+        // control plane that does not serve them is not pestered with failing streams.
+        if matches!(t, ResourceType::ScopedRouteConfiguration | ResourceType::VirtualHost) {
+            while sh.sink.wanted(t).is_none_or(|w| w.is_empty()) {
+                if wanted_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
     loop {
         let (responded, err) = match sh.cfg.mode {
             Mode::Sotw => sotw_session(&sh, kind, &server, &mut states, &mut wanted_rx).await,
@@ -282,7 +323,9 @@ fn apply(
         removed
     };
     let updated: Vec<(String, String)> = p.updated.iter().map(|u| (u.name.clone(), u.version.clone())).collect();
-    let sink_rejected = if p.updated.is_empty() && removed.is_empty() && !sotw {
+    // VHDS: even an empty answer (an unresolved on-demand name) goes to the sink, which wakes
+    // the requests waiting for it.
+    let sink_rejected = if p.updated.is_empty() && removed.is_empty() && !sotw && t != ResourceType::VirtualHost {
         Vec::new()
     } else {
         sh.sink.apply(Update {
@@ -349,6 +392,9 @@ async fn sotw_session(
         let Some(st) = states.get_mut(&t) else { continue };
         st.nonce.clear();
         st.requested = false;
+        if !activate(sh, st) {
+            continue;
+        }
         if !t.is_wildcard() {
             let wanted = sh.sink.wanted(t).unwrap_or_default();
             let old = st.names.clone().unwrap_or_default();
@@ -453,6 +499,12 @@ fn on_sotw_response(
 fn resubscribe_sotw(sh: &Shared, states: &mut States, out: &mut Outbox<'_, DiscoveryRequest>) -> Result<(), String> {
     for t in ORDER {
         let Some(st) = states.get_mut(&t) else { continue };
+        if !st.active {
+            if activate(sh, st) {
+                send_sotw(out, st, None)?;
+            }
+            continue;
+        }
         let Some(old) = &st.names else { continue };
         let wanted = sh.sink.wanted(t).unwrap_or_default();
         if &wanted == old {
@@ -490,6 +542,9 @@ async fn delta_session(
         let Some(st) = states.get_mut(&t) else { continue };
         st.nonce.clear();
         st.requested = false;
+        if !activate(sh, st) {
+            continue;
+        }
         if !t.is_wildcard() {
             let wanted = sh.sink.wanted(t).unwrap_or_default();
             let old = st.names.clone().unwrap_or_default();
@@ -606,6 +661,12 @@ fn resubscribe_delta(
 ) -> Result<(), String> {
     for t in ORDER {
         let Some(st) = states.get_mut(&t) else { continue };
+        if !st.active {
+            if activate(sh, st) {
+                send_delta_initial(out, st)?;
+            }
+            continue;
+        }
         let Some(old) = st.names.clone() else { continue };
         let wanted = sh.sink.wanted(t).unwrap_or_default();
         if wanted == old {

@@ -62,6 +62,12 @@ pub struct ClientStats {
     pub cds: TypeStats,
     /// EDS (all load assignments together).
     pub eds: TypeStats,
+    /// SRDS.
+    pub srds: TypeStats,
+    /// VHDS (all route configurations together).
+    pub vhds: TypeStats,
+    /// RTDS.
+    pub rtds: TypeStats,
 }
 
 impl ClientStats {
@@ -77,18 +83,25 @@ impl ClientStats {
             ResourceType::RouteConfiguration => &self.rds,
             ResourceType::Cluster => &self.cds,
             ResourceType::ClusterLoadAssignment => &self.eds,
+            ResourceType::ScopedRouteConfiguration => &self.srds,
+            ResourceType::VirtualHost => &self.vhds,
+            ResourceType::Runtime => &self.rtds,
         }
     }
 
-    /// Envoy's stat prefix for `t`: `listener_manager.lds`, `cluster_manager.cds`; RDS and
-    /// EDS are per resource in Envoy (`http.<prefix>.rds.<name>.`, `cluster.<name>.`), here
-    /// aggregated under `rds` and `eds`.
+    /// Envoy's stat prefix for `t`: `listener_manager.lds`, `cluster_manager.cds`,
+    /// `runtime.rtds`; RDS, EDS, SRDS and VHDS are per resource in Envoy
+    /// (`http.<prefix>.rds.<name>.`, `cluster.<name>.`, ...): the per-type totals are here under
+    /// `rds`, `eds`, `srds` and `vhds` (the data plane adds the per-resource RDS counters).
     pub fn prefix(t: ResourceType) -> &'static str {
         match t {
             ResourceType::Listener => "listener_manager.lds",
             ResourceType::RouteConfiguration => "rds",
             ResourceType::Cluster => "cluster_manager.cds",
             ResourceType::ClusterLoadAssignment => "eds",
+            ResourceType::ScopedRouteConfiguration => "srds",
+            ResourceType::VirtualHost => "vhds",
+            ResourceType::Runtime => "runtime.rtds",
         }
     }
 
@@ -99,13 +112,12 @@ impl ClientStats {
             value: self.connected_state.load(Ordering::Relaxed),
             gauge: true,
         }];
-        for t in [
-            ResourceType::Listener,
-            ResourceType::RouteConfiguration,
-            ResourceType::Cluster,
-            ResourceType::ClusterLoadAssignment,
-        ] {
-            self.for_type(t).entries(Self::prefix(t), &mut out);
+        for t in ResourceType::ALL {
+            let ts = self.for_type(t);
+            if t.is_optional() && ts.update_attempt.load(Ordering::Relaxed) == 0 {
+                continue; // SRDS/VHDS/RTDS stats exist in Envoy only where they are used
+            }
+            ts.entries(Self::prefix(t), &mut out);
         }
         out
     }

@@ -10,6 +10,9 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::route::v3::scoped_routes_discovery_service_client::ScopedRoutesDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::route::v3::virtual_host_discovery_service_client::VirtualHostDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::runtime::v3::runtime_discovery_service_client::RuntimeDiscoveryServiceClient;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
@@ -99,6 +102,15 @@ pub(crate) async fn open_sotw(
         StreamKind::Single(ResourceType::ClusterLoadAssignment) => {
             EndpointDiscoveryServiceClient::new(ch).max_decoding_message_size(max).stream_endpoints(reqs).await
         }
+        StreamKind::Single(ResourceType::ScopedRouteConfiguration) => {
+            ScopedRoutesDiscoveryServiceClient::new(ch).max_decoding_message_size(max).stream_scoped_routes(reqs).await
+        }
+        StreamKind::Single(ResourceType::Runtime) => {
+            RuntimeDiscoveryServiceClient::new(ch).max_decoding_message_size(max).stream_runtime(reqs).await
+        }
+        StreamKind::Single(ResourceType::VirtualHost) => {
+            return Err(Status::invalid_argument("VHDS is Delta only"));
+        }
     };
     r.map(|r| r.into_inner())
 }
@@ -128,6 +140,15 @@ pub(crate) async fn open_delta(
         }
         StreamKind::Single(ResourceType::ClusterLoadAssignment) => {
             EndpointDiscoveryServiceClient::new(ch).max_decoding_message_size(max).delta_endpoints(reqs).await
+        }
+        StreamKind::Single(ResourceType::ScopedRouteConfiguration) => {
+            ScopedRoutesDiscoveryServiceClient::new(ch).max_decoding_message_size(max).delta_scoped_routes(reqs).await
+        }
+        StreamKind::Single(ResourceType::Runtime) => {
+            RuntimeDiscoveryServiceClient::new(ch).max_decoding_message_size(max).delta_runtime(reqs).await
+        }
+        StreamKind::Single(ResourceType::VirtualHost) => {
+            VirtualHostDiscoveryServiceClient::new(ch).max_decoding_message_size(max).delta_virtual_hosts(reqs).await
         }
     };
     r.map(|r| r.into_inner())

@@ -11,6 +11,8 @@ use super::{empty_means_wildcard, ControlPlane, Event, Misbehave, Names, Recorde
 
 struct Watch {
     names: Names,
+    /// VHDS on-demand names (`<route config>/<host>`) already answered.
+    aliases_done: std::collections::BTreeSet<String>,
     /// Per-resource versions the client has (as far as this stream knows).
     client: HashMap<String, String>,
 }
@@ -107,9 +109,10 @@ impl Stream {
                 } else {
                     Names::Set(req.resource_names_subscribe.iter().cloned().collect())
                 };
+                let vhds = is_vhds(&type_url);
                 let mut client: HashMap<String, String> = req.initial_resource_versions.clone();
-                client.retain(|k, _| names.contains(k));
-                self.watches.insert(type_url.clone(), Watch { names, client });
+                client.retain(|k, _| names.covers(vhds, k));
+                self.watches.insert(type_url.clone(), Watch { names, aliases_done: Default::default(), client });
             }
             Some(w) => {
                 for n in &req.resource_names_subscribe {
@@ -132,7 +135,8 @@ impl Stream {
                     w.client.remove(n);
                 }
                 let names = w.names.clone();
-                w.client.retain(|k, _| names.contains(k));
+                let vhds = is_vhds(&type_url);
+                w.client.retain(|k, _| names.covers(vhds, k));
             }
         }
         self.respond(&type_url).await
@@ -157,8 +161,9 @@ impl Stream {
         let empty = BTreeMap::new();
         let of_type = snap.of_type(type_url).unwrap_or(&empty);
         let mut resources = Vec::new();
+        let vhds = is_vhds(type_url);
         for (name, raw) in of_type {
-            if !w.names.contains(name) {
+            if !w.names.covers(vhds, name) {
                 continue;
             }
             let v = raw.version();
@@ -171,6 +176,9 @@ impl Stream {
                 });
                 w.client.insert(name.clone(), v);
             }
+        }
+        if vhds {
+            resources.extend(on_demand_answers(w, of_type));
         }
         let mut removed: Vec<String> = w.client.keys().filter(|n| !of_type.contains_key(*n)).cloned().collect();
         removed.sort();
@@ -208,4 +216,61 @@ impl Stream {
         }
         Flow::Continue
     }
+}
+
+fn is_vhds(type_url: &str) -> bool {
+    type_url == crate::sink::ResourceType::VirtualHost.type_url()
+}
+
+/// VHDS on demand: each subscribed `<route config>/<host>` name is answered once, with the
+/// virtual host of that route config whose domains match `host` (carrying the name as an
+/// alias), or with an empty resource when none does (Envoy's protocol for unresolved aliases).
+fn on_demand_answers(
+    w: &mut Watch,
+    of_type: &BTreeMap<String, super::RawResource>,
+) -> Vec<Resource> {
+    use prost::Message;
+    let Names::Set(names) = &w.names else { return Vec::new() };
+    let mut out = Vec::new();
+    for n in names {
+        let Some((rc, host)) = n.rsplit_once('/') else { continue };
+        if of_type.contains_key(n) || w.aliases_done.contains(n) {
+            continue;
+        }
+        let found = of_type.iter().find(|(name, raw)| {
+            name.rsplit_once('/').is_some_and(|(ns, _)| ns == rc)
+                && envoy_types::pb::envoy::config::route::v3::VirtualHost::decode(raw.value.as_slice())
+                    .is_ok_and(|vh| vh.domains.iter().any(|d| domain_matches(d, host)))
+        });
+        out.push(match found {
+            Some((name, raw)) => {
+                let v = raw.version();
+                w.client.insert(name.clone(), v.clone());
+                Resource {
+                    name: name.clone(),
+                    version: v,
+                    resource: Some(raw.to_any()),
+                    aliases: vec![n.clone()],
+                    ..Default::default()
+                }
+            }
+            None => Resource { name: n.clone(), aliases: vec![n.clone()], ..Default::default() },
+        });
+        w.aliases_done.insert(n.clone());
+    }
+    out
+}
+
+fn domain_matches(domain: &str, host: &str) -> bool {
+    let (d, h) = (domain.to_ascii_lowercase(), host.to_ascii_lowercase());
+    if d == "*" || d == h {
+        return true;
+    }
+    if let Some(suffix) = d.strip_prefix('*') {
+        return h.len() > suffix.len() && h.ends_with(suffix);
+    }
+    if let Some(prefix) = d.strip_suffix('*') {
+        return h.len() > prefix.len() && h.starts_with(prefix);
+    }
+    false
 }

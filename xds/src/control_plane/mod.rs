@@ -24,7 +24,8 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -112,6 +113,25 @@ impl Snapshot {
     pub fn with_endpoints(self, e: ClusterLoadAssignment) -> Self {
         let name = e.cluster_name.clone();
         self.with_message(ResourceType::ClusterLoadAssignment, name, &e)
+    }
+
+    /// Adds a routing scope (keyed by its name).
+    pub fn with_scoped_route(self, s: ScopedRouteConfiguration) -> Self {
+        let name = s.name.clone();
+        self.with_message(ResourceType::ScopedRouteConfiguration, name, &s)
+    }
+
+    /// Adds a VHDS virtual host of route configuration `route_config` (keyed
+    /// `<route_config>/<vhost name>`, VHDS's naming).
+    pub fn with_virtual_host(self, route_config: &str, v: VirtualHost) -> Self {
+        let name = format!("{route_config}/{}", v.name);
+        self.with_message(ResourceType::VirtualHost, name, &v)
+    }
+
+    /// Adds a runtime layer (keyed by its name).
+    pub fn with_runtime(self, r: Runtime) -> Self {
+        let name = r.name.clone();
+        self.with_message(ResourceType::Runtime, name, &r)
     }
 
     /// Adds raw bytes under response type `type_url`, with the same `Any.type_url`.
@@ -459,7 +479,12 @@ impl Drop for StreamGuard {
 pub(crate) fn empty_means_wildcard(type_url: &str) -> bool {
     !matches!(
         ResourceType::from_type_url(type_url),
-        Some(ResourceType::RouteConfiguration | ResourceType::ClusterLoadAssignment)
+        Some(
+            ResourceType::RouteConfiguration
+                | ResourceType::ClusterLoadAssignment
+                | ResourceType::VirtualHost
+                | ResourceType::Runtime
+        )
     )
 }
 
@@ -476,5 +501,11 @@ impl Names {
             Names::Wildcard => true,
             Names::Set(s) => s.contains(name),
         }
+    }
+
+    /// `contains`, plus VHDS namespace matching: a subscribed route configuration name covers
+    /// every `<name>/<vhost>` resource.
+    pub(crate) fn covers(&self, vhds: bool, name: &str) -> bool {
+        self.contains(name) || (vhds && name.rsplit_once('/').is_some_and(|(ns, _)| self.contains(ns)))
     }
 }

@@ -21,6 +21,15 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
     RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
+use envoy_types::pb::envoy::service::route::v3::scoped_routes_discovery_service_server::{
+    ScopedRoutesDiscoveryService, ScopedRoutesDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::route::v3::virtual_host_discovery_service_server::{
+    VirtualHostDiscoveryService, VirtualHostDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::runtime::v3::runtime_discovery_service_server::{
+    RuntimeDiscoveryService, RuntimeDiscoveryServiceServer,
+};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -64,7 +73,10 @@ pub(crate) fn router(cp: Arc<ControlPlane>) -> tonic::transport::server::Router 
         .add_service(ListenerDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
         .add_service(RouteDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
         .add_service(ClusterDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(EndpointDiscoveryServiceServer::new(svc).max_decoding_message_size(MAX_REQUEST))
+        .add_service(EndpointDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(ScopedRoutesDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(VirtualHostDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(RuntimeDiscoveryServiceServer::new(svc).max_decoding_message_size(MAX_REQUEST))
 }
 
 #[tonic::async_trait]
@@ -151,3 +163,33 @@ per_type_service!(
     delta_endpoints,
     fetch_endpoints
 );
+per_type_service!(
+    ScopedRoutesDiscoveryService,
+    ResourceType::ScopedRouteConfiguration,
+    StreamScopedRoutesStream,
+    stream_scoped_routes,
+    DeltaScopedRoutesStream,
+    delta_scoped_routes,
+    fetch_scoped_routes
+);
+per_type_service!(
+    RuntimeDiscoveryService,
+    ResourceType::Runtime,
+    StreamRuntimeStream,
+    stream_runtime,
+    DeltaRuntimeStream,
+    delta_runtime,
+    fetch_runtime
+);
+
+#[tonic::async_trait]
+impl VirtualHostDiscoveryService for Svc {
+    type DeltaVirtualHostsStream = DeltaStream;
+
+    async fn delta_virtual_hosts(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<DeltaStream>, Status> {
+        Ok(self.delta(request, Some(ResourceType::VirtualHost.type_url())))
+    }
+}

@@ -16,6 +16,19 @@ impl Snapshot {
             ResourceType::RouteConfiguration => self.with_route(message_from_str(yaml, Format::Yaml, &opts)?),
             ResourceType::Cluster => self.with_cluster(message_from_str(yaml, Format::Yaml, &opts)?),
             ResourceType::ClusterLoadAssignment => self.with_endpoints(message_from_str(yaml, Format::Yaml, &opts)?),
+            ResourceType::ScopedRouteConfiguration => {
+                self.with_scoped_route(message_from_str(yaml, Format::Yaml, &opts)?)
+            }
+            ResourceType::Runtime => self.with_runtime(message_from_str(yaml, Format::Yaml, &opts)?),
+            ResourceType::VirtualHost => {
+                return Err(ConfigError::invalid("", "use with_virtual_host_yaml: VHDS names need the route config"))
+            }
         })
+    }
+
+    /// Add a VHDS virtual host of `route_config`, given as YAML.
+    pub fn with_virtual_host_yaml(self, route_config: &str, yaml: &str) -> Result<Self, ConfigError> {
+        let opts = DecodeOptions::default();
+        Ok(self.with_virtual_host(route_config, message_from_str(yaml, Format::Yaml, &opts)?))
     }
 }

@@ -18,6 +18,8 @@ pub struct Bootstrap {
     pub clusters: Vec<Arc<Cluster>>,
     /// `dynamic_resources` (xDS), if set to anything.
     pub dynamic_resources: Option<super::DynamicResources>,
+    /// `layered_runtime` (empty when not set).
+    pub layered_runtime: super::LayeredRuntime,
     /// The bootstrap as proto3 JSON, for `/config_dump`.
     pub config_dump_json: serde_json::Value,
 }

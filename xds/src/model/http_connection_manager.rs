@@ -95,6 +95,8 @@ pub enum RouteSpecifier {
         /// `route_config_name`.
         route_config_name: String,
     },
+    /// `scoped_routes` (SRDS or an inline scope list).
+    Scoped(Arc<super::ScopedRoutes>),
 }
 
 /// HTTP filters Pinion implements.
@@ -102,6 +104,9 @@ pub enum RouteSpecifier {
 pub enum HttpFilter {
     /// `envoy.filters.http.router`.
     Router(RouterConfig),
+    /// `envoy.filters.http.on_demand`: a request whose host has no virtual host asks VHDS for
+    /// it and waits for the answer.
+    OnDemand,
 }
 
 /// `envoy.extensions.filters.http.router.v3.Router`.

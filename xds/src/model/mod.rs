@@ -10,6 +10,8 @@ mod http_connection_manager;
 mod listener;
 mod matcher;
 mod route;
+mod runtime;
+mod scoped_route;
 mod tcp_proxy;
 
 pub use access_log::*;
@@ -20,4 +22,6 @@ pub use http_connection_manager::*;
 pub use listener::*;
 pub use matcher::*;
 pub use route::*;
+pub use runtime::*;
+pub use scoped_route::*;
 pub use tcp_proxy::*;

@@ -25,6 +25,8 @@ pub struct RouteConfiguration {
     /// `validate_clusters` as configured; unset means true for inline (static) route configs and
     /// false for RDS, as in Envoy.
     pub validate_clusters: Option<bool>,
+    /// `vhds`: virtual hosts also come from VHDS (Delta only), merged after these.
+    pub vhds: Option<super::ConfigSource>,
 }
 
 /// Request and response header mutations at one level (route config, vhost, route, weighted cluster).
@@ -147,6 +149,17 @@ pub struct RouteMatch {
     pub query_parameters: Vec<QueryParameterMatcher>,
     /// `grpc: {}`: only gRPC requests (content-type application/grpc*).
     pub grpc: bool,
+    /// `runtime_fraction`: matches this share of requests (runtime-overridable).
+    pub runtime_fraction: Option<RuntimeFraction>,
+}
+
+/// `envoy.config.core.v3.RuntimeFractionalPercent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeFraction {
+    /// `default_value`.
+    pub default_value: super::FractionalPercent,
+    /// `runtime_key` (may be empty: the default always applies).
+    pub runtime_key: String,
 }
 
 /// Path specifier of a route match. Matching is on the path without the query string.

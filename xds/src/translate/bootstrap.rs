@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 
 use super::access_log::access_logs;
 use super::endpoint::locality;
-use super::{at, cluster, ip_address, listener, reject_set, struct_to_json, unsupported_field};
+use super::{at, cluster, ip_address, listener, reject_set, struct_to_json};
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
 
@@ -103,9 +103,10 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
     reject_set(xds_delegate_extension, "xds_delegate_extension")?;
     reject_set(xds_config_tracker_extension, "xds_config_tracker_extension")?;
     reject_set(listener_manager, "listener_manager")?;
-    if let Some(rt) = layered_runtime {
-        runtime(rt).map_err(at("layered_runtime"))?;
-    }
+    let layered_runtime = match layered_runtime {
+        Some(rt) => super::runtime::layered_runtime(rt).map_err(at("layered_runtime"))?,
+        None => model::LayeredRuntime::default(),
+    };
     let dynamic_resources = match dynamic_resources {
         Some(d) if *d != b::bootstrap::DynamicResources::default() => {
             Some(super::config_source::dynamic_resources(d).map_err(at("dynamic_resources"))?)
@@ -128,31 +129,9 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         listeners,
         clusters,
         dynamic_resources,
+        layered_runtime,
         config_dump_json: serde_json::Value::Null,
     })
-}
-
-/// Layered runtime: only admin layers and empty static layers (no runtime overrides).
-fn runtime(rt: &b::LayeredRuntime) -> ConfigResult<()> {
-    use b::runtime_layer::LayerSpecifier as L;
-    let b::LayeredRuntime { layers } = rt;
-    for (i, layer) in layers.iter().enumerate() {
-        let b::RuntimeLayer { name: _, layer_specifier } = layer;
-        let p = format!("layers[{i}]");
-        match layer_specifier {
-            None | Some(L::AdminLayer(_)) => {}
-            Some(L::StaticLayer(s)) if s.fields.is_empty() => {}
-            Some(L::StaticLayer(_)) => {
-                return Err(ConfigError::unsupported(
-                    format!("{p}.static_layer"),
-                    "runtime overrides (static_layer) are not supported by pinion",
-                ))
-            }
-            Some(L::DiskLayer(_)) => return Err(unsupported_field(&format!("{p}.disk_layer"))),
-            Some(L::RtdsLayer(_)) => return Err(unsupported_field(&format!("{p}.rtds_layer"))),
-        }
-    }
-    Ok(())
 }
 
 fn translate_node(node: Option<&core::Node>, overrides: &NodeOverrides) -> model::Node {
@@ -290,6 +269,12 @@ fn check_static_routes(
     for (p, fc) in chains {
         let model::NetworkFilter::HttpConnectionManager(h) = &fc.filter else { continue };
         match &h.route_specifier {
+            model::RouteSpecifier::Scoped(_) => {
+                return Err(ConfigError::unsupported(
+                    format!("{p}.scoped_routes"),
+                    "scoped_routes in a static listener is not supported by pinion; deliver the listener over LDS",
+                ))
+            }
             model::RouteSpecifier::Rds { .. } => {
                 return Err(ConfigError::unsupported(
                     format!("{p}.rds"),

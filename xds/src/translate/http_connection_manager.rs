@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
+use envoy_types::pb::envoy::extensions::filters::http::on_demand::v3 as on_demand;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 
@@ -18,6 +19,8 @@ use crate::error::{ConfigError, ConfigResult};
 use crate::model;
 
 const ROUTER_NAME: &str = "envoy.filters.http.router";
+/// The on-demand filter's well-known name.
+const ON_DEMAND_NAME: &str = "envoy.filters.http.on_demand";
 
 /// Translate an `HttpConnectionManager`; errors relative to it.
 pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigResult<model::HttpConnectionManager> {
@@ -133,7 +136,9 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
             // config_source: the xDS client resolves where RDS comes from.
             model::RouteSpecifier::Rds { route_config_name: route_config_name.clone() }
         }
-        Some(RS::ScopedRoutes(_)) => return Err(unsupported_field("scoped_routes")),
+        Some(RS::ScopedRoutes(s)) => {
+            model::RouteSpecifier::Scoped(Arc::new(super::scoped_route::scoped_routes(s).map_err(at("scoped_routes"))?))
+        }
     };
     let http_filters = filters(http_filters).map_err(at("http_filters"))?;
 
@@ -276,6 +281,18 @@ fn filters(fs: &[hcm::HttpFilter]) -> ConfigResult<Vec<model::HttpFilter>> {
                 }
             };
             out.push(model::HttpFilter::Router(cfg));
+            continue;
+        }
+        let is_on_demand = match any {
+            Some(any) => is_type::<on_demand::OnDemand>(any),
+            None => name == ON_DEMAND_NAME,
+        };
+        if is_on_demand && !*disabled {
+            if let Some(any) = any {
+                let on_demand::OnDemand { odcds } = unpack(any).map_err(at(format!("{p}.typed_config")))?;
+                reject_set(&odcds, "odcds").map_err(at(format!("{p}.typed_config")))?;
+            }
+            out.push(model::HttpFilter::OnDemand);
             continue;
         }
         let what = match any {

@@ -22,6 +22,8 @@ mod http_connection_manager;
 mod listener;
 mod matcher;
 mod route;
+mod runtime;
+mod scoped_route;
 mod tcp_proxy;
 
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +38,9 @@ pub use bootstrap::{bootstrap, NodeOverrides};
 pub use cluster::cluster;
 pub use endpoint::cluster_load_assignment;
 pub use listener::listener;
-pub use route::route_configuration;
+pub use route::{route_configuration, vhds_virtual_host};
+pub use runtime::runtime_layer;
+pub use scoped_route::scoped_route_configuration;
 
 /// Prefix used by every type URL Envoy emits.
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/";

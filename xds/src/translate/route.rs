@@ -45,7 +45,22 @@ pub fn route_configuration(rc: &r::RouteConfiguration) -> ConfigResult<model::Ro
         metadata: _,
         route_specifiers,
     } = rc;
-    reject_set(vhds, "vhds")?;
+    let vhds = match vhds {
+        None => None,
+        Some(r::Vhds { config_source }) => {
+            let cs = config_source.as_ref().ok_or_else(|| ConfigError::invalid("vhds.config_source", "must be set"))?;
+            let cs = crate::translate::config_source::config_source(cs).map_err(at("vhds.config_source"))?;
+            if let model::ConfigSourceKind::Api(a) = &cs.kind {
+                if a.api_type != model::ApiType::DeltaGrpc {
+                    return Err(ConfigError::invalid(
+                        "vhds.config_source",
+                        "vhds: only 'DELTA_GRPC' or 'ADS' (which uses Delta xDS) is supported as a config source.",
+                    ));
+                }
+            }
+            Some(cs)
+        }
+    };
     reject_set(cluster_specifier_plugins, "cluster_specifier_plugins")?;
     reject_set(request_mirror_policies, "request_mirror_policies")?;
     reject_set(ignore_port_in_host_matching, "ignore_port_in_host_matching")?;
@@ -98,6 +113,7 @@ pub fn route_configuration(rc: &r::RouteConfiguration) -> ConfigResult<model::Ro
         max_direct_response_body_size_bytes: max_body,
         most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
         validate_clusters: validate_clusters.as_ref().map(|b| b.value),
+        vhds,
     })
 }
 
@@ -291,7 +307,7 @@ fn route_match(m: &r::RouteMatch) -> ConfigResult<model::RouteMatch> {
         filter_state,
         path_specifier,
     } = m;
-    reject_set(runtime_fraction, "runtime_fraction")?;
+    let runtime_fraction = runtime_fraction.as_ref().map(runtime_fraction_).transpose().map_err(at("runtime_fraction"))?;
     reject_set(cookies, "cookies")?;
     reject_set(tls_context, "tls_context")?;
     reject_set(dynamic_metadata, "dynamic_metadata")?;
@@ -324,7 +340,34 @@ fn route_match(m: &r::RouteMatch) -> ConfigResult<model::RouteMatch> {
         headers: hs,
         query_parameters: qs,
         grpc: grpc.is_some(),
+        runtime_fraction,
     })
+}
+
+fn runtime_fraction_(f: &core::RuntimeFractionalPercent) -> ConfigResult<model::RuntimeFraction> {
+    let core::RuntimeFractionalPercent { default_value, runtime_key } = f;
+    let d = default_value.as_ref().ok_or_else(|| ConfigError::invalid("default_value", "must be set"))?;
+    Ok(model::RuntimeFraction {
+        default_value: fractional_percent(d).map_err(at("default_value"))?,
+        runtime_key: runtime_key.clone(),
+    })
+}
+
+/// `envoy.type.v3.FractionalPercent` (errors relative to it).
+pub(crate) fn fractional_percent(p: &envoy_types::pb::envoy::r#type::v3::FractionalPercent) -> ConfigResult<model::FractionalPercent> {
+    use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
+    let envoy_types::pb::envoy::r#type::v3::FractionalPercent { numerator, denominator } = p;
+    let denominator = match enum_value::<D>(*denominator, "denominator")? {
+        D::Hundred => 100,
+        D::TenThousand => 10_000,
+        D::Million => 1_000_000,
+    };
+    Ok(model::FractionalPercent { numerator: *numerator, denominator })
+}
+
+/// Translate a VHDS `VirtualHost` resource (errors relative to it).
+pub fn vhds_virtual_host(vh: &r::VirtualHost) -> ConfigResult<model::VirtualHost> {
+    virtual_host(vh, DEFAULT_MAX_DIRECT_RESPONSE_BODY)
 }
 
 fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
