@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use crate::http::on_demand::OnDemandVhds;
 use crate::http::route_table::RouteTable;
 use crate::listener::{scope_map_key, ListenerRuntime, RdsSlot, RouteProvider, ScopeMap, ScopeSlot};
-use crate::runtime::Runtime;
 use crate::listener_manager::ListenerManager;
+use crate::runtime::Runtime;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::Store;
 use crate::upstream::{dns, Cluster};
@@ -368,7 +368,8 @@ impl ConfigStore {
     /// Publish the SRDS scope set (ready from the first response on).
     fn rebuild_scopes(&self, inner: &mut Inner) {
         let mut map = ScopeMap { ready: true, scopes: HashMap::new() };
-        let scopes: Vec<Arc<model::ScopedRouteConfiguration>> = inner.scopes.values().map(|v| v.value.clone()).collect();
+        let scopes: Vec<Arc<model::ScopedRouteConfiguration>> =
+            inner.scopes.values().map(|v| v.value.clone()).collect();
         for sc in scopes {
             let slot = match &sc.route_configuration {
                 Some(rc) => Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone()))),

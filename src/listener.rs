@@ -374,7 +374,9 @@ impl ListenerRuntime {
                     let routes = match &hcm.route_specifier {
                         model::RouteSpecifier::Static(rc) => RouteSource::Static(Arc::new(RouteTable::new(rc.clone()))),
                         model::RouteSpecifier::Rds { route_config_name } => match dynamic {
-                            Some(d) => RouteSource::Rds { name: route_config_name.clone(), slot: d.rds(route_config_name) },
+                            Some(d) => {
+                                RouteSource::Rds { name: route_config_name.clone(), slot: d.rds(route_config_name) }
+                            }
                             None => return Err(needs_xds(&format!("rds route config '{route_config_name}'"))),
                         },
                         model::RouteSpecifier::Scoped(sr) => {
@@ -385,7 +387,9 @@ impl ListenerRuntime {
                                     let mut map = ScopeMap { ready: true, scopes: HashMap::new() };
                                     for sc in list {
                                         let slot = match &sc.route_configuration {
-                                            Some(rc) => Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone()))),
+                                            Some(rc) => {
+                                                Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone())))
+                                            }
                                             None => d.rds(&sc.route_configuration_name),
                                         };
                                         map.scopes.insert(scope_map_key(&sc.key), (sc.name.clone(), slot));

@@ -6,7 +6,6 @@
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::service::runtime::v3::Runtime;
@@ -109,7 +108,10 @@ async fn scoped_routes_follow_srds(api_type: &str) {
             .with_route(all_to("rc-b", "b"))
             .with_listener(hcm_listener(port, route_spec, ""))
     };
-    cp.set_snapshot(NODE, base("1").with_scoped_route(scope("sa", "alpha", "rc-a")).with_scoped_route(scope("sb", "beta", "rc-b")));
+    cp.set_snapshot(
+        NODE,
+        base("1").with_scoped_route(scope("sa", "alpha", "rc-a")).with_scoped_route(scope("sb", "beta", "rc-b")),
+    );
     let mut proxy = spawn_pinion(&pinion::demo::ads_bootstrap(NODE, admin, xds, api_type));
     proxy.wait_ready(admin, Duration::from_secs(20)).expect("ready once scopes and their routes are in");
 
@@ -121,7 +123,10 @@ async fn scoped_routes_follow_srds(api_type: &str) {
     assert_eq!(get(port, "x", Some("gamma")).await.unwrap().0, 404);
 
     // SRDS update: alpha moves to rc-b, beta is removed, gamma is added.
-    cp.set_snapshot(NODE, base("2").with_scoped_route(scope("sa", "alpha", "rc-b")).with_scoped_route(scope("sg", "gamma", "rc-a")));
+    cp.set_snapshot(
+        NODE,
+        base("2").with_scoped_route(scope("sa", "alpha", "rc-b")).with_scoped_route(scope("sg", "gamma", "rc-a")),
+    );
     eventually(port, "x", Some("alpha"), (200, "b")).await;
     eventually(port, "x", Some("beta"), (404, "")).await;
     eventually(port, "x", Some("gamma"), (200, "a")).await;
@@ -203,13 +208,16 @@ virtual_hosts:
     let started = Instant::now();
     assert_eq!(get(port, "new.com", None).await.unwrap().0, 404);
     assert!(started.elapsed() < Duration::from_secs(4), "the empty VHDS answer ends the wait: {:?}", started.elapsed());
-    let asked = cp.requests().iter().any(|r| r.type_url == vh_url && r.resource_names.iter().any(|n| n == "rc/new.com"));
+    let asked =
+        cp.requests().iter().any(|r| r.type_url == vh_url && r.resource_names.iter().any(|n| n == "rc/new.com"));
     assert!(asked, "on-demand subscription for rc/new.com: {:#?}", cp.requests());
 
     // The control plane learns of new.com: pushed to the subscriber, it routes.
     cp.set_snapshot(
         NODE,
-        base("2").with_virtual_host("rc", vhost("late", "late.com", "b")).with_virtual_host("rc", vhost("new", "new.com", "a")),
+        base("2")
+            .with_virtual_host("rc", vhost("late", "late.com", "b"))
+            .with_virtual_host("rc", vhost("new", "new.com", "a")),
     );
     eventually(port, "new.com", None, (200, "a")).await;
     // A removed VHDS virtual host stops routing; RDS's own stays.
@@ -269,7 +277,8 @@ virtual_hosts:
             .with_route(rc.clone())
             .with_listener(hcm_listener(port, route_spec, ""))
     };
-    let layer = |pct: u32| -> Runtime { yaml(&format!("name: rtds0\nlayer: {{ routing: {{ canary: {pct} }}, other: x }}\n")) };
+    let layer =
+        |pct: u32| -> Runtime { yaml(&format!("name: rtds0\nlayer: {{ routing: {{ canary: {pct} }}, other: x }}\n")) };
     cp.set_snapshot(NODE, base("1").with_runtime(layer(0)));
     let bootstrap = pinion::demo::ads_bootstrap(NODE, admin, xds, api_type)
         + r#"
@@ -306,7 +315,8 @@ layered_runtime:
     let post = |q: &str| {
         let mut s = std::net::TcpStream::connect(admin_addr).unwrap();
         use std::io::{Read, Write};
-        write!(s, "POST /runtime_modify?{q} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+        write!(s, "POST /runtime_modify?{q} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out

@@ -8,8 +8,8 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
-use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::envoy::service::discovery::v3::Resource as ResourceWrapper;
+use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 

@@ -11,7 +11,10 @@ use super::{empty_means_wildcard, ControlPlane, Event, Misbehave, Names, Recorde
 
 struct Watch {
     names: Names,
-    /// VHDS on-demand names (`<route config>/<host>`) already answered.
+    /// VHDS on-demand names (`<route config>/<host>`) subscribed explicitly (also on top of a
+    /// wildcard subscription: Envoy opens VHDS with an empty, i.e. wildcard, request).
+    on_demand: std::collections::BTreeSet<String>,
+    /// Those already answered.
     aliases_done: std::collections::BTreeSet<String>,
     /// Per-resource versions the client has (as far as this stream knows).
     client: HashMap<String, String>,
@@ -112,9 +115,18 @@ impl Stream {
                 let vhds = is_vhds(&type_url);
                 let mut client: HashMap<String, String> = req.initial_resource_versions.clone();
                 client.retain(|k, _| names.covers(vhds, k));
-                self.watches.insert(type_url.clone(), Watch { names, aliases_done: Default::default(), client });
+                let on_demand = if vhds {
+                    req.resource_names_subscribe.iter().filter(|n| n.contains('/')).cloned().collect()
+                } else {
+                    Default::default()
+                };
+                self.watches
+                    .insert(type_url.clone(), Watch { names, on_demand, aliases_done: Default::default(), client });
             }
             Some(w) => {
+                if is_vhds(&type_url) {
+                    w.on_demand.extend(req.resource_names_subscribe.iter().filter(|n| n.contains('/')).cloned());
+                }
                 for n in &req.resource_names_subscribe {
                     match &mut w.names {
                         Names::Wildcard => {}
@@ -225,14 +237,10 @@ fn is_vhds(type_url: &str) -> bool {
 /// VHDS on demand: each subscribed `<route config>/<host>` name is answered once, with the
 /// virtual host of that route config whose domains match `host` (carrying the name as an
 /// alias), or with an empty resource when none does (Envoy's protocol for unresolved aliases).
-fn on_demand_answers(
-    w: &mut Watch,
-    of_type: &BTreeMap<String, super::RawResource>,
-) -> Vec<Resource> {
+fn on_demand_answers(w: &mut Watch, of_type: &BTreeMap<String, super::RawResource>) -> Vec<Resource> {
     use prost::Message;
-    let Names::Set(names) = &w.names else { return Vec::new() };
     let mut out = Vec::new();
-    for n in names {
+    for n in &w.on_demand {
         let Some((rc, host)) = n.rsplit_once('/') else { continue };
         if of_type.contains_key(n) || w.aliases_done.contains(n) {
             continue;

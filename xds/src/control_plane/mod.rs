@@ -25,8 +25,8 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
-use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
+use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use tokio::sync::broadcast;
@@ -121,10 +121,15 @@ impl Snapshot {
         self.with_message(ResourceType::ScopedRouteConfiguration, name, &s)
     }
 
-    /// Adds a VHDS virtual host of route configuration `route_config` (keyed
-    /// `<route_config>/<vhost name>`, VHDS's naming).
-    pub fn with_virtual_host(self, route_config: &str, v: VirtualHost) -> Self {
-        let name = format!("{route_config}/{}", v.name);
+    /// Adds a VHDS virtual host of route configuration `route_config`, keyed
+    /// `<route_config>/<vhost name>` (VHDS's naming). The virtual host's own `name` is set to
+    /// that resource name too, as Envoy's VHDS tests do: Envoy 1.40 matches
+    /// `removed_resources` against virtual host names, so this is what makes removal work there.
+    pub fn with_virtual_host(self, route_config: &str, mut v: VirtualHost) -> Self {
+        if !v.name.starts_with(&format!("{route_config}/")) {
+            v.name = format!("{route_config}/{}", v.name);
+        }
+        let name = v.name.clone();
         self.with_message(ResourceType::VirtualHost, name, &v)
     }
 
@@ -479,12 +484,7 @@ impl Drop for StreamGuard {
 pub(crate) fn empty_means_wildcard(type_url: &str) -> bool {
     !matches!(
         ResourceType::from_type_url(type_url),
-        Some(
-            ResourceType::RouteConfiguration
-                | ResourceType::ClusterLoadAssignment
-                | ResourceType::VirtualHost
-                | ResourceType::Runtime
-        )
+        Some(ResourceType::RouteConfiguration | ResourceType::ClusterLoadAssignment | ResourceType::Runtime)
     )
 }
 

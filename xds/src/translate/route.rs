@@ -307,7 +307,8 @@ fn route_match(m: &r::RouteMatch) -> ConfigResult<model::RouteMatch> {
         filter_state,
         path_specifier,
     } = m;
-    let runtime_fraction = runtime_fraction.as_ref().map(runtime_fraction_).transpose().map_err(at("runtime_fraction"))?;
+    let runtime_fraction =
+        runtime_fraction.as_ref().map(runtime_fraction_).transpose().map_err(at("runtime_fraction"))?;
     reject_set(cookies, "cookies")?;
     reject_set(tls_context, "tls_context")?;
     reject_set(dynamic_metadata, "dynamic_metadata")?;
@@ -354,7 +355,9 @@ fn runtime_fraction_(f: &core::RuntimeFractionalPercent) -> ConfigResult<model::
 }
 
 /// `envoy.type.v3.FractionalPercent` (errors relative to it).
-pub(crate) fn fractional_percent(p: &envoy_types::pb::envoy::r#type::v3::FractionalPercent) -> ConfigResult<model::FractionalPercent> {
+pub(crate) fn fractional_percent(
+    p: &envoy_types::pb::envoy::r#type::v3::FractionalPercent,
+) -> ConfigResult<model::FractionalPercent> {
     use envoy_types::pb::envoy::r#type::v3::fractional_percent::DenominatorType as D;
     let envoy_types::pb::envoy::r#type::v3::FractionalPercent { numerator, denominator } = p;
     let denominator = match enum_value::<D>(*denominator, "denominator")? {

@@ -102,7 +102,9 @@ pub(crate) fn scoped_routes(s: &hcm::ScopedRoutes) -> ConfigResult<model::Scoped
     )
     .map_err(at("rds_config_source"))?;
     let scopes = match config_specifier {
-        None => return Err(ConfigError::invalid("", "one of scoped_route_configurations_list or scoped_rds must be set")),
+        None => {
+            return Err(ConfigError::invalid("", "one of scoped_route_configurations_list or scoped_rds must be set"))
+        }
         Some(ConfigSpecifier::ScopedRouteConfigurationsList(l)) => {
             let mut out = Vec::with_capacity(l.scoped_route_configurations.len());
             let mut names = HashSet::new();
@@ -111,7 +113,10 @@ pub(crate) fn scoped_routes(s: &hcm::ScopedRoutes) -> ConfigResult<model::Scoped
                 let p = format!("scoped_route_configurations_list.scoped_route_configurations[{i}]");
                 let t = scoped_route_configuration(sc).map_err(at(&p))?;
                 if !names.insert(t.name.clone()) {
-                    return Err(ConfigError::invalid(format!("{p}.name"), format!("duplicate scope name '{}'", t.name)));
+                    return Err(ConfigError::invalid(
+                        format!("{p}.name"),
+                        format!("duplicate scope name '{}'", t.name),
+                    ));
                 }
                 if !keys.insert(t.key.clone()) {
                     return Err(ConfigError::invalid(
