@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
-use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use pinion_testkit::{free_port, spawn_http_backend_named, Backend, BackendKind, ProxyKind, ProxyProcess};
 use pinion_xds::control_plane::{ControlPlane, Snapshot};
 use pinion_xds::decode::{message_from_str, DecodeOptions, Format};
