@@ -21,7 +21,7 @@ use crate::listener::{scope_map_key, ListenerRuntime, RdsSlot, RouteProvider, Sc
 use crate::listener_manager::ListenerManager;
 use crate::runtime::Runtime;
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::stats::Store;
+use crate::stats::{Prom, Store};
 use crate::upstream::{dns, Cluster};
 
 /// A dynamic resource with its bookkeeping.
@@ -536,6 +536,23 @@ fn rds_names(l: &model::Listener) -> Vec<String> {
         .collect()
 }
 
+/// Stat prefixes of the HCMs of `l` that take route config `rc` from RDS.
+fn hcm_prefixes_using(l: &model::Listener, rc: &str) -> Vec<String> {
+    l.filter_chains
+        .iter()
+        .chain(l.default_filter_chain.iter())
+        .filter_map(|c| match &c.filter {
+            model::NetworkFilter::HttpConnectionManager(h) => match &h.route_specifier {
+                model::RouteSpecifier::Rds { route_config_name } if route_config_name == rc => {
+                    Some(h.stat_prefix.clone())
+                }
+                _ => None,
+            },
+            model::NetworkFilter::TcpProxy(_) => None,
+        })
+        .collect()
+}
+
 /// Whether a listener takes its scopes from SRDS.
 fn uses_srds(l: &model::Listener) -> bool {
     l.filter_chains.iter().chain(l.default_filter_chain.iter()).any(|c| match &c.filter {
@@ -686,6 +703,49 @@ impl ConfigSink for ConfigStore {
         }
         self.publish(&mut inner);
         self.check_initialized(&inner);
+    }
+
+    fn resource_outcomes(&self, type_: ResourceType, accepted: &[String], rejected: &[String]) {
+        let inner = self.lock();
+        // (stat prefix, Prometheus base) of every owner of a resource: the HCMs that use a
+        // route config, the clusters that take an EDS service's endpoints.
+        let owners = |name: &str| -> Vec<(String, Prom)> {
+            match type_ {
+                ResourceType::RouteConfiguration => inner
+                    .listeners
+                    .values()
+                    .flat_map(|l| hcm_prefixes_using(&l.value, name))
+                    .map(|prefix| {
+                        let stat = format!("http.{prefix}.rds.{name}");
+                        let prom = Prom::tagged("http", "envoy_http_conn_manager_prefix", &prefix, "rds")
+                            .with_tag("envoy_rds_route_config", name);
+                        (stat, prom)
+                    })
+                    .collect(),
+                ResourceType::ClusterLoadAssignment => inner
+                    .clusters
+                    .values()
+                    .filter(|c| c.value.discovery == model::DiscoveryType::Eds && eds_name(&c.value) == name)
+                    .map(|c| {
+                        let n = &c.value.name;
+                        (format!("cluster.{n}"), Prom::tagged("cluster", "envoy_cluster_name", n, ""))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let bump = |stat: &str, prom: &Prom, what: &str| {
+            let prom = prom.clone().renamed(what);
+            self.stats.counter(&format!("{stat}.{what}"), prom).inc();
+        };
+        for (names, ok) in [(accepted, true), (rejected, false)] {
+            for name in names {
+                for (stat, prom) in owners(name) {
+                    bump(&stat, &prom, "update_attempt");
+                    bump(&stat, &prom, if ok { "update_success" } else { "update_rejected" });
+                }
+            }
+        }
     }
 
     fn wanted_changes(&self) -> Option<watch::Receiver<u64>> {

@@ -387,6 +387,7 @@ fn escape_label(v: &str) -> String {
 }
 
 /// Prometheus name and tags for a stat, following Envoy's default tag extraction.
+#[derive(Clone)]
 pub struct Prom {
     name: String,
     tags: Vec<(&'static str, String)>,
@@ -402,6 +403,14 @@ impl Prom {
     /// `cluster.backend.upstream_rq_total` -> `envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"}`.
     pub fn tagged(family: &str, tag: &'static str, value: &str, rest: &str) -> Prom {
         Prom { name: sanitize(&format!("envoy_{family}_{rest}")), tags: vec![(tag, value.to_string())] }
+    }
+
+    /// The same family and tags with `rest` as the last name part
+    /// (`envoy_http_rds` + `update_success` -> `envoy_http_rds_update_success`).
+    pub fn renamed(mut self, rest: &str) -> Prom {
+        let base = self.name.trim_end_matches('_');
+        self.name = sanitize(&format!("{base}_{rest}"));
+        self
     }
 
     /// Add one more tag (e.g. `envoy_response_code`).

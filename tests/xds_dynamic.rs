@@ -208,6 +208,18 @@ filter_chains:
     assert!(nacked, "expected an LDS NACK naming listener 'bad' and the cors filter; got {:?}", cp.nacks(LISTENER_URL));
     let r = get(port).await.expect("still serving");
     assert_eq!((r.0, r.1.as_str(), r.2.as_str()), (200, "b", "v3"));
+    // Per-resource update stats under Envoy's names: per route config of each HCM, per cluster.
+    let stat = |n: &str| proxy.stat(n).unwrap_or(0);
+    assert!(stat("http.ingress.rds.rc.update_success") >= 2, "{}", proxy.stats());
+    assert!(stat("http.ingress.rds.rc.update_attempt") >= stat("http.ingress.rds.rc.update_success"));
+    assert!(stat("cluster.svc.update_success") >= 2, "{}", proxy.stats());
+    let (_, prom) = proxy.admin_get("/stats/prometheus").unwrap();
+    assert!(
+        prom.contains(
+            "envoy_http_rds_update_success{envoy_http_conn_manager_prefix=\"ingress\",envoy_rds_route_config=\"rc\"}"
+        ),
+        "{prom}"
+    );
     let (_, dump) = proxy.admin_get("/config_dump").unwrap();
     assert!(dump.contains("dynamic_active_clusters") && dump.contains("\"version_info\""), "{dump}");
     // The resources themselves are rendered as proto3 JSON with their type.

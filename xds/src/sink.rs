@@ -167,6 +167,14 @@ pub trait ConfigSink: Send + Sync + 'static {
         let _ = type_;
     }
 
+    /// Per-resource outcome of one response for named types (RDS, EDS): Envoy keeps
+    /// `update_attempt`/`update_success`/`update_rejected` per route configuration
+    /// (`http.<prefix>.rds.<name>.`) and per cluster (`cluster.<name>.`). `accepted` includes
+    /// resources re-sent unchanged.
+    fn resource_outcomes(&self, type_: ResourceType, accepted: &[String], rejected: &[String]) {
+        let _ = (type_, accepted, rejected);
+    }
+
     /// A receiver that changes whenever the sink's wanted names change for reasons other than
     /// an applied update (VHDS on-demand requests from the data plane).
     fn wanted_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

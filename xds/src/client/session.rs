@@ -355,7 +355,18 @@ fn apply(
     }
     let mut rejected = p.rejected;
     rejected.extend(sink_rejected);
+    if !t.is_wildcard() {
+        let rejected_names: Vec<String> = rejected.iter().map(|r| r.name.clone()).collect();
+        let accepted: Vec<String> =
+            p.names.iter().filter(|n| !rejected_names.contains(n) && is_named(st, n)).cloned().collect();
+        sh.sink.resource_outcomes(t, &accepted, &rejected_names);
+    }
     Outcome { rejected, whole: None }
+}
+
+/// Whether `name` is one the type subscribed to (by name: the VHDS namespace is not counted).
+fn is_named(st: &TypeState, name: &str) -> bool {
+    st.names.as_ref().is_some_and(|n| n.contains(name))
 }
 
 fn record_result(sh: &Shared, st: &mut TypeState, message: &Option<String>, version: &str) {
