@@ -96,7 +96,7 @@ fn valid_fixtures_are_accepted_or_explicitly_unsupported() {
 #[test]
 fn unsupported_features_are_named() {
     let dir = root().join("tests/bootstraps");
-    for name in ["unsupported_cors.yaml", "unsupported_original_dst.yaml"] {
+    for name in ["unsupported_cors.yaml", "unsupported_original_dst.yaml", "unsupported_rtds_without_xds.yaml"] {
         let f = dir.join(name);
         let want = expectation(&f).expect("expect line");
         let (code, _, stderr) = run_validate(&f);

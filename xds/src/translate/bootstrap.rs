@@ -114,6 +114,16 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         _ => None,
     };
 
+    if dynamic_resources.is_none() {
+        if let Some(i) =
+            layered_runtime.layers.iter().position(|l| matches!(l.kind, model::RuntimeLayerKind::Rtds { .. }))
+        {
+            return Err(ConfigError::unsupported(
+                format!("layered_runtime.layers[{i}].rtds_layer"),
+                "rtds_layer needs dynamic_resources (RTDS shares the LDS/CDS transport in pinion)",
+            ));
+        }
+    }
     let node = translate_node(node.as_ref(), overrides);
     let admin = match admin {
         None => None,
