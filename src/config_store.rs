@@ -339,30 +339,55 @@ impl ConfigStore {
         self.on_demand.updated();
     }
 
+    /// SRDS updates apply whole or not at all, as in Envoy (a key conflict rejects the
+    /// response).
     fn apply_scopes(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
-        let mut rejected = Vec::new();
+        // The scope set as it would be after this update, to find key conflicts.
+        let mut next: BTreeMap<String, String> = inner
+            .scopes
+            .iter()
+            .filter(|(n, _)| !removed.contains(n))
+            .map(|(n, v)| (n.clone(), scope_map_key(&v.value.key)))
+            .collect();
+        for u in &updated {
+            if let Resource::ScopedRouteConfiguration(sc) = &u.resource {
+                next.insert(u.name.clone(), scope_map_key(&sc.key));
+            }
+        }
+        let mut conflicts = Vec::new();
+        for u in &updated {
+            let key = &next[&u.name];
+            if let Some((other, _)) = next.iter().find(|(n, k)| **n != u.name && *k == key) {
+                conflicts.push(Rejected {
+                    name: u.name.clone(),
+                    reason: format!("scope key conflict found, the same key is used by scope '{other}'"),
+                });
+            }
+        }
+        if !conflicts.is_empty() {
+            let rest: Vec<Rejected> = updated
+                .iter()
+                .filter(|u| !conflicts.iter().any(|c| c.name == u.name))
+                .map(|u| Rejected {
+                    name: u.name.clone(),
+                    reason: "not applied: the update has a scope key conflict".into(),
+                })
+                .collect();
+            conflicts.extend(rest);
+            return conflicts;
+        }
         for name in removed {
             inner.scopes.remove(name);
         }
         for u in updated {
             let Resource::ScopedRouteConfiguration(sc) = u.resource else { continue };
-            let key = scope_map_key(&sc.key);
-            if let Some((other, _)) =
-                inner.scopes.iter().find(|(n, v)| **n != u.name && scope_map_key(&v.value.key) == key)
-            {
-                rejected.push(Rejected {
-                    name: u.name.clone(),
-                    reason: format!("scope key conflict found, the same key is used by scope '{other}'"),
-                });
-                continue;
-            }
             inner.scopes.insert(
                 u.name.clone(),
                 Versioned { value: sc, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
         }
         self.rebuild_scopes(inner);
-        rejected
+        Vec::new()
     }
 
     /// Publish the SRDS scope set (ready from the first response on).

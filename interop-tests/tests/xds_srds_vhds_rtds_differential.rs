@@ -233,9 +233,14 @@ async fn run(api: &str) {
             },
         ),
         (
-            "SRDS: a scope key conflict (NACK, last good kept)",
+            "SRDS: a scope key conflict beside a valid new scope (the whole update is NACKed)",
             Cfg {
-                scopes: vec![("sa", "alpha", "rc-a"), ("sg", "gamma", "rc-b"), ("sz", "gamma", "rc-a")],
+                scopes: vec![
+                    ("sa", "alpha", "rc-a"),
+                    ("sg", "gamma", "rc-b"),
+                    ("sz", "gamma", "rc-a"),
+                    ("sb", "beta", "rc-a"),
+                ],
                 canary: "100",
                 vhosts: vec![("late", "late.com", "b"), ("new", "new.com", "a")],
             },
@@ -302,7 +307,10 @@ async fn run(api: &str) {
             }
             1 => assert_eq!(t[0], (200, "b".into()), "canary 100% sends alpha to b"),
             2 => assert_eq!((t[1].0, t[2].clone()), (404, (200, "b".into()))),
-            3 => assert_eq!(nacks(&cp, sides[1].1.node, SRDS), 1),
+            3 => {
+                assert_eq!(nacks(&cp, sides[1].1.node, SRDS), 1);
+                assert_eq!(t[1].0, 404, "beta came in the rejected update: not applied");
+            }
             _ => assert_eq!(nacks(&cp, sides[1].1.node, RTDS), 1),
         }
         if delta {
