@@ -47,42 +47,6 @@ fn spawn_backend(name: &'static str) -> std::io::Result<SocketAddr> {
 
 const NODE: &str = "demo-sidecar";
 
-/// A sidecar bootstrap with only an admin listener and ADS (`api_type` `GRPC` or `DELTA_GRPC`)
-/// to the control plane at `xds`; everything else (listeners, routes, clusters, endpoints)
-/// arrives over xDS. Used by the demo and the xDS end-to-end tests.
-pub fn ads_bootstrap(node_id: &str, admin_port: u16, xds: SocketAddr, api_type: &str) -> String {
-    format!(
-        r#"
-node: {{ id: {node_id}, cluster: demo }}
-admin:
-  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: {ip}, port_value: {port} }} }} }}
-"#,
-        ip = xds.ip(),
-        port = xds.port(),
-    )
-}
-
 /// One version of the demo mesh as the control plane serves it: `/` split across service-a
 /// and service-b by `weights`, `/a` and `/b` pinned, `/healthz` answered by the sidecar.
 fn snapshot(version: &str, port: u16, weights: (u32, u32), a: &[SocketAddr], b: &[SocketAddr]) -> Snapshot {
@@ -239,7 +203,7 @@ pub fn run(port: u16, admin_port: u16, duration_s: u64, mut opts: Options, log: 
         }
     };
     cp.set_snapshot(NODE, snapshot("1", port, (80, 20), &[a1], &[b]));
-    opts.config_yaml = Some(ads_bootstrap(NODE, admin_port, xds, "GRPC"));
+    opts.config_yaml = Some(pinion_xds::control_plane::ads_bootstrap(NODE, admin_port, xds, "GRPC"));
     opts.config_path = None;
     if opts.concurrency.is_none() {
         opts.concurrency = Some(2);

@@ -73,7 +73,7 @@ filter_chains:
 }
 
 fn bootstrap(admin: u16, xds_port: u16, api_type: &str) -> String {
-    pinion::demo::ads_bootstrap(NODE, admin, ([127, 0, 0, 1], xds_port).into(), api_type)
+    pinion_xds::control_plane::ads_bootstrap(NODE, admin, ([127, 0, 0, 1], xds_port).into(), api_type)
 }
 
 /// GET / through the proxy; returns (status, x-backend, x-route-version).

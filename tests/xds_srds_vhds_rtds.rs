@@ -20,9 +20,7 @@ fn yaml<M: prost::Message + prost::Name + Default>(text: &str) -> M {
 }
 
 fn static_cluster(name: &str, port: u16) -> Cluster {
-    yaml(&format!(
-        "name: {name}\ntype: STATIC\nconnect_timeout: 1s\nload_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}] }}\n"
-    ))
+    pinion_xds::control_plane::static_cluster(name, ([127, 0, 0, 1], port).into()).unwrap()
 }
 
 fn all_to(name: &str, cluster: &str) -> RouteConfiguration {
@@ -31,24 +29,8 @@ fn all_to(name: &str, cluster: &str) -> RouteConfiguration {
     ))
 }
 
-fn hcm_listener(port: u16, route_spec: &str, extra_filters: &str) -> Listener {
-    yaml(&format!(
-        r#"
-name: ingress
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: ingress
-{route_spec}
-      http_filters:
-{extra_filters}
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-    ))
+fn hcm_listener(port: u16, route_spec: &str, filters: &[&str]) -> Listener {
+    pinion_xds::control_plane::hcm_listener("ingress", port, "ingress", route_spec, filters).unwrap()
 }
 
 fn scope(name: &str, key: &str, rc: &str) -> ScopedRouteConfiguration {
@@ -93,26 +75,23 @@ async fn scoped_routes_follow_srds(api_type: &str) {
     let a = spawn_http_backend_named(BackendKind::Http1, "a");
     let b = spawn_http_backend_named(BackendKind::Http1, "b");
     let (port, admin) = (free_port(), free_port());
-    let route_spec = r#"      scoped_routes:
-        name: tenants
-        scope_key_builder:
-          fragments:
-          - header_value_extractor: { name: x-tenant, index: 0 }
-        rds_config_source: { ads: {}, resource_api_version: V3 }
-        scoped_rds: { scoped_rds_config_source: { ads: {}, resource_api_version: V3 } }"#;
+    let route_spec = "scoped_routes: { name: tenants, \
+        scope_key_builder: { fragments: [{ header_value_extractor: { name: x-tenant, index: 0 } }] }, \
+        rds_config_source: { ads: {}, resource_api_version: V3 }, \
+        scoped_rds: { scoped_rds_config_source: { ads: {}, resource_api_version: V3 } } }";
     let base = |v: &str| {
         Snapshot::new(v)
             .with_cluster(static_cluster("a", a.port()))
             .with_cluster(static_cluster("b", b.port()))
             .with_route(all_to("rc-a", "a"))
             .with_route(all_to("rc-b", "b"))
-            .with_listener(hcm_listener(port, route_spec, ""))
+            .with_listener(hcm_listener(port, route_spec, &[]))
     };
     cp.set_snapshot(
         NODE,
         base("1").with_scoped_route(scope("sa", "alpha", "rc-a")).with_scoped_route(scope("sb", "beta", "rc-b")),
     );
-    let mut proxy = spawn_pinion(&pinion::demo::ads_bootstrap(NODE, admin, xds, api_type));
+    let mut proxy = spawn_pinion(&pinion_xds::control_plane::ads_bootstrap(NODE, admin, xds, api_type));
     proxy.wait_ready(admin, Duration::from_secs(20)).expect("ready once scopes and their routes are in");
 
     // Ready means warm: the very first request routes by scope.
@@ -184,18 +163,17 @@ virtual_hosts:
             "name: {name}\ndomains: [{domain}]\nroutes: [{{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }}]\n"
         ))
     };
-    let on_demand = r#"      - name: envoy.filters.http.on_demand
-        typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand }"#;
-    let route_spec = "      rds: { route_config_name: rc, config_source: { ads: {}, resource_api_version: V3 } }";
+    let on_demand = "{ name: envoy.filters.http.on_demand, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand } }";
+    let route_spec = "rds: { route_config_name: rc, config_source: { ads: {}, resource_api_version: V3 } }";
     let base = |v: &str| {
         Snapshot::new(v)
             .with_cluster(static_cluster("a", a.port()))
             .with_cluster(static_cluster("b", b.port()))
             .with_route(rc.clone())
-            .with_listener(hcm_listener(port, route_spec, on_demand))
+            .with_listener(hcm_listener(port, route_spec, &[on_demand]))
     };
     cp.set_snapshot(NODE, base("1").with_virtual_host("rc", vhost("late", "late.com", "b")));
-    let mut proxy = spawn_pinion(&pinion::demo::ads_bootstrap(NODE, admin, xds, "DELTA_GRPC"));
+    let mut proxy = spawn_pinion(&pinion_xds::control_plane::ads_bootstrap(NODE, admin, xds, "DELTA_GRPC"));
     proxy.wait_ready(admin, Duration::from_secs(20)).expect("ready");
 
     // RDS's own virtual host, and one delivered by VHDS for the route config (namespace match).
@@ -235,15 +213,16 @@ async fn vhds_needs_delta_xds() {
     let rc: RouteConfiguration = yaml(
         "name: rc\nvhds: { config_source: { ads: {}, resource_api_version: V3 } }\nvirtual_hosts: [{ name: all, domains: ['*'], routes: [{ match: { prefix: / }, route: { cluster: a } }] }]\n",
     );
-    let route_spec = "      rds: { route_config_name: rc, config_source: { ads: {}, resource_api_version: V3 } }";
+    let route_spec = "rds: { route_config_name: rc, config_source: { ads: {}, resource_api_version: V3 } }";
     cp.set_snapshot(
         NODE,
-        Snapshot::new("1")
-            .with_cluster(static_cluster("a", a.port()))
-            .with_route(rc)
-            .with_listener(hcm_listener(port, route_spec, "")),
+        Snapshot::new("1").with_cluster(static_cluster("a", a.port())).with_route(rc).with_listener(hcm_listener(
+            port,
+            route_spec,
+            &[],
+        )),
     );
-    let _proxy = spawn_pinion(&pinion::demo::ads_bootstrap(NODE, admin, xds, "GRPC"));
+    let _proxy = spawn_pinion(&pinion_xds::control_plane::ads_bootstrap(NODE, admin, xds, "GRPC"));
     let url = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
     assert!(cp.wait_for(|r| r.iter().any(|r| r.type_url == url && r.is_nack()), Duration::from_secs(20)).await);
     let nack = cp.nacks(url).pop().unwrap();
@@ -269,18 +248,18 @@ virtual_hosts:
     route: { cluster: a }
 "#,
     );
-    let route_spec = "      rds: { route_config_name: rc, config_source: { ads: {}, resource_api_version: V3 } }";
+    let route_spec = "rds: { route_config_name: rc, config_source: { ads: {}, resource_api_version: V3 } }";
     let base = |v: &str| {
         Snapshot::new(v)
             .with_cluster(static_cluster("a", a.port()))
             .with_cluster(static_cluster("b", b.port()))
             .with_route(rc.clone())
-            .with_listener(hcm_listener(port, route_spec, ""))
+            .with_listener(hcm_listener(port, route_spec, &[]))
     };
     let layer =
         |pct: u32| -> Runtime { yaml(&format!("name: rtds0\nlayer: {{ routing: {{ canary: {pct} }}, other: x }}\n")) };
     cp.set_snapshot(NODE, base("1").with_runtime(layer(0)));
-    let bootstrap = pinion::demo::ads_bootstrap(NODE, admin, xds, api_type)
+    let bootstrap = pinion_xds::control_plane::ads_bootstrap(NODE, admin, xds, api_type)
         + r#"
 layered_runtime:
   layers:

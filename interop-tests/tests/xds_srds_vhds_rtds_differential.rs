@@ -21,65 +21,25 @@ fn yaml<M: prost::Message + prost::Name + Default>(text: &str) -> M {
 }
 
 fn bootstrap(node: &str, admin: u16, xds: u16, api_type: &str) -> String {
-    format!(
-        r#"
-node: {{ id: {node}, cluster: diff }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{ envoy_grpc: {{ cluster_name: xds }} }}]
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+    pinion_xds::control_plane::ads_bootstrap(node, admin, ([127, 0, 0, 1], xds).into(), api_type)
+        + r#"
 layered_runtime:
   layers:
   - name: base
-    static_layer: {{ routing: {{ canary: 0 }} }}
+    static_layer: { routing: { canary: 0 } }
   - name: rtds
-    rtds_layer: {{ name: rtds0, rtds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
+    rtds_layer: { name: rtds0, rtds_config: { ads: {}, resource_api_version: V3 } }
   - name: admin
-    admin_layer: {{}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds} }} }} }} }}] }}]
+    admin_layer: {}
 "#
-    )
 }
 
 fn cluster(name: &str, port: u16) -> Cluster {
-    yaml(&format!(
-        "name: {name}\ntype: STATIC\nconnect_timeout: 1s\nload_assignment: {{ cluster_name: {name}, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }}] }}] }}\n"
-    ))
+    pinion_xds::control_plane::static_cluster(name, ([127, 0, 0, 1], port).into()).unwrap()
 }
 
-fn hcm(name: &str, port: u16, route_spec: &str, extra_filters: &str) -> Listener {
-    yaml(&format!(
-        r#"
-name: {name}
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: {name}
-{route_spec}
-      http_filters:
-{extra_filters}
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-    ))
+fn hcm(name: &str, port: u16, route_spec: &str, filters: &[&str]) -> Listener {
+    pinion_xds::control_plane::hcm_listener(name, port, name, route_spec, filters).unwrap()
 }
 
 /// One step of the script: what the control plane serves.
@@ -94,13 +54,10 @@ struct Cfg {
 }
 
 fn snapshot(c: &Cfg, version: &str, ports: (u16, u16), a: &Backend, b: &Backend, api: &str) -> Snapshot {
-    let scoped = r#"      scoped_routes:
-        name: tenants
-        scope_key_builder:
-          fragments:
-          - header_value_extractor: { name: x-tenant, element_separator: ",", index: 0 }
-        rds_config_source: { ads: {}, resource_api_version: V3 }
-        scoped_rds: { scoped_rds_config_source: { ads: {}, resource_api_version: V3 } }"#;
+    let scoped = "scoped_routes: { name: tenants, \
+        scope_key_builder: { fragments: [{ header_value_extractor: { name: x-tenant, element_separator: \",\", index: 0 } }] }, \
+        rds_config_source: { ads: {}, resource_api_version: V3 }, \
+        scoped_rds: { scoped_rds_config_source: { ads: {}, resource_api_version: V3 } } }";
     // rc-a: the canary share of `/` goes to b (runtime_fraction, default 0%), the rest to a.
     let rc_a: RouteConfiguration = yaml(
         r#"
@@ -122,7 +79,7 @@ virtual_hosts:
         .with_cluster(cluster("b", b.port()))
         .with_route(rc_a)
         .with_route(rc_b)
-        .with_listener(hcm("scoped", ports.0, scoped, ""))
+        .with_listener(hcm("scoped", ports.0, scoped, &[]))
         .with_runtime(yaml(&format!("name: rtds0\nlayer: {{ routing: {{ canary: {} }} }}\n", c.canary)));
     for (name, key, rc) in &c.scopes {
         let sc: ScopedRouteConfiguration = yaml(&format!(
@@ -134,10 +91,9 @@ virtual_hosts:
         let rc_vh: RouteConfiguration = yaml(
             "name: rc-vh\nvhds: { config_source: { ads: {}, resource_api_version: V3 } }\nvirtual_hosts: [{ name: known, domains: [known.com], routes: [{ match: { prefix: / }, route: { cluster: a } }] }]\n",
         );
-        let on_demand = r#"      - name: envoy.filters.http.on_demand
-        typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand }"#;
-        let rds = "      rds: { route_config_name: rc-vh, config_source: { ads: {}, resource_api_version: V3 } }";
-        s = s.with_route(rc_vh).with_listener(hcm("vhds", ports.1, rds, on_demand));
+        let on_demand = "{ name: envoy.filters.http.on_demand, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand } }";
+        let rds = "rds: { route_config_name: rc-vh, config_source: { ads: {}, resource_api_version: V3 } }";
+        s = s.with_route(rc_vh).with_listener(hcm("vhds", ports.1, rds, &[on_demand]));
         for (name, domain, cl) in &c.vhosts {
             let vh: VirtualHost = yaml(&format!(
                 "name: {name}\ndomains: [{domain}]\nroutes: [{{ match: {{ prefix: / }}, route: {{ cluster: {cl} }} }}]\n"

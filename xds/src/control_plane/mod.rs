@@ -14,6 +14,8 @@ mod service;
 mod sotw;
 mod yaml;
 
+pub use yaml::{ads_bootstrap, hcm_listener, static_cluster};
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
