@@ -92,30 +92,20 @@ virtual_hosts:
         wa = weights.0,
         wb = weights.1,
     );
-    let listener = format!(
-        r#"
-name: ingress
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: ingress_http
-      rds: {{ route_config_name: demo, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-    );
     let build = || -> Result<Snapshot, pinion_xds::ConfigError> {
-        Snapshot::new(version)
+        Ok(Snapshot::new(version)
             .with_yaml(ResourceType::Cluster, &cluster("service-a"))?
             .with_yaml(ResourceType::Cluster, &cluster("service-b"))?
             .with_yaml(ResourceType::ClusterLoadAssignment, &cla("service-a", a))?
             .with_yaml(ResourceType::ClusterLoadAssignment, &cla("service-b", b))?
             .with_yaml(ResourceType::RouteConfiguration, &route)?
-            .with_yaml(ResourceType::Listener, &listener)
+            .with_listener(pinion_xds::control_plane::hcm_listener(
+                "ingress",
+                port,
+                "ingress_http",
+                "rds: { route_config_name: demo, config_source: { ads: {}, resource_api_version: V3 } }",
+                &[],
+            )?))
     };
     build().unwrap_or_else(|e| panic!("demo snapshot {version} is invalid: {e}"))
 }

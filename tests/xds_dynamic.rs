@@ -54,22 +54,8 @@ virtual_hosts:
 }
 
 fn listener(name: &str, port: u16, rds: &str) -> Listener {
-    yaml(&format!(
-        r#"
-name: {name}
-address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: ingress
-      rds: {{ route_config_name: {rds}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-"#
-    ))
+    let spec = format!("rds: {{ route_config_name: {rds}, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}");
+    pinion_xds::control_plane::hcm_listener(name, port, "ingress", &spec, &[]).unwrap()
 }
 
 fn bootstrap(admin: u16, xds_port: u16, api_type: &str) -> String {

@@ -160,22 +160,8 @@ fn yaml<M: prost::Message + prost::Name + Default>(text: &str) -> M {
 
 /// A listener on 127.0.0.1:`port` whose HCM takes its routes from RDS `route`.
 pub fn listener(name: &str, port: u16, route: &str) -> Listener {
-    yaml(&format!(
-        r#"
-name: {name}
-address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
-filter_chains:
-- filters:
-  - name: envoy.filters.network.http_connection_manager
-    typed_config:
-      "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-      stat_prefix: {name}
-      rds: {{route_config_name: {route}, config_source: {{ads: {{}}}}}}
-      http_filters:
-      - name: envoy.filters.http.router
-        typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#
-    ))
+    let rds = format!("rds: {{ route_config_name: {route}, config_source: {{ ads: {{}} }} }}");
+    pinion_xds::control_plane::hcm_listener(name, port, name, &rds, &[]).expect("test listener")
 }
 
 /// A route configuration sending everything to `cluster`.
