@@ -182,3 +182,31 @@ impl Runtime {
         serde_json::json!({ "entries": entries, "layers": layers })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(values: &[(&str, RuntimeValue)]) -> RuntimeSnapshot {
+        RuntimeSnapshot { values: values.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(), layers: Vec::new() }
+    }
+
+    #[test]
+    fn feature_enabled_follows_envoy() {
+        let default = FractionalPercent { numerator: 10, denominator: 100 };
+        // No key: the default (10 of every 100 random values).
+        let s = snap(&[]);
+        assert_eq!((0..100).filter(|r| s.feature_enabled("k", &default, *r)).count(), 10);
+        // An integer is a numerator over the default's denominator.
+        let s = snap(&[("k", RuntimeValue::parse("50"))]);
+        assert_eq!((0..100).filter(|r| s.feature_enabled("k", &default, *r)).count(), 50);
+        // A fractional percent brings its own denominator.
+        let mut v = RuntimeValue::parse("");
+        v.fractional_percent = Some(FractionalPercent { numerator: 5, denominator: 10_000 });
+        let s = snap(&[("k", v)]);
+        assert_eq!((0..10_000).filter(|r| s.feature_enabled("k", &default, *r)).count(), 5);
+        // A value that is no number: the default.
+        let s = snap(&[("k", RuntimeValue::parse("abc"))]);
+        assert_eq!((0..100).filter(|r| s.feature_enabled("k", &default, *r)).count(), 10);
+    }
+}

@@ -23,17 +23,23 @@ pub const MAX_ON_DEMAND_NAMES: usize = 10_000;
 pub struct OnDemandVhds {
     /// Name -> whether the control plane has answered since it was requested.
     names: Mutex<BTreeMap<String, bool>>,
+    max_names: usize,
     changes: watch::Sender<u64>,
     updated: Notify,
 }
 
 impl Default for OnDemandVhds {
     fn default() -> Self {
-        Self { names: Mutex::new(BTreeMap::new()), changes: watch::channel(0).0, updated: Notify::new() }
+        Self::with_limit(MAX_ON_DEMAND_NAMES)
     }
 }
 
 impl OnDemandVhds {
+    /// A registry that accepts at most `max_names` names.
+    pub fn with_limit(max_names: usize) -> Self {
+        Self { names: Mutex::new(BTreeMap::new()), max_names, changes: watch::channel(0).0, updated: Notify::new() }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, bool>> {
         self.names.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -68,7 +74,7 @@ impl OnDemandVhds {
             match names.get(&name) {
                 Some(true) => return,
                 Some(false) => {}
-                None if names.len() >= MAX_ON_DEMAND_NAMES => return,
+                None if names.len() >= self.max_names => return,
                 None => {
                     names.insert(name, false);
                     self.changes.send_modify(|v| *v = v.wrapping_add(1));
@@ -76,5 +82,44 @@ impl OnDemandVhds {
             }
         }
         let _ = tokio::time::timeout(timeout, notified).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_for_an_answer_then_remembers_it() {
+        let od = std::sync::Arc::new(OnDemandVhds::with_limit(2));
+        let mut changes = od.changes();
+        let waiter = {
+            let od = od.clone();
+            tokio::spawn(async move { od.fetch("rc/a.com".into(), Duration::from_secs(30)).await })
+        };
+        // The client is told to subscribe; the request waits for the answer.
+        tokio::time::timeout(Duration::from_secs(5), changes.changed()).await.unwrap().unwrap();
+        assert_eq!(od.names(), vec!["rc/a.com".to_string()]);
+        assert!(!waiter.is_finished());
+        od.updated();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        // Answered once: asking again returns at once (the host is unknown to the control plane).
+        tokio::time::timeout(Duration::from_millis(100), od.fetch("rc/a.com".into(), Duration::from_secs(30)))
+            .await
+            .expect("no second wait");
+    }
+
+    #[tokio::test]
+    async fn client_controlled_names_are_bounded() {
+        let od = OnDemandVhds::with_limit(2);
+        for host in ["a", "b", "c", "d"] {
+            // Short timeout: nobody answers here.
+            od.fetch(format!("rc/{host}"), Duration::from_millis(10)).await;
+        }
+        assert_eq!(od.names(), vec!["rc/a".to_string(), "rc/b".to_string()]);
+        // Beyond the budget, no wait at all.
+        tokio::time::timeout(Duration::from_millis(100), od.fetch("rc/e".into(), Duration::from_secs(30)))
+            .await
+            .expect("over budget: no wait");
     }
 }

@@ -138,3 +138,50 @@ fn fractional(s: &pbuf::Struct) -> ConfigResult<model::RuntimeValue> {
         boolean: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(kind: pbuf::value::Kind) -> pbuf::Value {
+        pbuf::Value { kind: Some(kind) }
+    }
+
+    fn st(fields: Vec<(&str, pbuf::Value)>) -> pbuf::Struct {
+        pbuf::Struct { fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect() }
+    }
+
+    #[test]
+    fn flattens_like_envoy() {
+        use pbuf::value::Kind;
+        let s = st(vec![
+            (
+                "routing",
+                value(Kind::StructValue(st(vec![
+                    ("canary", value(Kind::NumberValue(25.0))),
+                    ("enabled", value(Kind::BoolValue(true))),
+                    (
+                        "share",
+                        value(Kind::StructValue(st(vec![
+                            ("numerator", value(Kind::NumberValue(3.0))),
+                            ("denominator", value(Kind::StringValue("TEN_THOUSAND".into()))),
+                        ]))),
+                    ),
+                ]))),
+            ),
+            ("name", value(Kind::StringValue("x".into()))),
+        ]);
+        let v = flatten(&s).unwrap();
+        let keys: Vec<&str> = v.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["name", "routing.canary", "routing.enabled", "routing.share"]);
+        assert_eq!(v["routing.canary"].uint, Some(25));
+        assert_eq!(v["routing.canary"].raw, "25");
+        assert_eq!(v["routing.enabled"].boolean, Some(true));
+        assert_eq!(
+            v["routing.share"].fractional_percent,
+            Some(model::FractionalPercent { numerator: 3, denominator: 10_000 })
+        );
+        let bad = st(vec![("l", value(Kind::ListValue(pbuf::ListValue { values: vec![] })))]);
+        assert!(flatten(&bad).unwrap_err().to_string().contains("Invalid runtime entry value"));
+    }
+}
