@@ -55,6 +55,10 @@ pub struct RejectedUpdate {
 #[derive(Default)]
 struct Inner {
     static_clusters: HashMap<String, Arc<Cluster>>,
+    /// Static EDS clusters still waiting for their first endpoints (part of initialization).
+    static_eds_waiting: BTreeSet<String>,
+    /// Static listeners whose routes come from RDS/SRDS.
+    static_listeners: Vec<Arc<model::Listener>>,
     listeners: BTreeMap<String, Versioned<Arc<model::Listener>>>,
     routes: BTreeMap<String, Versioned<Arc<model::RouteConfiguration>>>,
     clusters: BTreeMap<String, Versioned<Arc<model::Cluster>>>,
@@ -76,6 +80,13 @@ struct Inner {
     gave_up: BTreeSet<ResourceType>,
     last_rejected: Option<RejectedUpdate>,
     version: u64,
+}
+
+impl Inner {
+    /// LDS listeners and the bootstrap's listeners that take routes from xDS.
+    fn all_listeners(&self) -> impl Iterator<Item = &model::Listener> {
+        self.listeners.values().map(|l| l.value.as_ref()).chain(self.static_listeners.iter().map(|l| l.as_ref()))
+    }
 }
 
 /// The store.
@@ -107,9 +118,14 @@ impl ConfigStore {
         delta: bool,
     ) -> Arc<Self> {
         let static_clusters = snapshot.load().clusters.clone();
+        let static_eds_waiting = static_clusters
+            .iter()
+            .filter(|(_, c)| c.config.discovery == model::DiscoveryType::Eds)
+            .map(|(n, _)| n.clone())
+            .collect();
         let version = snapshot.load().version;
         Arc::new(ConfigStore {
-            inner: Mutex::new(Inner { static_clusters, version, ..Inner::default() }),
+            inner: Mutex::new(Inner { static_clusters, static_eds_waiting, version, ..Inner::default() }),
             snapshot,
             stats,
             workers,
@@ -127,6 +143,30 @@ impl ConfigStore {
     /// init manager): the server reports LIVE only then.
     pub fn initialized(&self) -> watch::Receiver<bool> {
         self.initialized.subscribe()
+    }
+
+    /// Add the bootstrap's listeners whose routes come from RDS or SRDS: they warm like LDS
+    /// listeners until their routes arrive, and count for initialization.
+    pub fn add_static_listeners(&self, listeners: &[Arc<model::Listener>]) -> Result<(), String> {
+        let mut inner = self.lock();
+        let mut manager = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for cfg in listeners {
+            for n in rds_names(cfg) {
+                Self::rds_slot(&mut inner, &n);
+            }
+            let provider = Provider { inner: &inner, srds: &self.srds, on_demand: &self.on_demand };
+            let runtime = Arc::new(
+                ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, Some(&provider))
+                    .map_err(|e| e.to_string())?,
+            );
+            inner.static_listeners.push(cfg.clone());
+            if runtime.is_warm() {
+                manager.upsert(runtime)?;
+            } else {
+                inner.warming_listeners.insert(cfg.name.clone(), runtime);
+            }
+        }
+        Ok(())
     }
 
     /// Whether the xDS stream is up.
@@ -254,10 +294,19 @@ impl ConfigStore {
                 u.name.clone(),
                 Versioned { value: cla.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
-            for c in inner.active_clusters.values() {
+            for c in inner.active_clusters.values().chain(inner.static_clusters.values()) {
                 if c.config.discovery == model::DiscoveryType::Eds && eds_name(&c.config) == u.name {
                     install_endpoints(c, &cla);
                 }
+            }
+            let static_done: Vec<String> = inner
+                .static_clusters
+                .values()
+                .filter(|c| c.config.discovery == model::DiscoveryType::Eds && eds_name(&c.config) == u.name)
+                .map(|c| c.config.name.clone())
+                .collect();
+            for n in static_done {
+                inner.static_eds_waiting.remove(&n);
             }
             let warm: Vec<String> = inner
                 .warming_clusters
@@ -502,6 +551,7 @@ impl ConfigStore {
             && inner.initial_done.contains(&ResourceType::Listener)
             && inner.warming_clusters.is_empty()
             && inner.warming_listeners.is_empty()
+            && inner.static_eds_waiting.is_empty()
             && (self.runtime.rtds_names().is_empty() || inner.initial_done.contains(&ResourceType::Runtime));
         if done {
             let _ = self.initialized.send(true);
@@ -664,8 +714,8 @@ impl ConfigSink for ConfigStore {
         match type_ {
             ResourceType::Listener | ResourceType::Cluster => None,
             ResourceType::RouteConfiguration => {
-                let mut names: BTreeSet<String> = inner.listeners.values().flat_map(|l| rds_names(&l.value)).collect();
-                if inner.listeners.values().any(|l| uses_srds(&l.value)) {
+                let mut names: BTreeSet<String> = inner.all_listeners().flat_map(|l| rds_names(l)).collect();
+                if inner.all_listeners().any(|l| uses_srds(l)) {
                     names.extend(
                         inner
                             .scopes
@@ -678,7 +728,7 @@ impl ConfigSink for ConfigStore {
             }
             ResourceType::ScopedRouteConfiguration => {
                 // A wildcard subscription, opened once some listener uses SRDS.
-                let used = inner.listeners.values().any(|l| uses_srds(&l.value));
+                let used = inner.all_listeners().any(|l| uses_srds(l));
                 Some(if used { BTreeSet::from(["*".to_string()]) } else { BTreeSet::new() })
             }
             ResourceType::VirtualHost => {
@@ -695,8 +745,10 @@ impl ConfigSink for ConfigStore {
                 inner
                     .clusters
                     .values()
-                    .filter(|c| c.value.discovery == model::DiscoveryType::Eds)
-                    .map(|c| eds_name(&c.value).to_owned())
+                    .map(|c| &c.value)
+                    .chain(inner.static_clusters.values().map(|c| &c.config))
+                    .filter(|c| c.discovery == model::DiscoveryType::Eds)
+                    .map(|c| eds_name(c).to_owned())
                     .collect(),
             ),
         }
@@ -708,6 +760,7 @@ impl ConfigSink for ConfigStore {
         match type_ {
             ResourceType::ClusterLoadAssignment => {
                 inner.gave_up.insert(type_);
+                inner.static_eds_waiting.clear();
                 let warming: Vec<(String, Arc<Cluster>)> = inner.warming_clusters.drain().collect();
                 for (n, c) in warming {
                     inner.active_clusters.insert(n, c);
@@ -737,9 +790,8 @@ impl ConfigSink for ConfigStore {
         let owners = |name: &str| -> Vec<(String, Prom)> {
             match type_ {
                 ResourceType::RouteConfiguration => inner
-                    .listeners
-                    .values()
-                    .flat_map(|l| hcm_prefixes_using(&l.value, name))
+                    .all_listeners()
+                    .flat_map(|l| hcm_prefixes_using(l, name))
                     .map(|prefix| {
                         let stat = format!("http.{prefix}.rds.{name}");
                         let prom = Prom::tagged("http", "envoy_http_conn_manager_prefix", &prefix, "rds")
@@ -750,9 +802,11 @@ impl ConfigSink for ConfigStore {
                 ResourceType::ClusterLoadAssignment => inner
                     .clusters
                     .values()
-                    .filter(|c| c.value.discovery == model::DiscoveryType::Eds && eds_name(&c.value) == name)
+                    .map(|c| &c.value)
+                    .chain(inner.static_clusters.values().map(|c| &c.config))
+                    .filter(|c| c.discovery == model::DiscoveryType::Eds && eds_name(c) == name)
                     .map(|c| {
-                        let n = &c.value.name;
+                        let n = &c.name;
                         (format!("cluster.{n}"), Prom::tagged("cluster", "envoy_cluster_name", n, ""))
                     })
                     .collect(),

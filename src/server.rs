@@ -164,15 +164,25 @@ pub fn load_bootstrap(opts: &Options) -> Result<model::Bootstrap, String> {
     pinion_xds::loader::bootstrap_from_json(&json, &dopts, &overrides).map_err(|e| e.to_string())
 }
 
+/// Whether a listener's HCM takes routes from RDS or SRDS.
+fn needs_xds_routes(l: &model::Listener) -> bool {
+    l.filter_chains.iter().chain(l.default_filter_chain.iter()).any(|fc| {
+        matches!(&fc.filter, model::NetworkFilter::HttpConnectionManager(h)
+            if !matches!(h.route_specifier, model::RouteSpecifier::Static(_)))
+    })
+}
+
 /// Build runtime clusters and listeners from a translated bootstrap.
 fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result<Snapshot, String> {
     let mut clusters = std::collections::HashMap::new();
     for c in &b.clusters {
         clusters.insert(c.name.clone(), Cluster::new(c.clone(), store));
     }
+    // Listeners whose routes come from xDS are built once the config store exists.
     let listeners = b
         .listeners
         .iter()
+        .filter(|l| !needs_xds_routes(l))
         .map(|l| ListenerRuntime::new(l.clone(), store, workers, None).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
@@ -314,6 +324,11 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
                 state.runtime.clone(),
                 cfg.mode == pinion_xds::client::Mode::Delta,
             );
+            let deferred: Vec<_> = state.bootstrap.listeners.iter().filter(|l| needs_xds_routes(l)).cloned().collect();
+            if let Err(e) = store.add_static_listeners(&deferred) {
+                eprintln!("error: {e}");
+                return 1;
+            }
             initialized = Some(store.initialized());
             let _ = state.config_store.set(store.clone());
             crate::xds_runtime::start(cfg, store, &state.store);

@@ -323,3 +323,75 @@ async fn rtds_drives_runtime_fraction_sotw() {
 async fn rtds_drives_runtime_fraction_delta() {
     rtds_drives_runtime_fraction("DELTA_GRPC").await;
 }
+
+/// A bootstrap with only `ads_config` whose static listener takes routes from RDS and whose
+/// static cluster takes endpoints from EDS (Envoy accepts both): ready once both arrived,
+/// then following RDS and EDS updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_resources_with_rds_and_eds_over_ads() {
+    let cp = ControlPlane::new();
+    let (xds, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+    let a = spawn_http_backend_named(BackendKind::Http1, "a");
+    let b = spawn_http_backend_named(BackendKind::Http1, "b");
+    let (port, admin) = (free_port(), free_port());
+    let cla = |p: u16| -> envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment {
+        yaml(&format!(
+            "cluster_name: svc\nendpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }} }}] }}]\n"
+        ))
+    };
+    let rc = |header: &str| -> RouteConfiguration {
+        yaml(&format!(
+            "name: rc\nvirtual_hosts: [{{ name: all, domains: ['*'], response_headers_to_add: [{{ header: {{ key: x-rc, value: {header} }} }}], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: svc }} }}] }}]\n"
+        ))
+    };
+    cp.set_snapshot(NODE, Snapshot::new("1").with_route(rc("v1")).with_endpoints(cla(a.port())));
+    let full = pinion_xds::control_plane::ads_bootstrap(NODE, admin, xds, "GRPC");
+    // Keep ads_config and the xds cluster; drop lds_config/cds_config; add the static pair.
+    let base: String =
+        full.lines().filter(|l| !l.contains("lds_config") && !l.contains("cds_config")).collect::<Vec<_>>().join("\n");
+    let bootstrap = base.replace(
+        "static_resources:\n  clusters:\n",
+        &format!(
+            r#"static_resources:
+  listeners:
+  - name: ingress
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          rds: {{ route_config_name: rc, config_source: {{ ads: {{}}, resource_api_version: V3 }} }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: svc
+    type: EDS
+    connect_timeout: 1s
+    eds_cluster_config: {{ eds_config: {{ ads: {{}}, resource_api_version: V3 }} }}
+"#
+        ),
+    );
+    assert!(bootstrap.contains("type: EDS") && !bootstrap.contains("lds_config"), "{bootstrap}");
+    let mut proxy = spawn_pinion(&bootstrap);
+    proxy.wait_ready(admin, Duration::from_secs(20)).expect("ready once RDS and EDS arrived");
+    let client = pinion_testkit::http1_client();
+    let req = || http::Request::get(format!("http://127.0.0.1:{port}/")).body(pinion_testkit::empty()).unwrap();
+    let (status, headers, _) = pinion_testkit::send(&client, req()).await.unwrap();
+    assert_eq!((status.as_u16(), headers.get("x-rc").unwrap().to_str().unwrap()), (200, "v1"));
+    assert_eq!(headers.get("x-backend").unwrap(), "a");
+    // Only RDS and EDS were asked for: no LDS/CDS subscription.
+    let types: std::collections::BTreeSet<String> = cp.requests().iter().map(|r| r.type_url.clone()).collect();
+    assert!(
+        types.iter().all(|t| t.ends_with("RouteConfiguration") || t.ends_with("ClusterLoadAssignment")),
+        "{types:?}"
+    );
+
+    cp.set_snapshot(NODE, Snapshot::new("2").with_route(rc("v2")).with_endpoints(cla(b.port())));
+    eventually(port, "x", None, (200, "b")).await;
+    let (_, headers, _) = pinion_testkit::send(&client, req()).await.unwrap();
+    assert_eq!(headers.get("x-rc").unwrap(), "v2");
+    assert!(proxy.stat("cluster.svc.update_success").unwrap_or(0) >= 2, "{}", proxy.stats());
+}

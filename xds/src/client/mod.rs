@@ -170,6 +170,27 @@ impl ClientConfig {
                 .into_iter()
                 .filter_map(|(t, s)| s.map(|s| (t, s)))
                 .collect();
+        // Static resources with parts from xDS: EDS clusters, listeners with rds/scoped_routes.
+        let needs_eds = b.clusters.iter().any(|c| c.discovery == model::DiscoveryType::Eds);
+        let needs_routes = b.listeners.iter().any(|l| {
+            l.filter_chains.iter().chain(l.default_filter_chain.iter()).any(|fc| {
+                matches!(&fc.filter, model::NetworkFilter::HttpConnectionManager(h)
+                    if !matches!(h.route_specifier, model::RouteSpecifier::Static(_)))
+            })
+        });
+        let ads_only;
+        let sources = if sources.is_empty() && (needs_eds || needs_routes) && d.ads.is_some() {
+            // Only `ads_config`: the static resources' RDS/EDS go over it.
+            ads_only = model::ConfigSource {
+                kind: model::ConfigSourceKind::Ads,
+                initial_fetch_timeout: Some(Duration::from_secs(15)),
+            };
+            vec![(if needs_routes { ResourceType::Listener } else { ResourceType::Cluster }, &ads_only)]
+        } else {
+            sources
+        };
+        let lds_configured = d.lds.is_some();
+        let cds_configured = d.cds.is_some();
         let Some((_, first)) = sources.first() else { return Ok(None) };
         let uses_ads = sources.iter().any(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
         let all_ads = sources.iter().all(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
@@ -252,6 +273,26 @@ impl ClientConfig {
                 cfg.per_type_servers.insert(*t, server.clone());
                 for d in dependents {
                     cfg.per_type_servers.insert(*d, server.clone());
+                }
+            }
+        }
+        // A type that only brought dependents along (no lds_config/cds_config of its own).
+        cfg.types.retain(|t| match t {
+            ResourceType::Listener => lds_configured,
+            ResourceType::Cluster => cds_configured,
+            _ => true,
+        });
+        let main_server = cfg.per_type_servers.values().next().cloned();
+        for (need, deps) in [
+            (needs_eds, &[ResourceType::ClusterLoadAssignment][..]),
+            (needs_routes, &[ResourceType::RouteConfiguration, ResourceType::ScopedRouteConfiguration][..]),
+        ] {
+            for d in deps.iter().filter(|_| need) {
+                if !cfg.types.contains(d) {
+                    cfg.types.push(*d);
+                    if let Some(server) = &main_server {
+                        cfg.per_type_servers.insert(*d, server.clone());
+                    }
                 }
             }
         }

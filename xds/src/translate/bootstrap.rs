@@ -114,16 +114,6 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         _ => None,
     };
 
-    if dynamic_resources.is_none() {
-        if let Some(i) =
-            layered_runtime.layers.iter().position(|l| matches!(l.kind, model::RuntimeLayerKind::Rtds { .. }))
-        {
-            return Err(ConfigError::unsupported(
-                format!("layered_runtime.layers[{i}].rtds_layer"),
-                "rtds_layer needs dynamic_resources (RTDS shares the LDS/CDS transport in pinion)",
-            ));
-        }
-    }
     let node = translate_node(node.as_ref(), overrides);
     let admin = match admin {
         None => None,
@@ -133,6 +123,22 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         None => (Vec::new(), Vec::new()),
         Some(s) => static_resources_(s).map_err(at("static_resources"))?,
     };
+    if dynamic_resources.is_none() {
+        if let Some((path, what)) = static_xds_dependents(&listeners, &clusters).into_iter().next() {
+            return Err(ConfigError::unsupported(
+                format!("static_resources.{path}"),
+                format!("{what} needs dynamic_resources (ads_config, lds_config or cds_config): pinion fetches it over the same transport"),
+            ));
+        }
+        if let Some(i) =
+            layered_runtime.layers.iter().position(|l| matches!(l.kind, model::RuntimeLayerKind::Rtds { .. }))
+        {
+            return Err(ConfigError::unsupported(
+                format!("layered_runtime.layers[{i}].rtds_layer"),
+                "rtds_layer needs dynamic_resources (RTDS shares the LDS/CDS transport in pinion)",
+            ));
+        }
+    }
     Ok(model::Bootstrap {
         node,
         admin,
@@ -221,12 +227,6 @@ fn static_resources_(s: &b::bootstrap::StaticResources) -> ConfigResult<Resource
             return Err(ConfigError::invalid(format!("{p}.name"), format!("duplicate cluster name '{}'", c.name)));
         }
         let mc = cluster(c).map_err(at(&p))?;
-        if mc.discovery == model::DiscoveryType::Eds {
-            return Err(ConfigError::unsupported(
-                format!("{p}.type"),
-                "static EDS clusters are not supported by pinion; deliver EDS clusters over CDS",
-            ));
-        }
         out_clusters.push(Arc::new(mc));
     }
 
@@ -279,18 +279,8 @@ fn check_static_routes(
     for (p, fc) in chains {
         let model::NetworkFilter::HttpConnectionManager(h) = &fc.filter else { continue };
         match &h.route_specifier {
-            model::RouteSpecifier::Scoped(_) => {
-                return Err(ConfigError::unsupported(
-                    format!("{p}.scoped_routes"),
-                    "scoped_routes in a static listener is not supported by pinion; deliver the listener over LDS",
-                ))
-            }
-            model::RouteSpecifier::Rds { .. } => {
-                return Err(ConfigError::unsupported(
-                    format!("{p}.rds"),
-                    "rds in a static listener is not supported by pinion; deliver the listener over LDS or inline its route_config",
-                ))
-            }
+            // Routes from xDS: `bootstrap` checks there is a transport for them.
+            model::RouteSpecifier::Scoped(_) | model::RouteSpecifier::Rds { .. } => {}
             model::RouteSpecifier::Static(rc) => {
                 if !rc.validate_clusters.unwrap_or(true) {
                     continue;
@@ -307,4 +297,28 @@ fn check_static_routes(
         }
     }
     Ok(())
+}
+
+/// Static resources whose parts come from xDS (EDS clusters; listeners with `rds` or
+/// `scoped_routes`), as (field path, what).
+pub fn static_xds_dependents(
+    listeners: &[Arc<model::Listener>],
+    clusters: &[Arc<model::Cluster>],
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        if c.discovery == model::DiscoveryType::Eds {
+            out.push((format!("clusters[{i}].type"), format!("EDS cluster '{}'", c.name)));
+        }
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        let uses_xds = l.filter_chains.iter().chain(l.default_filter_chain.iter()).any(|fc| {
+            matches!(&fc.filter, model::NetworkFilter::HttpConnectionManager(h)
+                if !matches!(h.route_specifier, model::RouteSpecifier::Static(_)))
+        });
+        if uses_xds {
+            out.push((format!("listeners[{i}]"), format!("listener '{}' (rds or scoped_routes)", l.name)));
+        }
+    }
+    out
 }
