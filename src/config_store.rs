@@ -714,8 +714,8 @@ impl ConfigSink for ConfigStore {
         match type_ {
             ResourceType::Listener | ResourceType::Cluster => None,
             ResourceType::RouteConfiguration => {
-                let mut names: BTreeSet<String> = inner.all_listeners().flat_map(|l| rds_names(l)).collect();
-                if inner.all_listeners().any(|l| uses_srds(l)) {
+                let mut names: BTreeSet<String> = inner.all_listeners().flat_map(rds_names).collect();
+                if inner.all_listeners().any(uses_srds) {
                     names.extend(
                         inner
                             .scopes
@@ -728,7 +728,7 @@ impl ConfigSink for ConfigStore {
             }
             ResourceType::ScopedRouteConfiguration => {
                 // A wildcard subscription, opened once some listener uses SRDS.
-                let used = inner.all_listeners().any(|l| uses_srds(l));
+                let used = inner.all_listeners().any(uses_srds);
                 Some(if used { BTreeSet::from(["*".to_string()]) } else { BTreeSet::new() })
             }
             ResourceType::VirtualHost => {
