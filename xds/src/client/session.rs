@@ -11,10 +11,13 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::google::rpc::Status as RpcStatus;
+use futures_util::future::BoxFuture;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Status, Streaming};
 
 use super::resources::{self, Entry};
 use super::transport::{self, StreamKind};
@@ -206,8 +209,8 @@ pub(crate) async fn drive(sh: Arc<Shared>, kind: StreamKind, types: Vec<Resource
     }
     loop {
         let (responded, err) = match sh.cfg.mode {
-            Mode::Sotw => sotw_session(&sh, kind, &server, &mut states, &mut wanted_rx).await,
-            Mode::Delta => delta_session(&sh, kind, &server, &mut states, &mut wanted_rx).await,
+            Mode::Sotw => session::<Sotw>(&sh, kind, &server, &mut states, &mut wanted_rx).await,
+            Mode::Delta => session::<Delta>(&sh, kind, &server, &mut states, &mut wanted_rx).await,
         };
         for t in states.keys() {
             sh.stats.for_type(*t).update_failure.fetch_add(1, Ordering::Relaxed);
@@ -384,9 +387,42 @@ fn record_result(sh: &Shared, st: &mut TypeState, message: &Option<String>, vers
 }
 
 // ---------------------------------------------------------------------------------------------
-// SotW
+// One stream session, for either protocol
 
-async fn sotw_session(
+/// What differs between state-of-the-world and incremental xDS on a stream.
+trait Protocol {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+
+    /// Opens the stream (boxed: once per stream).
+    fn open(
+        ch: Channel,
+        kind: StreamKind,
+        reqs: ReceiverStream<Self::Request>,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Streaming<Self::Response>, Status>>;
+
+    /// Before the first request on a new stream: forget what no longer is wanted.
+    fn forget_unwanted(_st: &mut TypeState, _wanted: &BTreeSet<String>) {}
+
+    /// The first request of `st` on a new stream.
+    fn initial(out: &mut Outbox<'_, Self::Request>, st: &mut TypeState) -> Result<(), String>;
+
+    /// Applies a response and answers it (ACK/NACK), then follows subscription changes.
+    fn on_response(
+        sh: &Shared,
+        states: &mut States,
+        out: &mut Outbox<'_, Self::Request>,
+        resp: Self::Response,
+    ) -> Result<(), String>;
+
+    /// Re-queries the wanted names and sends requests where they changed.
+    fn resubscribe(sh: &Shared, states: &mut States, out: &mut Outbox<'_, Self::Request>) -> Result<(), String>;
+}
+
+/// Connects, subscribes and serves one stream until it fails; returns whether any response
+/// arrived (backoff resets then) and why the stream ended.
+async fn session<P: Protocol>(
     sh: &Shared,
     kind: StreamKind,
     server: &ServerAddr,
@@ -412,16 +448,17 @@ async fn sotw_session(
             if wanted.iter().any(|n| !old.contains(n)) {
                 st.arm(sh.cfg.initial_fetch_timeout);
             }
+            P::forget_unwanted(st, &wanted);
             st.names = Some(wanted);
             if st.names.as_ref().is_some_and(BTreeSet::is_empty) {
                 continue;
             }
         }
-        if let Err(e) = send_sotw(&mut out, st, None) {
+        if let Err(e) = P::initial(&mut out, st) {
             return (false, e);
         }
     }
-    let open = transport::open_sotw(ch, kind, ReceiverStream::new(rx), sh.cfg.max_message_size);
+    let open = P::open(ch, kind, ReceiverStream::new(rx), sh.cfg.max_message_size);
     let mut stream = match with_timers(tokio::time::timeout(transport::OPEN_TIMEOUT, open), states, sh).await {
         Ok(Ok(s)) => s,
         Ok(Err(status)) => return (false, format!("cannot open the stream: {status}")),
@@ -436,13 +473,13 @@ async fn sotw_session(
             msg = stream.message() => match msg {
                 Ok(Some(resp)) => {
                     responded = true;
-                    on_sotw_response(sh, states, &mut out, resp)
+                    P::on_response(sh, states, &mut out, resp)
                 }
                 Ok(None) => Err("stream closed by the control plane".to_string()),
                 Err(s) => Err(format!("stream failed: {s}")),
             },
             r = wanted_rx.changed() => match r {
-                Ok(()) => resubscribe_sotw(sh, states, &mut out),
+                Ok(()) => P::resubscribe(sh, states, &mut out),
                 Err(_) => Err("client shutting down".to_string()),
             },
             _ = sleep_until_opt(next) => {
@@ -453,6 +490,82 @@ async fn sotw_session(
         if let Err(e) = step {
             return (responded, e);
         }
+    }
+}
+
+/// The state of a response's type, with the attempt counted and the nonce taken; `None` for
+/// a type this stream does not watch (Envoy ignores those, an ECDS or v2 push say: no ACK,
+/// no NACK, nothing applied).
+fn state_for<'a>(sh: &Shared, states: &'a mut States, type_url: &str, nonce: &str) -> Option<&'a mut TypeState> {
+    let Some(st) = ResourceType::from_type_url(type_url).and_then(|t| states.get_mut(&t)) else {
+        tracing::warn!("ignoring xDS response for unwatched type: {}", unsubscribed_message(type_url));
+        return None;
+    };
+    sh.stats.for_type(st.type_).update_attempt.fetch_add(1, Ordering::Relaxed);
+    st.nonce = nonce.to_string();
+    st.init_deadline = None;
+    Some(st)
+}
+
+/// Applies a response's resources and records the outcome; returns the NACK message, if any.
+fn accept(
+    sh: &Shared,
+    st: &mut TypeState,
+    entries: &[Entry<'_>],
+    removed: Vec<String>,
+    version: &str,
+    sotw: bool,
+) -> Option<String> {
+    let message = apply(sh, st, entries, removed, version, sotw).message(st.type_);
+    record_result(sh, st, &message, version);
+    if message.is_none() {
+        st.version_info = version.to_string();
+    }
+    message
+}
+
+// ---------------------------------------------------------------------------------------------
+// SotW
+
+struct Sotw;
+
+impl Protocol for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn open(
+        ch: Channel,
+        kind: StreamKind,
+        reqs: ReceiverStream<DiscoveryRequest>,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Streaming<DiscoveryResponse>, Status>> {
+        Box::pin(transport::open_sotw(ch, kind, reqs, max))
+    }
+
+    fn initial(out: &mut Outbox<'_, DiscoveryRequest>, st: &mut TypeState) -> Result<(), String> {
+        send_sotw(out, st, None)
+    }
+
+    fn on_response(
+        sh: &Shared,
+        states: &mut States,
+        out: &mut Outbox<'_, DiscoveryRequest>,
+        resp: DiscoveryResponse,
+    ) -> Result<(), String> {
+        let Some(st) = state_for(sh, states, &resp.type_url, &resp.nonce) else { return Ok(()) };
+        let entries: Vec<Entry<'_>> = resp
+            .resources
+            .iter()
+            .map(|a| Entry { wrapper_name: None, version: resp.version_info.clone(), any: Some(a) })
+            .collect();
+        let message = accept(sh, st, &entries, Vec::new(), &resp.version_info, true);
+        send_sotw(out, st, message.and_then(nack_status))?;
+        sh.bump_wanted();
+        Self::resubscribe(sh, states, out)
+    }
+
+    fn resubscribe(sh: &Shared, states: &mut States, out: &mut Outbox<'_, DiscoveryRequest>) -> Result<(), String> {
+        resubscribe_sotw(sh, states, out)
     }
 }
 
@@ -472,38 +585,6 @@ fn send_sotw(
         ..Default::default()
     };
     out.send(req)
-}
-
-fn on_sotw_response(
-    sh: &Shared,
-    states: &mut States,
-    out: &mut Outbox<'_, DiscoveryRequest>,
-    resp: DiscoveryResponse,
-) -> Result<(), String> {
-    let Some(st) = ResourceType::from_type_url(&resp.type_url).and_then(|t| states.get_mut(&t)) else {
-        // Envoy ignores responses for types it does not watch (an ECDS or v2 push, say):
-        // no ACK, no NACK, nothing applied.
-        tracing::warn!("ignoring xDS response for unwatched type: {}", unsubscribed_message(&resp.type_url));
-        let _ = out;
-        return Ok(());
-    };
-    sh.stats.for_type(st.type_).update_attempt.fetch_add(1, Ordering::Relaxed);
-    st.nonce = resp.nonce.clone();
-    st.init_deadline = None;
-    let entries: Vec<Entry<'_>> = resp
-        .resources
-        .iter()
-        .map(|a| Entry { wrapper_name: None, version: resp.version_info.clone(), any: Some(a) })
-        .collect();
-    let outcome = apply(sh, st, &entries, Vec::new(), &resp.version_info, true);
-    let message = outcome.message(st.type_);
-    record_result(sh, st, &message, &resp.version_info);
-    if message.is_none() {
-        st.version_info = resp.version_info.clone();
-    }
-    send_sotw(out, st, message.and_then(nack_status))?;
-    sh.bump_wanted();
-    resubscribe_sotw(sh, states, out)
 }
 
 /// Re-queries the wanted RDS/EDS names and sends a request where they changed.
@@ -536,75 +617,69 @@ fn resubscribe_sotw(sh: &Shared, states: &mut States, out: &mut Outbox<'_, Disco
 // ---------------------------------------------------------------------------------------------
 // Delta
 
-async fn delta_session(
-    sh: &Shared,
-    kind: StreamKind,
-    server: &ServerAddr,
-    states: &mut States,
-    wanted_rx: &mut watch::Receiver<u64>,
-) -> (bool, String) {
-    let ch = match with_timers(transport::connect(server), states, sh).await {
-        Ok(c) => c,
-        Err(e) => return (false, e),
-    };
-    let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-    let mut out = Outbox { tx, first: true, sh };
-    for t in ORDER {
-        let Some(st) = states.get_mut(&t) else { continue };
-        st.nonce.clear();
-        st.requested = false;
-        if !activate(sh, st) {
-            continue;
-        }
-        if !t.is_wildcard() {
-            let wanted = sh.sink.wanted(t).unwrap_or_default();
-            let old = st.names.clone().unwrap_or_default();
-            if wanted.iter().any(|n| !old.contains(n)) {
-                st.arm(sh.cfg.initial_fetch_timeout);
-            }
-            st.resource_versions.retain(|k, _| wanted.contains(k));
-            st.hashes.retain(|k, _| wanted.contains(k));
-            st.names = Some(wanted);
-            if st.names.as_ref().is_some_and(BTreeSet::is_empty) {
-                continue;
-            }
-        }
-        if let Err(e) = send_delta_initial(&mut out, st) {
-            return (false, e);
-        }
+struct Delta;
+
+impl Protocol for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn open(
+        ch: Channel,
+        kind: StreamKind,
+        reqs: ReceiverStream<DeltaDiscoveryRequest>,
+        max: usize,
+    ) -> BoxFuture<'static, Result<Streaming<DeltaDiscoveryResponse>, Status>> {
+        Box::pin(transport::open_delta(ch, kind, reqs, max))
     }
-    let open = transport::open_delta(ch, kind, ReceiverStream::new(rx), sh.cfg.max_message_size);
-    let mut stream = match with_timers(tokio::time::timeout(transport::OPEN_TIMEOUT, open), states, sh).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(status)) => return (false, format!("cannot open the stream: {status}")),
-        Err(_) => return (false, "opening the stream timed out".into()),
-    };
-    let _connected = Connected::new(sh);
-    let mut responded = false;
-    wanted_rx.mark_unchanged();
-    loop {
-        let next = next_deadline(states);
-        let step = tokio::select! {
-            msg = stream.message() => match msg {
-                Ok(Some(resp)) => {
-                    responded = true;
-                    on_delta_response(sh, states, &mut out, resp)
-                }
-                Ok(None) => Err("stream closed by the control plane".to_string()),
-                Err(s) => Err(format!("stream failed: {s}")),
-            },
-            r = wanted_rx.changed() => match r {
-                Ok(()) => resubscribe_delta(sh, states, &mut out),
-                Err(_) => Err("client shutting down".to_string()),
-            },
-            _ = sleep_until_opt(next) => {
-                fire_due(states, sh);
-                Ok(())
-            }
+
+    fn forget_unwanted(st: &mut TypeState, wanted: &BTreeSet<String>) {
+        st.resource_versions.retain(|k, _| wanted.contains(k));
+        st.hashes.retain(|k, _| wanted.contains(k));
+    }
+
+    fn initial(out: &mut Outbox<'_, DeltaDiscoveryRequest>, st: &mut TypeState) -> Result<(), String> {
+        send_delta_initial(out, st)
+    }
+
+    fn on_response(
+        sh: &Shared,
+        states: &mut States,
+        out: &mut Outbox<'_, DeltaDiscoveryRequest>,
+        resp: DeltaDiscoveryResponse,
+    ) -> Result<(), String> {
+        let Some(st) = state_for(sh, states, &resp.type_url, &resp.nonce) else { return Ok(()) };
+        let entries: Vec<Entry<'_>> = resp
+            .resources
+            .iter()
+            .map(|r| Entry {
+                wrapper_name: Some(r.name.as_str()),
+                version: r.version.clone(),
+                any: r.resource.as_ref(),
+            })
+            .collect();
+        let mut removed: Vec<String> = resp.removed_resources.clone();
+        removed.extend(resp.removed_resource_names.iter().map(|n| n.name.clone()));
+        removed.sort();
+        removed.dedup();
+        let message = accept(sh, st, &entries, removed, &resp.system_version_info, false);
+        let req = DeltaDiscoveryRequest {
+            node: out.node(),
+            type_url: st.type_.type_url().to_string(),
+            response_nonce: resp.nonce.clone(),
+            error_detail: message.and_then(nack_status),
+            ..Default::default()
         };
-        if let Err(e) = step {
-            return (responded, e);
-        }
+        out.send(req)?;
+        sh.bump_wanted();
+        Self::resubscribe(sh, states, out)
+    }
+
+    fn resubscribe(
+        sh: &Shared,
+        states: &mut States,
+        out: &mut Outbox<'_, DeltaDiscoveryRequest>,
+    ) -> Result<(), String> {
+        resubscribe_delta(sh, states, out)
     }
 }
 
@@ -619,49 +694,6 @@ fn send_delta_initial(out: &mut Outbox<'_, DeltaDiscoveryRequest>, st: &mut Type
         ..Default::default()
     };
     out.send(req)
-}
-
-fn on_delta_response(
-    sh: &Shared,
-    states: &mut States,
-    out: &mut Outbox<'_, DeltaDiscoveryRequest>,
-    resp: DeltaDiscoveryResponse,
-) -> Result<(), String> {
-    let Some(st) = ResourceType::from_type_url(&resp.type_url).and_then(|t| states.get_mut(&t)) else {
-        // Envoy ignores responses for types it does not watch (an ECDS or v2 push, say):
-        // no ACK, no NACK, nothing applied.
-        tracing::warn!("ignoring xDS response for unwatched type: {}", unsubscribed_message(&resp.type_url));
-        let _ = out;
-        return Ok(());
-    };
-    sh.stats.for_type(st.type_).update_attempt.fetch_add(1, Ordering::Relaxed);
-    st.nonce = resp.nonce.clone();
-    st.init_deadline = None;
-    let entries: Vec<Entry<'_>> = resp
-        .resources
-        .iter()
-        .map(|r| Entry { wrapper_name: Some(r.name.as_str()), version: r.version.clone(), any: r.resource.as_ref() })
-        .collect();
-    let mut removed: Vec<String> = resp.removed_resources.clone();
-    removed.extend(resp.removed_resource_names.iter().map(|n| n.name.clone()));
-    removed.sort();
-    removed.dedup();
-    let outcome = apply(sh, st, &entries, removed, &resp.system_version_info, false);
-    let message = outcome.message(st.type_);
-    record_result(sh, st, &message, &resp.system_version_info);
-    if message.is_none() {
-        st.version_info = resp.system_version_info.clone();
-    }
-    let req = DeltaDiscoveryRequest {
-        node: out.node(),
-        type_url: st.type_.type_url().to_string(),
-        response_nonce: resp.nonce.clone(),
-        error_detail: message.and_then(nack_status),
-        ..Default::default()
-    };
-    out.send(req)?;
-    sh.bump_wanted();
-    resubscribe_delta(sh, states, out)
 }
 
 /// Re-queries the wanted RDS/EDS names and sends (un)subscriptions where they changed.
