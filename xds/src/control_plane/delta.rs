@@ -4,10 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use super::{empty_means_wildcard, ControlPlane, Event, Misbehave, Names, RecordedRequest};
+use super::{
+    empty_means_wildcard, serve_stream, ControlPlane, Event, Flow, Misbehave, Names, RecordedRequest, StreamProtocol,
+};
 
 struct Watch {
     names: Names,
@@ -26,49 +28,54 @@ struct Stream {
     node_id: String,
     watches: BTreeMap<String, Watch>,
     id: u64,
-}
-
-enum Flow {
-    Continue,
-    Close,
+    implied_type: Option<&'static str>,
 }
 
 /// Serves one Delta stream until the client goes away or the stream is closed.
 pub(crate) async fn run(
     cp: Arc<ControlPlane>,
-    mut requests: Streaming<DeltaDiscoveryRequest>,
+    requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     implied_type: Option<&'static str>,
 ) {
-    let guard = cp.stream_opened();
-    let mut events = cp.subscribe_events();
-    let mut s = Stream { cp: cp.clone(), tx, node_id: String::new(), watches: BTreeMap::new(), id: guard.id };
-    loop {
-        let flow = tokio::select! {
-            req = requests.message() => match req {
-                Ok(Some(r)) => s.on_request(r, implied_type).await,
-                _ => Flow::Close,
-            },
-            ev = events.recv() => match ev {
-                Ok(Event::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => s.push_all().await,
-                Ok(Event::Disconnect) => {
-                    let _ = s.tx.send(Err(Status::unavailable("control plane closed the stream"))).await;
-                    Flow::Close
-                }
-                Ok(Event::InjectDelta(resp)) => s.inject(*resp).await,
-                Ok(Event::InjectSotw(_)) => Flow::Continue,
-                Err(broadcast::error::RecvError::Closed) => Flow::Close,
-            },
-        };
-        if let Flow::Close = flow {
-            break;
+    let c = cp.clone();
+    serve_stream(cp, requests, move |id| Stream {
+        cp: c,
+        tx,
+        node_id: String::new(),
+        watches: BTreeMap::new(),
+        id,
+        implied_type,
+    })
+    .await;
+}
+
+impl StreamProtocol for Stream {
+    type Request = DeltaDiscoveryRequest;
+
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Flow {
+        self.request(req).await
+    }
+
+    async fn push_all(&mut self) -> Flow {
+        self.push_every_watch().await
+    }
+
+    async fn inject(&mut self, ev: Event) -> Flow {
+        match ev {
+            Event::InjectDelta(resp) => self.inject_response(*resp).await,
+            _ => Flow::Continue,
         }
     }
-    drop(guard);
+
+    async fn fail(&mut self, status: Status) {
+        let _ = self.tx.send(Err(status)).await;
+    }
 }
 
 impl Stream {
-    async fn on_request(&mut self, req: DeltaDiscoveryRequest, implied_type: Option<&'static str>) -> Flow {
+    async fn request(&mut self, req: DeltaDiscoveryRequest) -> Flow {
+        let implied_type = self.implied_type;
         let type_url = match (req.type_url.is_empty(), implied_type) {
             (true, Some(t)) => t.to_string(),
             _ => req.type_url.clone(),
@@ -154,7 +161,7 @@ impl Stream {
         self.respond(&type_url).await
     }
 
-    async fn push_all(&mut self) -> Flow {
+    async fn push_every_watch(&mut self) -> Flow {
         let types: Vec<String> = self.watches.keys().cloned().collect();
         for t in types {
             if let Flow::Close = self.respond(&t).await {
@@ -211,7 +218,7 @@ impl Stream {
         self.send(resp).await
     }
 
-    async fn inject(&mut self, mut resp: DeltaDiscoveryResponse) -> Flow {
+    async fn inject_response(&mut self, mut resp: DeltaDiscoveryResponse) -> Flow {
         if resp.nonce.is_empty() {
             resp.nonce = self.cp.next_nonce();
         }

@@ -469,6 +469,59 @@ impl ControlPlane {
     }
 }
 
+/// Whether a stream goes on.
+pub(crate) enum Flow {
+    Continue,
+    Close,
+}
+
+/// What differs between a SotW and a Delta stream of the test control plane.
+pub(crate) trait StreamProtocol: Send {
+    /// Requests from the client.
+    type Request: Send + 'static;
+
+    /// Records and answers one request.
+    fn on_request(&mut self, req: Self::Request) -> impl std::future::Future<Output = Flow> + Send;
+    /// A snapshot changed: re-evaluate every watch.
+    fn push_all(&mut self) -> impl std::future::Future<Output = Flow> + Send;
+    /// An injected response (sent only if it is of this protocol).
+    fn inject(&mut self, ev: Event) -> impl std::future::Future<Output = Flow> + Send;
+    /// Ends the stream with `status`.
+    fn fail(&mut self, status: tonic::Status) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Serves one stream until the client goes away or the stream is closed.
+pub(crate) async fn serve_stream<S: StreamProtocol>(
+    cp: Arc<ControlPlane>,
+    mut requests: tonic::Streaming<S::Request>,
+    make: impl FnOnce(u64) -> S,
+) {
+    let guard = cp.stream_opened();
+    let mut events = cp.subscribe_events();
+    let mut s = make(guard.id);
+    loop {
+        let flow = tokio::select! {
+            req = requests.message() => match req {
+                Ok(Some(r)) => s.on_request(r).await,
+                _ => Flow::Close,
+            },
+            ev = events.recv() => match ev {
+                Ok(Event::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => s.push_all().await,
+                Ok(Event::Disconnect) => {
+                    s.fail(tonic::Status::unavailable("control plane closed the stream")).await;
+                    Flow::Close
+                }
+                Ok(ev) => s.inject(ev).await,
+                Err(broadcast::error::RecvError::Closed) => Flow::Close,
+            },
+        };
+        if let Flow::Close = flow {
+            break;
+        }
+    }
+    drop(guard);
+}
+
 /// Counts an open stream for its lifetime.
 pub(crate) struct StreamGuard {
     cp: Arc<ControlPlane>,
