@@ -260,7 +260,8 @@ pub async fn forward(
     let started = Instant::now();
     let exchange = async {
         if is_upgrade {
-            let mut sender = ctx.worker.pools.upgrade_connection(&cluster, &host).await?;
+            // Boxed: a dial and handshake are large states, and upgrades are rare.
+            let mut sender = Box::pin(ctx.worker.pools.upgrade_connection(&cluster, &host)).await?;
             let resp = sender.send_request(upstream_req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
             Ok((resp.map(UpstreamBody::H1), StreamSlot::none()))
         } else {
