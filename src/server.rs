@@ -133,6 +133,12 @@ fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
 /// Load, validate and translate the bootstrap named by the options.
 pub fn load_bootstrap(opts: &Options) -> Result<model::Bootstrap, String> {
     let dopts = DecodeOptions { allow_unknown_fields: opts.allow_unknown_static_fields };
+    let json = bootstrap_json(opts)?;
+    pinion_xds::loader::bootstrap_from_json(&json, &dopts, &node_overrides(opts)).map_err(|e| e.to_string())
+}
+
+/// The bootstrap as JSON: the file, with `--config-yaml` merged over it.
+fn bootstrap_json(opts: &Options) -> Result<serde_json::Value, String> {
     let mut json = match &opts.config_path {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("unable to read file: {}: {e}", p.display()))?;
@@ -158,10 +164,85 @@ pub fn load_bootstrap(opts: &Options) -> Result<model::Bootstrap, String> {
             None => json = Some(over),
         }
     }
-    let json = json.ok_or("at least one of --config-path or --config-yaml is required")?;
-    let overrides =
-        NodeOverrides { service_node: opts.service_node.clone(), service_cluster: opts.service_cluster.clone() };
-    pinion_xds::loader::bootstrap_from_json(&json, &dopts, &overrides).map_err(|e| e.to_string())
+    json.ok_or_else(|| "at least one of --config-path or --config-yaml is required".into())
+}
+
+/// Set in the environment of the child process that decodes the bootstrap for the `pinion`
+/// binary (see [`run_main`]).
+pub const DECODE_CHILD_ENV: &str = "PINION_INTERNAL_DECODE_BOOTSTRAP";
+
+/// Child side of [`run_main`]: decode, validate and translate the bootstrap as
+/// [`load_bootstrap`] does, then write it to stdout as `u64 LE length | Bootstrap proto |
+/// config_dump JSON`. On a config error, the error text goes to stderr and the exit code is 1.
+pub fn decode_child(opts: &Options) -> i32 {
+    use prost::Message;
+    use std::io::Write;
+    let result = (|| {
+        let json = bootstrap_json(opts)?;
+        let dopts = DecodeOptions { allow_unknown_fields: opts.allow_unknown_static_fields };
+        let proto: envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap =
+            decode::message_from_json(&json, &dopts).map_err(|e| e.to_string())?;
+        // Translate here too, so every config error is reported by the same code path.
+        pinion_xds::translate::bootstrap(&proto, &node_overrides(opts)).map_err(|e| e.to_string())?;
+        let dump = serde_json::to_vec(&decode::to_json(&proto)).map_err(|e| e.to_string())?;
+        let bytes = proto.encode_to_vec();
+        let mut out = Vec::with_capacity(8 + bytes.len() + dump.len());
+        out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        out.extend_from_slice(&bytes);
+        out.extend_from_slice(&dump);
+        Ok::<_, String>(out)
+    })();
+    match result {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            if stdout.write_all(&out).and_then(|_| stdout.flush()).is_err() {
+                return 2;
+            }
+            0
+        }
+        Err(e) => {
+            eprint!("{e}");
+            1
+        }
+    }
+}
+
+/// Parent side: run this binary again as a decoding child and rebuild the model from what it
+/// wrote. The reflective decoder (prost-reflect, the Envoy descriptor set, PGV validation)
+/// faults in several MiB of code and heap that a static proxy never uses again; in the child
+/// they go away with it, so the long-lived process stays small. `None` when the child could
+/// not run at all (no `/proc/self/exe`, killed): the caller decodes in-process instead.
+fn load_bootstrap_in_child(opts: &Options) -> Option<Result<model::Bootstrap, String>> {
+    use prost::Message;
+    let exe = std::env::current_exe().ok()?;
+    let out = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env(DECODE_CHILD_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .ok()?;
+    match out.status.code() {
+        Some(0) => {}
+        Some(1) => return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned())),
+        _ => return None,
+    }
+    let (len, rest) = out.stdout.split_first_chunk::<8>()?;
+    let len = usize::try_from(u64::from_le_bytes(*len)).ok()?;
+    if rest.len() < len {
+        return None;
+    }
+    let (bytes, dump) = rest.split_at(len);
+    let proto = envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap::decode(bytes).ok()?;
+    let dump: serde_json::Value = serde_json::from_slice(dump).ok()?;
+    Some(pinion_xds::translate::bootstrap(&proto, &node_overrides(opts)).map_err(|e| e.to_string()).map(|mut b| {
+        b.config_dump_json = dump;
+        b
+    }))
+}
+
+fn node_overrides(opts: &Options) -> NodeOverrides {
+    NodeOverrides { service_node: opts.service_node.clone(), service_cluster: opts.service_cluster.clone() }
 }
 
 /// Whether a listener's HCM takes routes from RDS or SRDS.
@@ -191,19 +272,33 @@ fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result
 
 /// Run the proxy with these options; returns the process exit code.
 pub fn run(opts: Options, log: LogHandle) -> i32 {
-    // Decoding runs on a short-lived thread: its scratch memory (descriptor pool, JSON trees)
-    // lives in that thread's malloc arena, which gives it back to the OS once freed, instead
-    // of staying in the main heap for the life of the process.
-    let loaded = std::thread::scope(|s| {
-        s.spawn(|| {
-            let b = load_bootstrap(&opts);
-            if matches!(&b, Ok(b) if b.dynamic_resources.is_none()) {
-                pinion_xds::descriptor::release();
-            }
-            b
+    run_with(opts, log, false)
+}
+
+/// [`run`] for the `pinion` binary: the bootstrap is decoded by a child process running the
+/// same binary (see [`load_bootstrap_in_child`]). Only the binary can do this: a test or
+/// embedding process has no such child mode.
+pub fn run_main(opts: Options, log: LogHandle) -> i32 {
+    run_with(opts, log, true)
+}
+
+fn run_with(opts: Options, log: LogHandle, decode_in_child: bool) -> i32 {
+    let from_child = if decode_in_child && opts.mode == Mode::Serve { load_bootstrap_in_child(&opts) } else { None };
+    // Otherwise decoding runs on a short-lived thread: its scratch memory (descriptor pool,
+    // JSON trees) lives in that thread's malloc arena, which gives it back to the OS once
+    // freed, instead of staying in the main heap for the life of the process.
+    let loaded = from_child.unwrap_or_else(|| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let b = load_bootstrap(&opts);
+                if matches!(&b, Ok(b) if b.dynamic_resources.is_none()) {
+                    pinion_xds::descriptor::release();
+                }
+                b
+            })
+            .join()
+            .unwrap_or_else(|_| Err("configuration loader panicked".into()))
         })
-        .join()
-        .unwrap_or_else(|_| Err("configuration loader panicked".into()))
     });
     let bootstrap = match loaded {
         Ok(b) => b,

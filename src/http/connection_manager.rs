@@ -59,6 +59,9 @@ pub struct ConnCtx {
     draining: Cell<bool>,
     /// The connection speaks HTTP/2 (known after its first request).
     saw_h2: Cell<bool>,
+    /// The `server` header value, built once per connection: cloning it shares the bytes,
+    /// where building it per response allocated.
+    server_header: Option<HeaderValue>,
 }
 
 /// Serve one downstream connection until it closes, idles out, or the worker drains.
@@ -86,6 +89,7 @@ pub async fn serve_connection(
         framing: FramingFlags::default(),
         draining: Cell::new(false),
         saw_h2: Cell::new(false),
+        server_header: HeaderValue::from_str(&cfg.server_name).ok(),
     });
     let svc_ctx = ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -663,14 +667,14 @@ fn encode_headers(ctx: &Rc<ConnCtx>, resp: &mut Response<ResponseBody>) {
     let h = resp.headers_mut();
     match cfg.server_header_transformation {
         ServerHeaderTransformation::Overwrite => {
-            if let Ok(v) = HeaderValue::from_str(&cfg.server_name) {
-                h.insert(header::SERVER, v);
+            if let Some(v) = &ctx.server_header {
+                h.insert(header::SERVER, v.clone());
             }
         }
         ServerHeaderTransformation::AppendIfAbsent => {
             if !h.contains_key(header::SERVER) {
-                if let Ok(v) = HeaderValue::from_str(&cfg.server_name) {
-                    h.insert(header::SERVER, v);
+                if let Some(v) = &ctx.server_header {
+                    h.insert(header::SERVER, v.clone());
                 }
             }
         }

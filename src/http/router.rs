@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -259,7 +260,8 @@ pub async fn forward(
     let started = Instant::now();
     let exchange = async {
         if is_upgrade {
-            let mut sender = ctx.worker.pools.upgrade_connection(&cluster, &host).await?;
+            // Boxed: a dial and handshake are large states, and upgrades are rare.
+            let mut sender = Box::pin(ctx.worker.pools.upgrade_connection(&cluster, &host)).await?;
             let resp = sender.send_request(upstream_req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
             Ok((resp.map(UpstreamBody::H1), StreamSlot::none()))
         } else {
@@ -518,23 +520,23 @@ fn to_upstream_request(
     activity: Option<Rc<Activity>>,
 ) -> Request<RequestBody> {
     let (mut parts, body) = req.into_parts();
-    let pq = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    // Cloning the parsed `PathAndQuery` shares its bytes; re-parsing a copy allocated twice.
+    let pq = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.path_and_query = Some(pq);
     match protocol {
         Protocol::Http1 => {
             parts.version = Version::HTTP_11;
-            if let Ok(uri) = pq.parse::<Uri>() {
-                parts.uri = uri;
-            }
         }
         Protocol::Http2 => {
             parts.version = Version::HTTP_2;
-            let authority =
-                parts.headers.remove(header::HOST).and_then(|h| h.to_str().ok().map(str::to_owned)).unwrap_or_default();
-            let built = Uri::builder().scheme("http").authority(authority.as_str()).path_and_query(pq.as_str()).build();
-            if let Ok(uri) = built {
-                parts.uri = uri;
-            }
+            // No usable authority (CONNECT without Host): keep the request's URI as it is.
+            uri.authority = parts.headers.remove(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok());
+            uri.scheme = Some(http::uri::Scheme::HTTP);
         }
+    }
+    if let Ok(uri) = Uri::from_parts(uri) {
+        parts.uri = uri;
     }
     let body = match activity {
         Some(a) => RequestBody::Tracked(body, a),

@@ -128,7 +128,18 @@ impl ConnPools {
         // One retry on a fresh connection when a pooled one turns out dead before the request
         // was written (a race with the upstream's idle close or GOAWAY), as Envoy does.
         for attempt in 0..2 {
-            let checkout = if attempt == 0 { self.checkout_or_wait(&key, cluster).await } else { Checkout::Dial };
+            let checkout = if attempt > 0 {
+                Checkout::Dial
+            } else {
+                match self.checkout(&key, cluster) {
+                    // Maybe wait for a dial in progress: boxed, so its timer stays out of the
+                    // common path's future (a `Dial` checkout changed nothing; it is redone).
+                    Checkout::Dial if key.protocol == Protocol::Http2 => {
+                        Box::pin(self.checkout_or_wait(&key, cluster)).await
+                    }
+                    c => c,
+                }
+            };
             match checkout {
                 Checkout::H1(mut sender, requests) => match sender.try_send_request(req).await {
                     Ok(resp) => {
@@ -150,33 +161,45 @@ impl ConnPools {
                         }
                     }
                 },
-                Checkout::Dial => {
-                    // Requests arriving while this HTTP/2 connection is dialed wait for it.
-                    let dialing = (protocol == Protocol::Http2).then(|| H2Dialing::start(self, key, cluster));
-                    let stream = dial(cluster, host).await?;
-                    match protocol {
-                        Protocol::Http1 => {
-                            let mut sender = handshake_h1(stream, cluster, host).await?;
-                            let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
-                            self.checkin_h1(key, cluster, sender, 1);
-                            return Ok((resp.map(UpstreamBody::H1), StreamSlot { active: None }));
-                        }
-                        Protocol::Http2 => {
-                            let sender = handshake_h2(stream, cluster, host).await?;
-                            let active = Rc::new(Cell::new(1));
-                            self.add_h2(key, cluster, sender.clone(), active.clone());
-                            drop(dialing);
-                            let resp = sender.send(req).await.map_err(|(e, _)| {
-                                active.set(active.get().saturating_sub(1));
-                                UpstreamError::Reset(e)
-                            })?;
-                            return Ok((resp.map(UpstreamBody::H2), StreamSlot { active: Some(active) }));
-                        }
-                    }
-                }
+                // Boxed: dialing and the handshakes are the largest states of this future and
+                // the rare path; inline, every request's future would carry (and copy) them.
+                Checkout::Dial => return Box::pin(self.dial_and_send(key, cluster, host, req)).await,
             }
         }
         unreachable!("the second attempt always dials and returns")
+    }
+
+    /// Dial a new connection for `key` and send `req` on it.
+    async fn dial_and_send(
+        &self,
+        key: PoolKey,
+        cluster: &Arc<Cluster>,
+        host: &Arc<Host>,
+        req: Request<RequestBody>,
+    ) -> Result<(http::Response<UpstreamBody>, StreamSlot), UpstreamError> {
+        let protocol = key.protocol;
+        // Requests arriving while this HTTP/2 connection is dialed wait for it.
+        let dialing = (protocol == Protocol::Http2).then(|| H2Dialing::start(self, key, cluster));
+        let stream = dial(cluster, host).await?;
+        match protocol {
+            Protocol::Http1 => {
+                let mut sender = handshake_h1(stream, cluster, host).await?;
+                let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
+                self.checkin_h1(key, cluster, sender, 1);
+                Ok((resp.map(UpstreamBody::H1), StreamSlot { active: None }))
+            }
+            Protocol::Http2 => {
+                let sender = handshake_h2(stream, cluster, host).await?;
+                let active = Rc::new(Cell::new(1));
+                self.add_h2(key, cluster, sender.clone(), active.clone());
+                drop(dialing);
+                let resp = sender.send(req).await.map_err(|(e, _)| {
+                    active.set(active.get().saturating_sub(1));
+                    UpstreamError::Reset(e)
+                })?;
+                Ok((resp.map(UpstreamBody::H2), StreamSlot { active: Some(active) }))
+            }
+        }
     }
 
     /// Dial a plain HTTP/1.1 connection for an upgrade (WebSocket): never pooled.

@@ -56,7 +56,7 @@ impl H2Sender {
             Err(e) => return Err((e.into(), None)),
         };
         if !end {
-            tokio::task::spawn_local(pump(body, tx));
+            send_body(body, tx);
         }
         let resp = resp.await.map_err(|e| (BoxError::from(e), None))?;
         Ok(resp.map(|recv| H2Body { recv, data_done: false }))
@@ -117,6 +117,37 @@ pub async fn handshake(
         });
     }
     Ok(H2Sender { send, closed })
+}
+
+/// Send a request body: a body that is already complete in one frame (a gRPC unary request,
+/// a small POST) goes out at once; anything else is pumped by its own task. h2 queues data
+/// past the peer's window, so one frame needs no capacity reservation; skipping the pump
+/// task saves a task spawn per request.
+fn send_body(mut body: RequestBody, mut tx: SendStream<Bytes>) {
+    use futures_util::FutureExt;
+    match body.frame().now_or_never() {
+        Some(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => {
+                let end = http_body::Body::is_end_stream(&body);
+                if tx.send_data(data, end).is_ok() && !end {
+                    tokio::task::spawn_local(pump(body, tx));
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = tx.send_trailers(trailers);
+                }
+            }
+        },
+        Some(Some(Err(_))) => tx.send_reset(h2::Reason::CANCEL),
+        Some(None) => {
+            let _ = tx.send_data(Bytes::new(), true);
+        }
+        // Not ready yet: the pump polls it again with a real waker.
+        None => {
+            tokio::task::spawn_local(pump(body, tx));
+        }
+    }
 }
 
 /// Copy a request body into an h2 stream, honouring the peer's flow control.
