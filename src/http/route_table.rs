@@ -20,6 +20,75 @@ pub struct RouteTable {
     /// (prefix, vhost), longest prefix first.
     prefixes: Vec<(String, usize)>,
     wildcard: Option<usize>,
+    /// Per virtual host (parallel to `config.virtual_hosts`): a first-path-segment index over
+    /// its routes, for large tables.
+    indexes: Vec<Option<RouteIndex>>,
+}
+
+/// Routes of one virtual host by the first segment of the paths they can match, so a lookup
+/// in a table of thousands of routes checks only the few that can match, still in config
+/// order (first match wins, as in Envoy).
+struct RouteIndex {
+    /// First path segment -> indexes of the routes that can only match paths with it.
+    by_segment: HashMap<Box<str>, Vec<u32>>,
+    /// Routes any path may match (regex, short or case-insensitive prefixes).
+    generic: Vec<u32>,
+}
+
+/// Below this many routes a linear scan is as fast as the index.
+const INDEX_MIN_ROUTES: usize = 16;
+
+/// `/seg/rest` -> `seg`; `/seg` -> `seg`.
+fn first_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    Some(rest.split_once('/').map_or(rest, |(seg, _)| seg))
+}
+
+impl RouteIndex {
+    fn new(routes: &[Arc<Route>]) -> Option<Self> {
+        if routes.len() < INDEX_MIN_ROUTES {
+            return None;
+        }
+        let mut by_segment: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut generic = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            let i = u32::try_from(i).ok()?;
+            let m = &r.matcher;
+            // The segment every matching path must start with, when the matcher pins it.
+            let seg = match &m.path {
+                _ if !m.case_sensitive => None,
+                // `/seg/...`: a prefix that ends the first segment.
+                PathMatch::Prefix(p) => p.strip_prefix('/').and_then(|rest| rest.split_once('/')).map(|(seg, _)| seg),
+                PathMatch::Exact(p) | PathMatch::SeparatedPrefix(p) => first_segment(p),
+                PathMatch::Regex(_) => None,
+            };
+            match seg {
+                Some(seg) => by_segment.entry(seg.into()).or_default().push(i),
+                None => generic.push(i),
+            }
+        }
+        Some(RouteIndex { by_segment, generic })
+    }
+
+    /// The first route (in config order) among the candidates for `req.path` that matches.
+    fn find<'a>(&self, routes: &'a [Arc<Route>], req: &RequestView<'_>) -> Option<&'a Arc<Route>> {
+        let pinned: &[u32] =
+            first_segment(req.path).and_then(|seg| self.by_segment.get(seg)).map_or(&[], Vec::as_slice);
+        let (mut a, mut b) = (pinned.iter().peekable(), self.generic.iter().peekable());
+        loop {
+            // Merge the two ascending lists: config order across both.
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x < y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => return None,
+            };
+            let r = routes.get(*next? as usize)?;
+            if route_matches(r, req) {
+                return Some(r);
+            }
+        }
+    }
 }
 
 /// What a request carries that routes can match on.
@@ -78,13 +147,18 @@ impl RouteTable {
         // Envoy: longest wildcard wins; stable sort keeps config order among equals.
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
-        RouteTable { config, exact, suffixes, prefixes, wildcard }
+        let indexes = config.virtual_hosts.iter().map(|vh| RouteIndex::new(&vh.routes)).collect();
+        RouteTable { config, exact, suffixes, prefixes, wildcard, indexes }
     }
 
     /// Find the virtual host for `authority` (Envoy: exact, then suffix wildcards, then prefix
     /// wildcards, then `*`). The port is part of the match unless the HCM stripped it
     /// (`strip_any_host_port` / `strip_matching_host_port`), as in Envoy.
     pub fn virtual_host(&self, authority: &str) -> Option<&Arc<VirtualHost>> {
+        self.virtual_host_index(authority).and_then(|i| self.config.virtual_hosts.get(i))
+    }
+
+    fn virtual_host_index(&self, authority: &str) -> Option<usize> {
         let lower;
         let host = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = authority.to_ascii_lowercase();
@@ -92,10 +166,7 @@ impl RouteTable {
         } else {
             authority
         };
-        if let Some(i) = self.find(host) {
-            return self.config.virtual_hosts.get(i);
-        }
-        self.wildcard.and_then(|i| self.config.virtual_hosts.get(i))
+        self.find(host).or(self.wildcard)
     }
 
     fn find(&self, host: &str) -> Option<usize> {
@@ -114,8 +185,13 @@ impl RouteTable {
 
     /// Full lookup: vhost, then first matching route.
     pub fn route<'a>(&'a self, req: &RequestView<'_>) -> Option<(&'a Arc<VirtualHost>, &'a Arc<Route>)> {
-        let vh = self.virtual_host(req.authority)?;
-        vh.routes.iter().find(|r| route_matches(r, req)).map(|r| (vh, r))
+        let i = self.virtual_host_index(req.authority)?;
+        let vh = self.config.virtual_hosts.get(i)?;
+        let route = match self.indexes.get(i).and_then(Option::as_ref) {
+            Some(index) => index.find(&vh.routes, req),
+            None => vh.routes.iter().find(|r| route_matches(r, req)),
+        };
+        route.map(|r| (vh, r))
     }
 }
 
@@ -267,5 +343,91 @@ mod tests {
         assert_eq!(name("other.org"), "any");
         assert_eq!(strip_port("[::1]:80"), Some("[::1]"));
         assert_eq!(strip_port("[::1]"), None);
+    }
+
+    fn route(path: PathMatch, case_sensitive: bool, name: String) -> Arc<Route> {
+        Arc::new(Route {
+            name,
+            matcher: RouteMatch {
+                path,
+                case_sensitive,
+                headers: vec![],
+                query_parameters: vec![],
+                grpc: false,
+                runtime_fraction: None,
+            },
+            action: RouteAction::NonForwarding,
+            headers: HeaderMutations::default(),
+        })
+    }
+
+    #[test]
+    fn the_segment_index_finds_what_a_linear_scan_finds() {
+        // Every kind of matcher, interleaved, so config order crosses the index's two lists.
+        let mut routes = Vec::new();
+        for i in 0..8 {
+            routes.push(route(PathMatch::Prefix(format!("/svc-{i}/")), true, format!("p{i}")));
+            routes.push(route(PathMatch::Exact(format!("/svc-{i}")), true, format!("e{i}")));
+            routes.push(route(PathMatch::SeparatedPrefix(format!("/sep-{i}")), true, format!("s{i}")));
+            routes.push(route(PathMatch::Prefix(format!("/svc-{i}")), true, format!("short{i}")));
+            routes.push(route(PathMatch::Prefix(format!("/CI-{i}/")), false, format!("ci{i}")));
+            if i % 3 == 0 {
+                routes.push(route(
+                    PathMatch::Regex(regex::Regex::new(&format!("^/re-{i}.*$")).unwrap()),
+                    true,
+                    format!("re{i}"),
+                ));
+            }
+        }
+        routes.push(route(PathMatch::Prefix("/".into()), true, "catch-all".into()));
+        let mut v = (*vh("v", vec![DomainMatcher::Any])).clone();
+        v.routes = routes;
+        let cfg = RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![Arc::new(v)],
+            headers: HeaderMutations::default(),
+            internal_only_headers: vec![],
+            max_direct_response_body_size_bytes: 4096,
+            most_specific_header_mutations_wins: false,
+            validate_clusters: None,
+            vhds: None,
+        };
+        let t = RouteTable::new(Arc::new(cfg));
+        assert!(t.indexes[0].is_some(), "a table this size is indexed");
+        let headers = http::HeaderMap::new();
+        let method = http::Method::GET;
+        let mut checked = 0;
+        for i in 0..9 {
+            for p in [
+                format!("/svc-{i}/x"),
+                format!("/svc-{i}"),
+                format!("/svc-{i}x"),
+                format!("/sep-{i}"),
+                format!("/sep-{i}/y"),
+                format!("/sep-{i}z"),
+                format!("/ci-{i}/a"),
+                format!("/CI-{i}/a"),
+                format!("/re-{i}abc"),
+                "/".to_string(),
+                "/unknown/path".to_string(),
+                String::new(),
+            ] {
+                let req = RequestView {
+                    authority: "h",
+                    path: &p,
+                    query: None,
+                    method: &method,
+                    headers: &headers,
+                    is_grpc: false,
+                    random: Default::default(),
+                };
+                let vh = &t.config.virtual_hosts[0];
+                let linear = vh.routes.iter().find(|r| route_matches(r, &req)).map(|r| r.name.clone());
+                let indexed = t.route(&req).map(|(_, r)| r.name.clone());
+                assert_eq!(indexed, linear, "path {p:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 108);
     }
 }
