@@ -380,7 +380,8 @@ async fn process(
     // Phase: on_demand (VHDS). Only a host without a virtual host gets here.
     if let Some(od) = &hcm.on_demand {
         let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if table.config.vhds.is_some() && table.virtual_host(authority).is_none() {
+        // A host longer than a DNS name (+ port) is never asked for: names are kept for good.
+        if table.config.vhds.is_some() && authority.len() <= 261 && table.virtual_host(authority).is_none() {
             let name = format!("{}/{}", table.config.name, authority.to_ascii_lowercase());
             drop(table);
             od.fetch(name, super::on_demand::ON_DEMAND_TIMEOUT).await;

@@ -16,7 +16,8 @@ use tokio::sync::{watch, Notify};
 pub const ON_DEMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Most names requested on demand: each is a subscription for the life of the process, and
-/// the `Host` header is client-controlled, so it is bounded.
+/// the `Host` header is client-controlled, so it is bounded (and hosts longer than a DNS name
+/// with a port are never asked for).
 pub const MAX_ON_DEMAND_NAMES: usize = 10_000;
 
 /// The names requested on demand, shared by every worker and the config store.
