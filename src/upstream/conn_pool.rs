@@ -380,7 +380,7 @@ impl Drop for CxActive {
 }
 
 /// Largest read buffer of an upstream HTTP/1.1 connection (see `handshake_h1`).
-const UPSTREAM_H1_READ_BUF: usize = 64 * 1024;
+const UPSTREAM_H1_READ_BUF: usize = 96 * 1024;
 
 async fn handshake_h1(
     stream: TcpStream,
@@ -389,8 +389,9 @@ async fn handshake_h1(
 ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
     // hyper's adaptive read buffer grows to ~400 KiB on large bodies; a read buffer of 128
     // KiB or more is mmapped by malloc and page-faulted (and zeroed) afresh for each response.
-    // 64 KiB keeps it on the heap and still holds any response head Envoy accepts (60 KiB
-    // `max_response_headers_kb`).
+    // 96 KiB keeps it on the heap, still takes a 64 KiB body and its head in one read (64 KiB
+    // took two, one more syscall per response), and holds any response head Envoy accepts
+    // (60 KiB `max_response_headers_kb`).
     let (sender, conn) = http1::Builder::new()
         .max_buf_size(UPSTREAM_H1_READ_BUF)
         .handshake(TokioIo::new(stream))
