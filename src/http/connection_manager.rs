@@ -37,6 +37,8 @@ use crate::formatter::{self, Context};
 use crate::listener::{HcmRuntime, ListenerRuntime};
 use crate::worker::{LocalExec, WorkerCtx};
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Per-connection state.
 pub struct ConnCtx {
     /// The HCM serving this connection.
@@ -364,8 +366,10 @@ async fn process(
     // Phase: decode_headers.
     decode_headers(ctx, &mut req, info, grpc)?;
     // The access log sees the request id the HCM generated, as in Envoy.
-    if let (Some(h), Some(rid)) = (log_headers.as_mut(), req.headers().get("x-request-id")) {
-        h.insert("x-request-id", rid.clone());
+    if let Some(h) = log_headers.as_mut() {
+        if let Some(rid) = req.headers().get(X_REQUEST_ID) {
+            h.insert(X_REQUEST_ID, rid.clone());
+        }
     }
 
     // Phase: route. The view borrows the request; the match borrows only the table, so the

@@ -7,9 +7,18 @@ use std::net::{IpAddr, SocketAddr};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pinion_xds::model::HttpConnectionManager;
 
-/// Connection-specific headers never forwarded (RFC 9110 §7.6.1 plus legacy ones).
-const HOP_BY_HOP: [&str; 6] =
-    ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "http2-settings"];
+/// Connection-specific headers never forwarded (RFC 9110 §7.6.1 plus legacy ones). As
+/// `HeaderName`s, so removing them (twice per request) does not parse a `&str` each time.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// `x-envoy-*` request headers Envoy removes from external requests.
 const ENVOY_INTERNAL_REQUEST_HEADERS: [&str; 14] = [
@@ -47,8 +56,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for h in HOP_BY_HOP {
-        if keep_upgrade && (h == "connection" || h == "upgrade") {
+    for h in &HOP_BY_HOP {
+        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
             continue;
         }
         headers.remove(h);
@@ -107,12 +116,12 @@ pub fn mutate(
             let hop = if peer.ip().is_loopback() { local_address(peer.ip()) } else { peer.ip() };
             append_xff(headers, &xff_name, hop);
         }
-        headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         let internal = !had_xff && is_internal(client);
         (Some(client), internal)
     } else {
-        if !headers.contains_key("x-forwarded-proto") {
-            headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(scheme));
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
         }
         let client = xff_client(headers, &xff_name, cfg.xff_num_trusted_hops);
         let internal = client.map(is_internal).unwrap_or(false);

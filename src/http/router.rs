@@ -30,6 +30,10 @@ use crate::formatter::Context;
 use crate::upstream::conn_pool::{Protocol, StreamSlot, UpstreamError};
 use crate::upstream::{Cluster, Host, HostStats};
 
+// Names used on every request, built at compile time instead of validated per use.
+const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+
 /// Header mutation levels that apply to a route, least specific first.
 pub struct MutationLevels<'a> {
     /// Route configuration level.
@@ -220,10 +224,7 @@ pub async fn forward(
     }
     if let Some(t) = action.timeout {
         if !hcm.router.suppress_envoy_headers {
-            req.headers_mut().insert(
-                HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
-                crate::http::numeric_header(t.as_millis() as u64),
-            );
+            req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, crate::http::numeric_header(t.as_millis() as u64));
         }
     }
     let protocol = if is_upgrade {
@@ -375,10 +376,8 @@ pub async fn forward(
     }
     // Envoy leaves the service time off upgrade (101) responses.
     if !hcm.router.suppress_envoy_headers && !switching {
-        resp.headers_mut().insert(
-            HeaderName::from_static("x-envoy-upstream-service-time"),
-            crate::http::numeric_header(service_time.as_millis() as u64),
-        );
+        resp.headers_mut()
+            .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, crate::http::numeric_header(service_time.as_millis() as u64));
     }
     if switching {
         if let Some(down) = on_downstream_upgrade {

@@ -379,13 +379,24 @@ impl Drop for CxActive {
     }
 }
 
+/// Largest read buffer of an upstream HTTP/1.1 connection (see `handshake_h1`).
+const UPSTREAM_H1_READ_BUF: usize = 96 * 1024;
+
 async fn handshake_h1(
     stream: TcpStream,
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
 ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-    let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Handshake(e.into()))?;
+    // hyper's adaptive read buffer grows to ~400 KiB on large bodies; a read buffer of 128
+    // KiB or more is mmapped by malloc and page-faulted (and zeroed) afresh for each response.
+    // 96 KiB keeps it on the heap, still takes a 64 KiB body and its head in one read (64 KiB
+    // took two, one more syscall per response), and holds any response head Envoy accepts
+    // (60 KiB `max_response_headers_kb`).
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(UPSTREAM_H1_READ_BUF)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Handshake(e.into()))?;
     cluster.stats.upstream_cx_http1_total.inc();
     let guard = CxActive::new(cluster, host);
     tokio::task::spawn_local(async move {
