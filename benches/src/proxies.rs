@@ -301,38 +301,7 @@ pub fn http_get_status(port: u16, path: &str) -> anyhow::Result<u16> {
 /// ports: everything (listener, routes, clusters, endpoints) comes over ADS (SotW, `api_type:
 /// GRPC`) from the harness's in-process control plane, reached through a static HTTP/2 cluster.
 pub fn xds_bootstrap(node_id: &str, admin_port: u16, xds_port: u16) -> String {
-    format!(
-        r#"# pinion-bench scenario (f): the same bootstrap for Pinion and Envoy (node id and ports differ).
-node:
-  id: {node_id}
-  cluster: pinion-bench
-admin:
-  address:
-    socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: {{ cluster_name: xds }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }} }} }}
-"#
-    )
+    pinion_xds::control_plane::ads_bootstrap(node_id, admin_port, ([127, 0, 0, 1], xds_port).into(), "GRPC")
 }
 
 /// Starts Pinion or Envoy on an xDS bootstrap (scenario (f)) without waiting for anything:
