@@ -229,18 +229,7 @@ pub fn start(
             let cfg = dir.join("bootstrap.yaml");
             std::fs::write(&cfg, envoy_bootstrap(admin, port, backend_port))?;
             // The same command line for both (Pinion accepts Envoy's flags).
-            let args: Vec<String> = vec![
-                "-c".into(),
-                cfg.display().to_string(),
-                "--concurrency".into(),
-                workers.to_string(),
-                "-l".into(),
-                "warning".into(),
-                "--disable-hot-restart".into(),
-                // Only shortens the exit after SIGTERM (Pinion drains for this long first).
-                "--drain-time-s".into(),
-                "1".into(),
-            ];
+            let args = proxy_args(&cfg, workers);
             (Proc::spawn(p.kind.name(), cpus, &p.bin, &args, &log)?, port, port, Some(admin))
         }
         Kind::Nginx => {
@@ -317,7 +306,13 @@ pub fn spawn_xds(
     std::fs::create_dir_all(dir)?;
     let cfg = dir.join("bootstrap.yaml");
     std::fs::write(&cfg, xds_bootstrap(node_id, free_port()?, xds_port))?;
-    let args: Vec<String> = vec![
+    let args = proxy_args(&cfg, workers);
+    Proc::spawn(p.kind.name(), cpus, &p.bin, &args, &dir.join("proxy.log"))
+}
+
+/// The command line both proxies get (Pinion accepts Envoy's flags).
+fn proxy_args(cfg: &std::path::Path, workers: u32) -> Vec<String> {
+    vec![
         "-c".into(),
         cfg.display().to_string(),
         "--concurrency".into(),
@@ -325,8 +320,8 @@ pub fn spawn_xds(
         "-l".into(),
         "warning".into(),
         "--disable-hot-restart".into(),
+        // Only shortens the exit after SIGTERM (Pinion drains for this long first).
         "--drain-time-s".into(),
         "1".into(),
-    ];
-    Proc::spawn(p.kind.name(), cpus, &p.bin, &args, &dir.join("proxy.log"))
+    ]
 }
