@@ -96,7 +96,9 @@ pub async fn serve_connection(
     let svc_ctx = ctx.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let ctx = svc_ctx.clone();
-        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
+        // Boxed once here: hyper's HTTP/2 server moves the service future several times while
+        // spawning a task per stream, and the request's state machine is ~10 KiB.
+        async move { Ok::<_, Infallible>(Box::pin(handle(ctx, req)).await) }
     });
     let io = TokioIo::new(FramingCheck::new(stream, ctx.framing.clone()));
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
@@ -475,10 +477,8 @@ async fn process(
             Err(reply(404, "", grpc, info, "route_not_found"))
         }
         RouteAction::Forward(action) => {
-            // Boxed: the upstream exchange is the bulk of the request's state machine, and
-            // hyper moves the per-stream future around (h2 spawns one per stream); a pointer
-            // is cheaper to move than kilobytes of state.
-            Box::pin(router::forward(ctx, req, info, grpc, route, vhost, &table, action, upgrade.is_some())).await
+            // Not boxed: the whole request future is boxed once by the service.
+            router::forward(ctx, req, info, grpc, route, vhost, &table, action, upgrade.is_some()).await
         }
     }
 }
