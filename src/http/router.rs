@@ -5,8 +5,11 @@
 //! Phases: `upstream_cluster` -> `upstream_peer` -> `upstream_request` (rewrite) -> exchange
 //! -> `upstream_response` (response headers).
 
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -259,73 +262,68 @@ pub async fn forward(
     HostStats::inc(&host.stats.rq_total);
     HostStats::add(&host.stats.rq_active, 1);
     let started = Instant::now();
-    let exchange = async {
-        if is_upgrade {
-            // Boxed: a dial and handshake are large states, and upgrades are rare.
-            let mut sender = Box::pin(ctx.worker.pools.upgrade_connection(&cluster, &host)).await?;
-            let resp = sender.send_request(upstream_req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
-            Ok((resp.map(UpstreamBody::H1), StreamSlot::none()))
-        } else {
-            ctx.worker.pools.send(&cluster, &host, protocol, upstream_req).await
-        }
-    };
-    let stream_start = info.start;
-    let exchange = async {
-        tokio::select! {
-            r = exchange => Ok(r),
-            t = stream_watchdog(activity, cfg.stream_idle_timeout, cfg.request_timeout, stream_start) => Err(t),
-        }
-    };
-    let exchange = async {
-        match exchange.await {
-            Ok(r) => Ok(r),
-            Err((status, body, details, is_request_timeout)) => {
-                cluster.stats.upstream_rq_active.dec();
-                HostStats::add(&host.stats.rq_active, -1);
-                if is_request_timeout {
-                    hcm.stats.downstream_rq_timeout.inc();
-                } else {
-                    hcm.stats.downstream_rq_idle_timeout.inc();
-                }
-                let mut resp = reply(status, body, grpc, info, details);
-                if status == 408 {
-                    // Envoy closes the connection after a downstream timeout.
-                    resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                apply_response_mutations(
-                    &mut resp,
-                    &levels,
-                    weighted.map(|w| &w.headers),
-                    info,
-                    &downstream_headers_for_log,
-                );
-                Err(resp)
+    // The exchange, raced against the stream timeouts and bounded by the route timeout. The
+    // futures are pinned here and polled in place: each `async { x.await }` layer around a
+    // moved future would keep its own copy of the exchange's state (it was 7.5 KiB for a
+    // 1.7 KiB exchange), and hyper moves the request future around.
+    let outcome = {
+        let exchange = pin!(async {
+            if is_upgrade {
+                // Boxed: a dial and handshake are large states, and upgrades are rare.
+                let mut sender = Box::pin(ctx.worker.pools.upgrade_connection(&cluster, &host)).await?;
+                let resp = sender.send_request(upstream_req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
+                Ok((resp.map(UpstreamBody::H1), StreamSlot::none()))
+            } else {
+                ctx.worker.pools.send(&cluster, &host, protocol, upstream_req).await
             }
+        });
+        let watchdog = pin!(stream_watchdog(activity, cfg.stream_idle_timeout, cfg.request_timeout, info.start));
+        match action.timeout {
+            Some(t) => tokio::time::timeout(t, race(exchange, watchdog)).await.ok(),
+            None => Some(race(exchange, watchdog).await),
         }
     };
-    let result = match action.timeout {
-        Some(t) => match tokio::time::timeout(t, exchange).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(resp)) => return Err(resp),
-            Err(_) => {
-                cluster.stats.upstream_rq_timeout.inc();
-                cluster.stats.upstream_rq_active.dec();
-                HostStats::add(&host.stats.rq_active, -1);
-                HostStats::inc(&host.stats.rq_timeout);
-                info.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
-                cluster.stats.record_status(504);
-                let mut resp = reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout");
-                apply_response_mutations(
-                    &mut resp,
-                    &levels,
-                    weighted.map(|w| &w.headers),
-                    info,
-                    &downstream_headers_for_log,
-                );
-                return Err(resp);
+    let result = match outcome {
+        Some(Ok(r)) => r,
+        Some(Err((status, body, details, is_request_timeout))) => {
+            cluster.stats.upstream_rq_active.dec();
+            HostStats::add(&host.stats.rq_active, -1);
+            if is_request_timeout {
+                hcm.stats.downstream_rq_timeout.inc();
+            } else {
+                hcm.stats.downstream_rq_idle_timeout.inc();
             }
-        },
-        None => exchange.await?,
+            let mut resp = reply(status, body, grpc, info, details);
+            if status == 408 {
+                // Envoy closes the connection after a downstream timeout.
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            apply_response_mutations(
+                &mut resp,
+                &levels,
+                weighted.map(|w| &w.headers),
+                info,
+                &downstream_headers_for_log,
+            );
+            return Err(resp);
+        }
+        None => {
+            cluster.stats.upstream_rq_timeout.inc();
+            cluster.stats.upstream_rq_active.dec();
+            HostStats::add(&host.stats.rq_active, -1);
+            HostStats::inc(&host.stats.rq_timeout);
+            info.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+            cluster.stats.record_status(504);
+            let mut resp = reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout");
+            apply_response_mutations(
+                &mut resp,
+                &levels,
+                weighted.map(|w| &w.headers),
+                info,
+                &downstream_headers_for_log,
+            );
+            return Err(resp);
+        }
     };
     let (mut resp, slot) = match result {
         Ok(r) => r,
@@ -403,6 +401,20 @@ pub async fn forward(
     let mut resp = Response::from_parts(parts, ResponseBody::upstream(body));
     apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, &downstream_headers_for_log);
     Ok((resp, Some(UpstreamGuard::new(cluster, host, slot))))
+}
+
+/// Polls `a`, then `b`, until one is ready (`Ok` for `a`): a `select!` that moves neither
+/// future.
+fn race<'a, A: Future, B: Future>(
+    mut a: Pin<&'a mut A>,
+    mut b: Pin<&'a mut B>,
+) -> impl Future<Output = Result<A::Output, B::Output>> + 'a {
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(r) = a.as_mut().poll(cx) {
+            return Poll::Ready(Ok(r));
+        }
+        b.as_mut().poll(cx).map(Err)
+    })
 }
 
 /// Resolves when a stream timeout fires before the upstream answers: `request_timeout`
