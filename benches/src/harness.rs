@@ -23,7 +23,7 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 
 use crate::backend::{Backend, LARGE_BODY_LEN, SMALL_BODY_LEN};
-use crate::loadgen::{Amount, LoadGen, LoadSpec, Tool};
+use crate::loadgen::{Amount, LoadGen, LoadResult, LoadSpec, Tool};
 use crate::proxies::{Installed, Kind};
 use crate::report::{Sample, ScenarioResults, TargetRow};
 use crate::xds_scale::{XdsResults, XdsServer};
@@ -473,14 +473,19 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
     })
 }
 
-/// The load side's ceiling: the same load straight at the backend (no proxy), so a
-/// saturation row whose req/s is near it is bounded by the load core, not by the proxy.
-fn run_direct(env: &Env, sc: &Scenario) -> anyhow::Result<f64> {
+/// The same load straight at the backend (no proxy). At saturation it is the load side's
+/// ceiling: a row whose req/s is near it is bounded by the load core, not by the proxy. At
+/// the fixed rate it is the latency floor of the load generator, backend and machine.
+fn run_direct(env: &Env, sc: &Scenario) -> anyhow::Result<LoadResult> {
     let dir = env.scratch.join(format!("{}-direct", sc.id));
     std::fs::create_dir_all(&dir)?;
-    let r = env.sat_gen.run(&load_spec(env, sc, env.backend.port(), Amount::Duration(env.o.duration)), &dir)?;
+    let (gen, amount) = match sc.rate {
+        Some(_) => (&env.rate_gen, env.o.rate_duration),
+        None => (&env.sat_gen, env.o.duration),
+    };
+    let r = gen.run(&load_spec(env, sc, env.backend.port(), Amount::Duration(amount)), &dir)?;
     anyhow::ensure!(r.non_2xx == 0 && r.errors == 0 && r.ok > 0, "direct run: {} ok, {} errors", r.ok, r.errors);
-    Ok(r.rps)
+    Ok(r)
 }
 
 fn machine() -> (usize, String, String, String) {
@@ -593,11 +598,19 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
                 }
             }
         }
-        if !o.smoke && sc.rate.is_none() && sc.workers == 1 {
+        if !o.smoke && sc.workers == 1 {
             match run_direct(&env, sc) {
-                Ok(rps) => {
-                    eprintln!("[bench] {:<7} no proxy: {rps:>8.0} req/s (load-side ceiling)", sc.id);
-                    res.direct_rps = Some(rps);
+                Ok(r) => {
+                    match (sc.rate, r.p99_ms, r.p999_ms) {
+                        (Some(_), Some(p99), Some(p999)) => {
+                            eprintln!(
+                                "[bench] {:<7} no proxy: p99 {p99:.3} ms  p99.9 {p999:.3} ms (latency floor)",
+                                sc.id
+                            )
+                        }
+                        _ => eprintln!("[bench] {:<7} no proxy: {:>8.0} req/s (load-side ceiling)", sc.id, r.rps),
+                    }
+                    res.direct = Some(r);
                 }
                 Err(e) => eprintln!("[bench] {} direct run failed: {e:#}", sc.id),
             }
@@ -818,8 +831,23 @@ fn render(i: &RenderInput<'_>) -> String {
         md.push_str(&report::main_rows(sc.label, sc.rate.is_some(), r, &order));
     }
     for (sc, r) in i.all {
-        if let Some(d) = r.direct_rps {
-            let _ = writeln!(md, "| {} | no proxy (load-side ceiling) | {d:.0} | | | | | | | |", sc.label);
+        match (&r.direct, sc.rate) {
+            (Some(d), Some(_)) => {
+                let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
+                let _ = writeln!(
+                    md,
+                    "| {} | no proxy (latency floor) | {:.0} | | {} | {} | {} | | | |",
+                    sc.label,
+                    d.rps,
+                    ms(d.p50_ms),
+                    ms(d.p99_ms),
+                    ms(d.p999_ms)
+                );
+            }
+            (Some(d), None) => {
+                let _ = writeln!(md, "| {} | no proxy (load-side ceiling) | {:.0} | | | | | | | |", sc.label, d.rps);
+            }
+            (None, _) => {}
         }
     }
     let _ = writeln!(md, "| (e) mTLS HTTP/2 sidecar-to-sidecar, handshake rate | — | not yet available (needs the mTLS issue, not filed yet) | | | | | | | |");
@@ -835,7 +863,7 @@ fn render(i: &RenderInput<'_>) -> String {
         "Latency is shown only for the fixed-rate row (at saturation it is queueing time and says nothing about the proxy). \
          \"proxy busy %\" is the proxy's CPU time over the run's wall time: 100% = its core was saturated; well below 100% in a \
          saturation row means something else limited the run (the load core: compare the \"no proxy\" row; or other \
-         processes sharing the machine), so req/s there understates the proxy (CPU µs/req stays valid). The \"no proxy\" rows are the same load sent straight to the backend: the most the \
+         processes sharing the machine), so req/s there understates the proxy (CPU µs/req stays valid). The \"no proxy\" rows are the same load sent straight to the backend: at the fixed rate, the latency floor of the load generator, backend and machine; at saturation, the most the \
          load core can drive at all.\n"
     );
     if let Some(x) = i.xds {

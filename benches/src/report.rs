@@ -69,8 +69,8 @@ pub struct ScenarioResults {
     pub samples: BTreeMap<Kind, Vec<Sample>>,
     /// Failed runs by proxy (message).
     pub failures: BTreeMap<Kind, Vec<String>>,
-    /// The same load straight at the backend (req/s), when measured.
-    pub direct_rps: Option<f64>,
+    /// The same load straight at the backend, when measured.
+    pub direct: Option<crate::loadgen::LoadResult>,
 }
 
 impl ScenarioResults {
