@@ -1,7 +1,7 @@
 //! HTTP connection manager options of the `pinion` binary, as Envoy applies them (every
 //! expectation here was checked against Envoy 1.40 with `PINION_TESTS_AGAINST=envoy`):
 //! path normalization, escaped slashes, header limits, idle timeout, underscores, HTTP/1.0,
-//! `server_name`, `stream_idle_timeout`, `request_timeout`, and Content-Length together with
+//! `server_name`, `stream_idle_timeout`, `request_timeout`, the route `timeout`, and Content-Length together with
 //! Transfer-Encoding.
 
 mod common;
@@ -28,9 +28,10 @@ enum L {
     Http10,
     StreamIdle,
     RequestTimeout,
+    RouteTimeout,
 }
 
-const ALL: [L; 11] = [
+const ALL: [L; 12] = [
     L::Default,
     L::Normalize,
     L::EscapedReject,
@@ -42,6 +43,7 @@ const ALL: [L; 11] = [
     L::Http10,
     L::StreamIdle,
     L::RequestTimeout,
+    L::RouteTimeout,
 ];
 
 fn options(l: L) -> Value {
@@ -64,6 +66,7 @@ fn options(l: L) -> Value {
         L::Http10 => json!({ "http_protocol_options": { "accept_http_10": true }, "server_name": "pinion-custom" }),
         L::StreamIdle => json!({ "stream_idle_timeout": "0.5s" }),
         L::RequestTimeout => json!({ "request_timeout": "0.5s" }),
+        L::RouteTimeout => json!({}),
     }
 }
 
@@ -87,7 +90,16 @@ fn setup() -> Env {
         .iter()
         .map(|&l| {
             let name = format!("l{}", l as usize);
-            listener(&name, ports[l as usize], hcm(&name, route_all_to("backend"), options(l)))
+            let routes = match l {
+                L::RouteTimeout => json!({
+                    "name": "routes",
+                    "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
+                        { "match": { "prefix": "/" }, "route": { "cluster": "backend", "timeout": "0.3s" } }
+                    ]}]
+                }),
+                _ => route_all_to("backend"),
+            };
+            listener(&name, ports[l as usize], hcm(&name, routes, options(l)))
         })
         .collect();
     let proxy = start(&bootstrap(admin, listeners, vec![cluster("backend", backend.addr, json!({}))]), &[]);
@@ -196,6 +208,7 @@ async fn stream_idle_timeout() {
     let r = read_response_within(&mut rd, Duration::from_secs(5)).await.expect("a local reply");
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (504, "stream timeout"));
     assert_eq!(stat(&env.proxy, "http.l9.downstream_rq_idle_timeout"), 2);
+    assert_eq!(env.proxy.stat("cluster.backend.upstream_rq_active"), Some(0), "timed-out requests are not active");
     // A slow but active exchange is not idle.
     assert_eq!(get(a, "/delay/100", &[]).await.status, 200);
 }
@@ -208,8 +221,22 @@ async fn request_timeout() {
     assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (408, "request timeout"));
     assert!(closed, "connection must close after a 408");
     assert_eq!(stat(&env.proxy, "http.l10.downstream_rq_timeout"), 1);
+    assert_eq!(env.proxy.stat("cluster.backend.upstream_rq_active"), Some(0), "a timed-out request is not active");
     // The timer stops once the whole request is received: a slow upstream is fine.
     assert_eq!(get(a, "/delay/1000", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_gives_504_and_ends_the_upstream_request() {
+    let env = setup();
+    let a = env.addr(L::RouteTimeout);
+    let r = get(a, "/delay/2000", &[]).await;
+    assert_eq!((r.status, String::from_utf8_lossy(&r.body).as_ref()), (504, "upstream request timeout"));
+    assert_eq!(env.proxy.stat("cluster.backend.upstream_rq_timeout"), Some(1));
+    assert_eq!(env.proxy.stat("cluster.backend.upstream_rq_active"), Some(0), "a timed-out request is not active");
+    assert_eq!(env.proxy.stat("cluster.backend.upstream_rq_504"), Some(1));
+    // Within the timeout the request goes through.
+    assert_eq!(get(a, "/delay/50", &[]).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,11 +283,17 @@ pub async fn forward(
             None => Some(race(exchange, watchdog).await),
         }
     };
+    // The upstream request ends without a response: it is no longer active, and the local
+    // reply gets the route's response header mutations.
+    let fail = |mut resp: Response<ResponseBody>, info: &mut StreamInfo| {
+        cluster.stats.upstream_rq_active.dec();
+        HostStats::add(&host.stats.rq_active, -1);
+        apply_response_mutations(&mut resp, &levels, weighted.map(|w| &w.headers), info, &downstream_headers_for_log);
+        Err(resp)
+    };
     let result = match outcome {
         Some(Ok(r)) => r,
         Some(Err((status, body, details, is_request_timeout))) => {
-            cluster.stats.upstream_rq_active.dec();
-            HostStats::add(&host.stats.rq_active, -1);
             if is_request_timeout {
                 hcm.stats.downstream_rq_timeout.inc();
             } else {
@@ -298,38 +304,19 @@ pub async fn forward(
                 // Envoy closes the connection after a downstream timeout.
                 resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            apply_response_mutations(
-                &mut resp,
-                &levels,
-                weighted.map(|w| &w.headers),
-                info,
-                &downstream_headers_for_log,
-            );
-            return Err(resp);
+            return fail(resp, info);
         }
         None => {
             cluster.stats.upstream_rq_timeout.inc();
-            cluster.stats.upstream_rq_active.dec();
-            HostStats::add(&host.stats.rq_active, -1);
             HostStats::inc(&host.stats.rq_timeout);
             info.flags.set(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
             cluster.stats.record_status(504);
-            let mut resp = reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout");
-            apply_response_mutations(
-                &mut resp,
-                &levels,
-                weighted.map(|w| &w.headers),
-                info,
-                &downstream_headers_for_log,
-            );
-            return Err(resp);
+            return fail(reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout"), info);
         }
     };
     let (mut resp, slot) = match result {
         Ok(r) => r,
         Err(e) => {
-            cluster.stats.upstream_rq_active.dec();
-            HostStats::add(&host.stats.rq_active, -1);
             HostStats::inc(&host.stats.rq_error);
             let (flag, details) = match &e {
                 UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => (
@@ -348,15 +335,7 @@ pub async fn forward(
             tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = %e, "upstream request failed");
             info.flags.set(flag);
             cluster.stats.record_status(503);
-            let mut resp = reply(503, &upstream_reset_body(&reason), grpc, info, details);
-            apply_response_mutations(
-                &mut resp,
-                &levels,
-                weighted.map(|w| &w.headers),
-                info,
-                &downstream_headers_for_log,
-            );
-            return Err(resp);
+            return fail(reply(503, &upstream_reset_body(&reason), grpc, info, details), info);
         }
     };
     let service_time = started.elapsed();
