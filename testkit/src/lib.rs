@@ -15,4 +15,4 @@ pub use client::{
 pub use grpc::{
     grpc_bidi_echo, grpc_unary, grpc_unary_with, spawn_grpc_backend, GrpcBackend, GrpcBidiReply, GrpcUnaryReply,
 };
-pub use process::{free_port, http_get_blocking, ProxyKind, ProxyProcess};
+pub use process::{free_port, http_get_blocking, terminate, ProxyKind, ProxyProcess};

@@ -273,28 +273,32 @@ impl ProxyProcess {
 
     /// Terminates the process (SIGTERM, then SIGKILL after 5 s) and reaps it.
     pub fn kill(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
+    }
+}
+
+/// SIGTERM `child`, wait up to 5 s for it to exit, then SIGKILL; always reaps it.
+pub fn terminate(mut child: Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // `kill(1)` instead of libc so the crate stays free of unsafe code.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
         if matches!(child.try_wait(), Ok(Some(_))) {
             return;
         }
-        // `kill(1)` instead of libc so the crate stays free of unsafe code.
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for ProxyProcess {
