@@ -1,17 +1,13 @@
 //! One Delta (incremental) stream of the test control plane.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-use super::{
-    empty_means_wildcard, serve_stream, ControlPlane, Event, Flow, Misbehave, Names, RecordedRequest, StreamProtocol,
-};
+use super::{empty_means_wildcard, Event, Flow, Misbehave, Names, Protocol, ProtocolStream, RecordedRequest, Serve};
 
-struct Watch {
+pub(crate) struct Watch {
     names: Names,
     /// VHDS on-demand names (`<route config>/<host>`) subscribed explicitly (also on top of a
     /// wildcard subscription: Envoy opens VHDS with an empty, i.e. wildcard, request).
@@ -22,69 +18,27 @@ struct Watch {
     client: HashMap<String, String>,
 }
 
-struct Stream {
-    cp: Arc<ControlPlane>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    node_id: String,
-    watches: BTreeMap<String, Watch>,
-    id: u64,
-    implied_type: Option<&'static str>,
-}
+/// The Delta protocol of the test control plane's streams.
+pub(crate) struct Delta;
 
-/// Serves one Delta stream until the client goes away or the stream is closed.
-pub(crate) async fn run(
-    cp: Arc<ControlPlane>,
-    requests: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-    implied_type: Option<&'static str>,
-) {
-    let c = cp.clone();
-    serve_stream(cp, requests, move |id| Stream {
-        cp: c,
-        tx,
-        node_id: String::new(),
-        watches: BTreeMap::new(),
-        id,
-        implied_type,
-    })
-    .await;
-}
+type Stream = ProtocolStream<Delta>;
 
-impl StreamProtocol for Stream {
+impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    type Watch = Watch;
 
-    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Flow {
-        self.request(req).await
-    }
-
-    async fn push_all(&mut self) -> Flow {
-        self.push_every_watch().await
-    }
-
-    async fn inject(&mut self, ev: Event) -> Flow {
+    fn injected(ev: Event) -> Option<DeltaDiscoveryResponse> {
         match ev {
-            Event::InjectDelta(resp) => self.inject_response(*resp).await,
-            _ => Flow::Continue,
+            Event::InjectDelta(resp) => Some(*resp),
+            _ => None,
         }
-    }
-
-    async fn fail(&mut self, status: Status) {
-        let _ = self.tx.send(Err(status)).await;
     }
 }
 
-impl Stream {
-    async fn request(&mut self, req: DeltaDiscoveryRequest) -> Flow {
-        let implied_type = self.implied_type;
-        let type_url = match (req.type_url.is_empty(), implied_type) {
-            (true, Some(t)) => t.to_string(),
-            _ => req.type_url.clone(),
-        };
-        if let Some(n) = &req.node {
-            if self.node_id.is_empty() {
-                self.node_id = n.id.clone();
-            }
-        }
+impl Serve<Delta> for Stream {
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Flow {
+        let type_url = self.begin_request(&req.type_url, req.node.as_ref());
         self.cp.record(RecordedRequest {
             node_id: self.node_id.clone(),
             type_url: type_url.clone(),
@@ -161,7 +115,7 @@ impl Stream {
         self.respond(&type_url).await
     }
 
-    async fn push_every_watch(&mut self) -> Flow {
+    async fn push_all(&mut self) -> Flow {
         let types: Vec<String> = self.watches.keys().cloned().collect();
         for t in types {
             if let Flow::Close = self.respond(&t).await {
@@ -171,6 +125,15 @@ impl Stream {
         Flow::Continue
     }
 
+    async fn inject(&mut self, mut resp: DeltaDiscoveryResponse) -> Flow {
+        if resp.nonce.is_empty() {
+            resp.nonce = self.cp.next_nonce();
+        }
+        self.send(resp).await
+    }
+}
+
+impl Stream {
     async fn respond(&mut self, type_url: &str) -> Flow {
         if self.cp.misbehave() == Misbehave::Silent {
             return Flow::Continue;
@@ -215,13 +178,6 @@ impl Stream {
             nonce: self.cp.next_nonce(),
             ..Default::default()
         };
-        self.send(resp).await
-    }
-
-    async fn inject_response(&mut self, mut resp: DeltaDiscoveryResponse) -> Flow {
-        if resp.nonce.is_empty() {
-            resp.nonce = self.cp.next_nonce();
-        }
         self.send(resp).await
     }
 

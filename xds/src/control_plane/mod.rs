@@ -475,30 +475,81 @@ pub(crate) enum Flow {
     Close,
 }
 
-/// What differs between a SotW and a Delta stream of the test control plane.
-pub(crate) trait StreamProtocol: Send {
+/// The message types of a SotW or a Delta stream of the test control plane.
+pub(crate) trait Protocol: Sized + Send + 'static {
     /// Requests from the client.
     type Request: Send + 'static;
+    /// Responses to the client.
+    type Response: Send + 'static;
+    /// Per-type subscription state of the stream.
+    type Watch: Send;
 
+    /// The injected response in `ev`, if it is one of this protocol.
+    fn injected(ev: Event) -> Option<Self::Response>;
+}
+
+/// How a stream of protocol `P` answers what happens to it.
+pub(crate) trait Serve<P: Protocol> {
     /// Records and answers one request.
-    fn on_request(&mut self, req: Self::Request) -> impl std::future::Future<Output = Flow> + Send;
+    fn on_request(&mut self, req: P::Request) -> impl std::future::Future<Output = Flow> + Send;
     /// A snapshot changed: re-evaluate every watch.
     fn push_all(&mut self) -> impl std::future::Future<Output = Flow> + Send;
-    /// An injected response (sent only if it is of this protocol).
-    fn inject(&mut self, ev: Event) -> impl std::future::Future<Output = Flow> + Send;
-    /// Ends the stream with `status`.
-    fn fail(&mut self, status: tonic::Status) -> impl std::future::Future<Output = ()> + Send;
+    /// Sends an injected response.
+    fn inject(&mut self, resp: P::Response) -> impl std::future::Future<Output = Flow> + Send;
+}
+
+/// One stream of the test control plane.
+pub(crate) struct ProtocolStream<P: Protocol> {
+    pub(crate) cp: Arc<ControlPlane>,
+    pub(crate) tx: tokio::sync::mpsc::Sender<Result<P::Response, tonic::Status>>,
+    /// The node id of the stream's first request that named one.
+    pub(crate) node_id: String,
+    /// By type URL.
+    pub(crate) watches: BTreeMap<String, P::Watch>,
+    pub(crate) id: u64,
+    /// The type of a non-aggregated service, whose requests may leave `type_url` empty.
+    pub(crate) implied_type: Option<&'static str>,
+}
+
+impl<P: Protocol> ProtocolStream<P> {
+    /// A request's type URL (the service's own when a non-aggregated request leaves it
+    /// empty); notes the node id of the first request that names one.
+    pub(crate) fn begin_request(
+        &mut self,
+        type_url: &str,
+        node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
+    ) -> String {
+        if let Some(n) = node {
+            if self.node_id.is_empty() {
+                self.node_id = n.id.clone();
+            }
+        }
+        match (type_url.is_empty(), self.implied_type) {
+            (true, Some(t)) => t.to_string(),
+            _ => type_url.to_string(),
+        }
+    }
 }
 
 /// Serves one stream until the client goes away or the stream is closed.
-pub(crate) async fn serve_stream<S: StreamProtocol>(
+pub(crate) async fn serve_stream<P: Protocol>(
     cp: Arc<ControlPlane>,
-    mut requests: tonic::Streaming<S::Request>,
-    make: impl FnOnce(u64) -> S,
-) {
+    mut requests: tonic::Streaming<P::Request>,
+    tx: tokio::sync::mpsc::Sender<Result<P::Response, tonic::Status>>,
+    implied_type: Option<&'static str>,
+) where
+    ProtocolStream<P>: Serve<P>,
+{
     let guard = cp.stream_opened();
     let mut events = cp.subscribe_events();
-    let mut s = make(guard.id);
+    let mut s = ProtocolStream::<P> {
+        cp: cp.clone(),
+        tx,
+        node_id: String::new(),
+        watches: BTreeMap::new(),
+        id: guard.id,
+        implied_type,
+    };
     loop {
         let flow = tokio::select! {
             req = requests.message() => match req {
@@ -508,10 +559,13 @@ pub(crate) async fn serve_stream<S: StreamProtocol>(
             ev = events.recv() => match ev {
                 Ok(Event::Changed) | Err(broadcast::error::RecvError::Lagged(_)) => s.push_all().await,
                 Ok(Event::Disconnect) => {
-                    s.fail(tonic::Status::unavailable("control plane closed the stream")).await;
+                    let _ = s.tx.send(Err(tonic::Status::unavailable("control plane closed the stream"))).await;
                     Flow::Close
                 }
-                Ok(ev) => s.inject(ev).await,
+                Ok(ev) => match P::injected(ev) {
+                    Some(resp) => s.inject(resp).await,
+                    None => Flow::Continue,
+                },
                 Err(broadcast::error::RecvError::Closed) => Flow::Close,
             },
         };

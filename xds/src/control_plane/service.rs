@@ -50,7 +50,7 @@ pub(crate) struct Svc(Arc<ControlPlane>);
 impl Svc {
     fn sotw(&self, req: Request<Streaming<DiscoveryRequest>>, implied: Option<&'static str>) -> Response<SotwStream> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(super::sotw::run(self.0.clone(), req.into_inner(), tx, implied));
+        tokio::spawn(super::serve_stream::<super::sotw::Sotw>(self.0.clone(), req.into_inner(), tx, implied));
         Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 
@@ -60,7 +60,7 @@ impl Svc {
         implied: Option<&'static str>,
     ) -> Response<DeltaStream> {
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(super::delta::run(self.0.clone(), req.into_inner(), tx, implied));
+        tokio::spawn(super::serve_stream::<super::delta::Delta>(self.0.clone(), req.into_inner(), tx, implied));
         Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }

@@ -1,17 +1,13 @@
 //! One SotW stream of the test control plane.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
+use tonic::Status;
 
-use super::{
-    empty_means_wildcard, serve_stream, ControlPlane, Event, Flow, Misbehave, Names, RecordedRequest, StreamProtocol,
-};
+use super::{empty_means_wildcard, Event, Flow, Misbehave, Names, Protocol, ProtocolStream, RecordedRequest, Serve};
 
-struct Watch {
+pub(crate) struct Watch {
     names: Names,
     /// Snapshot version last sent (or the version the client said it has).
     sent_version: Option<String>,
@@ -19,69 +15,27 @@ struct Watch {
     last_nonce: String,
 }
 
-struct Stream {
-    cp: Arc<ControlPlane>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    node_id: String,
-    watches: BTreeMap<String, Watch>,
-    id: u64,
-    implied_type: Option<&'static str>,
-}
+/// The SotW protocol of the test control plane's streams.
+pub(crate) struct Sotw;
 
-/// Serves one SotW stream until the client goes away or the stream is closed.
-pub(crate) async fn run(
-    cp: Arc<ControlPlane>,
-    requests: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    implied_type: Option<&'static str>,
-) {
-    let c = cp.clone();
-    serve_stream(cp, requests, move |id| Stream {
-        cp: c,
-        tx,
-        node_id: String::new(),
-        watches: BTreeMap::new(),
-        id,
-        implied_type,
-    })
-    .await;
-}
+type Stream = ProtocolStream<Sotw>;
 
-impl StreamProtocol for Stream {
+impl Protocol for Sotw {
     type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    type Watch = Watch;
 
-    async fn on_request(&mut self, req: DiscoveryRequest) -> Flow {
-        self.request(req).await
-    }
-
-    async fn push_all(&mut self) -> Flow {
-        self.push_every_watch().await
-    }
-
-    async fn inject(&mut self, ev: Event) -> Flow {
+    fn injected(ev: Event) -> Option<DiscoveryResponse> {
         match ev {
-            Event::InjectSotw(resp) => self.inject_response(*resp).await,
-            _ => Flow::Continue,
+            Event::InjectSotw(resp) => Some(*resp),
+            _ => None,
         }
-    }
-
-    async fn fail(&mut self, status: Status) {
-        let _ = self.tx.send(Err(status)).await;
     }
 }
 
-impl Stream {
-    async fn request(&mut self, req: DiscoveryRequest) -> Flow {
-        let implied_type = self.implied_type;
-        let type_url = match (req.type_url.is_empty(), implied_type) {
-            (true, Some(t)) => t.to_string(),
-            _ => req.type_url.clone(),
-        };
-        if let Some(n) = &req.node {
-            if self.node_id.is_empty() {
-                self.node_id = n.id.clone();
-            }
-        }
+impl Serve<Sotw> for Stream {
+    async fn on_request(&mut self, req: DiscoveryRequest) -> Flow {
+        let type_url = self.begin_request(&req.type_url, req.node.as_ref());
         self.cp.record(RecordedRequest {
             node_id: self.node_id.clone(),
             type_url: type_url.clone(),
@@ -132,7 +86,7 @@ impl Stream {
         self.respond(&type_url, force).await
     }
 
-    async fn push_every_watch(&mut self) -> Flow {
+    async fn push_all(&mut self) -> Flow {
         let types: Vec<String> = self.watches.keys().cloned().collect();
         for t in types {
             if let Flow::Close = self.respond(&t, false).await {
@@ -142,6 +96,18 @@ impl Stream {
         Flow::Continue
     }
 
+    async fn inject(&mut self, mut resp: DiscoveryResponse) -> Flow {
+        if resp.nonce.is_empty() {
+            resp.nonce = self.cp.next_nonce();
+        }
+        if let Some(w) = self.watches.get_mut(&resp.type_url) {
+            w.last_nonce = resp.nonce.clone();
+        }
+        self.send(resp).await
+    }
+}
+
+impl Stream {
     async fn respond(&mut self, type_url: &str, force: bool) -> Flow {
         if self.cp.misbehave() == Misbehave::Silent {
             return Flow::Continue;
@@ -169,16 +135,6 @@ impl Stream {
             nonce,
             ..Default::default()
         };
-        self.send(resp).await
-    }
-
-    async fn inject_response(&mut self, mut resp: DiscoveryResponse) -> Flow {
-        if resp.nonce.is_empty() {
-            resp.nonce = self.cp.next_nonce();
-        }
-        if let Some(w) = self.watches.get_mut(&resp.type_url) {
-            w.last_nonce = resp.nonce.clone();
-        }
         self.send(resp).await
     }
 
