@@ -833,7 +833,7 @@ fn render(i: &RenderInput<'_>) -> String {
     for (sc, r) in i.all {
         match (&r.direct, sc.rate) {
             (Some(d), Some(_)) => {
-                let ms = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or_default();
+                let ms = |v: Option<f64>| report::fmt_spread(v.and_then(|v| report::spread(&[v])), 3);
                 let _ = writeln!(
                     md,
                     "| {} | no proxy (latency floor) | {:.0} | | {} | {} | {} | | | |",

@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use tonic::Status;
 
 use super::{empty_means_wildcard, Event, Flow, Misbehave, Names, Protocol, ProtocolStream, RecordedRequest, Serve};
 
@@ -179,17 +178,6 @@ impl Stream {
             ..Default::default()
         };
         self.send(resp).await
-    }
-
-    async fn send(&mut self, resp: DeltaDiscoveryResponse) -> Flow {
-        if self.tx.send(Ok(resp)).await.is_err() {
-            return Flow::Close;
-        }
-        if self.cp.misbehave() == Misbehave::CloseStreamAfterResponse {
-            let _ = self.tx.send(Err(Status::unavailable("control plane closes after each response"))).await;
-            return Flow::Close;
-        }
-        Flow::Continue
     }
 }
 

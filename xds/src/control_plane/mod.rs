@@ -529,6 +529,18 @@ impl<P: Protocol> ProtocolStream<P> {
             _ => type_url.to_string(),
         }
     }
+
+    /// Sends one response; with `Misbehave::CloseStreamAfterResponse` the stream then ends.
+    pub(crate) async fn send(&mut self, resp: P::Response) -> Flow {
+        if self.tx.send(Ok(resp)).await.is_err() {
+            return Flow::Close;
+        }
+        if self.cp.misbehave() == Misbehave::CloseStreamAfterResponse {
+            let _ = self.tx.send(Err(tonic::Status::unavailable("control plane closes after each response"))).await;
+            return Flow::Close;
+        }
+        Flow::Continue
+    }
 }
 
 /// Serves one stream until the client goes away or the stream is closed.
@@ -543,7 +555,7 @@ pub(crate) async fn serve_stream<P: Protocol>(
     let guard = cp.stream_opened();
     let mut events = cp.subscribe_events();
     let mut s = ProtocolStream::<P> {
-        cp: cp.clone(),
+        cp,
         tx,
         node_id: String::new(),
         watches: BTreeMap::new(),
