@@ -554,14 +554,8 @@ pub(crate) async fn serve_stream<P: Protocol>(
 {
     let guard = cp.stream_opened();
     let mut events = cp.subscribe_events();
-    let mut s = ProtocolStream::<P> {
-        cp,
-        tx,
-        node_id: String::new(),
-        watches: BTreeMap::new(),
-        id: guard.id,
-        implied_type,
-    };
+    let mut s =
+        ProtocolStream::<P> { cp, tx, node_id: String::new(), watches: BTreeMap::new(), id: guard.id, implied_type };
     loop {
         let flow = tokio::select! {
             req = requests.message() => match req {
