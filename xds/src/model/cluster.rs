@@ -40,6 +40,8 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     /// `close_connections_on_host_health_failure`.
     pub close_connections_on_host_health_failure: bool,
+    /// Upstream TLS (`transport_socket` `envoy.transport_sockets.tls`); `None` = plaintext.
+    pub transport_socket: Option<std::sync::Arc<super::UpstreamTlsContext>>,
 }
 
 /// `Cluster.DiscoveryType`.

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{HttpConnectionManager, TcpProxy};
+use super::{DownstreamTlsContext, HttpConnectionManager, TcpProxy};
 
 /// A listener: one address, filter chains chosen per connection.
 #[derive(Debug, Clone)]
@@ -96,15 +96,8 @@ pub struct FilterChain {
     pub filter_chain_match: FilterChainMatch,
     /// The terminal network filter (Pinion supports exactly one per chain).
     pub filter: NetworkFilter,
-    /// Downstream TLS, when the chain has a `transport_socket` (comes with the mTLS issue).
-    pub transport_socket: Option<TransportSocket>,
-}
-
-/// Transport socket config, opaque until the mTLS issue lands.
-#[derive(Debug, Clone)]
-pub struct TransportSocket {
-    /// Extension name.
-    pub name: String,
+    /// Downstream TLS (`transport_socket` `envoy.transport_sockets.tls`); `None` = plaintext.
+    pub transport_socket: Option<Arc<DownstreamTlsContext>>,
 }
 
 /// Terminal network filters.

@@ -13,6 +13,7 @@ mod route;
 mod runtime;
 mod scoped_route;
 mod tcp_proxy;
+mod tls;
 
 pub use access_log::*;
 pub use bootstrap::*;
@@ -25,3 +26,4 @@ pub use route::*;
 pub use runtime::*;
 pub use scoped_route::*;
 pub use tcp_proxy::*;
+pub use tls::*;

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as up;
 use super::endpoint::load_assignment;
 use super::http_connection_manager::{common_options, http1_options, http2_options, CommonOptions, Side};
 use super::{
-    at, duration_or, enum_value, plaintext_transport_socket, reject_set, u32_or, unpack, unsupported_field, AddressMode,
+    at, duration_or, enum_value, reject_set, u32_or, unpack, unsupported_field, AddressMode,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -116,8 +116,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
             LbConfig::RoundRobinLbConfig(_) => "round_robin_lb_config",
         }));
     }
-    plaintext_transport_socket(transport_socket, "upstream TLS arrives with the mTLS issue")
-        .map_err(at("transport_socket"))?;
+    let transport_socket = super::tls::upstream(transport_socket).map_err(at("transport_socket"))?;
 
     let discovery = match cluster_discovery_type {
         None => model::DiscoveryType::Static,
@@ -271,6 +270,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
             }
         },
         close_connections_on_host_health_failure: *close_connections_on_host_health_failure,
+        transport_socket,
     })
 }
 

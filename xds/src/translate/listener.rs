@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use super::http_connection_manager::http_connection_manager;
 use super::tcp_proxy::tcp_proxy;
 use super::{
-    at, bool_or, enum_value, ip_address, is_type, plaintext_transport_socket, reject_set, type_name, u32_or, unpack,
+    at, bool_or, enum_value, ip_address, is_type, reject_set, type_name, u32_or, unpack,
     unsupported_field,
 };
 use crate::error::{ConfigError, ConfigResult};
@@ -205,8 +205,7 @@ fn filter_chain(fc: &l::FilterChain) -> ConfigResult<model::FilterChain> {
     if bool_or(use_proxy_proto, false) {
         return Err(unsupported_field("use_proxy_proto"));
     }
-    plaintext_transport_socket(transport_socket, "downstream TLS arrives with the mTLS issue")
-        .map_err(at("transport_socket"))?;
+    let transport_socket = super::tls::downstream(transport_socket).map_err(at("transport_socket"))?;
     let filter_chain_match = match filter_chain_match {
         None => model::FilterChainMatch::default(),
         Some(m) => chain_match(m).map_err(at("filter_chain_match"))?,
@@ -227,7 +226,7 @@ fn filter_chain(fc: &l::FilterChain) -> ConfigResult<model::FilterChain> {
         // network_filter always returns the terminal filter for the last entry or an error.
         return Err(ConfigError::invalid("filters", "a filter chain needs a terminal network filter"));
     };
-    Ok(model::FilterChain { name: name.clone(), filter_chain_match, filter, transport_socket: None })
+    Ok(model::FilterChain { name: name.clone(), filter_chain_match, filter, transport_socket })
 }
 
 /// Translate one network filter; only the last may be (and must be) terminal.

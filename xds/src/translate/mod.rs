@@ -25,6 +25,7 @@ mod route;
 mod runtime;
 mod scoped_route;
 mod tcp_proxy;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
