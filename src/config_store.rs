@@ -236,7 +236,7 @@ impl ConfigStore {
     }
 
     fn apply_clusters(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
-        let rejected = Vec::new();
+        let mut rejected = Vec::new();
         for name in removed {
             inner.clusters.remove(name);
             inner.active_clusters.remove(name);
@@ -251,7 +251,13 @@ impl ConfigStore {
             if inner.clusters.get(&u.name).is_some_and(|old| old.raw == u.raw) {
                 continue; // unchanged: keep the running cluster, its pools and host state
             }
-            let cluster = Cluster::new(cfg.clone(), &self.stats);
+            let cluster = match Cluster::new(cfg.clone(), &self.stats) {
+                Ok(c) => c,
+                Err(reason) => {
+                    rejected.push(Rejected { name: u.name.clone(), reason });
+                    continue;
+                }
+            };
             inner.clusters.insert(
                 u.name.clone(),
                 Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },

@@ -19,6 +19,7 @@ pub mod server;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp_proxy;
+pub mod tls;
 pub mod upstream;
 pub mod worker;
 pub mod xds_runtime;

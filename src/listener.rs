@@ -320,8 +320,16 @@ pub struct TcpProxyRuntime {
     pub access_logs: Vec<AccessLogger>,
 }
 
-/// A filter chain ready to serve.
-pub enum ChainRuntime {
+/// A filter chain ready to serve: its transport socket, then its terminal filter.
+pub struct ChainRuntime {
+    /// Downstream TLS (`None`: plaintext).
+    pub tls: Option<Arc<crate::tls::ServerContext>>,
+    /// The terminal network filter.
+    pub filter: ChainFilter,
+}
+
+/// A filter chain's terminal network filter.
+pub enum ChainFilter {
     /// HTTP.
     Http(Arc<HcmRuntime>),
     /// TCP proxy.
@@ -366,7 +374,17 @@ impl ListenerRuntime {
             if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
         let stats = ListenerStats::new(store, &prefix, workers);
         let build = |chain: &model::FilterChain| -> Result<ChainRuntime, ListenerError> {
-            match &chain.filter {
+            let tls = match &chain.transport_socket {
+                None => None,
+                Some(t) => {
+                    let stats = crate::tls::SslStats::new(store, "listener", "envoy_listener_address", &prefix);
+                    let ctx = crate::tls::ServerContext::new(t, stats).map_err(|e| {
+                        ListenerError::Unsupported(config.name.clone(), format!("filter chain '{}': {e}", chain.name))
+                    })?;
+                    Some(Arc::new(ctx))
+                }
+            };
+            let filter = match &chain.filter {
                 model::NetworkFilter::HttpConnectionManager(hcm) => {
                     let needs_xds = |what: &str| {
                         ListenerError::Unsupported(config.name.clone(), format!("{what} needs dynamic_resources"))
@@ -421,14 +439,14 @@ impl ListenerRuntime {
                         .map(AccessLogger::new)
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
-                    Ok(ChainRuntime::Http(Arc::new(HcmRuntime {
+                    ChainFilter::Http(Arc::new(HcmRuntime {
                         stats: HcmStats::new(store, &hcm.stat_prefix),
                         config: hcm.clone(),
                         routes,
                         access_logs,
                         router,
                         on_demand,
-                    })))
+                    }))
                 }
                 model::NetworkFilter::TcpProxy(tcp) => {
                     let p = &tcp.stat_prefix;
@@ -439,7 +457,7 @@ impl ListenerRuntime {
                         .map(AccessLogger::new)
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
-                    Ok(ChainRuntime::Tcp(Arc::new(TcpProxyRuntime {
+                    ChainFilter::Tcp(Arc::new(TcpProxyRuntime {
                         config: tcp.clone(),
                         downstream_cx_total: store.counter(
                             &format!("tcp.{p}.downstream_cx_total"),
@@ -450,9 +468,10 @@ impl ListenerRuntime {
                             Prom::tagged("tcp", tag, p, "downstream_cx_no_route"),
                         ),
                         access_logs,
-                    })))
+                    }))
                 }
-            }
+            };
+            Ok(ChainRuntime { tls, filter })
         };
         let chains = config.filter_chains.iter().map(|c| build(c)).collect::<Result<Vec<_>, _>>()?;
         let default_chain = config.default_filter_chain.as_ref().map(|c| build(c)).transpose()?;
@@ -464,18 +483,18 @@ impl ListenerRuntime {
         self.chains
             .iter()
             .chain(self.default_chain.iter())
-            .filter_map(|c| match c {
-                ChainRuntime::Http(h) => h.routes.rds_name().map(str::to_owned),
-                ChainRuntime::Tcp(_) => None,
+            .filter_map(|c| match &c.filter {
+                ChainFilter::Http(h) => h.routes.rds_name().map(str::to_owned),
+                ChainFilter::Tcp(_) => None,
             })
             .collect()
     }
 
     /// Whether every RDS table this listener needs has arrived (Envoy's listener warming).
     pub fn is_warm(&self) -> bool {
-        self.chains.iter().chain(self.default_chain.iter()).all(|c| match c {
-            ChainRuntime::Http(h) => h.routes.is_warm(),
-            ChainRuntime::Tcp(_) => true,
+        self.chains.iter().chain(self.default_chain.iter()).all(|c| match &c.filter {
+            ChainFilter::Http(h) => h.routes.is_warm(),
+            ChainFilter::Tcp(_) => true,
         })
     }
 

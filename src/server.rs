@@ -257,7 +257,7 @@ fn needs_xds_routes(l: &model::Listener) -> bool {
 fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result<Snapshot, String> {
     let mut clusters = std::collections::HashMap::new();
     for c in &b.clusters {
-        clusters.insert(c.name.clone(), Cluster::new(c.clone(), store));
+        clusters.insert(c.name.clone(), Cluster::new(c.clone(), store)?);
     }
     // Listeners whose routes come from xDS are built once the config store exists.
     let listeners = b

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::tls::{Alpn, Io};
+
 use crate::formatter::Context;
 use crate::http::stream_info::{ResponseFlags, StreamInfo};
 use crate::listener::TcpProxyRuntime;
@@ -20,7 +22,7 @@ use crate::worker::WorkerCtx;
 
 /// Serve one downstream TCP connection.
 pub async fn serve(
-    mut downstream: TcpStream,
+    mut downstream: Io,
     peer: SocketAddr,
     local: SocketAddr,
     tcp: Arc<TcpProxyRuntime>,
@@ -63,8 +65,21 @@ pub async fn serve(
             Ok(Ok(s)) => {
                 cluster.stats.upstream_cx_total.inc();
                 let _ = s.set_nodelay(true);
-                upstream = Some(s);
-                break;
+                let io = match &cluster.tls {
+                    None => Ok(Io::Plain(s)),
+                    Some(tls) => tls.connect(s, Alpn::None, cluster.config.connect_timeout).await,
+                };
+                match io {
+                    Ok(io) => {
+                        upstream = Some(io);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(cluster = %cluster.config.name, error = %e, "upstream TLS handshake failed");
+                        cluster.stats.upstream_cx_connect_fail.inc();
+                        info.flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                    }
+                }
             }
             _ => {
                 cluster.stats.upstream_cx_connect_fail.inc();
@@ -89,10 +104,11 @@ pub async fn serve(
 
 /// Copy both ways until both sides finish, or nothing moves for `idle` (Envoy's
 /// `idle_timeout`, reset by activity in either direction). Returns (down->up, up->down) bytes.
-async fn copy_with_idle_timeout(a: &mut TcpStream, b: &mut TcpStream, idle: Option<Duration>) -> (u64, u64) {
+async fn copy_with_idle_timeout(a: &mut Io, b: &mut Io, idle: Option<Duration>) -> (u64, u64) {
     let last = Cell::new(Instant::now());
-    let (mut ar, mut aw) = a.split();
-    let (mut br, mut bw) = b.split();
+    // A TLS stream has no borrowed halves; tokio's split shares it between the two pumps.
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
     let a_to_b = Cell::new(0u64);
     let b_to_a = Cell::new(0u64);
     let both = async { tokio::join!(pump(&mut ar, &mut bw, &a_to_b, &last), pump(&mut br, &mut aw, &b_to_a, &last)) };
@@ -112,8 +128,8 @@ async fn copy_with_idle_timeout(a: &mut TcpStream, b: &mut TcpStream, idle: Opti
 }
 
 async fn pump(
-    r: &mut tokio::net::tcp::ReadHalf<'_>,
-    w: &mut tokio::net::tcp::WriteHalf<'_>,
+    r: &mut (impl tokio::io::AsyncRead + Unpin),
+    w: &mut (impl tokio::io::AsyncWrite + Unpin),
     n: &Cell<u64>,
     last: &Cell<Instant>,
 ) {

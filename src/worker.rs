@@ -13,7 +13,8 @@ use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::listener::{ChainRuntime, ListenerRuntime};
+use crate::listener::{ChainFilter, ListenerRuntime};
+use crate::tls::Io;
 use crate::snapshot::SharedSnapshot;
 use crate::upstream::conn_pool::ConnPools;
 
@@ -219,19 +220,28 @@ async fn accept_loop(
         let connections = connections.clone();
         tokio::task::spawn_local(async move {
             match rt.select_chain(local, peer) {
-                Some(ChainRuntime::Http(hcm)) => {
-                    crate::http::connection_manager::serve_connection(
-                        stream,
-                        peer,
-                        local,
-                        hcm.clone(),
-                        rt.clone(),
-                        worker.clone(),
-                    )
-                    .await
-                }
-                Some(ChainRuntime::Tcp(tcp)) => {
-                    crate::tcp_proxy::serve(stream, peer, local, tcp.clone(), worker.clone()).await
+                Some(chain) => {
+                    let io = match &chain.tls {
+                        None => Some(Io::Plain(stream)),
+                        Some(tls) => tls.accept(stream).await,
+                    };
+                    match (io, &chain.filter) {
+                        (None, _) => {}
+                        (Some(io), ChainFilter::Http(hcm)) => {
+                            crate::http::connection_manager::serve_connection(
+                                io,
+                                peer,
+                                local,
+                                hcm.clone(),
+                                rt.clone(),
+                                worker.clone(),
+                            )
+                            .await
+                        }
+                        (Some(io), ChainFilter::Tcp(tcp)) => {
+                            crate::tcp_proxy::serve(io, peer, local, tcp.clone(), worker.clone()).await
+                        }
+                    }
                 }
                 None => {
                     rt.stats.no_filter_chain_match.inc();

@@ -23,7 +23,7 @@ use pinion_xds::model::{
     self, CodecType, HeadersWithUnderscoresAction, RedirectAction, RedirectPath, RouteAction,
     ServerHeaderTransformation,
 };
-use tokio::net::TcpStream;
+use crate::tls::Io;
 
 use super::body::{OnComplete, ResponseBody};
 use super::h1_framing::{FramingCheck, FramingFlags};
@@ -68,7 +68,7 @@ pub struct ConnCtx {
 
 /// Serve one downstream connection until it closes, idles out, or the worker drains.
 pub async fn serve_connection(
-    stream: TcpStream,
+    stream: Io,
     peer: SocketAddr,
     local: SocketAddr,
     hcm: Arc<HcmRuntime>,
@@ -85,7 +85,7 @@ pub async fn serve_connection(
         worker: worker.clone(),
         peer,
         local,
-        tls: false,
+        tls: stream.is_tls(),
         active_streams: Cell::new(0),
         last_activity: Cell::new(Instant::now()),
         framing: FramingFlags::default(),
@@ -100,7 +100,13 @@ pub async fn serve_connection(
         // spawning a task per stream, and the request's state machine is ~10 KiB.
         async move { Ok::<_, Infallible>(Box::pin(handle(ctx, req)).await) }
     });
-    let io = TokioIo::new(FramingCheck::new(stream, ctx.framing.clone()));
+    // A protocol settled by ALPN wins over sniffing the first bytes, as in Envoy.
+    let codec = match (stream.alpn(), cfg.codec_type) {
+        (Some(b"h2"), _) => CodecType::Http2,
+        (Some(b"http/1.1"), _) => CodecType::Http1,
+        (_, c) => c,
+    };
+    let io = FramingCheck::new(stream, ctx.framing.clone());
     let mut builder = hyper_util::server::conn::auto::Builder::new(LocalExec);
     {
         let mut h1 = builder.http1();
@@ -131,12 +137,12 @@ pub async fn serve_connection(
             }
         }
     }
-    let builder = match cfg.codec_type {
+    let builder = match codec {
         CodecType::Auto => builder,
         CodecType::Http1 => builder.http1_only(),
         CodecType::Http2 => builder.http2_only(),
     };
-    let conn = builder.serve_connection_with_upgrades(io, service);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut drain = worker.drain.clone();
     let mut listener_drain = ctx.listener.drain.subscribe();

@@ -319,7 +319,7 @@ pub async fn forward(
         Err(e) => {
             HostStats::inc(&host.stats.rq_error);
             let (flag, details) = match &e {
-                UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout => (
+                UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_) => (
                     ResponseFlags::UPSTREAM_CONNECTION_FAILURE,
                     "upstream_reset_before_response_started{connection_failure}",
                 ),

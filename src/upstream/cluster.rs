@@ -161,18 +161,31 @@ pub struct Cluster {
     hosts: ArcSwap<HostSet>,
     /// Load balancer state.
     pub lb: LoadBalancer,
+    /// Upstream TLS (`None`: plaintext).
+    pub tls: Option<crate::tls::ClientContext>,
 }
 
 impl Cluster {
     /// Build a cluster from config; STATIC endpoints become hosts now, DNS ones on first resolve.
-    pub fn new(config: Arc<model::Cluster>, store: &Store) -> Arc<Self> {
+    /// Fails only when rustls refuses the cluster's TLS context.
+    pub fn new(config: Arc<model::Cluster>, store: &Store) -> Result<Arc<Self>, String> {
         let stats = ClusterStats::new(store, &config.stat_name);
+        let tls = match &config.transport_socket {
+            None => None,
+            Some(t) => {
+                let ssl = crate::tls::SslStats::new(store, "cluster", "envoy_cluster_name", &config.stat_name);
+                let ctx = crate::tls::ClientContext::new(t, ssl)
+                    .map_err(|e| format!("cluster '{}': transport_socket: {e}", config.name))?;
+                Some(ctx)
+            }
+        };
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             lb: LoadBalancer::new(config.lb_policy, store.slots()),
             config,
             stats,
             hosts: ArcSwap::from_pointee(HostSet::default()),
+            tls,
         });
         if cluster.config.discovery == model::DiscoveryType::Static {
             let mut resolved = Vec::new();
@@ -186,7 +199,7 @@ impl Cluster {
             let set = cluster.build_host_set(resolved.into_iter());
             cluster.set_hosts(set);
         }
-        cluster
+        Ok(cluster)
     }
 
     /// Build a host set from resolved endpoints.

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use super::h2_client::{self, H2Sender};
 use super::{Cluster, Host, HostStats};
 use crate::http::body::{BoxError, RequestBody, UpstreamBody};
+use crate::tls::{Alpn, Io};
 
 /// Upstream protocol of one exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +71,9 @@ pub enum UpstreamError {
     /// TCP connect timed out.
     #[error("connection timeout")]
     ConnectTimeout,
+    /// The TLS handshake failed (Envoy counts it as a connect failure).
+    #[error("connection failure, transport failure reason: TLS error: {0}")]
+    Tls(std::io::Error),
     /// The HTTP handshake failed.
     #[error("protocol error")]
     Handshake(BoxError),
@@ -180,7 +184,7 @@ impl ConnPools {
         let protocol = key.protocol;
         // Requests arriving while this HTTP/2 connection is dialed wait for it.
         let dialing = (protocol == Protocol::Http2).then(|| H2Dialing::start(self, key, cluster));
-        let stream = dial(cluster, host).await?;
+        let stream = dial(cluster, host, protocol == Protocol::Http2).await?;
         match protocol {
             Protocol::Http1 => {
                 let mut sender = handshake_h1(stream, cluster, host).await?;
@@ -208,7 +212,7 @@ impl ConnPools {
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let stream = dial(cluster, host).await?;
+        let stream = dial(cluster, host, false).await?;
         handshake_h1(stream, cluster, host).await
     }
 
@@ -334,14 +338,21 @@ impl Drop for H2Dialing<'_> {
     }
 }
 
-async fn dial(cluster: &Cluster, host: &Host) -> Result<TcpStream, UpstreamError> {
+/// Connect to `host`, with the cluster's TLS when it has one (ALPN offering `h2` when the
+/// connection will speak HTTP/2, unless the TLS context lists its own protocols).
+async fn dial(cluster: &Cluster, host: &Host, http2: bool) -> Result<Io, UpstreamError> {
     let stats = &cluster.stats;
     match tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(host.address)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             stats.upstream_cx_total.inc();
             HostStats::inc(&host.stats.cx_total);
-            Ok(s)
+            let Some(tls) = &cluster.tls else { return Ok(Io::Plain(s)) };
+            tls.connect(s, if http2 { Alpn::Http2 } else { Alpn::Http1 }, cluster.config.connect_timeout).await.map_err(|e| {
+                stats.upstream_cx_connect_fail.inc();
+                HostStats::inc(&host.stats.cx_connect_fail);
+                UpstreamError::Tls(e)
+            })
         }
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
@@ -383,7 +394,7 @@ impl Drop for CxActive {
 const UPSTREAM_H1_READ_BUF: usize = 96 * 1024;
 
 async fn handshake_h1(
-    stream: TcpStream,
+    stream: Io,
     cluster: &Arc<Cluster>,
     host: &Arc<Host>,
 ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
@@ -408,7 +419,7 @@ async fn handshake_h1(
     Ok(sender)
 }
 
-async fn handshake_h2(stream: TcpStream, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Sender, UpstreamError> {
+async fn handshake_h2(stream: Io, cluster: &Arc<Cluster>, host: &Arc<Host>) -> Result<H2Sender, UpstreamError> {
     let guard = CxActive::new(cluster, host);
     let sender =
         h2_client::handshake(stream, &cluster.config.http2, cluster.config.connect_timeout, move || drop(guard))

@@ -17,7 +17,6 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pinion_xds::model::Http2Options;
-use tokio::net::TcpStream;
 
 use crate::http::body::{BoxError, RequestBody};
 
@@ -69,7 +68,7 @@ impl H2Sender {
 /// applied, so the pool sees the real `SETTINGS_MAX_CONCURRENT_STREAMS` before it puts a
 /// burst of streams on the new connection.
 pub async fn handshake(
-    stream: TcpStream,
+    stream: crate::tls::Io,
     opts: &Http2Options,
     settings_timeout: Duration,
     on_close: impl FnOnce() + 'static,

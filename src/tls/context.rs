@@ -1,0 +1,191 @@
+//! rustls configs built from Pinion's TLS model: Envoy's `ServerContextImpl` (one per filter
+//! chain) and `ClientContextImpl` (one per cluster).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinion_xds::model::{self, TlsVersion};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::net::TcpStream;
+
+use super::verifier::{DownstreamVerifier, UpstreamVerifier};
+use super::{Io, SslStats};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn versions(c: &model::CommonTlsContext) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    [(TlsVersion::Tls12, &rustls::version::TLS12), (TlsVersion::Tls13, &rustls::version::TLS13)]
+        .into_iter()
+        .filter(|(v, _)| (c.min_version..=c.max_version).contains(v))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+fn roots(v: &model::CertificateValidation) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for (i, ca) in v.trusted_ca.iter().enumerate() {
+        roots.add(ca.clone()).map_err(|e| format!("trusted_ca certificate {i}: {e}"))?;
+    }
+    Ok(roots)
+}
+
+fn alpn(list: &[String]) -> Vec<Vec<u8>> {
+    list.iter().map(|p| p.as_bytes().to_vec()).collect()
+}
+
+/// A filter chain's TLS: terminates downstream TLS.
+pub struct ServerContext {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// `ssl.*` stats of the listener.
+    pub stats: SslStats,
+}
+
+impl ServerContext {
+    /// Build from a `DownstreamTlsContext`; errors name what rustls refused.
+    pub fn new(cfg: &model::DownstreamTlsContext, stats: SslStats) -> Result<Self, String> {
+        let c = &cfg.common;
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions(c))
+            .map_err(|e| format!("tls_params: {e}"))?;
+        let builder = match &c.validation {
+            Some(v) if !v.trusted_ca.is_empty() => builder.with_client_cert_verifier(Arc::new(DownstreamVerifier::new(
+                roots(v)?,
+                v.match_subject_alt_names.clone(),
+                cfg.require_client_certificate,
+                provider,
+                stats.clone(),
+            )?)),
+            _ => builder.with_no_client_auth(),
+        };
+        let cert = c.tls_certificates.first().ok_or("a server TLS context needs a certificate")?;
+        let mut config = builder
+            .with_single_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
+            .map_err(|e| format!("tls_certificates[0]: {e}"))?;
+        config.alpn_protocols = alpn(&c.alpn_protocols);
+        Ok(ServerContext { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), stats })
+    }
+
+    /// Run the server handshake on `tcp`; `None` (counted in `ssl.connection_error`) if it fails.
+    pub async fn accept(&self, tcp: TcpStream) -> Option<Io> {
+        match self.acceptor.accept(tcp).await {
+            Ok(s) => {
+                self.stats.handshake.inc();
+                if s.get_ref().1.peer_certificates().is_none_or(|c| c.is_empty()) {
+                    self.stats.no_certificate.inc();
+                }
+                Some(Io::Server(Box::new(s)))
+            }
+            Err(e) => {
+                if is_no_certificate(&e) {
+                    self.stats.fail_verify_no_cert.inc();
+                }
+                self.stats.connection_error.inc();
+                tracing::debug!(error = %e, "downstream TLS handshake failed");
+                None
+            }
+        }
+    }
+}
+
+fn is_no_certificate(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::NoCertificatesPresented))
+}
+
+/// What a new upstream connection will carry, for the ALPN Envoy offers when the TLS context
+/// lists no `alpn_protocols`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// Raw bytes (`tcp_proxy`): no ALPN.
+    None,
+    /// HTTP/1.1: `http/1.1`.
+    Http1,
+    /// HTTP/2: `h2`.
+    Http2,
+}
+
+/// A cluster's TLS: originates upstream TLS.
+pub struct ClientContext {
+    /// One connector per [`Alpn`] (all alike when `alpn_protocols` is configured).
+    connectors: [tokio_rustls::TlsConnector; 3],
+    server_name: Option<ServerName<'static>>,
+    /// `ssl.*` stats of the cluster.
+    pub stats: SslStats,
+}
+
+impl ClientContext {
+    /// Build from an `UpstreamTlsContext`; errors name what rustls refused.
+    pub fn new(cfg: &model::UpstreamTlsContext, stats: SslStats) -> Result<Self, String> {
+        let c = &cfg.common;
+        let provider = provider();
+        let verifier = UpstreamVerifier {
+            roots: match &c.validation {
+                Some(v) if !v.trusted_ca.is_empty() => Some(Arc::new(roots(v)?)),
+                _ => None,
+            },
+            sans: c.validation.as_ref().map(|v| v.match_subject_alt_names.clone()).unwrap_or_default(),
+            algs: provider.signature_verification_algorithms,
+            stats: stats.clone(),
+        };
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&versions(c))
+            .map_err(|e| format!("tls_params: {e}"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut config = match c.tls_certificates.first() {
+            Some(cert) => builder
+                .with_client_auth_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
+                .map_err(|e| format!("tls_certificates[0]: {e}"))?,
+            None => builder.with_no_client_auth(),
+        };
+        let server_name = if cfg.sni.is_empty() {
+            // Envoy sends no SNI unless `sni` is set.
+            config.enable_sni = false;
+            None
+        } else {
+            Some(ServerName::try_from(cfg.sni.clone()).map_err(|e| format!("sni '{}': {e}", cfg.sni))?)
+        };
+        // With no `alpn_protocols`, Envoy offers the protocol of the codec it will speak.
+        let with_alpn = |fallback: &[&str]| {
+            let mut config = config.clone();
+            config.alpn_protocols = if c.alpn_protocols.is_empty() {
+                fallback.iter().map(|p| p.as_bytes().to_vec()).collect()
+            } else {
+                alpn(&c.alpn_protocols)
+            };
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        };
+        let connectors = [with_alpn(&[]), with_alpn(&["http/1.1"]), with_alpn(&["h2"])];
+        Ok(ClientContext { connectors, server_name, stats })
+    }
+
+    /// Run the client handshake on `tcp` (bounded by `timeout`).
+    pub async fn connect(&self, tcp: TcpStream, alpn: Alpn, timeout: Duration) -> std::io::Result<Io> {
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            // Not sent (SNI is disabled): rustls needs a name for its API only.
+            None => ServerName::IpAddress(tcp.peer_addr()?.ip().into()),
+        };
+        let connector = &self.connectors[alpn as usize];
+        let res = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+        };
+        match res {
+            Ok(s) => {
+                self.stats.handshake.inc();
+                Ok(Io::Client(Box::new(s)))
+            }
+            Err(e) => {
+                self.stats.connection_error.inc();
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Peer certificate verification as Envoy's `CertificateValidationContext` does it: the chain
+//! must lead to `trusted_ca`, and the leaf must carry a SAN matching one of
+//! `match_typed_subject_alt_names`. Envoy does not check the peer's hostname against the SNI
+//! by default, so neither verifier does; mesh identities are SPIFFE URI SANs.
+
+use std::sync::Arc;
+
+use pinion_xds::model::{SanMatcher, SanType};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::ParsedCertificate;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
+
+use super::SslStats;
+
+/// Whether the leaf `der` has a SAN matching one of `matchers` (none configured: any leaf).
+pub fn san_matches(der: &[u8], matchers: &[SanMatcher]) -> bool {
+    use x509_parser::extensions::GeneralName;
+    if matchers.is_empty() {
+        return true;
+    }
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
+    let Ok(Some(sans)) = cert.subject_alternative_name() else { return false };
+    sans.value.general_names.iter().any(|name| {
+        let (kind, text) = match name {
+            GeneralName::DNSName(s) => (SanType::Dns, (*s).to_string()),
+            GeneralName::URI(s) => (SanType::Uri, (*s).to_string()),
+            GeneralName::RFC822Name(s) => (SanType::Email, (*s).to_string()),
+            GeneralName::IPAddress(b) => match ip_text(b) {
+                Some(t) => (SanType::IpAddress, t),
+                None => return false,
+            },
+            _ => return false,
+        };
+        matchers.iter().any(|m| m.san_type == kind && m.matcher.matches(&text))
+    })
+}
+
+fn ip_text(b: &[u8]) -> Option<String> {
+    match b.len() {
+        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
+        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
+        _ => None,
+    }
+}
+
+fn san_error() -> Error {
+    Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(SanMismatch))))
+}
+
+#[derive(Debug)]
+struct SanMismatch;
+
+impl std::fmt::Display for SanMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no subject alternative name matches the validation context")
+    }
+}
+
+impl std::error::Error for SanMismatch {}
+
+/// Verifies an upstream's certificate (client side).
+pub struct UpstreamVerifier {
+    /// `trusted_ca`; `None` = no validation context: any certificate is accepted, as in Envoy.
+    pub roots: Option<Arc<RootCertStore>>,
+    /// SAN matchers (need `roots`; translation enforces that).
+    pub sans: Vec<SanMatcher>,
+    /// Signature algorithms of the crypto provider.
+    pub algs: WebPkiSupportedAlgorithms,
+    /// Where failures are counted.
+    pub stats: SslStats,
+}
+
+impl std::fmt::Debug for UpstreamVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamVerifier").field("sans", &self.sans).finish_non_exhaustive()
+    }
+}
+
+impl ServerCertVerifier for UpstreamVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algs.all)
+                .inspect_err(|_| self.stats.fail_verify_error.inc())?;
+        }
+        if !san_matches(end_entity, &self.sans) {
+            self.stats.fail_verify_san.inc();
+            return Err(san_error());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// Verifies a downstream client's certificate (server side): rustls' WebPKI client verifier
+/// for the chain, then the SAN matchers.
+pub struct DownstreamVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    sans: Vec<SanMatcher>,
+    stats: SslStats,
+}
+
+impl std::fmt::Debug for DownstreamVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownstreamVerifier").field("sans", &self.sans).finish_non_exhaustive()
+    }
+}
+
+impl DownstreamVerifier {
+    /// Clients must chain to `roots`; `required`: a client without a certificate is refused.
+    pub fn new(
+        roots: RootCertStore,
+        sans: Vec<SanMatcher>,
+        required: bool,
+        provider: Arc<CryptoProvider>,
+        stats: SslStats,
+    ) -> Result<Self, String> {
+        let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+        if !required {
+            b = b.allow_unauthenticated();
+        }
+        let inner = b.build().map_err(|e| format!("client certificate verifier: {e}"))?;
+        Ok(DownstreamVerifier { inner, sans, stats })
+    }
+}
+
+impl ClientCertVerifier for DownstreamVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .inspect_err(|_| self.stats.fail_verify_error.inc())?;
+        if !san_matches(end_entity, &self.sans) {
+            self.stats.fail_verify_san.inc();
+            return Err(san_error());
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
