@@ -378,9 +378,13 @@ impl ListenerRuntime {
                 None => None,
                 Some(t) => {
                     let stats = crate::tls::SslStats::new(store, "listener", "envoy_listener_address", &prefix);
-                    let ctx = crate::tls::ServerContext::new(t, stats).map_err(|e| {
-                        ListenerError::Unsupported(config.name.clone(), format!("filter chain '{}': {e}", chain.name))
-                    })?;
+                    let ctx = crate::tls::ServerContext::new(t, chain.transport_socket_connect_timeout, stats)
+                        .map_err(|e| {
+                            ListenerError::Unsupported(
+                                config.name.clone(),
+                                format!("filter chain '{}': {e}", chain.name),
+                            )
+                        })?;
                     Some(Arc::new(ctx))
                 }
             };
@@ -511,7 +515,7 @@ impl ListenerRuntime {
                 continue;
             }
             if !m.server_names.is_empty() || !m.application_protocols.is_empty() {
-                continue; // needs TLS inspection, which arrives with the mTLS issue
+                continue; // needs the tls_inspector's SNI/ALPN, which Pinion does not read yet
             }
             if !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer" {
                 continue;

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::listener::{ChainFilter, ListenerRuntime};
-use crate::tls::Io;
 use crate::snapshot::SharedSnapshot;
+use crate::tls::Io;
 use crate::upstream::conn_pool::ConnPools;
 
 /// hyper executor that spawns on the worker's `LocalSet`, so per-request futures need not be

@@ -14,6 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::tls::Io;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
@@ -23,7 +24,6 @@ use pinion_xds::model::{
     self, CodecType, HeadersWithUnderscoresAction, RedirectAction, RedirectPath, RouteAction,
     ServerHeaderTransformation,
 };
-use crate::tls::Io;
 
 use super::body::{OnComplete, ResponseBody};
 use super::h1_framing::{FramingCheck, FramingFlags};

@@ -332,7 +332,7 @@ pub async fn forward(
                 ),
             };
             let reason = e.to_string();
-            tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = %e, "upstream request failed");
+            tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = ?e, "upstream request failed");
             info.flags.set(flag);
             cluster.stats.record_status(503);
             return fail(reply(503, &upstream_reset_body(&reason), grpc, info, details), info);

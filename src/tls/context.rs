@@ -40,26 +40,34 @@ fn alpn(list: &[String]) -> Vec<Vec<u8>> {
 /// A filter chain's TLS: terminates downstream TLS.
 pub struct ServerContext {
     acceptor: tokio_rustls::TlsAcceptor,
+    handshake_timeout: Option<Duration>,
     /// `ssl.*` stats of the listener.
     pub stats: SslStats,
 }
 
 impl ServerContext {
     /// Build from a `DownstreamTlsContext`; errors name what rustls refused.
-    pub fn new(cfg: &model::DownstreamTlsContext, stats: SslStats) -> Result<Self, String> {
+    /// `handshake_timeout` is the filter chain's `transport_socket_connect_timeout`.
+    pub fn new(
+        cfg: &model::DownstreamTlsContext,
+        handshake_timeout: Option<Duration>,
+        stats: SslStats,
+    ) -> Result<Self, String> {
         let c = &cfg.common;
         let provider = provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions(c))
             .map_err(|e| format!("tls_params: {e}"))?;
         let builder = match &c.validation {
-            Some(v) if !v.trusted_ca.is_empty() => builder.with_client_cert_verifier(Arc::new(DownstreamVerifier::new(
-                roots(v)?,
-                v.match_subject_alt_names.clone(),
-                cfg.require_client_certificate,
-                provider,
-                stats.clone(),
-            )?)),
+            Some(v) if !v.trusted_ca.is_empty() => {
+                builder.with_client_cert_verifier(Arc::new(DownstreamVerifier::new(
+                    roots(v)?,
+                    v.match_subject_alt_names.clone(),
+                    cfg.require_client_certificate,
+                    provider,
+                    stats.clone(),
+                )?))
+            }
             _ => builder.with_no_client_auth(),
         };
         let cert = c.tls_certificates.first().ok_or("a server TLS context needs a certificate")?;
@@ -67,12 +75,19 @@ impl ServerContext {
             .with_single_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
             .map_err(|e| format!("tls_certificates[0]: {e}"))?;
         config.alpn_protocols = alpn(&c.alpn_protocols);
-        Ok(ServerContext { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), stats })
+        Ok(ServerContext { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), handshake_timeout, stats })
     }
 
     /// Run the server handshake on `tcp`; `None` (counted in `ssl.connection_error`) if it fails.
     pub async fn accept(&self, tcp: TcpStream) -> Option<Io> {
-        match self.acceptor.accept(tcp).await {
+        let handshake = self.acceptor.accept(tcp);
+        let res = match self.handshake_timeout {
+            None => handshake.await,
+            Some(t) => tokio::time::timeout(t, handshake)
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))),
+        };
+        match res {
             Ok(s) => {
                 self.stats.handshake.inc();
                 if s.get_ref().1.peer_certificates().is_none_or(|c| c.is_empty()) {
@@ -81,10 +96,12 @@ impl ServerContext {
                 Some(Io::Server(Box::new(s)))
             }
             Err(e) => {
-                if is_no_certificate(&e) {
-                    self.stats.fail_verify_no_cert.inc();
+                match rustls_error(&e) {
+                    Some(rustls::Error::NoCertificatesPresented) => self.stats.fail_verify_no_cert.inc(),
+                    // Counted by the verifier as fail_verify_*.
+                    Some(rustls::Error::InvalidCertificate(_)) => {}
+                    _ => self.stats.connection_error.inc(),
                 }
-                self.stats.connection_error.inc();
                 tracing::debug!(error = %e, "downstream TLS handshake failed");
                 None
             }
@@ -92,10 +109,10 @@ impl ServerContext {
     }
 }
 
-fn is_no_certificate(e: &std::io::Error) -> bool {
-    e.get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|e| matches!(e, rustls::Error::NoCertificatesPresented))
+/// The rustls error under a handshake's I/O error. Envoy's `ssl.connection_error` leaves out
+/// failed certificate verifications, which have their own `fail_verify_*` counters.
+fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
 /// What a new upstream connection will carry, for the ALPN Envoy offers when the TLS context
@@ -183,7 +200,9 @@ impl ClientContext {
                 Ok(Io::Client(Box::new(s)))
             }
             Err(e) => {
-                self.stats.connection_error.inc();
+                if !matches!(rustls_error(&e), Some(rustls::Error::InvalidCertificate(_))) {
+                    self.stats.connection_error.inc();
+                }
                 Err(e)
             }
         }

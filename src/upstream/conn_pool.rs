@@ -71,8 +71,8 @@ pub enum UpstreamError {
     /// TCP connect timed out.
     #[error("connection timeout")]
     ConnectTimeout,
-    /// The TLS handshake failed (Envoy counts it as a connect failure).
-    #[error("connection failure, transport failure reason: TLS error: {0}")]
+    /// The TLS handshake failed (Envoy counts it as a connect failure and gives the same reason).
+    #[error("remote connection failure")]
     Tls(std::io::Error),
     /// The HTTP handshake failed.
     #[error("protocol error")]
@@ -348,11 +348,13 @@ async fn dial(cluster: &Cluster, host: &Host, http2: bool) -> Result<Io, Upstrea
             stats.upstream_cx_total.inc();
             HostStats::inc(&host.stats.cx_total);
             let Some(tls) = &cluster.tls else { return Ok(Io::Plain(s)) };
-            tls.connect(s, if http2 { Alpn::Http2 } else { Alpn::Http1 }, cluster.config.connect_timeout).await.map_err(|e| {
-                stats.upstream_cx_connect_fail.inc();
-                HostStats::inc(&host.stats.cx_connect_fail);
-                UpstreamError::Tls(e)
-            })
+            tls.connect(s, if http2 { Alpn::Http2 } else { Alpn::Http1 }, cluster.config.connect_timeout).await.map_err(
+                |e| {
+                    stats.upstream_cx_connect_fail.inc();
+                    HostStats::inc(&host.stats.cx_connect_fail);
+                    UpstreamError::Tls(e)
+                },
+            )
         }
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();

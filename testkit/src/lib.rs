@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod grpc;
+pub mod mesh;
 pub mod process;
 
 pub use backend::{spawn_http_backend, spawn_http_backend_named, Backend, BackendKind, BoxError, RespBody};

@@ -221,7 +221,15 @@ fn unsupported_cluster_features() {
     assert_eq!(err.to_string(), "health_checks: unsupported: health_checks is not supported by pinion");
 
     let mut cl = static_cluster("svc", vec![]);
+    // A TLS socket without typed_config is an empty UpstreamTlsContext, as in Envoy: TLS with
+    // no client certificate and no peer verification.
     cl.transport_socket = Some(core::TransportSocket { name: "envoy.transport_sockets.tls".into(), config_type: None });
+    let tls = cluster(&cl).unwrap().transport_socket.expect("TLS context");
+    assert!(tls.common.tls_certificates.is_empty() && tls.common.validation.is_none());
+
+    let mut cl = static_cluster("svc", vec![]);
+    cl.transport_socket =
+        Some(core::TransportSocket { name: "envoy.transport_sockets.alts".into(), config_type: None });
     let err = cluster(&cl).unwrap_err();
     assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "transport_socket"));
 

@@ -98,6 +98,8 @@ pub struct FilterChain {
     pub filter: NetworkFilter,
     /// Downstream TLS (`transport_socket` `envoy.transport_sockets.tls`); `None` = plaintext.
     pub transport_socket: Option<Arc<DownstreamTlsContext>>,
+    /// `transport_socket_connect_timeout`: bound on the TLS handshake (`None`: unbounded, as in Envoy).
+    pub transport_socket_connect_timeout: Option<Duration>,
 }
 
 /// Terminal network filters.

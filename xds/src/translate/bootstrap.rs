@@ -216,7 +216,10 @@ type Resources = (Vec<Arc<model::Listener>>, Vec<Arc<model::Cluster>>);
 fn static_resources_(s: &b::bootstrap::StaticResources) -> ConfigResult<Resources> {
     let b::bootstrap::StaticResources { listeners, clusters, secrets } = s;
     if !secrets.is_empty() {
-        return Err(ConfigError::unsupported("secrets", "static secrets arrive with the mTLS issue"));
+        return Err(ConfigError::unsupported(
+            "secrets",
+            "static secrets (SDS) are not supported by pinion yet; give certificates inline or as files",
+        ));
     }
 
     let mut out_clusters = Vec::with_capacity(clusters.len());

@@ -8,9 +8,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as up;
 
 use super::endpoint::load_assignment;
 use super::http_connection_manager::{common_options, http1_options, http2_options, CommonOptions, Side};
-use super::{
-    at, duration_or, enum_value, reject_set, u32_or, unpack, unsupported_field, AddressMode,
-};
+use super::{at, duration_or, enum_value, reject_set, u32_or, unpack, unsupported_field, AddressMode};
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
 

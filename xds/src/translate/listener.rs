@@ -11,8 +11,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use super::http_connection_manager::http_connection_manager;
 use super::tcp_proxy::tcp_proxy;
 use super::{
-    at, bool_or, enum_value, ip_address, is_type, reject_set, type_name, u32_or, unpack,
-    unsupported_field,
+    at, bool_or, duration, enum_value, ip_address, is_type, reject_set, type_name, u32_or, unpack, unsupported_field,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -198,8 +197,7 @@ fn filter_chain(fc: &l::FilterChain) -> ConfigResult<model::FilterChain> {
         // Opaque to the data plane.
         metadata: _,
         transport_socket,
-        // Only meaningful with TLS transport sockets, which are rejected for now.
-        transport_socket_connect_timeout: _,
+        transport_socket_connect_timeout,
         name,
     } = fc;
     if bool_or(use_proxy_proto, false) {
@@ -226,7 +224,17 @@ fn filter_chain(fc: &l::FilterChain) -> ConfigResult<model::FilterChain> {
         // network_filter always returns the terminal filter for the last entry or an error.
         return Err(ConfigError::invalid("filters", "a filter chain needs a terminal network filter"));
     };
-    Ok(model::FilterChain { name: name.clone(), filter_chain_match, filter, transport_socket })
+    let transport_socket_connect_timeout = match transport_socket_connect_timeout {
+        None => None,
+        Some(d) => Some(duration(d).map_err(at("transport_socket_connect_timeout"))?).filter(|d| !d.is_zero()),
+    };
+    Ok(model::FilterChain {
+        name: name.clone(),
+        filter_chain_match,
+        filter,
+        transport_socket,
+        transport_socket_connect_timeout,
+    })
 }
 
 /// Translate one network filter; only the last may be (and must be) terminal.

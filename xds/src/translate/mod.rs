@@ -283,28 +283,6 @@ pub(crate) fn value_to_json(v: &pbuf::Value) -> serde_json::Value {
     }
 }
 
-/// A transport socket that must be plaintext (`raw_buffer`); TLS arrives with the mTLS issue.
-pub(crate) fn plaintext_transport_socket(t: &Option<core::TransportSocket>, tls_message: &str) -> ConfigResult<()> {
-    use core::transport_socket::ConfigType;
-    let Some(t) = t else { return Ok(()) };
-    let core::TransportSocket { name, config_type } = t;
-    let type_url = match config_type {
-        Some(ConfigType::TypedConfig(any)) => type_name(any).to_string(),
-        None => String::new(),
-    };
-    let is = |n: &str, ty: &str| name == n || type_url == ty;
-    if is("envoy.transport_sockets.raw_buffer", "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer") {
-        return Ok(());
-    }
-    if is("envoy.transport_sockets.tls", "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
-        || type_url == "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-    {
-        return Err(ConfigError::unsupported("", tls_message.to_string()));
-    }
-    let what = if type_url.is_empty() { name.clone() } else { format!("{name} ({type_url})") };
-    Err(ConfigError::unsupported("", format!("transport socket {what} is not supported by pinion")))
-}
-
 /// Validate that a formatter string only contains well-formed `%COMMAND%`s; returns whether it has any.
 pub(crate) fn has_formatter(value: &str) -> ConfigResult<bool> {
     let bytes = value.as_bytes();

@@ -1,0 +1,300 @@
+//! TLS transport sockets: a filter chain terminating TLS (ALPN picks the codec), mTLS with
+//! `require_client_certificate` and SPIFFE SAN matching, a cluster originating mTLS to a TLS
+//! backend, and two sidecars talking mTLS. Certificates come from `pinion-certs`.
+//!
+//! `PINION_TESTS_AGAINST=envoy cargo test --test tls` runs the same tests against Envoy.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pinion_testkit::mesh::{
+    common_tls, downstream_tls, inbound_sidecar, outbound_sidecar, spiffe, upstream_tls, Identity, MeshPki,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+
+/// A listener whose one filter chain terminates TLS with `transport_socket`.
+fn tls_listener(name: &str, port: u16, filter: Value, transport_socket: Value) -> Value {
+    let mut l = listener(name, port, filter);
+    l["filter_chains"][0]["transport_socket"] = transport_socket;
+    l
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes()).map(|c| c.unwrap()).collect()
+}
+
+/// A TLS client trusting the mesh CA, presenting `identity` if given, offering `alpn`.
+fn client_config(pki: &MeshPki, identity: Option<&Identity>, alpn: &[&str]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&pki.ca_pem) {
+        roots.add(c).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let mut c = match identity {
+        Some(f) => b
+            .with_client_auth_cert(certs(&f.cert_pem), PrivateKeyDer::from_pem_slice(f.key_pem.as_bytes()).unwrap())
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    c.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(c)
+}
+
+/// What one request over TLS got.
+#[derive(Debug)]
+struct TlsReply {
+    alpn: Option<String>,
+    status: u16,
+    body: Bytes,
+}
+
+/// GET `path` over TLS to `addr` (server name `localhost`), HTTP/2 if ALPN settles on `h2`.
+async fn tls_get(addr: SocketAddr, config: Arc<rustls::ClientConfig>, path: &str) -> anyhow::Result<TlsReply> {
+    let tcp = connect(addr).await;
+    let tls = tokio_rustls::TlsConnector::from(config);
+    let stream =
+        tokio::time::timeout(IO_TIMEOUT, tls.connect(ServerName::try_from("localhost").unwrap(), tcp)).await??;
+    let alpn = stream.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+    let io = TokioIo::new(stream);
+    let req = http::Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new())?;
+    let exchange = async {
+        let resp = if alpn.as_deref() == Some("h2") {
+            let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            tokio::spawn(conn);
+            s.send_request(req).await?
+        } else {
+            let (mut s, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            let mut req = req;
+            req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+            *req.uri_mut() = path.parse()?;
+            s.send_request(req).await?
+        };
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        anyhow::Ok(TlsReply { alpn: alpn.clone(), status, body })
+    };
+    tokio::time::timeout(IO_TIMEOUT, exchange).await?
+}
+
+fn json_body(r: &TlsReply) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&r.body)))
+}
+
+fn listener_stat(p: &pinion_testkit::ProxyProcess, port: u16, rest: &str) -> u64 {
+    p.stat(&format!("listener.127.0.0.1_{port}.{rest}")).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downstream_tls_picks_the_codec_by_alpn() {
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let ts = downstream_tls(common_tls(Some(&pki.server), None, None, &["h2", "http/1.1"]), false);
+    let bootstrap = bootstrap(
+        admin,
+        vec![tls_listener("tls", port, hcm("tls", route_all_to("backend"), json!({})), ts)],
+        vec![cluster("backend", backend.addr, json!({}))],
+    );
+    let proxy = start(&bootstrap, &["--concurrency", "1"]);
+    for alpn in ["h2", "http/1.1"] {
+        let r = tls_get(local(port), client_config(&pki, None, &[alpn]), "/hello").await.unwrap();
+        assert_eq!(r.alpn.as_deref(), Some(alpn));
+        assert_eq!(r.status, 200, "{r:?}");
+        let seen = json_body(&r);
+        assert_eq!(seen["path"], "/hello");
+        // The downstream connection was TLS: the request goes upstream as https.
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "https", "{seen}");
+    }
+    // The downstream HTTP version the HCM counted follows ALPN.
+    assert_eq!(stat(&proxy, "http.tls.downstream_rq_http2_total"), 1);
+    assert_eq!(stat(&proxy, "http.tls.downstream_rq_http1_total"), 1);
+    assert_eq!(listener_stat(&proxy, port, "ssl.handshake"), 2);
+    // A plaintext request on the TLS port gets no HTTP answer.
+    assert!(raw_request(local(port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.is_none());
+    assert!(wait_for(std::time::Duration::from_secs(5), "ssl.connection_error", || {
+        (listener_stat(&proxy, port, "ssl.connection_error") >= 1).then_some(true)
+    }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_listener_admits_only_the_expected_spiffe_identity() {
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let common = common_tls(Some(&pki.server), Some(&pki.ca), Some(&spiffe("client")), &["h2", "http/1.1"]);
+    let bootstrap = bootstrap(
+        admin,
+        vec![tls_listener("mtls", port, hcm("mtls", route_all_to("backend"), json!({})), downstream_tls(common, true))],
+        vec![cluster("backend", backend.addr, json!({}))],
+    );
+    let proxy = start(&bootstrap, &["--concurrency", "1"]);
+    let addr = local(port);
+
+    let ok = tls_get(addr, client_config(&pki, Some(&pki.client), &["h2"]), "/").await.unwrap();
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(backend.hit_count(), 1);
+
+    // Each refused client: no request reaches the backend, and the reason is counted.
+    let refused: [(&str, Option<&Identity>, &str); 3] = [
+        ("no client certificate", None, "ssl.fail_verify_no_cert"),
+        ("certificate from another CA", Some(&pki.foreign), "ssl.fail_verify_error"),
+        ("unexpected SPIFFE id", Some(&pki.other_sa), "ssl.fail_verify_san"),
+    ];
+    for (what, identity, counter) in refused {
+        for alpn in ["h2", "http/1.1"] {
+            let r = tls_get(addr, client_config(&pki, identity, &[alpn]), "/").await;
+            assert!(r.is_err(), "{what} ({alpn}) was served: {r:?}");
+        }
+        assert_eq!(listener_stat(&proxy, port, counter), 2, "{what}: {counter}\n{}", proxy.stats());
+    }
+    assert_eq!(backend.hit_count(), 1);
+    assert_eq!(listener_stat(&proxy, port, "ssl.handshake"), 1);
+    // Envoy's connection_error leaves out failed certificate verifications.
+    assert_eq!(listener_stat(&proxy, port, "ssl.connection_error"), 0);
+}
+
+/// A TLS backend requiring a client certificate from `pki`'s CA; answers with the ALPN it
+/// negotiated and the HTTP version it saw.
+fn spawn_tls_backend(pki: &MeshPki) -> SocketAddr {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&pki.ca_pem) {
+        roots.add(c).unwrap();
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            certs(&pki.server.cert_pem),
+            PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((s, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else { return };
+                    let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let body = json!({ "alpn": alpn, "version": format!("{:?}", req.version()) }).to_string();
+                        async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mtls_verifies_the_backend_identity() {
+    let pki = MeshPki::new();
+    let tls_backend = spawn_tls_backend(&pki);
+    let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let routes = json!({
+        "name": "routes",
+        "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
+            { "match": { "prefix": "/h1" }, "route": { "cluster": "tls_h1" } },
+            { "match": { "prefix": "/h2" }, "route": { "cluster": "tls_h2" } },
+            { "match": { "prefix": "/wrong" }, "route": { "cluster": "wrong_identity" } },
+        ]}]
+    });
+    let tls = |san: &str| {
+        json!({ "transport_socket": upstream_tls(
+            common_tls(Some(&pki.client), Some(&pki.ca), Some(san), &[]), "localhost") })
+    };
+    let bootstrap = bootstrap(
+        admin,
+        vec![listener("main", port, hcm("main", routes, json!({})))],
+        vec![
+            cluster("tls_h1", tls_backend, tls(&spiffe("server"))),
+            cluster("tls_h2", tls_backend, merged(tls(&spiffe("server")), h2_upstream(json!({})))),
+            cluster("wrong_identity", tls_backend, tls(&spiffe("someone-else"))),
+        ],
+    );
+    let proxy = start(&bootstrap, &["--concurrency", "1"]);
+
+    // With no alpn_protocols configured, the ALPN offered follows the cluster's protocol.
+    let r = get(local(port), "/h1", &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({ "alpn": "http/1.1", "version": "HTTP/1.1" }));
+    let r = get(local(port), "/h2", &[]).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({ "alpn": "h2", "version": "HTTP/2.0" }));
+    assert_eq!(stat(&proxy, "cluster.tls_h1.ssl.handshake"), 1);
+    assert_eq!(stat(&proxy, "cluster.tls_h2.ssl.handshake"), 1);
+
+    // The backend's certificate does not carry the identity this cluster expects.
+    let r = get(local(port), "/wrong", &[]).await;
+    assert_eq!(r.status, 503);
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.starts_with(
+            "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure"
+        ),
+        "{body}"
+    );
+    assert_eq!(stat(&proxy, "cluster.wrong_identity.ssl.fail_verify_san"), 1);
+    // Envoy's connection_error leaves out failed certificate verifications.
+    assert_eq!(stat(&proxy, "cluster.wrong_identity.ssl.connection_error"), 0);
+    assert_eq!(stat(&proxy, "cluster.wrong_identity.upstream_cx_connect_fail"), 1);
+    assert_eq!(stat(&proxy, "cluster.wrong_identity.ssl.handshake"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_talk_mtls_http2() {
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let ports: Vec<u16> = (0..4).map(|_| pinion_testkit::free_port()).collect();
+    let inbound = start(&inbound_sidecar(&pki, ports[0], ports[1], backend.addr), &["--concurrency", "1"]);
+    let outbound = start(
+        &outbound_sidecar(&pki, ports[2], ports[3], local(ports[1]), "server", json!({})),
+        &["--concurrency", "1"],
+    );
+    for i in 0..5 {
+        let r = get(local(ports[3]), &format!("/req/{i}"), &[]).await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let seen = r.json();
+        assert_eq!(seen["path"], format!("/req/{i}"));
+        // The outbound sidecar set it for its plaintext downstream; the inbound one, not an
+        // edge proxy (no use_remote_address), keeps it.
+        assert_eq!(seen["headers"]["x-forwarded-proto"], "http", "{seen}");
+    }
+    // One mTLS HTTP/2 connection carried all five requests.
+    assert_eq!(stat(&outbound, "cluster.mesh.ssl.handshake"), 1);
+    assert_eq!(stat(&outbound, "cluster.mesh.upstream_cx_http2_total"), 1);
+    assert_eq!(listener_stat(&inbound, ports[1], "ssl.handshake"), 1);
+    assert_eq!(stat(&inbound, "http.inbound.downstream_rq_http2_total"), 5);
+}
