@@ -132,3 +132,19 @@ fn deploy_examples_validate() {
         assert!(out.status.success(), "{f}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
+
+#[test]
+fn tls_context_errors_name_the_field() {
+    // Real Envoy 1.40 rejects both too ("Failed to load incomplete private key from path",
+    // "SAN-based verification of peer certificates without trusted CA is insecure").
+    let dir = root().join("tests/bootstraps");
+    for name in ["invalid_tls_missing_cert_file.yaml", "invalid_tls_san_without_ca.yaml"] {
+        let f = dir.join(name);
+        let want = expectation(&f).expect("expect line");
+        let (code, _, stderr) = run_validate(&f);
+        assert_eq!(code, Some(1), "{}: {stderr}", f.display());
+        assert!(stderr.contains(&want), "{}: want {want:?} in {stderr}", f.display());
+    }
+    let (_, _, stderr) = run_validate(&dir.join("invalid_tls_missing_cert_file.yaml"));
+    assert!(stderr.contains("cannot read file '/nonexistent/pinion-test/cert.pem'"), "{stderr}");
+}
