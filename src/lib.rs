@@ -12,6 +12,7 @@ pub mod demo;
 pub mod formatter;
 pub mod http;
 pub mod listener;
+pub mod listener_filter;
 pub mod listener_manager;
 pub mod logging;
 pub mod runtime;

@@ -26,6 +26,8 @@ pub struct ListenerStats {
     pub downstream_cx_destroy: Counter,
     /// `listener.<addr>.no_filter_chain_match`.
     pub no_filter_chain_match: Counter,
+    /// `listener.<addr>.downstream_pre_cx_timeout`: listener filters timed out.
+    pub downstream_pre_cx_timeout: Counter,
     /// `listener.<addr>.worker_<i>.downstream_cx_total`, per worker.
     pub worker_cx_total: Vec<Counter>,
     /// `listener.<addr>.worker_<i>.downstream_cx_active`, per worker.
@@ -65,6 +67,7 @@ impl ListenerStats {
             downstream_cx_active: g("downstream_cx_active"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
             no_filter_chain_match: c("no_filter_chain_match"),
+            downstream_pre_cx_timeout: c("downstream_pre_cx_timeout"),
             worker_cx_total: (0..workers).map(|i| wc(i, "downstream_cx_total")).collect(),
             worker_cx_active: (0..workers).map(|i| wg(i, "downstream_cx_active")).collect(),
         }
@@ -502,44 +505,89 @@ impl ListenerRuntime {
         })
     }
 
-    /// Pick the filter chain for a plain-TCP connection (no TLS/SNI yet): Envoy's match order
-    /// on destination port, destination IP, then source IP/port; most specific wins.
-    pub fn select_chain(&self, local: SocketAddr, peer: SocketAddr) -> Option<&ChainRuntime> {
-        let mut best: Option<(u32, usize)> = None;
-        for (i, chain) in self.config.filter_chains.iter().enumerate() {
-            let m = &chain.filter_chain_match;
-            if m.destination_port.is_some_and(|p| p != local.port()) {
-                continue;
-            }
-            if !m.prefix_ranges.is_empty() && !m.prefix_ranges.iter().any(|r| r.contains(local.ip())) {
-                continue;
-            }
-            if !m.server_names.is_empty() || !m.application_protocols.is_empty() {
-                continue; // needs the tls_inspector's SNI/ALPN, which Pinion does not read yet
-            }
-            if !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer" {
-                continue;
-            }
-            if !m.source_prefix_ranges.is_empty() && !m.source_prefix_ranges.iter().any(|r| r.contains(peer.ip())) {
-                continue;
-            }
-            if !m.source_ports.is_empty() && !m.source_ports.contains(&peer.port()) {
-                continue;
-            }
-            let dst_len = m.prefix_ranges.iter().filter(|r| r.contains(local.ip())).map(|r| r.prefix_len as u32).max();
-            let score = u32::from(m.destination_port.is_some()) * 1000
-                + dst_len.map_or(0, |l| 100 + l)
-                + u32::from(!m.source_prefix_ranges.is_empty()) * 10
-                + u32::from(!m.source_ports.is_empty());
-            if best.is_none_or(|(s, _)| score > s) {
-                best = Some((score, i));
+    /// Pick the filter chain as Envoy does: the chains are pruned criterion by criterion
+    /// (destination port, destination IP, server name, transport protocol, application
+    /// protocols, source IP, source port); at each step only the chains that match most
+    /// specifically stay (a chain without that criterion is the least specific match). No
+    /// chain left: the default chain.
+    pub fn select_chain(
+        &self,
+        local: SocketAddr,
+        peer: SocketAddr,
+        inspected: &crate::listener_filter::Inspected,
+    ) -> Option<&ChainRuntime> {
+        let chains = &self.config.filter_chains;
+        // Common case: one chain and nothing to match on.
+        if let [only] = chains.as_slice() {
+            if only.filter_chain_match.is_empty() {
+                return self.chains.first();
             }
         }
-        match best {
-            Some((_, i)) => self.chains.get(i),
+        let transport =
+            if inspected.transport_protocol.is_empty() { "raw_buffer" } else { inspected.transport_protocol };
+        let mut cands: Vec<usize> = (0..chains.len()).collect();
+        let steps: [&dyn Fn(&model::FilterChainMatch) -> Option<u32>; 7] = [
+            &|m| exact_or_any(m.destination_port.map(|p| p == local.port())),
+            &|m| longest_prefix(&m.prefix_ranges, local.ip()),
+            &|m| server_name_score(&m.server_names, inspected.server_name.as_deref()),
+            &|m| exact_or_any((!m.transport_protocol.is_empty()).then(|| m.transport_protocol == transport)),
+            &|m| {
+                exact_or_any(
+                    (!m.application_protocols.is_empty())
+                        .then(|| m.application_protocols.iter().any(|p| inspected.application_protocols.contains(p))),
+                )
+            },
+            &|m| longest_prefix(&m.source_prefix_ranges, peer.ip()),
+            &|m| exact_or_any((!m.source_ports.is_empty()).then(|| m.source_ports.contains(&peer.port()))),
+        ];
+        for score in steps {
+            let scored: Vec<(usize, u32)> =
+                cands.iter().filter_map(|&i| score(&chains[i].filter_chain_match).map(|s| (i, s))).collect();
+            let Some(best) = scored.iter().map(|(_, s)| *s).max() else {
+                cands.clear();
+                break;
+            };
+            cands = scored.into_iter().filter(|(_, s)| *s == best).map(|(i, _)| i).collect();
+        }
+        match cands.first() {
+            Some(&i) => self.chains.get(i),
             None => self.default_chain.as_ref(),
         }
     }
+}
+
+/// A criterion that is unset (0), met (1) or failed (`None`).
+fn exact_or_any(matched: Option<bool>) -> Option<u32> {
+    match matched {
+        None => Some(0),
+        Some(true) => Some(1),
+        Some(false) => None,
+    }
+}
+
+/// Unset ranges: 0; otherwise 1 + the longest matching prefix, or `None` if none matches.
+fn longest_prefix(ranges: &[model::CidrRange], ip: std::net::IpAddr) -> Option<u32> {
+    if ranges.is_empty() {
+        return Some(0);
+    }
+    ranges.iter().filter(|r| r.contains(ip)).map(|r| 1 + u32::from(r.prefix_len)).max()
+}
+
+/// `server_names`: an exact name beats the longest matching `*.suffix`, which beats a chain
+/// without server names. No SNI matches only the latter.
+fn server_name_score(names: &[String], sni: Option<&str>) -> Option<u32> {
+    if names.is_empty() {
+        return Some(0);
+    }
+    let sni = sni?;
+    names
+        .iter()
+        .filter_map(|n| match n.strip_prefix('*') {
+            // `*.example.com` matches `a.example.com` (and `a.b.example.com`), not `example.com`.
+            Some(suffix) => (sni.len() > suffix.len() && sni.ends_with(suffix)).then(|| suffix.len() as u32 + 1),
+            None => n.eq_ignore_ascii_case(sni).then_some(u32::MAX),
+        })
+        .max()
 }
 
 /// Bind one listening socket with SO_REUSEPORT (so each worker can have its own) and

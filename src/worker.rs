@@ -219,35 +219,7 @@ async fn accept_loop(
         let worker = worker.clone();
         let connections = connections.clone();
         tokio::task::spawn_local(async move {
-            match rt.select_chain(local, peer) {
-                Some(chain) => {
-                    let io = match &chain.tls {
-                        None => Some(Io::Plain(stream)),
-                        Some(tls) => tls.accept(stream).await,
-                    };
-                    match (io, &chain.filter) {
-                        (None, _) => {}
-                        (Some(io), ChainFilter::Http(hcm)) => {
-                            crate::http::connection_manager::serve_connection(
-                                io,
-                                peer,
-                                local,
-                                hcm.clone(),
-                                rt.clone(),
-                                worker.clone(),
-                            )
-                            .await
-                        }
-                        (Some(io), ChainFilter::Tcp(tcp)) => {
-                            crate::tcp_proxy::serve(io, peer, local, tcp.clone(), worker.clone()).await
-                        }
-                    }
-                }
-                None => {
-                    rt.stats.no_filter_chain_match.inc();
-                    drop(stream);
-                }
-            }
+            serve_downstream(stream, peer, local, &rt, &worker).await;
             let stats = &rt.stats;
             stats.downstream_cx_active.dec();
             stats.downstream_cx_destroy.inc();
@@ -256,6 +228,45 @@ async fn accept_loop(
             }
             *connections.borrow_mut() -= 1;
         });
+    }
+}
+
+/// One accepted connection, phase by phase: listener filters, filter chain match, transport
+/// socket (TLS handshake), then the chain's network filter until the connection ends.
+async fn serve_downstream(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    rt: &Arc<ListenerRuntime>,
+    worker: &Rc<WorkerCtx>,
+) {
+    let inspected = match crate::listener_filter::inspect(&stream, &rt.config).await {
+        Ok(i) => i,
+        Err(e) => {
+            if e == crate::listener_filter::InspectError::Timeout {
+                rt.stats.downstream_pre_cx_timeout.inc();
+            }
+            tracing::debug!(peer = %peer, error = ?e, "listener filters gave up");
+            return;
+        }
+    };
+    let Some(chain) = rt.select_chain(local, peer, &inspected) else {
+        rt.stats.no_filter_chain_match.inc();
+        return;
+    };
+    let io = match &chain.tls {
+        None => Io::Plain(stream),
+        Some(tls) => match tls.accept(stream).await {
+            Some(io) => io,
+            None => return,
+        },
+    };
+    match &chain.filter {
+        ChainFilter::Http(hcm) => {
+            crate::http::connection_manager::serve_connection(io, peer, local, hcm.clone(), rt.clone(), worker.clone())
+                .await
+        }
+        ChainFilter::Tcp(tcp) => crate::tcp_proxy::serve(io, peer, local, tcp.clone(), worker.clone()).await,
     }
 }
 

@@ -67,10 +67,19 @@ struct TlsReply {
 
 /// GET `path` over TLS to `addr` (server name `localhost`), HTTP/2 if ALPN settles on `h2`.
 async fn tls_get(addr: SocketAddr, config: Arc<rustls::ClientConfig>, path: &str) -> anyhow::Result<TlsReply> {
+    tls_get_sni(addr, config, "localhost", path).await
+}
+
+/// [`tls_get`] with server name `sni`.
+async fn tls_get_sni(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+    path: &str,
+) -> anyhow::Result<TlsReply> {
     let tcp = connect(addr).await;
     let tls = tokio_rustls::TlsConnector::from(config);
-    let stream =
-        tokio::time::timeout(IO_TIMEOUT, tls.connect(ServerName::try_from("localhost").unwrap(), tcp)).await??;
+    let stream = tokio::time::timeout(IO_TIMEOUT, tls.connect(ServerName::try_from(sni.to_string())?, tcp)).await??;
     let alpn = stream.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
     let io = TokioIo::new(stream);
     let req = http::Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new())?;
@@ -297,4 +306,100 @@ async fn two_sidecars_talk_mtls_http2() {
     assert_eq!(stat(&outbound, "cluster.mesh.upstream_cx_http2_total"), 1);
     assert_eq!(listener_stat(&inbound, ports[1], "ssl.handshake"), 1);
     assert_eq!(stat(&inbound, "http.inbound.downstream_rq_http2_total"), 5);
+}
+
+/// A listener with the tls_inspector: a chain per `(filter_chain_match, stat_prefix, tls)`,
+/// each HCM routing to `backend`.
+fn inspected_listener(port: u16, backend_cluster: &str, chains: &[(Value, &str, Option<Value>)]) -> Value {
+    let chains: Vec<Value> = chains
+        .iter()
+        .map(|(m, prefix, tls)| {
+            let mut c =
+                json!({ "filter_chain_match": m, "filters": [hcm(prefix, route_all_to(backend_cluster), json!({}))] });
+            if let Some(t) = tls {
+                c["transport_socket"] = t.clone();
+            }
+            c
+        })
+        .collect();
+    json!({
+        "name": "inspected",
+        "address": { "socket_address": { "address": "127.0.0.1", "port_value": port } },
+        "listener_filters": [{ "name": "envoy.filters.listener.tls_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" } }],
+        "filter_chains": chains,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_inspector_serves_mtls_and_plaintext_on_one_port() {
+    // Istio's PERMISSIVE inbound: mTLS peers and plaintext clients on the same port.
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let mtls = downstream_tls(
+        common_tls(Some(&pki.server), Some(&pki.ca), Some(&spiffe("client")), &["h2", "http/1.1"]),
+        true,
+    );
+    let l = inspected_listener(
+        port,
+        "backend",
+        &[(json!({ "transport_protocol": "tls" }), "mtls", Some(mtls)), (json!({}), "plain", None)],
+    );
+    let proxy =
+        start(&bootstrap(admin, vec![l], vec![cluster("backend", backend.addr, json!({}))]), &["--concurrency", "1"]);
+    let r = tls_get(local(port), client_config(&pki, Some(&pki.client), &["h2"]), "/a").await.unwrap();
+    assert_eq!((r.status, r.alpn.as_deref()), (200, Some("h2")));
+    assert_eq!(get(local(port), "/b", &[]).await.status, 200);
+    assert_eq!(stat(&proxy, "http.mtls.downstream_rq_total"), 1);
+    assert_eq!(stat(&proxy, "http.plain.downstream_rq_total"), 1);
+    assert_eq!(listener_stat(&proxy, port, "ssl.handshake"), 1);
+    assert_eq!(listener_stat(&proxy, port, "no_filter_chain_match"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_most_specific_filter_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pinion_certs::Ca::new("sni test CA").unwrap();
+    let names = ["api.example.com", "*.example.com", "other.test"];
+    let cert = ca.issue(&names.map(|n| pinion_certs::San::Dns(n.into()))).unwrap();
+    let (cert_path, key_path) = cert.write_to(dir.path()).unwrap();
+    let id =
+        Identity { cert: cert_path, key: key_path, cert_pem: cert.cert_pem.clone(), key_pem: cert.key_pem.clone() };
+    let tls = || Some(downstream_tls(common_tls(Some(&id), None, None, &[]), false));
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let l = inspected_listener(
+        port,
+        "backend",
+        &[
+            (json!({ "server_names": ["*.example.com"] }), "wildcard", tls()),
+            (json!({ "server_names": ["api.example.com"] }), "exact", tls()),
+            (json!({ "transport_protocol": "tls" }), "any_tls", tls()),
+        ],
+    );
+    let proxy =
+        start(&bootstrap(admin, vec![l], vec![cluster("backend", backend.addr, json!({}))]), &["--concurrency", "1"]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap()).unwrap();
+    let config = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    for (sni, chain) in [("api.example.com", "exact"), ("www.example.com", "wildcard"), ("other.test", "any_tls")] {
+        let r = tls_get_sni(local(port), config.clone(), sni, "/").await.unwrap();
+        assert_eq!(r.status, 200, "{sni}");
+        assert_eq!(
+            stat(&proxy, &format!("http.{chain}.downstream_rq_total")),
+            1,
+            "{sni} -> {chain}\n{}",
+            proxy.stats()
+        );
+    }
+    // Plaintext matches no chain (each needs TLS): the connection is closed.
+    assert!(raw_request(local(port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.is_none());
+    assert_eq!(listener_stat(&proxy, port, "no_filter_chain_match"), 1);
 }

@@ -89,7 +89,7 @@ impl ServerContext {
         };
         match res {
             Ok(s) => {
-                self.stats.handshake.inc();
+                self.stats.handshake_done(s.get_ref().1);
                 if s.get_ref().1.peer_certificates().is_none_or(|c| c.is_empty()) {
                     self.stats.no_certificate.inc();
                 }
@@ -196,7 +196,7 @@ impl ClientContext {
         };
         match res {
             Ok(s) => {
-                self.stats.handshake.inc();
+                self.stats.handshake_done(s.get_ref().1);
                 Ok(Io::Client(Box::new(s)))
             }
             Err(e) => {

@@ -26,9 +26,19 @@ pub struct SslStats {
     pub fail_verify_error: Counter,
     /// `ssl.fail_verify_san`: peer certificates with no SAN matching the configured matchers.
     pub fail_verify_san: Counter,
+    /// `ssl.session_reused`: handshakes that resumed a session.
+    pub session_reused: Counter,
 }
 
 impl SslStats {
+    /// Count a completed handshake (`ssl.handshake`, `ssl.session_reused`).
+    fn handshake_done(&self, conn: &rustls::CommonState) {
+        self.handshake.inc();
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.session_reused.inc();
+        }
+    }
+
     /// The stats under `<family>.<prefix>.ssl.` (`listener.<address>` or `cluster.<name>`);
     /// `tag` is the Prometheus tag carrying `prefix`.
     pub fn new(store: &Store, family: &str, tag: &'static str, prefix: &str) -> Self {
@@ -43,6 +53,7 @@ impl SslStats {
             fail_verify_no_cert: c("fail_verify_no_cert"),
             fail_verify_error: c("fail_verify_error"),
             fail_verify_san: c("fail_verify_san"),
+            session_reused: c("session_reused"),
         }
     }
 }

@@ -27,6 +27,12 @@ pub struct Listener {
     pub reuse_port: bool,
     /// `connection_balance_config` absent = kernel balances via SO_REUSEPORT.
     pub tcp_backlog_size: Option<u32>,
+    /// `listener_filters_timeout` (default 15s; `None`: unbounded): how long the listener
+    /// filters may wait for a connection's first bytes.
+    pub listener_filters_timeout: Option<Duration>,
+    /// `continue_on_listener_filters_timeout`: on that timeout, pick a chain with what is
+    /// known instead of closing the connection.
+    pub continue_on_listener_filters_timeout: bool,
 }
 
 /// Listener filters Pinion implements.
@@ -57,6 +63,28 @@ pub struct FilterChainMatch {
     pub transport_protocol: String,
     /// `application_protocols` (ALPN), empty = any.
     pub application_protocols: Vec<String>,
+}
+
+impl FilterChainMatch {
+    /// Whether the chain matches every connection (no criterion set).
+    pub fn is_empty(&self) -> bool {
+        let FilterChainMatch {
+            destination_port,
+            prefix_ranges,
+            source_prefix_ranges,
+            source_ports,
+            server_names,
+            transport_protocol,
+            application_protocols,
+        } = self;
+        destination_port.is_none()
+            && prefix_ranges.is_empty()
+            && source_prefix_ranges.is_empty()
+            && source_ports.is_empty()
+            && server_names.is_empty()
+            && transport_protocol.is_empty()
+            && application_protocols.is_empty()
+    }
 }
 
 /// `envoy.config.core.v3.CidrRange`.

@@ -11,7 +11,8 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProx
 use super::http_connection_manager::http_connection_manager;
 use super::tcp_proxy::tcp_proxy;
 use super::{
-    at, bool_or, duration, enum_value, ip_address, is_type, reject_set, type_name, u32_or, unpack, unsupported_field,
+    at, bool_or, duration, duration_zero_disables, enum_value, ip_address, is_type, reject_set, type_name, u32_or,
+    unpack, unsupported_field,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -41,10 +42,8 @@ pub fn listener(li: &l::Listener) -> ConfigResult<model::Listener> {
         // Only affects draining on hot restart / health-check failure, which Pinion does not do.
         drain_type: _,
         listener_filters,
-        // Pinion's inspectors bound their own reads; the timeout is a tuning knob.
-        listener_filters_timeout: _,
-        // See listener_filters_timeout.
-        continue_on_listener_filters_timeout: _,
+        listener_filters_timeout,
+        continue_on_listener_filters_timeout,
         transparent,
         freebind,
         socket_options,
@@ -138,6 +137,12 @@ pub fn listener(li: &l::Listener) -> ConfigResult<model::Listener> {
         per_connection_buffer_limit_bytes: u32_or(per_connection_buffer_limit_bytes, 1024 * 1024),
         reuse_port: bool_or(enable_reuse_port, true),
         tcp_backlog_size: tcp_backlog_size.as_ref().map(|v| v.value),
+        listener_filters_timeout: duration_zero_disables(
+            listener_filters_timeout,
+            Some(std::time::Duration::from_secs(15)),
+            "listener_filters_timeout",
+        )?,
+        continue_on_listener_filters_timeout: *continue_on_listener_filters_timeout,
     })
 }
 
