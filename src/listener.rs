@@ -526,7 +526,7 @@ impl ListenerRuntime {
         let transport =
             if inspected.transport_protocol.is_empty() { "raw_buffer" } else { inspected.transport_protocol };
         let mut cands: Vec<usize> = (0..chains.len()).collect();
-        let steps: [&dyn Fn(&model::FilterChainMatch) -> Option<u32>; 7] = [
+        let steps: [&MatchStep; 7] = [
             &|m| exact_or_any(m.destination_port.map(|p| p == local.port())),
             &|m| longest_prefix(&m.prefix_ranges, local.ip()),
             &|m| server_name_score(&m.server_names, inspected.server_name.as_deref()),
@@ -555,6 +555,10 @@ impl ListenerRuntime {
         }
     }
 }
+
+/// One step of the filter chain match: how specifically a chain's match meets the
+/// connection (higher is more specific), `None` if it does not.
+type MatchStep<'a> = dyn Fn(&model::FilterChainMatch) -> Option<u32> + 'a;
 
 /// A criterion that is unset (0), met (1) or failed (`None`).
 fn exact_or_any(matched: Option<bool>) -> Option<u32> {
