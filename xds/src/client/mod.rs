@@ -206,6 +206,13 @@ impl ClientConfig {
                         .iter()
                         .find(|c| &c.name == cluster_name)
                         .ok_or_else(|| format!("envoy_grpc cluster '{cluster_name}' is not a static cluster"))?;
+                    // The xDS client dials the cluster itself; refusing TLS beats speaking
+                    // plaintext to a control plane that expects TLS.
+                    if c.transport_socket.is_some() {
+                        return Err(format!(
+                            "envoy_grpc cluster '{cluster_name}': TLS to the control plane is not supported by pinion yet"
+                        ));
+                    }
                     let addr = c
                         .load_assignment
                         .localities
