@@ -67,14 +67,15 @@ struct TlsReply {
 
 /// GET `path` over TLS to `addr` (server name `localhost`), HTTP/2 if ALPN settles on `h2`.
 async fn tls_get(addr: SocketAddr, config: Arc<rustls::ClientConfig>, path: &str) -> anyhow::Result<TlsReply> {
-    tls_get_sni(addr, config, "localhost", path).await
+    tls_get_sni(addr, config, "localhost", "localhost", path).await
 }
 
-/// [`tls_get`] with server name `sni`.
+/// [`tls_get`] with server name `sni` and authority `host`.
 async fn tls_get_sni(
     addr: SocketAddr,
     config: Arc<rustls::ClientConfig>,
     sni: &str,
+    host: &str,
     path: &str,
 ) -> anyhow::Result<TlsReply> {
     let tcp = connect(addr).await;
@@ -82,7 +83,7 @@ async fn tls_get_sni(
     let stream = tokio::time::timeout(IO_TIMEOUT, tls.connect(ServerName::try_from(sni.to_string())?, tcp)).await??;
     let alpn = stream.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
     let io = TokioIo::new(stream);
-    let req = http::Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new())?;
+    let req = http::Request::get(format!("https://{host}{path}")).body(Empty::<Bytes>::new())?;
     let exchange = async {
         let resp = if alpn.as_deref() == Some("h2") {
             let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
@@ -92,7 +93,7 @@ async fn tls_get_sni(
             let (mut s, conn) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(conn);
             let mut req = req;
-            req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_static("localhost"));
+            req.headers_mut().insert(http::header::HOST, http::HeaderValue::from_str(host)?);
             *req.uri_mut() = path.parse()?;
             s.send_request(req).await?
         };
@@ -390,7 +391,7 @@ async fn sni_picks_the_most_specific_filter_chain() {
             .with_no_client_auth(),
     );
     for (sni, chain) in [("api.example.com", "exact"), ("www.example.com", "wildcard"), ("other.test", "any_tls")] {
-        let r = tls_get_sni(local(port), config.clone(), sni, "/").await.unwrap();
+        let r = tls_get_sni(local(port), config.clone(), sni, sni, "/").await.unwrap();
         assert_eq!(r.status, 200, "{sni}");
         assert_eq!(
             stat(&proxy, &format!("http.{chain}.downstream_rq_total")),
@@ -402,4 +403,58 @@ async fn sni_picks_the_most_specific_filter_chain() {
     // Plaintext matches no chain (each needs TLS): the connection is closed.
     assert!(raw_request(local(port), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.is_none());
     assert_eq!(listener_stat(&proxy, port, "no_filter_chain_match"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_tls_redirects_plaintext_requests_to_https() {
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let (plain, tls, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port(), pinion_testkit::free_port());
+    let edge = pinion_testkit::free_port();
+    let route = json!([{ "match": { "prefix": "/" }, "route": { "cluster": "backend" } }]);
+    let routes = json!({
+        "name": "routes",
+        "virtual_hosts": [
+            { "name": "all", "domains": ["secure.example"], "require_tls": "ALL", "routes": route },
+            { "name": "ext", "domains": ["ext.example"], "require_tls": "EXTERNAL_ONLY", "routes": route },
+            { "name": "open", "domains": ["*"], "routes": route },
+        ]
+    });
+    let ts = downstream_tls(common_tls(Some(&pki.server), None, None, &["h2", "http/1.1"]), false);
+    let bootstrap = bootstrap(
+        admin,
+        vec![
+            listener("plain", plain, hcm("plain", routes.clone(), json!({}))),
+            listener("edge", edge, hcm("edge", routes.clone(), json!({ "use_remote_address": true }))),
+            tls_listener("tls", tls, hcm("tls", routes, json!({})), ts),
+        ],
+        vec![cluster("backend", backend.addr, json!({}))],
+    );
+    let _proxy = start(&bootstrap, &["--concurrency", "1"]);
+
+    let r = get(local(plain), "/a/b?c=1", &[("host", "secure.example")]).await;
+    assert_eq!((r.status, r.header("location")), (301, Some("https://secure.example/a/b?c=1")));
+    let r = get(local(plain), "/", &[("host", "ext.example")]).await;
+    assert_eq!((r.status, r.header("location")), (301, Some("https://ext.example/")));
+    assert_eq!(backend.hit_count(), 0);
+    // Not an edge proxy (no use_remote_address): the client's x-forwarded-proto is kept and
+    // counts; its x-envoy-internal is stripped (the request is external), so it does not.
+    assert_eq!(get(local(plain), "/", &[("host", "secure.example"), ("x-forwarded-proto", "https")]).await.status, 200);
+    assert_eq!(get(local(plain), "/", &[("host", "ext.example"), ("x-envoy-internal", "true")]).await.status, 301);
+    // At the edge (use_remote_address) the proxy sets x-forwarded-proto itself: a forged one
+    // no longer counts. (Envoy 1.40 deems no client internal without internal_address_config,
+    // so EXTERNAL_ONLY redirects here too.)
+    let r = get(local(edge), "/", &[("host", "secure.example"), ("x-forwarded-proto", "https")]).await;
+    assert_eq!(r.status, 301);
+    assert_eq!(get(local(edge), "/", &[("host", "ext.example")]).await.status, 301);
+    assert_eq!(get(local(plain), "/", &[("host", "other.example")]).await.status, 200);
+    // Over TLS the requirement is met.
+    for alpn in ["http/1.1", "h2"] {
+        let config = client_config(&pki, None, &[alpn]);
+        let r = tls_get_sni(local(tls), config, "localhost", "secure.example", "/x").await.unwrap();
+        assert_eq!(r.status, 200, "{alpn}: {r:?}");
+    }
+    assert_eq!(backend.hit_count(), 4);
+    let r = get(local(plain), "/", &[("host", "open.example"), ("x-envoy-internal", "true")]).await;
+    assert_eq!(r.json()["headers"].get("x-envoy-internal"), None);
 }

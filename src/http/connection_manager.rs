@@ -407,6 +407,16 @@ async fn process(
             };
         }
     }
+    if table.any_require_tls {
+        if let Some(location) = tls_redirect(&table, &req) {
+            hcm.stats.rq_redirect.inc();
+            info.response_code_details = "direct_response";
+            let mut resp = Response::new(ResponseBody::empty());
+            *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            resp.headers_mut().insert(header::LOCATION, location);
+            return Ok((resp, None));
+        }
+    }
     let matched = {
         let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -600,6 +610,28 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
 }
 
 /// `path?query` -> (`path`, `query`).
+/// The virtual host's `require_tls` (Envoy's SSL redirect, decided before its routes): a
+/// request that is not https (by `x-forwarded-proto`, as the HCM set or kept it) gets
+/// `https://<host><path>`; `EXTERNAL_ONLY` spares requests marked `x-envoy-internal`.
+fn tls_redirect(table: &super::route_table::RouteTable, req: &Request<Incoming>) -> Option<HeaderValue> {
+    use pinion_xds::model::RequireTls;
+    let h = req.headers();
+    let authority = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let vh = table.virtual_host(authority)?;
+    let https = h.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let internal = h.get("x-envoy-internal").is_some_and(|v| v == "true");
+    let redirect = match vh.require_tls {
+        RequireTls::None => false,
+        RequireTls::All => !https,
+        RequireTls::ExternalOnly => !https && !internal,
+    };
+    if !redirect {
+        return None;
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    HeaderValue::from_str(&format!("https://{authority}{path}")).ok()
+}
+
 fn split_query(path_and_query: &str) -> (&str, Option<&str>) {
     match path_and_query.split_once('?') {
         Some((p, q)) => (p, Some(q)),

@@ -92,6 +92,8 @@ pub struct Mutated {
     pub internal: bool,
 }
 
+const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
+
 /// Apply the HCM's request header rules.
 pub fn mutate(
     cfg: &HttpConnectionManager,
@@ -127,10 +129,14 @@ pub fn mutate(
         let internal = client.map(is_internal).unwrap_or(false);
         (client, internal)
     };
-    if cfg.use_remote_address {
-        if internal {
-            headers.insert(HeaderName::from_static("x-envoy-internal"), HeaderValue::from_static("true"));
-        } else {
+    if internal {
+        headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+    } else {
+        // Envoy strips a client's x-envoy-internal from every external request, edge or not
+        // (it would otherwise spare the request from `require_tls: EXTERNAL_ONLY`); the other
+        // x-envoy-* headers only at the edge.
+        headers.remove(X_ENVOY_INTERNAL);
+        if cfg.use_remote_address {
             for h in ENVOY_INTERNAL_REQUEST_HEADERS {
                 headers.remove(h);
             }

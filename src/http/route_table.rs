@@ -23,6 +23,8 @@ pub struct RouteTable {
     /// Per virtual host (parallel to `config.virtual_hosts`): a first-path-segment index over
     /// its routes, for large tables.
     indexes: Vec<Option<RouteIndex>>,
+    /// Some virtual host has `require_tls`: only then is it checked per request.
+    pub any_require_tls: bool,
 }
 
 /// Routes of one virtual host by the first segment of the paths they can match, so a lookup
@@ -148,7 +150,9 @@ impl RouteTable {
         suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         let indexes = config.virtual_hosts.iter().map(|vh| RouteIndex::new(&vh.routes)).collect();
-        RouteTable { config, exact, suffixes, prefixes, wildcard, indexes }
+        let any_require_tls =
+            config.virtual_hosts.iter().any(|vh| vh.require_tls != pinion_xds::model::RequireTls::None);
+        RouteTable { config, exact, suffixes, prefixes, wildcard, indexes, any_require_tls }
     }
 
     /// Find the virtual host for `authority` (Envoy: exact, then suffix wildcards, then prefix

@@ -198,11 +198,8 @@ fn virtual_host(vh: &r::VirtualHost, max_body: u32) -> ConfigResult<model::Virtu
     }
     let require_tls = match enum_value::<r::virtual_host::TlsRequirementType>(*require_tls, "require_tls")? {
         r::virtual_host::TlsRequirementType::None => model::RequireTls::None,
-        // Not enforced yet (it would redirect plaintext requests to https); refusing beats a
-        // silent no-op.
-        r::virtual_host::TlsRequirementType::ExternalOnly | r::virtual_host::TlsRequirementType::All => {
-            return Err(ConfigError::unsupported("require_tls", "require_tls is not supported by pinion yet"))
-        }
+        r::virtual_host::TlsRequirementType::ExternalOnly => model::RequireTls::ExternalOnly,
+        r::virtual_host::TlsRequirementType::All => model::RequireTls::All,
     };
     let retry_policy = match retry_policy {
         None => None,
