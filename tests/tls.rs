@@ -458,3 +458,46 @@ async fn require_tls_redirects_plaintext_requests_to_https() {
     let r = get(local(plain), "/", &[("host", "open.example"), ("x-envoy-internal", "true")]).await;
     assert_eq!(r.json()["headers"].get("x-envoy-internal"), None);
 }
+
+/// Five requests through an outbound/inbound sidecar pair whose mesh cluster opens a new
+/// connection per request; `patch` edits (outbound, inbound) bootstraps. Returns the inbound
+/// listener's (`ssl.handshake`, `ssl.session_reused`).
+async fn resumption(patch: impl Fn(&mut Value, &mut Value)) -> (u64, u64) {
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let ports: Vec<u16> = (0..4).map(|_| pinion_testkit::free_port()).collect();
+    let one_per_conn = json!({ "max_requests_per_connection": 1 });
+    let mut out: Value =
+        serde_json::from_str(&outbound_sidecar(&pki, ports[2], ports[3], local(ports[1]), "server", one_per_conn))
+            .unwrap();
+    let mut inb: Value = serde_json::from_str(&inbound_sidecar(&pki, ports[0], ports[1], backend.addr)).unwrap();
+    patch(&mut out, &mut inb);
+    let inbound = start(&inb.to_string(), &["--concurrency", "1"]);
+    let _outbound = start(&out.to_string(), &["--concurrency", "1"]);
+    for _ in 0..5 {
+        assert_eq!(get(local(ports[3]), "/", &[]).await.status, 200);
+    }
+    (listener_stat(&inbound, ports[1], "ssl.handshake"), listener_stat(&inbound, ports[1], "ssl.session_reused"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_resumption_follows_the_tls_contexts() {
+    // Envoy's defaults: the client keeps a session, the server accepts it.
+    let (handshakes, reused) = resumption(|_, _| {}).await;
+    assert_eq!(handshakes, 5);
+    assert!(reused >= 4, "{reused} of 5 resumed");
+    // The client keeps no session (max_session_keys: 0).
+    let (handshakes, reused) = resumption(|out, _| {
+        out["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["max_session_keys"] = json!(0);
+    })
+    .await;
+    assert_eq!((handshakes, reused), (5, 0));
+    // The server resumes nothing (both kinds of resumption disabled).
+    let (handshakes, reused) = resumption(|_, inb| {
+        let ctx = &mut inb["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"]["typed_config"];
+        ctx["disable_stateful_session_resumption"] = json!(true);
+        ctx["disable_stateless_session_resumption"] = json!(true);
+    })
+    .await;
+    assert_eq!((handshakes, reused), (5, 0));
+}

@@ -75,6 +75,17 @@ impl ServerContext {
             .with_single_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
             .map_err(|e| format!("tls_certificates[0]: {e}"))?;
         config.alpn_protocols = alpn(&c.alpn_protocols);
+        // Session resumption as Envoy configures it: a session cache and self-keyed tickets
+        // unless disabled.
+        if !cfg.stateful_resumption {
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
+        if cfg.stateless_resumption {
+            config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+        }
+        if !cfg.stateful_resumption && !cfg.stateless_resumption {
+            config.send_tls13_tickets = 0;
+        }
         Ok(ServerContext { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), handshake_timeout, stats })
     }
 
@@ -160,6 +171,10 @@ impl ClientContext {
                 .with_client_auth_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
                 .map_err(|e| format!("tls_certificates[0]: {e}"))?,
             None => builder.with_no_client_auth(),
+        };
+        config.resumption = match cfg.max_session_keys {
+            0 => rustls::client::Resumption::disabled(),
+            n => rustls::client::Resumption::in_memory_sessions(n as usize),
         };
         let server_name = if cfg.sni.is_empty() {
             // Envoy sends no SNI unless `sni` is set.

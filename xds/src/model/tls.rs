@@ -83,6 +83,11 @@ pub struct DownstreamTlsContext {
     pub common: CommonTlsContext,
     /// `require_client_certificate` (default false): a client without a certificate is refused.
     pub require_client_certificate: bool,
+    /// Sessions are cached for resumption by session id (TLS 1.2) or stateful tickets (TLS
+    /// 1.3); `!disable_stateful_session_resumption`.
+    pub stateful_resumption: bool,
+    /// Session tickets under self-generated keys; `!disable_stateless_session_resumption`.
+    pub stateless_resumption: bool,
 }
 
 /// `UpstreamTlsContext`: TLS a cluster originates.
@@ -92,4 +97,6 @@ pub struct UpstreamTlsContext {
     pub common: CommonTlsContext,
     /// `sni` (empty = no SNI sent, as in Envoy).
     pub sni: String,
+    /// `max_session_keys` (default 1): sessions kept for resumption; 0 disables resumption.
+    pub max_session_keys: u32,
 }

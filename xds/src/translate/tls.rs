@@ -13,7 +13,7 @@ use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::matcher::string_matcher;
-use super::{at, bool_or, data_source, enum_value, reject_set, type_name, unpack, unsupported_field};
+use super::{at, bool_or, data_source, enum_value, reject_set, type_name, u32_or, unpack, unsupported_field};
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
 
@@ -107,9 +107,9 @@ fn downstream_context(d: &tls::DownstreamTlsContext) -> ConfigResult<model::Down
         require_client_certificate,
         // Not implemented by Envoy either (`not-implemented-hide`): it accepts and ignores it.
         require_sni: _,
-        // Session resumption only saves a full handshake; Pinion may resume differently or not at all.
-        disable_stateful_session_resumption: _,
-        // Only bounds resumed sessions' lifetime (see above).
+        disable_stateful_session_resumption,
+        // Only bounds how long a resumable session lives; Pinion's tickets and cache entries
+        // expire on rustls' own schedule (a client past it does a full handshake).
         session_timeout: _,
         ocsp_staple_policy,
         full_scan_certs_on_sni_mismatch,
@@ -117,14 +117,15 @@ fn downstream_context(d: &tls::DownstreamTlsContext) -> ConfigResult<model::Down
         prefer_client_ciphers: _,
         session_ticket_keys_type,
     } = d;
-    match session_ticket_keys_type {
-        // Ticket keys and stateless resumption only affect resumption (see above); a client whose
-        // ticket is not accepted does a full handshake.
+    let stateless_resumption = match session_ticket_keys_type {
+        // Envoy's default: tickets under keys it generates itself, as Pinion does. Configured
+        // keys only make tickets valid across instances and restarts; with Pinion's own keys a
+        // client of another instance does a full handshake instead.
         None
         | Some(SessionTicketKeysType::SessionTicketKeys(_))
-        | Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_))
-        | Some(SessionTicketKeysType::DisableStatelessSessionResumption(_)) => {}
-    }
+        | Some(SessionTicketKeysType::SessionTicketKeysSdsSecretConfig(_)) => true,
+        Some(SessionTicketKeysType::DisableStatelessSessionResumption(disable)) => !disable,
+    };
     match enum_value::<OcspStaplePolicy>(*ocsp_staple_policy, "ocsp_staple_policy")? {
         // Without staples (ocsp_staple is rejected) strict stapling behaves as lenient stapling.
         OcspStaplePolicy::LenientStapling | OcspStaplePolicy::StrictStapling => {}
@@ -162,7 +163,12 @@ fn downstream_context(d: &tls::DownstreamTlsContext) -> ConfigResult<model::Down
     // Envoy makes the client certificate mandatory as soon as SAN matchers are configured
     // (SSL_VERIFY_FAIL_IF_NO_PEER_CERT), whatever require_client_certificate says.
     let san_matchers = common.validation.as_ref().is_some_and(|v| !v.match_subject_alt_names.is_empty());
-    Ok(model::DownstreamTlsContext { common, require_client_certificate: explicit || san_matchers })
+    Ok(model::DownstreamTlsContext {
+        common,
+        require_client_certificate: explicit || san_matchers,
+        stateful_resumption: !disable_stateful_session_resumption,
+        stateless_resumption,
+    })
 }
 
 /// Translate an `UpstreamTlsContext`; errors relative to it.
@@ -174,8 +180,7 @@ fn upstream_context(u: &tls::UpstreamTlsContext) -> ConfigResult<model::Upstream
         auto_sni_san_validation,
         // Envoy's default (false) is the only behaviour: rustls never renegotiates.
         allow_renegotiation: _,
-        // Size of the client's session cache: resumption only saves a full handshake.
-        max_session_keys: _,
+        max_session_keys,
         // Deprecated and ignored by Envoy, which always enforces keyUsage.
         enforce_rsa_key_usage: _,
     } = u;
@@ -196,7 +201,7 @@ fn upstream_context(u: &tls::UpstreamTlsContext) -> ConfigResult<model::Upstream
     let default = tls::CommonTlsContext::default();
     let common =
         common(common_tls_context.as_ref().unwrap_or(&default), Side::Upstream).map_err(at("common_tls_context"))?;
-    Ok(model::UpstreamTlsContext { common, sni: sni.clone() })
+    Ok(model::UpstreamTlsContext { common, sni: sni.clone(), max_session_keys: u32_or(max_session_keys, 1) })
 }
 
 /// Translate a `CommonTlsContext`; errors relative to it.
