@@ -96,3 +96,23 @@ async fn once(p: &Probe) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `GET path` on 127.0.0.1:`port` over HTTP/1.1 (admin endpoints such as `/stats`): the body
+/// of a 200, at most `timeout` for the whole response.
+pub fn get_text(rt: &tokio::runtime::Runtime, port: u16, path: &str, timeout: Duration) -> anyhow::Result<String> {
+    let get = async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.context("connect")?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = Request::get(path).header("host", format!("127.0.0.1:{port}")).body(Full::new(Bytes::new()))?;
+        let resp = tx.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.context("reading body")?.to_bytes();
+        anyhow::ensure!(status == 200, "GET {path}: status {status}");
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    };
+    match rt.block_on(async { tokio::time::timeout(timeout, get).await }) {
+        Ok(r) => r,
+        Err(_) => bail!("GET {path} on port {port} timed out"),
+    }
+}

@@ -2,13 +2,14 @@
 //! machine, side by side, with the same bootstrap and worker count. See benches/README.md.
 //!
 //! ```text
-//! cargo run --release -p pinion-bench -- all     # full run (~13 min), writes benches/RESULTS.md
+//! cargo run --release -p pinion-bench -- all     # full run (~15 min), writes benches/RESULTS.md
 //! cargo run --release -p pinion-bench -- smoke   # a few seconds per scenario, asserts 2xx only
 //! ```
 
 mod backend;
 mod client;
 mod loadgen;
+mod mesh;
 mod procs;
 mod proxies;
 mod report;
@@ -24,7 +25,8 @@ use bytes::Bytes;
 
 use crate::backend::{Backend, LARGE_BODY_LEN, SMALL_BODY_LEN};
 use crate::loadgen::{Amount, LoadGen, LoadResult, LoadSpec, Tool};
-use crate::proxies::{Installed, Kind};
+use crate::mesh::Mesh;
+use crate::proxies::{Installed, Kind, Running};
 use crate::report::{Sample, ScenarioResults, TargetRow};
 use crate::xds_scale::{XdsResults, XdsServer};
 
@@ -53,7 +55,7 @@ options:
   --loadgen oha|h2load  one load generator for every run (default: h2load for saturation,
                       oha for the fixed rate; smoke: h2load)
   --no-reference      skip nginx and HAProxy
-  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2 f)
+  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2 e1 e2 f)
   --out PATH          results file (all: benches/RESULTS.md; '-' = none)"
 }
 
@@ -148,6 +150,8 @@ struct Scenario {
     expect_len: usize,
     /// Requests per smoke run.
     smoke_requests: u64,
+    /// (e): a pair of sidecars with mTLS between them instead of one proxy.
+    mesh: Option<Mesh>,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -165,6 +169,7 @@ fn scenarios() -> Vec<Scenario> {
         proxy_cpus: PROXY_CORE,
         expect_len: SMALL_BODY_LEN,
         smoke_requests: 2000,
+        mesh: None,
     };
     vec![
         Scenario { id: "a_sat", label: "(a) HTTP/1.1 small, saturation", ..base.clone() },
@@ -209,6 +214,25 @@ fn scenarios() -> Vec<Scenario> {
             workers: 2,
             proxy_cpus: "0,1",
             reference: false,
+            ..base.clone()
+        },
+        Scenario {
+            id: "e1",
+            label: "(e1) mTLS HTTP/2 between sidecars (h2c 10 × 10 in)",
+            h2: true,
+            conns: 10,
+            streams: 10,
+            reference: false,
+            smoke_requests: 500,
+            mesh: Some(Mesh::Pooled),
+            ..base.clone()
+        },
+        Scenario {
+            id: "e2",
+            label: "(e2) new mTLS connection per request (HTTP/1.1 in, 50 conns)",
+            reference: false,
+            smoke_requests: 500,
+            mesh: Some(Mesh::HandshakePerRequest),
             ..base
         },
     ]
@@ -385,6 +409,8 @@ struct Env {
     clk_tck: u64,
     grpc_body: PathBuf,
     pinned: bool,
+    /// The mesh certificates of (e), when an (e) scenario is selected.
+    mesh_certs: Option<mesh::Certs>,
 }
 
 fn load_spec(env: &Env, sc: &Scenario, port: u16, amount: Amount) -> LoadSpec {
@@ -403,16 +429,87 @@ fn load_spec(env: &Env, sc: &Scenario, port: u16, amount: Amount) -> LoadSpec {
     }
 }
 
-/// One run: start the proxy, idle RSS, probe, warm up, measured load, CPU and peak RSS, stop.
+/// What one run measures: one proxy, or for (e) the pair of sidecars, whose CPU and memory
+/// are summed.
+enum UnderTest {
+    One(Running),
+    Pair(mesh::Pair),
+}
+
+impl UnderTest {
+    /// Starts the proxy (or the inbound, then the outbound sidecar) of `sc`, pinned, with its
+    /// config in `dir`, and waits until it is ready.
+    fn start(env: &Env, sc: &Scenario, p: &Installed, dir: &Path) -> anyhow::Result<UnderTest> {
+        let cpus = env.pinned.then_some(sc.proxy_cpus);
+        let backend = env.backend.port();
+        Ok(match sc.mesh {
+            None => UnderTest::One(proxies::start(p, dir, backend, sc.workers, cpus, Duration::from_secs(30))?),
+            Some(m) => {
+                let certs = env.mesh_certs.as_ref().context("no mesh certificates")?;
+                UnderTest::Pair(mesh::start_pair(p, dir, backend, certs, m, sc.workers, cpus)?)
+            }
+        })
+    }
+
+    /// Every process that counts; the one the load goes to first.
+    fn procs(&self) -> Vec<&Running> {
+        match self {
+            UnderTest::One(r) => vec![r],
+            UnderTest::Pair(pair) => vec![&pair.outbound, &pair.inbound],
+        }
+    }
+
+    /// The proxy the load generator talks to (the outbound sidecar of a pair).
+    fn entry(&self) -> &Running {
+        self.procs()[0]
+    }
+
+    /// utime + stime of every process tree, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        self.procs().iter().map(|r| procs::tree_cpu_ticks(r.proc.pid())).sum()
+    }
+
+    /// A `/proc/<pid>/status` field summed over every process tree, in KiB.
+    fn status_kib(&self, field: &str) -> u64 {
+        self.procs().iter().map(|r| procs::tree_status_kib(r.proc.pid(), field)).sum()
+    }
+
+    /// The end of every process's output.
+    fn log_tail(&self) -> String {
+        self.procs().iter().map(|r| r.proc.log_tail()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fails if any of the processes has exited.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        let exited = match self {
+            UnderTest::One(r) => r.proc.exited(),
+            UnderTest::Pair(pair) => pair.outbound.proc.exited().or_else(|| pair.inbound.proc.exited()),
+        };
+        match exited {
+            Some(st) => bail!("exited during the run: {st}\n{}", self.log_tail()),
+            None => Ok(()),
+        }
+    }
+
+    /// The inbound sidecar's TLS counters; `None` for a single proxy.
+    fn inbound_ssl(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<Option<mesh::SslCounters>> {
+        match self {
+            UnderTest::One(_) => Ok(None),
+            UnderTest::Pair(pair) => pair.inbound_ssl(rt).map(Some),
+        }
+    }
+}
+
+/// One run: start the proxy (or pair of sidecars), idle RSS, probe, warm up, measured load,
+/// CPU and peak RSS, stop.
 fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Result<Sample> {
     let dir = env.scratch.join(format!("{}-{}-{round}", sc.id, p.kind.name().to_lowercase()));
-    let cpus = env.pinned.then_some(sc.proxy_cpus);
-    let mut running = proxies::start(p, &dir, env.backend.port(), sc.workers, cpus, Duration::from_secs(30))?;
-    let pid = running.proc.pid();
+    let mut under_test = UnderTest::start(env, sc, p, &dir)?;
     // Let start-up work (first stats flush, lazy allocations) settle before reading idle RSS.
     std::thread::sleep(Duration::from_millis(500));
-    let idle_rss_kib = procs::tree_status_kib(pid, "VmRSS");
-    let port = if sc.h2 { running.h2_port } else { running.h1_port };
+    let idle_rss_kib = under_test.status_kib("VmRSS");
+    let entry = under_test.entry();
+    let port = if sc.h2 { entry.h2_port } else { entry.h1_port };
     let probe = client::Probe {
         port,
         path: sc.path.to_string(),
@@ -426,7 +523,14 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         expect_len: sc.expect_len,
         grpc: sc.grpc,
     };
-    client::check(&env.rt, &probe, Duration::from_secs(5)).with_context(|| running.proc.log_tail())?;
+    client::check(&env.rt, &probe, Duration::from_secs(5)).with_context(|| under_test.log_tail())?;
+    // (e): the probe must have crossed the pair over TLS, so a plaintext pair can never pass.
+    if let Some(ssl) = under_test.inbound_ssl(&env.rt)? {
+        anyhow::ensure!(
+            ssl.handshake > 0,
+            "the probe went through the sidecars but the inbound sidecar counts no TLS handshake"
+        );
+    }
     let gen = if sc.rate.is_some() { &env.rate_gen } else { &env.sat_gen };
     if !env.o.warmup.is_zero() {
         let w = gen.run(&load_spec(env, sc, port, Amount::Duration(env.o.warmup)), &dir)?;
@@ -440,16 +544,16 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         Amount::Duration(env.o.duration)
     };
     let spec = load_spec(env, sc, port, amount);
+    let ssl0 = under_test.inbound_ssl(&env.rt)?;
     let hits0 = env.backend.hit_count();
-    let t0 = procs::tree_cpu_ticks(pid);
+    let t0 = under_test.cpu_ticks();
     let r = gen.run(&spec, &dir)?;
-    let t1 = procs::tree_cpu_ticks(pid);
-    let peak_rss_kib = procs::tree_status_kib(pid, "VmHWM");
+    let t1 = under_test.cpu_ticks();
+    let peak_rss_kib = under_test.status_kib("VmHWM");
     let forwarded = env.backend.hit_count() - hits0;
-    if let Some(st) = running.proc.exited() {
-        bail!("{} exited during the run: {st}\n{}", p.kind.name(), running.proc.log_tail());
-    }
-    running.proc.stop();
+    let ssl1 = under_test.inbound_ssl(&env.rt)?;
+    under_test.ensure_running().with_context(|| p.kind.name())?;
+    drop(under_test);
     let _ = std::fs::remove_dir_all(&dir);
     if r.non_2xx > 0 || r.errors > 0 || r.ok == 0 {
         bail!("{} ok, {} non-2xx, {} without response: {}", r.ok, r.non_2xx, r.errors, r.error_detail);
@@ -458,6 +562,16 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         anyhow::ensure!(r.ok == n, "{} of {n} requests answered 2xx", r.ok);
     }
     anyhow::ensure!(forwarded >= r.ok, "backend saw {forwarded} requests but the client got {} 2xx", r.ok);
+    let handshakes = ssl0.zip(ssl1).map(|(a, b)| b.handshake.saturating_sub(a.handshake));
+    let resumed = ssl0.zip(ssl1).and_then(|(a, b)| Some(b.session_reused?.saturating_sub(a.session_reused?)));
+    if let (Some(Mesh::HandshakePerRequest), Some(hs)) = (sc.mesh, handshakes) {
+        // Every request opened its own connection: at least one handshake each (1% slack).
+        let completed = r.completed();
+        anyhow::ensure!(
+            hs + completed / 100 >= completed,
+            "{completed} requests but only {hs} TLS handshakes at the inbound sidecar: connections were reused"
+        );
+    }
     let cpu_s = t1.saturating_sub(t0) as f64 / env.clk_tck as f64;
     let completed = r.completed() as f64;
     Ok(Sample {
@@ -470,6 +584,8 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         peak_rss_kib,
         busy: cpu_s / r.wall.as_secs_f64().max(1e-3),
         ok: r.ok,
+        tls_handshakes: handshakes,
+        tls_resumed: resumed,
     })
 }
 
@@ -549,6 +665,14 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
     let grpc_body = scratch.join("grpc-request.bin");
     std::fs::write(&grpc_body, GRPC_REQUEST)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let selected: Vec<Scenario> =
+        scenarios().into_iter().filter(|s| o.only.as_ref().is_none_or(|only| only.iter().any(|x| x == s.id))).collect();
+    // (e): one mesh CA and two workload certificates for the whole harness run.
+    let mesh_certs = if selected.iter().any(|s| s.mesh.is_some()) {
+        Some(mesh::Certs::generate(&scratch.join("mesh-certs")).context("mesh certificates")?)
+    } else {
+        None
+    };
     let env = Env {
         o: o.clone(),
         backend,
@@ -559,11 +683,10 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         clk_tck: procs::clock_ticks_per_sec(),
         grpc_body,
         pinned,
+        mesh_certs,
     };
 
     let mut all: Vec<(Scenario, ScenarioResults)> = vec![];
-    let selected: Vec<Scenario> =
-        scenarios().into_iter().filter(|s| o.only.as_ref().is_none_or(|only| only.iter().any(|x| x == s.id))).collect();
     // Each scenario: rounds of Pinion, Envoy(, nginx, HAProxy) alternating: A B A B ...
     for sc in &selected {
         let mut res = ScenarioResults::default();
@@ -577,7 +700,7 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
                 match run_one(&env, sc, p, round) {
                     Ok(s) => {
                         eprintln!(
-                            "[bench] {:<7} {:<6} run {}: {:>8.0} req/s  {:>6.1} µs/req  busy {:>3.0}%  p99 {}  idle {:.1} MiB  peak {:.1} MiB  ({:.1}s)",
+                            "[bench] {:<7} {:<6} run {}: {:>8.0} req/s  {:>6.1} µs/req  busy {:>3.0}%  p99 {}  idle {:.1} MiB  peak {:.1} MiB{}  ({:.1}s)",
                             sc.id,
                             p.kind.name(),
                             round + 1,
@@ -587,6 +710,12 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
                             s.p99_ms.map(|x| format!("{x:.3} ms")).unwrap_or_else(|| "—".into()),
                             s.idle_rss_kib as f64 / 1024.0,
                             s.peak_rss_kib as f64 / 1024.0,
+                            s.tls_handshakes
+                                .map(|h| match s.tls_resumed {
+                                    Some(n) => format!("  {h} TLS handshakes ({n} resumed)"),
+                                    None => format!("  {h} TLS handshakes"),
+                                })
+                                .unwrap_or_default(),
                             t.elapsed().as_secs_f64()
                         );
                         res.samples.entry(p.kind).or_default().push(s);
@@ -598,7 +727,8 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
                 }
             }
         }
-        if !o.smoke && sc.workers == 1 {
+        // (e) sends plaintext load to its outbound sidecar: a_sat's and c's ceilings apply.
+        if !o.smoke && sc.workers == 1 && sc.mesh.is_none() {
             match run_direct(&env, sc) {
                 Ok(r) => {
                     match (sc.rate, r.p99_ms, r.p999_ms) {
@@ -757,6 +887,62 @@ fn run_xds_scale(env: &Env, pinion: &Installed, envoy: &Installed) -> XdsResults
     res
 }
 
+/// The (e2) table: new mTLS connections per second and CPU per handshake, Pinion/Envoy (no target).
+fn handshake_rate(r: &ScenarioResults) -> String {
+    let mut md = String::from("## (e2) New-connection handshake rate (no target)\n\n");
+    md.push_str(
+        "Every request through the pair opens a new mTLS connection between the sidecars (`max_requests_per_connection: 1`; \
+         the bootstraps disable TLS session resumption on both sides, so each should be a full TLS 1.2 handshake with client \
+         certificate), checked with the inbound sidecar's `ssl.handshake` counter. CPU is both sidecars' and includes the \
+         request itself.\n\n\
+         | (e2) | Pinion | Envoy | Pinion/Envoy |\n|---|---:|---:|---:|\n",
+    );
+    let rps = |k: Kind| r.median_of(k, |s| Some(s.rps));
+    let cpu = |k: Kind| r.median_of(k, |s| Some(s.cpu_us_per_req));
+    let per_response = |k: Kind| r.median_of(k, |s| s.tls_handshakes.map(|h| h as f64 / s.ok.max(1) as f64));
+    for (what, f, prec) in [
+        ("handshakes/s (= req/s)", &rps as &dyn Fn(Kind) -> Option<f64>, 0),
+        ("CPU µs per handshake (both sidecars, incl. the request)", &cpu, 1),
+        ("inbound `ssl.handshake` per 2xx response", &per_response, 3),
+    ] {
+        let v = |x: Option<f64>| x.map(|x| format!("{x:.prec$}")).unwrap_or_else(|| "—".into());
+        let ratio = match (f(Kind::Pinion), f(Kind::Envoy)) {
+            (Some(p), Some(e)) if e > 0.0 => format!("{:.2}x", p / e),
+            _ => "—".into(),
+        };
+        let _ = writeln!(md, "| {what} | {} | {} | {ratio} |", v(f(Kind::Pinion)), v(f(Kind::Envoy)));
+    }
+    // Resumed handshakes are only visible where the proxy counts them (`ssl.session_reused`).
+    let resumed = |k: Kind| -> Option<(u64, u64)> {
+        let s: Vec<&Sample> = r.samples.get(&k).into_iter().flatten().filter(|s| s.tls_resumed.is_some()).collect();
+        (!s.is_empty())
+            .then(|| (s.iter().filter_map(|s| s.tls_resumed).sum(), s.iter().filter_map(|s| s.tls_handshakes).sum()))
+    };
+    let cell = |k: Kind| match resumed(k) {
+        Some((n, of)) => format!("{n} of {of}"),
+        None => "not counted (no `ssl.session_reused`)".into(),
+    };
+    let _ = writeln!(
+        md,
+        "| resumed sessions, all measured runs (inbound `ssl.session_reused`) | {} | {} | |\n",
+        cell(Kind::Pinion),
+        cell(Kind::Envoy)
+    );
+    for k in [Kind::Pinion, Kind::Envoy] {
+        if let Some((n, of)) = resumed(k).filter(|&(n, _)| n > 0) {
+            let _ = writeln!(
+                md,
+                "**{} resumed {n} of {of} TLS sessions although both bootstraps disable resumption** \
+                 (`max_session_keys: 0` on the outbound, `disable_stateful_session_resumption` and \
+                 `disable_stateless_session_resumption` on the inbound): its (e2) figures are for abbreviated handshakes and \
+                 not comparable to full ones.\n",
+                k.name()
+            );
+        }
+    }
+    md
+}
+
 /// The 1/5/15-minute load averages, e.g. `1.02 0.87 0.60`.
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -812,7 +998,8 @@ fn render(i: &RenderInput<'_>) -> String {
     let _ = writeln!(
         md,
         "- placement: proxy `taskset -c {PROXY_CORE}`; backend (in the harness process) and load generator `taskset -c {LOAD_CORE}`; \
-         Pinion and Envoy get the same bootstrap and `--concurrency 1` (nginx: `worker_processes 1`, HAProxy: `nbthread 1`)"
+         Pinion and Envoy get the same bootstrap and `--concurrency 1` (nginx: `worker_processes 1`, HAProxy: `nbthread 1`); \
+         in (e) both sidecars of the pair (outbound and inbound, `--concurrency 1` each) share core {PROXY_CORE}"
     );
     let _ = writeln!(
         md,
@@ -850,7 +1037,6 @@ fn render(i: &RenderInput<'_>) -> String {
             (None, _) => {}
         }
     }
-    let _ = writeln!(md, "| (e) mTLS HTTP/2 sidecar-to-sidecar, handshake rate | — | not yet available (needs the mTLS issue, not filed yet) | | | | | | | |");
     if i.xds.is_some() {
         let _ = writeln!(
             md,
@@ -866,6 +1052,16 @@ fn render(i: &RenderInput<'_>) -> String {
          processes sharing the machine), so req/s there understates the proxy (CPU µs/req stays valid). The \"no proxy\" rows are the same load sent straight to the backend: at the fixed rate, the latency floor of the load generator, backend and machine; at saturation, the most the \
          load core can drive at all.\n"
     );
+    if i.all.iter().any(|(s, _)| s.mesh.is_some()) {
+        let _ = writeln!(
+            md,
+            "(e) rows measure a **pair** of sidecars of the same kind (outbound: plaintext in, mTLS HTTP/2 out; inbound: mTLS in, \
+             HTTP/1.1 to the backend), both on core {PROXY_CORE}: CPU µs/req, RSS idle, RSS peak and busy % are the **sum of both \
+             sidecars** (RSS peak: the sum of each one's `VmHWM`). The sidecars speak TLS 1.2 (Envoy's client default) with \
+             ECDSA P-256 certificates. (e2) opens a new mTLS connection for every request, so its req/s is the handshake rate \
+             and its CPU µs/req the cost of one handshake plus the request, on both sides (see the (e2) table below).\n"
+        );
+    }
     if let Some(x) = i.xds {
         md.push_str(&xds_scale::render(x, o.runs));
     }
@@ -891,6 +1087,16 @@ fn render(i: &RenderInput<'_>) -> String {
             });
         }
     }
+    if get("e1").is_some() {
+        rows.push(TargetRow {
+            what: "CPU/request, mTLS HTTP/2 between sidecars (e1, both sidecars)".into(),
+            pinion: cpu("e1", Kind::Pinion),
+            envoy: cpu("e1", Kind::Envoy),
+            at_most: true,
+            target: 0.5,
+            unit: "µs",
+        });
+    }
     if let Some(r) = get("a_rate") {
         rows.push(TargetRow {
             what: "p99 at fixed 5,000 req/s".into(),
@@ -909,18 +1115,19 @@ fn render(i: &RenderInput<'_>) -> String {
             unit: "ms",
         });
     }
-    // Idle RSS: every run starts a fresh proxy, so pool the 1-worker runs of all scenarios.
+    // Idle RSS: every run starts a fresh proxy, so pool the 1-worker runs of all scenarios
+    // but (e), whose figure is the sum of two sidecars.
     let idle = |k: Kind| {
         let v: Vec<f64> = i
             .all
             .iter()
-            .filter(|(s, _)| s.workers == 1)
+            .filter(|(s, _)| s.workers == 1 && s.mesh.is_none())
             .flat_map(|(_, r)| r.samples.get(&k).into_iter().flatten().map(|s| s.idle_rss_kib as f64 / 1024.0))
             .collect();
         report::spread(&v).map(|s| s.median)
     };
     rows.push(TargetRow {
-        what: "RSS idle after start (all 1-worker runs)".into(),
+        what: "RSS idle after start (all 1-worker single-proxy runs)".into(),
         pinion: idle(Kind::Pinion),
         envoy: idle(Kind::Envoy),
         at_most: true,
@@ -939,10 +1146,12 @@ fn render(i: &RenderInput<'_>) -> String {
     }
     let _ = writeln!(md, "## Targets (Pinion/Envoy, medians of this run)\n");
     md.push_str(&report::targets_table(&rows));
-    let _ = writeln!(
-        md,
-        "| CPU/request over TLS, mTLS HTTP/2 (≤ 0.5x) | — | — | — | ≤ 0.50x | n/a | needs the mTLS issue |"
-    );
+    if get("e1").is_none() {
+        let _ = writeln!(
+            md,
+            "| CPU/request, mTLS HTTP/2 between sidecars (≤ 0.50x) | — | — | — | ≤ 0.50x | n/a | scenario e1 not run |"
+        );
+    }
     if i.xds.is_none() {
         let _ = writeln!(
             md,
@@ -950,6 +1159,10 @@ fn render(i: &RenderInput<'_>) -> String {
         );
     }
     let _ = writeln!(md);
+
+    if let Some(r) = get("e2") {
+        md.push_str(&handshake_rate(r));
+    }
 
     if let (Some(one), Some(two)) = (get("a_sat"), get("scale2")) {
         let _ = writeln!(md, "## Scaling: 2 workers / 1 worker (HTTP/1.1 small, saturation)\n");

@@ -54,6 +54,8 @@ pub struct Running {
     pub h1_port: u16,
     /// Port for h2c (prior knowledge) traffic.
     pub h2_port: u16,
+    /// Admin port (Pinion and Envoy).
+    pub admin_port: Option<u16>,
 }
 
 /// A free port on 127.0.0.1 (bound then released).
@@ -223,14 +225,11 @@ pub fn start(
 ) -> anyhow::Result<Running> {
     std::fs::create_dir_all(dir)?;
     let log = dir.join("proxy.log");
-    let (proc, h1_port, h2_port, admin) = match p.kind {
+    let (proc, h1_port, h2_port) = match p.kind {
         Kind::Pinion | Kind::Envoy => {
             let (admin, port) = (free_port()?, free_port()?);
-            let cfg = dir.join("bootstrap.yaml");
-            std::fs::write(&cfg, envoy_bootstrap(admin, port, backend_port))?;
-            // The same command line for both (Pinion accepts Envoy's flags).
-            let args = proxy_args(&cfg, workers);
-            (Proc::spawn(p.kind.name(), cpus, &p.bin, &args, &log)?, port, port, Some(admin))
+            let b = Bootstrap { yaml: envoy_bootstrap(admin, port, backend_port), admin, port };
+            return start_bootstrap(p, dir, "proxy", &b, workers, cpus, timeout);
         }
         Kind::Nginx => {
             let (h1, h2) = (free_port()?, free_port()?);
@@ -238,32 +237,66 @@ pub fn start(
             std::fs::write(&cfg, nginx_conf(dir, h1, h2, backend_port))?;
             let args: Vec<String> =
                 vec!["-p".into(), dir.display().to_string(), "-c".into(), cfg.display().to_string()];
-            (Proc::spawn("nginx", cpus, &p.bin, &args, &log)?, h1, h2, None)
+            (Proc::spawn("nginx", cpus, &p.bin, &args, &log)?, h1, h2)
         }
         Kind::Haproxy => {
             let (h1, h2) = (free_port()?, free_port()?);
             let cfg = dir.join("haproxy.cfg");
             std::fs::write(&cfg, haproxy_conf(h1, h2, backend_port, workers))?;
             let args: Vec<String> = vec!["-f".into(), cfg.display().to_string(), "-db".into()];
-            (Proc::spawn("haproxy", cpus, &p.bin, &args, &log)?, h1, h2, None)
+            (Proc::spawn("haproxy", cpus, &p.bin, &args, &log)?, h1, h2)
         }
     };
-    let mut running = Running { proc, h1_port, h2_port };
+    wait_ready(Running { proc, h1_port, h2_port, admin_port: None }, p.kind.name(), timeout)
+}
+
+/// A bootstrap for Pinion and Envoy and the ports it uses.
+pub struct Bootstrap {
+    /// The YAML.
+    pub yaml: String,
+    /// Its admin port.
+    pub admin: u16,
+    /// Its one listener's port (HTTP/1.1 and h2c, or TLS).
+    pub port: u16,
+}
+
+/// Starts Pinion or Envoy (`p`) on `b` (written to `dir/<tag>.yaml`, output to
+/// `dir/<tag>.log`) with the command line both get, `workers` workers pinned to `cpus`, and
+/// waits at most `timeout` for admin `/ready` and for the listener to accept.
+pub fn start_bootstrap(
+    p: &Installed,
+    dir: &Path,
+    tag: &str,
+    b: &Bootstrap,
+    workers: u32,
+    cpus: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<Running> {
+    anyhow::ensure!(matches!(p.kind, Kind::Pinion | Kind::Envoy), "{} takes no Envoy bootstrap", p.kind.name());
+    std::fs::create_dir_all(dir)?;
+    let cfg = dir.join(format!("{tag}.yaml"));
+    std::fs::write(&cfg, &b.yaml).with_context(|| format!("write {}", cfg.display()))?;
+    let name = format!("{} {tag}", p.kind.name());
+    // The same command line for both (Pinion accepts Envoy's flags).
+    let proc = Proc::spawn(&name, cpus, &p.bin, &proxy_args(&cfg, workers), &dir.join(format!("{tag}.log")))?;
+    wait_ready(Running { proc, h1_port: b.port, h2_port: b.port, admin_port: Some(b.admin) }, &name, timeout)
+}
+
+/// Polls until `running` is ready (admin `/ready` answers 200 if it has an admin port, and its
+/// listeners accept), it exits, or `timeout` passes.
+fn wait_ready(mut running: Running, name: &str, timeout: Duration) -> anyhow::Result<Running> {
     let deadline = Instant::now() + timeout;
     // Polls until ready, the process exits, or the deadline passes.
     loop {
         if let Some(st) = running.proc.exited() {
-            bail!("{} exited during start: {st}\n{}", p.kind.name(), running.proc.log_tail());
+            bail!("{name} exited during start: {st}\n{}", running.proc.log_tail());
         }
-        let ready = match admin {
-            Some(a) => matches!(http_get_status(a, "/ready"), Ok(200)) && port_open(h1_port) && port_open(h2_port),
-            None => port_open(h1_port) && port_open(h2_port),
-        };
-        if ready {
+        let admin_ready = running.admin_port.is_none_or(|a| matches!(http_get_status(a, "/ready"), Ok(200)));
+        if admin_ready && port_open(running.h1_port) && port_open(running.h2_port) {
             return Ok(running);
         }
         if Instant::now() > deadline {
-            bail!("{} not ready within {timeout:?}\n{}", p.kind.name(), running.proc.log_tail());
+            bail!("{name} not ready within {timeout:?}\n{}", running.proc.log_tail());
         }
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -26,6 +26,10 @@ pub struct Sample {
     pub busy: f64,
     /// 2xx responses.
     pub ok: u64,
+    /// (e) TLS handshakes at the inbound sidecar during the measured load.
+    pub tls_handshakes: Option<u64>,
+    /// (e) of those, resumed sessions (`ssl.session_reused`), if the proxy has that stat.
+    pub tls_resumed: Option<u64>,
 }
 
 /// Median, min and max of some values.
