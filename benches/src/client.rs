@@ -28,6 +28,8 @@ pub struct Probe {
     pub expect_len: usize,
     /// Expect `grpc-status: 0`.
     pub grpc: bool,
+    /// Speak TLS (ALPN `h2` or `http/1.1`), trusting this CA for the name `localhost`.
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 /// Sends `probe` once; retries for up to `within` (a proxy may accept before it routes).
@@ -59,7 +61,32 @@ pub fn attempt(rt: &tokio::runtime::Runtime, probe: &Probe, timeout: Duration) -
 
 async fn once(p: &Probe) -> anyhow::Result<()> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", p.port)).await.context("connect")?;
-    let io = TokioIo::new(stream);
+    match &p.tls_ca {
+        None => exchange(p, TokioIo::new(stream)).await,
+        Some(ca) => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).context("CA file")? {
+                roots.add(c?)?;
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![if p.h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, stream).await?;
+            exchange(p, TokioIo::new(tls)).await
+        }
+    }
+}
+
+async fn exchange<I>(p: &Probe, io: TokioIo<I>) -> anyhow::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let method = if p.body.is_some() { Method::POST } else { Method::GET };
     let mut req = Request::builder().method(method).uri(format!("http://127.0.0.1:{}{}", p.port, p.path));
     if !p.h2 {

@@ -55,7 +55,7 @@ options:
   --loadgen oha|h2load  one load generator for every run (default: h2load for saturation,
                       oha for the fixed rate; smoke: h2load)
   --no-reference      skip nginx and HAProxy
-  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2 e1 e2 f)
+  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2 e1 e2 e3 f)
   --out PATH          results file (all: benches/RESULTS.md; '-' = none)"
 }
 
@@ -233,6 +233,14 @@ fn scenarios() -> Vec<Scenario> {
             reference: false,
             smoke_requests: 500,
             mesh: Some(Mesh::HandshakePerRequest),
+            ..base.clone()
+        },
+        Scenario {
+            id: "e3",
+            label: "(e3) HTTP/1.1 over TLS, saturation (TLS terminated)",
+            reference: false,
+            smoke_requests: 500,
+            mesh: Some(Mesh::Terminate),
             ..base
         },
     ]
@@ -417,7 +425,11 @@ fn load_spec(env: &Env, sc: &Scenario, port: u16, amount: Amount) -> LoadSpec {
     let grpc_headers =
         vec![("content-type".to_string(), "application/grpc".to_string()), ("te".to_string(), "trailers".to_string())];
     LoadSpec {
-        url: format!("http://127.0.0.1:{port}{}", sc.path),
+        url: format!(
+            "{}://127.0.0.1:{port}{}",
+            if sc.mesh == Some(Mesh::Terminate) { "https" } else { "http" },
+            sc.path
+        ),
         h2: sc.h2,
         conns: sc.conns,
         streams: sc.streams,
@@ -444,6 +456,21 @@ impl UnderTest {
         let backend = env.backend.port();
         Ok(match sc.mesh {
             None => UnderTest::One(proxies::start(p, dir, backend, sc.workers, cpus, Duration::from_secs(30))?),
+            Some(Mesh::Terminate) => {
+                let certs = env.mesh_certs.as_ref().context("no mesh certificates")?;
+                let (admin, port) = (proxies::free_port()?, proxies::free_port()?);
+                let yaml = mesh::inbound_bootstrap(admin, port, backend, certs, false);
+                let b = proxies::Bootstrap { yaml, admin, port };
+                UnderTest::One(proxies::start_bootstrap(
+                    p,
+                    dir,
+                    "proxy",
+                    &b,
+                    sc.workers,
+                    cpus,
+                    Duration::from_secs(30),
+                )?)
+            }
             Some(m) => {
                 let certs = env.mesh_certs.as_ref().context("no mesh certificates")?;
                 UnderTest::Pair(mesh::start_pair(p, dir, backend, certs, m, sc.workers, cpus)?)
@@ -522,6 +549,7 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         },
         expect_len: sc.expect_len,
         grpc: sc.grpc,
+        tls_ca: (sc.mesh == Some(Mesh::Terminate)).then(|| env.mesh_certs.as_ref().map(|c| c.ca.clone())).flatten(),
     };
     client::check(&env.rt, &probe, Duration::from_secs(5)).with_context(|| under_test.log_tail())?;
     // (e): the probe must have crossed the pair over TLS, so a plaintext pair can never pass.
@@ -1055,11 +1083,13 @@ fn render(i: &RenderInput<'_>) -> String {
     if i.all.iter().any(|(s, _)| s.mesh.is_some()) {
         let _ = writeln!(
             md,
-            "(e) rows measure a **pair** of sidecars of the same kind (outbound: plaintext in, mTLS HTTP/2 out; inbound: mTLS in, \
+            "(e1) and (e2) rows measure a **pair** of sidecars of the same kind (outbound: plaintext in, mTLS HTTP/2 out; inbound: mTLS in, \
              HTTP/1.1 to the backend), both on core {PROXY_CORE}: CPU µs/req, RSS idle, RSS peak and busy % are the **sum of both \
              sidecars** (RSS peak: the sum of each one's `VmHWM`). The sidecars speak TLS 1.2 (Envoy's client default) with \
              ECDSA P-256 certificates. (e2) opens a new mTLS connection for every request, so its req/s is the handshake rate \
-             and its CPU µs/req the cost of one handshake plus the request, on both sides (see the (e2) table below).\n"
+             and its CPU µs/req the cost of one handshake plus the request, on both sides (see the (e2) table below). \
+             (e3) is one proxy terminating TLS (server certificate only, ALPN `http/1.1`; TLS 1.3, h2load's and the server's \
+             default) for 50 keep-alive HTTP/1.1 connections from h2load, forwarding in plaintext to the backend.\n"
         );
     }
     if let Some(x) = i.xds {
@@ -1086,6 +1116,16 @@ fn render(i: &RenderInput<'_>) -> String {
                 unit: "µs",
             });
         }
+    }
+    if get("e3").is_some() {
+        rows.push(TargetRow {
+            what: "CPU/request, HTTP/1.1 over TLS (e3)".into(),
+            pinion: cpu("e3", Kind::Pinion),
+            envoy: cpu("e3", Kind::Envoy),
+            at_most: true,
+            target: 0.5,
+            unit: "µs",
+        });
     }
     if get("e1").is_some() {
         rows.push(TargetRow {

@@ -30,6 +30,8 @@ pub enum Mesh {
     Pooled,
     /// (e2) `max_requests_per_connection: 1`: a new mTLS connection, with a full handshake, per request.
     HandshakePerRequest,
+    /// (e3) no pair: one proxy terminating TLS (server certificate only) for HTTP/1.1 load.
+    Terminate,
 }
 
 /// The mesh certificates as files: generated once per harness run.
@@ -58,21 +60,28 @@ impl Certs {
 
 /// The `common_tls_context` of both sidecars (indented for a `typed_config`): one
 /// certificate, the mesh CA, and the one SPIFFE id accepted from the peer.
-fn common_tls_context((cert, key): &(PathBuf, PathBuf), ca: &Path, alpn: &str, peer: &str) -> String {
-    format!(
-        r#"        common_tls_context:
-          alpn_protocols: {alpn}
-          tls_certificates:
-          - certificate_chain: {{ filename: "{}" }}
-            private_key: {{ filename: "{}" }}
+/// `peer`: `None` = no validation context (the peer is not asked for a certificate).
+fn common_tls_context((cert, key): &(PathBuf, PathBuf), ca: &Path, alpn: &str, peer: Option<&str>) -> String {
+    let validation = match peer {
+        Some(peer) => format!(
+            r#"
           validation_context:
             trusted_ca: {{ filename: "{}" }}
             match_typed_subject_alt_names:
             - san_type: URI
               matcher: {{ exact: "{peer}" }}"#,
+            ca.display()
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"        common_tls_context:
+          alpn_protocols: {alpn}
+          tls_certificates:
+          - certificate_chain: {{ filename: "{}" }}
+            private_key: {{ filename: "{}" }}{validation}"#,
         cert.display(),
         key.display(),
-        ca.display()
     )
 }
 
@@ -117,7 +126,7 @@ static_resources:
 /// and for (e2) one request per connection.
 pub fn outbound_bootstrap(admin_port: u16, port: u16, inbound_port: u16, certs: &Certs, mesh: Mesh) -> String {
     let max_requests = match mesh {
-        Mesh::Pooled => "",
+        Mesh::Pooled | Mesh::Terminate => "",
         Mesh::HandshakePerRequest => "\n    max_requests_per_connection: 1",
     };
     format!(
@@ -146,26 +155,27 @@ pub fn outbound_bootstrap(admin_port: u16, port: u16, inbound_port: u16, certs: 
               socket_address: {{ address: 127.0.0.1, port_value: {inbound_port} }}
 "#,
         listener("outbound", admin_port, port, "", "mesh"),
-        common_tls_context(&certs.client, &certs.ca, r#"["h2"]"#, SERVER_ID),
+        common_tls_context(&certs.client, &certs.ca, r#"["h2"]"#, Some(SERVER_ID)),
     )
 }
 
 /// The inbound sidecar: a TLS listener (the server workload's certificate, client certificate
 /// required and checked for the client workload's SPIFFE id, ALPN h2 and http/1.1, no session
 /// resumption), HCM codec AUTO → `backend_h1`: plain HTTP/1.1 keep-alive to the backend.
-pub fn inbound_bootstrap(admin_port: u16, port: u16, backend_port: u16, certs: &Certs) -> String {
+/// `mtls: false` (e3): the same listener without client certificates.
+pub fn inbound_bootstrap(admin_port: u16, port: u16, backend_port: u16, certs: &Certs, mtls: bool) -> String {
+    let require = if mtls { "\n          require_client_certificate: true" } else { "" };
     let transport_socket = format!(
         r#"transport_socket:
         name: envoy.transport_sockets.tls
         typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext{require}
           disable_stateful_session_resumption: true
           disable_stateless_session_resumption: true
 {}
       "#,
         // Two more spaces: the filter chain's transport_socket is one level deeper.
-        common_tls_context(&certs.server, &certs.ca, r#"["h2", "http/1.1"]"#, CLIENT_ID)
+        common_tls_context(&certs.server, &certs.ca, r#"["h2", "http/1.1"]"#, mtls.then_some(CLIENT_ID))
             .lines()
             .map(|l| format!("  {l}"))
             .collect::<Vec<_>>()
@@ -212,7 +222,7 @@ pub fn start_pair(
 ) -> anyhow::Result<Pair> {
     let timeout = Duration::from_secs(30);
     let (admin, port) = (proxies::free_port()?, proxies::free_port()?);
-    let b = Bootstrap { yaml: inbound_bootstrap(admin, port, backend_port, certs), admin, port };
+    let b = Bootstrap { yaml: inbound_bootstrap(admin, port, backend_port, certs, true), admin, port };
     let inbound = proxies::start_bootstrap(p, dir, "inbound", &b, workers, cpus, timeout)?;
     let (out_admin, out_port) = (proxies::free_port()?, proxies::free_port()?);
     let b = Bootstrap {

@@ -239,6 +239,7 @@ pub fn run_one(ctx: &RunCtx<'_>, xs: &XdsServer, p: &Installed, round: u32) -> a
         headers: vec![],
         expect_len: SMALL_BODY_LEN,
         grpc: false,
+        tls_ca: None,
     };
 
     let t0 = Instant::now();
