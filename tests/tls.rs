@@ -184,6 +184,11 @@ async fn mtls_listener_admits_only_the_expected_spiffe_identity() {
 /// A TLS backend requiring a client certificate from `pki`'s CA; answers with the ALPN it
 /// negotiated and the HTTP version it saw.
 fn spawn_tls_backend(pki: &MeshPki) -> SocketAddr {
+    spawn_tls_backend_as(pki, &pki.server)
+}
+
+/// [`spawn_tls_backend`] presenting `identity`.
+fn spawn_tls_backend_as(pki: &MeshPki, identity: &Identity) -> SocketAddr {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(&pki.ca_pem) {
         roots.add(c).unwrap();
@@ -195,8 +200,8 @@ fn spawn_tls_backend(pki: &MeshPki) -> SocketAddr {
         .unwrap()
         .with_client_cert_verifier(verifier)
         .with_single_cert(
-            certs(&pki.server.cert_pem),
-            PrivateKeyDer::from_pem_slice(pki.server.key_pem.as_bytes()).unwrap(),
+            certs(&identity.cert_pem),
+            PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
         )
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -500,4 +505,47 @@ async fn session_resumption_follows_the_tls_contexts() {
     })
     .await;
     assert_eq!((handshakes, reused), (5, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_tls_peers_are_dropped_and_the_proxy_keeps_serving() {
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let expired_backend = spawn_tls_backend_as(&pki, &pki.expired_server);
+    let (port, plain, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port(), pinion_testkit::free_port());
+    let mut l = tls_listener(
+        "tls",
+        port,
+        hcm("tls", route_all_to("backend"), json!({})),
+        downstream_tls(common_tls(Some(&pki.server), None, None, &["http/1.1"]), false),
+    );
+    l["filter_chains"][0]["transport_socket_connect_timeout"] = json!("1s");
+    let upstream = json!({ "transport_socket": upstream_tls(
+        common_tls(Some(&pki.client), Some(&pki.ca), Some(&spiffe("server")), &[]), "") });
+    let proxy = start(
+        &bootstrap(
+            admin,
+            vec![l, listener("plain", plain, hcm("plain", route_all_to("expired"), json!({})))],
+            vec![cluster("backend", backend.addr, json!({})), cluster("expired", expired_backend, upstream)],
+        ),
+        &["--concurrency", "1"],
+    );
+    // Garbage where a ClientHello should be: the connection is closed.
+    let mut s = connect(local(port)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5]).await.unwrap();
+    assert!(closed_within(&mut s, std::time::Duration::from_secs(5)).await, "garbage handshake left open");
+    // A client that never speaks is dropped after transport_socket_connect_timeout.
+    let mut silent = connect(local(port)).await;
+    let t = std::time::Instant::now();
+    assert!(closed_within(&mut silent, std::time::Duration::from_secs(10)).await, "silent client left open");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(900), "closed after {:?}", t.elapsed());
+    assert!(listener_stat(&proxy, port, "ssl.connection_error") >= 1);
+    // The listener still serves.
+    let r = tls_get(local(port), client_config(&pki, None, &["http/1.1"]), "/ok").await.unwrap();
+    assert_eq!(r.status, 200);
+    // An upstream whose certificate has expired is refused: 503, counted as a verify error.
+    let r = get(local(plain), "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(stat(&proxy, "cluster.expired.ssl.fail_verify_error"), 1);
+    assert_eq!(stat(&proxy, "cluster.expired.ssl.handshake"), 0);
 }

@@ -44,6 +44,8 @@ pub struct MeshPki {
     pub other_sa: Identity,
     /// `sa/client` and `localhost`, but signed by another CA.
     pub foreign: Identity,
+    /// `sa/server` with DNS SAN `localhost`, right CA, but expired.
+    pub expired_server: Identity,
 }
 
 fn write(dir: &Path, name: &str, w: &Workload) -> Identity {
@@ -65,6 +67,8 @@ impl MeshPki {
         let other_sa = write(dir.path(), "other", &issue("other", &[]));
         let foreign = other_ca.issue(&[San::Uri(spiffe("client")), San::Dns("localhost".into())]).expect("issue");
         let foreign = write(dir.path(), "foreign", &foreign);
+        let expired = ca.issue_expired(&[San::Uri(spiffe("server")), San::Dns("localhost".into())]).expect("issue");
+        let expired_server = write(dir.path(), "expired", &expired);
         MeshPki {
             ca: ca.write_to(dir.path()).expect("write CA"),
             ca_pem: ca.cert_pem(),
@@ -73,6 +77,7 @@ impl MeshPki {
             client,
             other_sa,
             foreign,
+            expired_server,
         }
     }
 }
