@@ -513,6 +513,13 @@ async fn broken_tls_peers_are_dropped_and_the_proxy_keeps_serving() {
     let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
     let expired_backend = spawn_tls_backend_as(&pki, &pki.expired_server);
     let (port, plain, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port(), pinion_testkit::free_port());
+    // An upstream that accepts TCP and never answers the ClientHello.
+    let silent_upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = silent_upstream.local_addr().unwrap();
+    let routes = json!({ "name": "r", "virtual_hosts": [{ "name": "all", "domains": ["*"], "routes": [
+        { "match": { "prefix": "/silent" }, "route": { "cluster": "silent" } },
+        { "match": { "prefix": "/" }, "route": { "cluster": "expired" } },
+    ]}]});
     let mut l = tls_listener(
         "tls",
         port,
@@ -525,8 +532,12 @@ async fn broken_tls_peers_are_dropped_and_the_proxy_keeps_serving() {
     let proxy = start(
         &bootstrap(
             admin,
-            vec![l, listener("plain", plain, hcm("plain", route_all_to("expired"), json!({})))],
-            vec![cluster("backend", backend.addr, json!({})), cluster("expired", expired_backend, upstream)],
+            vec![l, listener("plain", plain, hcm("plain", routes, json!({})))],
+            vec![
+                cluster("backend", backend.addr, json!({})),
+                cluster("expired", expired_backend, upstream.clone()),
+                cluster("silent", silent_addr, merged(upstream, json!({ "connect_timeout": "0.5s" }))),
+            ],
         ),
         &["--concurrency", "1"],
     );
@@ -548,4 +559,11 @@ async fn broken_tls_peers_are_dropped_and_the_proxy_keeps_serving() {
     assert_eq!(r.status, 503);
     assert_eq!(stat(&proxy, "cluster.expired.ssl.fail_verify_error"), 1);
     assert_eq!(stat(&proxy, "cluster.expired.ssl.handshake"), 0);
+    // connect_timeout bounds the TLS handshake too: 503, counted as a connect timeout.
+    let t = std::time::Instant::now();
+    let r = get(local(plain), "/silent", &[]).await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert!(t.elapsed() < std::time::Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert_eq!(stat(&proxy, "cluster.silent.upstream_cx_connect_timeout"), 1);
+    drop(silent_upstream);
 }

@@ -342,19 +342,26 @@ impl Drop for H2Dialing<'_> {
 /// connection will speak HTTP/2, unless the TLS context lists its own protocols).
 async fn dial(cluster: &Cluster, host: &Host, http2: bool) -> Result<Io, UpstreamError> {
     let stats = &cluster.stats;
+    let started = tokio::time::Instant::now();
     match tokio::time::timeout(cluster.config.connect_timeout, TcpStream::connect(host.address)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             stats.upstream_cx_total.inc();
             HostStats::inc(&host.stats.cx_total);
             let Some(tls) = &cluster.tls else { return Ok(Io::Plain(s)) };
-            tls.connect(s, if http2 { Alpn::Http2 } else { Alpn::Http1 }, cluster.config.connect_timeout).await.map_err(
-                |e| {
-                    stats.upstream_cx_connect_fail.inc();
-                    HostStats::inc(&host.stats.cx_connect_fail);
+            // As in Envoy, connect_timeout bounds TCP connect and TLS handshake together.
+            let left = cluster.config.connect_timeout.saturating_sub(started.elapsed());
+            let alpn = if http2 { Alpn::Http2 } else { Alpn::Http1 };
+            tls.connect(s, alpn, left).await.map_err(|e| {
+                stats.upstream_cx_connect_fail.inc();
+                HostStats::inc(&host.stats.cx_connect_fail);
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    stats.upstream_cx_connect_timeout.inc();
+                    UpstreamError::ConnectTimeout
+                } else {
                     UpstreamError::Tls(e)
-                },
-            )
+                }
+            })
         }
         Ok(Err(e)) => {
             stats.upstream_cx_connect_fail.inc();
