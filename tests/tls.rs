@@ -161,6 +161,9 @@ async fn mtls_listener_admits_only_the_expected_spiffe_identity() {
     let ok = tls_get(addr, client_config(&pki, Some(&pki.client), &["h2"]), "/").await.unwrap();
     assert_eq!(ok.status, 200, "{ok:?}");
     assert_eq!(backend.hit_count(), 1);
+    // forward_client_cert_details defaults to SANITIZE: no x-forwarded-client-cert upstream
+    // (here the proxy sets none; a client's own is stripped, see two_sidecars_talk_mtls_http2).
+    assert_eq!(json_body(&ok)["headers"].get("x-forwarded-client-cert"), None);
 
     // Each refused client: no request reaches the backend, and the reason is counted.
     let refused: [(&str, Option<&Identity>, &str); 3] = [
@@ -299,13 +302,15 @@ async fn two_sidecars_talk_mtls_http2() {
         &["--concurrency", "1"],
     );
     for i in 0..5 {
-        let r = get(local(ports[3]), &format!("/req/{i}"), &[]).await;
+        // A forged client certificate header does not survive SANITIZE (Envoy's default).
+        let r = get(local(ports[3]), &format!("/req/{i}"), &[("x-forwarded-client-cert", "URI=spiffe://evil")]).await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let seen = r.json();
         assert_eq!(seen["path"], format!("/req/{i}"));
         // The outbound sidecar set it for its plaintext downstream; the inbound one, not an
         // edge proxy (no use_remote_address), keeps it.
         assert_eq!(seen["headers"]["x-forwarded-proto"], "http", "{seen}");
+        assert_eq!(seen["headers"].get("x-forwarded-client-cert"), None, "{seen}");
     }
     // One mTLS HTTP/2 connection carried all five requests.
     assert_eq!(stat(&outbound, "cluster.mesh.ssl.handshake"), 1);

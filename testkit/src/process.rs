@@ -94,16 +94,43 @@ impl ProxyKind {
 static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// A currently free TCP port on 127.0.0.1 (not handed out before by this process).
+///
+/// Picked below Linux's ephemeral range (32768 and up by default): a port from that range
+/// can be taken as the local port of some outgoing connection (a proxy dialing its upstream)
+/// between this call and the proxy binding it, which made a proxy fail to start now and then.
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let port = l.local_addr().expect("local addr").port();
+    use rand_like::next;
+    for _ in 0..1000 {
+        let port = 20000 + (next() % 12000) as u16;
+        let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) else { continue };
+        drop(l);
         let mut g = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
         if g.get_or_insert_with(HashSet::new).insert(port) {
             return port;
         }
     }
-    panic!("no fresh free port after 100 tries");
+    panic!("no fresh free port after 1000 tries");
+}
+
+/// A tiny per-process pseudo-random sequence (no dependency needed for picking ports).
+mod rand_like {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static STATE: AtomicU64 = AtomicU64::new(0);
+
+    /// The next value (xorshift, seeded from the clock and the pid on first use).
+    pub fn next() -> u64 {
+        let mut x = STATE.load(Ordering::Relaxed);
+        if x == 0 {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            x = (t.as_nanos() as u64) ^ (u64::from(std::process::id()) << 32) | 1;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        STATE.store(x, Ordering::Relaxed);
+        x
+    }
 }
 
 /// Unique-per-process counter for Envoy's `--base-id`.
