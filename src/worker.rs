@@ -263,8 +263,17 @@ async fn serve_downstream(
     };
     match &chain.filter {
         ChainFilter::Http(hcm) => {
-            crate::http::connection_manager::serve_connection(io, peer, local, hcm.clone(), rt.clone(), worker.clone())
-                .await
+            let local_uris = chain.tls.as_ref().map_or(&[][..], |t| &t.local_uris[..]);
+            crate::http::connection_manager::serve_connection(
+                io,
+                local_uris,
+                peer,
+                local,
+                hcm.clone(),
+                rt.clone(),
+                worker.clone(),
+            )
+            .await
         }
         ChainFilter::Tcp(tcp) => crate::tcp_proxy::serve(io, peer, local, tcp.clone(), worker.clone()).await,
     }

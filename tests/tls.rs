@@ -572,3 +572,57 @@ async fn broken_tls_peers_are_dropped_and_the_proxy_keeps_serving() {
     assert_eq!(stat(&proxy, "cluster.silent.upstream_cx_connect_timeout"), 1);
     drop(silent_upstream);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_client_cert_describes_the_mtls_client() {
+    let pki = MeshPki::new();
+    let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
+    let admin = pinion_testkit::free_port();
+    let (append, set) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let common = || common_tls(Some(&pki.server), Some(&pki.ca), Some(&spiffe("client")), &["http/1.1"]);
+    let details = json!({ "subject": true, "uri": true, "dns": true });
+    let l = |name: &str, port: u16, mode: &str| {
+        let extra = json!({ "forward_client_cert_details": mode, "set_current_client_cert_details": details });
+        tls_listener(name, port, hcm(name, route_all_to("backend"), extra), downstream_tls(common(), true))
+    };
+    let bootstrap = bootstrap(
+        admin,
+        vec![l("append", append, "APPEND_FORWARD"), l("set", set, "SANITIZE_SET")],
+        vec![cluster("backend", backend.addr, json!({}))],
+    );
+    let _proxy = start(&bootstrap, &["--concurrency", "1"]);
+    // Envoy's element: By = this proxy's URI SAN, Hash = SHA-256 of the client's leaf (hex),
+    // then Subject (empty for a SPIFFE leaf), URI and DNS (none) SANs.
+    let leaf = certs(&pki.client.cert_pem).remove(0);
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, leaf.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let element = format!("By={};Hash={hash};Subject=\"\";URI={}", spiffe("server"), spiffe("client"));
+    let send = |port: u16| {
+        let config = client_config(&pki, Some(&pki.client), &["http/1.1"]);
+        async move {
+            // The client's own XFCC header, forged or from an earlier hop.
+            let tcp = connect(local(port)).await;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+            tokio::spawn(conn);
+            let req = http::Request::get("/")
+                .header("host", "localhost")
+                .header("x-forwarded-client-cert", "By=spiffe://earlier;URI=spiffe://someone")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = s.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let seen: Value = serde_json::from_slice(&body).unwrap();
+            seen["headers"]["x-forwarded-client-cert"].as_str().map(str::to_string)
+        }
+    };
+    assert_eq!(send(append).await, Some(format!("By=spiffe://earlier;URI=spiffe://someone,{element}")));
+    assert_eq!(send(set).await, Some(element));
+}

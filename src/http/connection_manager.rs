@@ -53,6 +53,8 @@ pub struct ConnCtx {
     pub local: SocketAddr,
     /// Whether the downstream transport is TLS.
     pub tls: bool,
+    /// The client certificate, as `x-forwarded-client-cert` uses it.
+    pub client_cert: super::forwarded_client_cert::ClientCert,
     active_streams: Cell<u32>,
     last_activity: Cell<Instant>,
     /// Per HTTP/1 request, in order: did it carry both Content-Length and Transfer-Encoding?
@@ -67,8 +69,10 @@ pub struct ConnCtx {
 }
 
 /// Serve one downstream connection until it closes, idles out, or the worker drains.
+/// `local_uris`: the URI SANs of the listener's certificate, for `x-forwarded-client-cert`.
 pub async fn serve_connection(
     stream: Io,
+    local_uris: &[String],
     peer: SocketAddr,
     local: SocketAddr,
     hcm: Arc<HcmRuntime>,
@@ -86,6 +90,12 @@ pub async fn serve_connection(
         peer,
         local,
         tls: stream.is_tls(),
+        client_cert: super::forwarded_client_cert::ClientCert::new(
+            stream.peer_certificate(),
+            local_uris,
+            cfg.forward_client_cert,
+            cfg.client_cert_details,
+        ),
         active_streams: Cell::new(0),
         last_activity: Cell::new(Instant::now()),
         framing: FramingFlags::default(),
@@ -601,6 +611,7 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         }
     }
     request_headers::mutate(cfg, req.headers_mut(), ctx.peer, ctx.tls, &mut request_headers::new_request_id);
+    super::forwarded_client_cert::mutate(req.headers_mut(), cfg.forward_client_cert, &ctx.client_cert);
     if let Some(len) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
     {

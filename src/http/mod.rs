@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod connection_manager;
+pub mod forwarded_client_cert;
 pub mod h1_framing;
 pub mod header_mutation;
 pub mod local_reply;

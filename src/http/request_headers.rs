@@ -93,7 +93,6 @@ pub struct Mutated {
 }
 
 const X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
-const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Apply the HCM's request header rules.
 pub fn mutate(
@@ -130,9 +129,6 @@ pub fn mutate(
         let internal = client.map(is_internal).unwrap_or(false);
         (client, internal)
     };
-    // forward_client_cert_details: SANITIZE (Envoy's default, the only mode translation
-    // accepts): a client's x-forwarded-client-cert never reaches the upstream.
-    headers.remove(X_FORWARDED_CLIENT_CERT);
     if internal {
         headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
     } else {

@@ -40,6 +40,8 @@ fn alpn(list: &[String]) -> Vec<Vec<u8>> {
 /// A filter chain's TLS: terminates downstream TLS.
 pub struct ServerContext {
     acceptor: tokio_rustls::TlsAcceptor,
+    /// URI SANs of this context's certificate (XFCC's `By=`).
+    pub local_uris: Vec<String>,
     handshake_timeout: Option<Duration>,
     /// `ssl.*` stats of the listener.
     pub stats: SslStats,
@@ -71,6 +73,14 @@ impl ServerContext {
             _ => builder.with_no_client_auth(),
         };
         let cert = c.tls_certificates.first().ok_or("a server TLS context needs a certificate")?;
+        let local_uris = cert
+            .certificate_chain
+            .first()
+            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+            .map(|(_, leaf)| {
+                super::sans(&leaf).into_iter().filter(|(k, _)| *k == model::SanType::Uri).map(|(_, v)| v).collect()
+            })
+            .unwrap_or_default();
         let mut config = builder
             .with_single_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
             .map_err(|e| format!("tls_certificates[0]: {e}"))?;
@@ -86,7 +96,12 @@ impl ServerContext {
         if !cfg.stateful_resumption && !cfg.stateless_resumption {
             config.send_tls13_tickets = 0;
         }
-        Ok(ServerContext { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), handshake_timeout, stats })
+        Ok(ServerContext {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            local_uris,
+            handshake_timeout,
+            stats,
+        })
     }
 
     /// Run the server handshake on `tcp`; `None` (counted in `ssl.connection_error`) if it fails.

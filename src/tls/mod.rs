@@ -8,6 +8,7 @@ mod verifier;
 
 pub use context::{Alpn, ClientContext, ServerContext};
 pub use stream::Io;
+pub use verifier::sans;
 
 use crate::stats::{Counter, Prom, Store};
 

@@ -25,6 +25,16 @@ impl Io {
         !matches!(self, Io::Plain(_))
     }
 
+    /// The peer's leaf certificate (DER), when the peer presented one.
+    pub fn peer_certificate(&self) -> Option<&[u8]> {
+        let certs = match self {
+            Io::Plain(_) => None,
+            Io::Server(s) => s.get_ref().1.peer_certificates(),
+            Io::Client(s) => s.get_ref().1.peer_certificates(),
+        };
+        certs.and_then(|c| c.first()).map(|c| c.as_ref())
+    }
+
     /// The ALPN protocol the TLS handshake settled on, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         match self {

@@ -17,25 +17,28 @@ use super::SslStats;
 
 /// Whether the leaf `der` has a SAN matching one of `matchers` (none configured: any leaf).
 pub fn san_matches(der: &[u8], matchers: &[SanMatcher]) -> bool {
-    use x509_parser::extensions::GeneralName;
     if matchers.is_empty() {
         return true;
     }
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
-    let Ok(Some(sans)) = cert.subject_alternative_name() else { return false };
-    sans.value.general_names.iter().any(|name| {
-        let (kind, text) = match name {
-            GeneralName::DNSName(s) => (SanType::Dns, (*s).to_string()),
-            GeneralName::URI(s) => (SanType::Uri, (*s).to_string()),
-            GeneralName::RFC822Name(s) => (SanType::Email, (*s).to_string()),
-            GeneralName::IPAddress(b) => match ip_text(b) {
-                Some(t) => (SanType::IpAddress, t),
-                None => return false,
-            },
-            _ => return false,
-        };
-        matchers.iter().any(|m| m.san_type == kind && m.matcher.matches(&text))
-    })
+    sans(&cert).iter().any(|(kind, text)| matchers.iter().any(|m| m.san_type == *kind && m.matcher.matches(text)))
+}
+
+/// The DNS, URI, email and IP subject alternative names of `cert`, in certificate order.
+pub fn sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<(SanType, String)> {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(ext)) = cert.subject_alternative_name() else { return Vec::new() };
+    ext.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(s) => Some((SanType::Dns, (*s).to_string())),
+            GeneralName::URI(s) => Some((SanType::Uri, (*s).to_string())),
+            GeneralName::RFC822Name(s) => Some((SanType::Email, (*s).to_string())),
+            GeneralName::IPAddress(b) => ip_text(b).map(|t| (SanType::IpAddress, t)),
+            _ => None,
+        })
+        .collect()
 }
 
 fn ip_text(b: &[u8]) -> Option<String> {

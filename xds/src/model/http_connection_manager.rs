@@ -56,6 +56,10 @@ pub struct HttpConnectionManager {
     pub server_name: String,
     /// `server_header_transformation`.
     pub server_header_transformation: ServerHeaderTransformation,
+    /// `forward_client_cert_details`: what happens to `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
+    /// `set_current_client_cert_details`: what APPEND_FORWARD / SANITIZE_SET add.
+    pub client_cert_details: ClientCertDetails,
     /// `stream_idle_timeout` (default 5 min; `None` = disabled).
     pub stream_idle_timeout: Option<Duration>,
     /// `request_timeout` (default disabled).
@@ -178,4 +182,30 @@ impl Default for Http2Options {
             keepalive_timeout: None,
         }
     }
+}
+
+/// `HttpConnectionManager.ForwardClientCertDetails`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardClientCert {
+    /// Never send the header upstream (Envoy's default).
+    Sanitize,
+    /// On mTLS connections, forward the client's header unchanged.
+    ForwardOnly,
+    /// On mTLS connections, append this hop's element to the client's header.
+    AppendForward,
+    /// On mTLS connections, replace the client's header with this hop's element.
+    SanitizeSet,
+    /// Always forward the client's header unchanged, mTLS or not.
+    AlwaysForwardOnly,
+}
+
+/// `SetCurrentClientCertDetails` (the fields Pinion implements).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCertDetails {
+    /// `Subject="..."` (RFC 2253).
+    pub subject: bool,
+    /// `URI=` per URI SAN.
+    pub uri: bool,
+    /// `DNS=` per DNS SAN.
+    pub dns: bool,
 }

@@ -103,10 +103,17 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
     reject_set(original_ip_detection_extensions, "original_ip_detection_extensions")?;
     reject_set(early_header_mutation_extensions, "early_header_mutation_extensions")?;
     reject_set(internal_address_config, "internal_address_config")?;
-    if enum_value::<Fcc>(*forward_client_cert_details, "forward_client_cert_details")? != Fcc::Sanitize {
-        return Err(unsupported_field("forward_client_cert_details"));
-    }
-    reject_set(set_current_client_cert_details, "set_current_client_cert_details")?;
+    let forward_client_cert = match enum_value::<Fcc>(*forward_client_cert_details, "forward_client_cert_details")? {
+        Fcc::Sanitize => model::ForwardClientCert::Sanitize,
+        Fcc::ForwardOnly => model::ForwardClientCert::ForwardOnly,
+        Fcc::AppendForward => model::ForwardClientCert::AppendForward,
+        Fcc::SanitizeSet => model::ForwardClientCert::SanitizeSet,
+        Fcc::AlwaysForwardOnly => model::ForwardClientCert::AlwaysForwardOnly,
+    };
+    let client_cert_details = match set_current_client_cert_details {
+        None => model::ClientCertDetails::default(),
+        Some(d) => client_cert_details(d).map_err(at("set_current_client_cert_details"))?,
+    };
     reject_set(forward_client_cert_matcher, "forward_client_cert_matcher")?;
     reject_set(proxy_100_continue, "proxy_100_continue")?;
     reject_set(represent_ipv4_remote_address_as_ipv4_mapped_ipv6, "represent_ipv4_remote_address_as_ipv4_mapped_ipv6")?;
@@ -223,6 +230,8 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
         default_host_for_http_10,
         http2,
         server_name: if server_name.is_empty() { "envoy".to_string() } else { server_name.clone() },
+        forward_client_cert,
+        client_cert_details,
         server_header_transformation: match enum_value::<Sht>(
             *server_header_transformation,
             "server_header_transformation",
@@ -508,4 +517,17 @@ pub(crate) fn http2_options(o: &core::Http2ProtocolOptions) -> ConfigResult<mode
         keepalive_interval,
         keepalive_timeout,
     })
+}
+
+/// `SetCurrentClientCertDetails`: subject, URI and DNS SANs; the PEM fields are refused.
+fn client_cert_details(
+    d: &hcm::http_connection_manager::SetCurrentClientCertDetails,
+) -> ConfigResult<model::ClientCertDetails> {
+    let hcm::http_connection_manager::SetCurrentClientCertDetails { subject, cert, chain, dns, uri, issuer, format } =
+        d;
+    reject_set(cert, "cert")?;
+    reject_set(chain, "chain")?;
+    reject_set(issuer, "issuer")?;
+    reject_set(format, "format")?;
+    Ok(model::ClientCertDetails { subject: bool_or(subject, false), uri: *uri, dns: *dns })
 }
