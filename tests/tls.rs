@@ -6,14 +6,12 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::service::service_fn;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pinion_testkit::mesh::{
     common_tls, downstream_tls, inbound_sidecar, outbound_sidecar, spiffe, upstream_tls, Identity, MeshPki,
@@ -184,62 +182,10 @@ async fn mtls_listener_admits_only_the_expected_spiffe_identity() {
     assert_eq!(listener_stat(&proxy, port, "ssl.connection_error"), 0);
 }
 
-/// A TLS backend requiring a client certificate from `pki`'s CA; answers with the ALPN it
-/// negotiated and the HTTP version it saw.
-fn spawn_tls_backend(pki: &MeshPki) -> SocketAddr {
-    spawn_tls_backend_as(pki, &pki.server)
-}
-
-/// [`spawn_tls_backend`] presenting `identity`.
-fn spawn_tls_backend_as(pki: &MeshPki, identity: &Identity) -> SocketAddr {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(&pki.ca_pem) {
-        roots.add(c).unwrap();
-    }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider()).build().unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            certs(&identity.cert_pem),
-            PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((s, _)) = listener.accept().await else { continue };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(s).await else { return };
-                    let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
-                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let body = json!({ "alpn": alpn, "version": format!("{:?}", req.version()) }).to_string();
-                        async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_mtls_verifies_the_backend_identity() {
     let pki = MeshPki::new();
-    let tls_backend = spawn_tls_backend(&pki);
+    let tls_backend = pinion_testkit::mesh::spawn_tls_backend(&pki, &pki.server);
     let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
     let routes = json!({
         "name": "routes",
@@ -516,7 +462,7 @@ async fn session_resumption_follows_the_tls_contexts() {
 async fn broken_tls_peers_are_dropped_and_the_proxy_keeps_serving() {
     let pki = MeshPki::new();
     let backend = pinion_testkit::spawn_http_backend(pinion_testkit::BackendKind::Http1);
-    let expired_backend = spawn_tls_backend_as(&pki, &pki.expired_server);
+    let expired_backend = pinion_testkit::mesh::spawn_tls_backend(&pki, &pki.expired_server);
     let (port, plain, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port(), pinion_testkit::free_port());
     // An upstream that accepts TCP and never answers the ClientHello.
     let silent_upstream = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

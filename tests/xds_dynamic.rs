@@ -344,3 +344,74 @@ async fn ads_over_a_unix_socket_and_a_dns_name() {
         assert_eq!(r.1, "a", "{address}");
     }
 }
+
+/// An EDS cluster with an `UpstreamTlsContext`: the mesh client certificate from `cert`/`key`
+/// files, trusting `ca`, expecting `spiffe://cluster.local/ns/default/sa/server`.
+fn tls_cluster(name: &str, cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> Cluster {
+    let mut c = eds_cluster(name);
+    let t: Cluster = yaml(&format!(
+        r#"
+name: {name}
+transport_socket:
+  name: envoy.transport_sockets.tls
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+    common_tls_context:
+      tls_certificates: [{{ certificate_chain: {{ filename: "{}" }}, private_key: {{ filename: "{}" }} }}]
+      validation_context:
+        trusted_ca: {{ filename: "{}" }}
+        match_typed_subject_alt_names: [{{ san_type: URI, matcher: {{ exact: "spiffe://cluster.local/ns/default/sa/server" }} }}]
+"#,
+        cert.display(),
+        key.display(),
+        ca.display()
+    ));
+    c.transport_socket = t.transport_socket;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cds_tls_cluster_with_a_missing_certificate_is_nacked_and_the_old_one_keeps_serving() {
+    let pki = pinion_testkit::mesh::MeshPki::new();
+    let backend = pinion_testkit::mesh::spawn_tls_backend(&pki, &pki.server);
+    let cp = ControlPlane::new();
+    let (xds_addr, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+    let (port, admin) = (free_port(), free_port());
+    let snapshot = |v: &str, cluster: Cluster| {
+        Snapshot::new(v)
+            .with_cluster(cluster)
+            .with_endpoints(endpoints("mesh", &[backend.port()]))
+            .with_route(route("rc", "mesh", v))
+            .with_listener(listener("ingress", port, "rc"))
+    };
+    cp.set_snapshot(NODE, snapshot("1", tls_cluster("mesh", &pki.client.cert, &pki.client.key, &pki.ca)));
+    let mut proxy = spawn_pinion(admin, xds_addr.port(), "GRPC");
+    proxy.wait_ready(admin, Duration::from_secs(20)).expect("pinion becomes ready");
+    let r = eventually(port, Duration::from_secs(10), |r| r.0 == 200).await;
+    assert_eq!(r.2, "1");
+    assert_eq!(proxy.stat("cluster.mesh.ssl.handshake"), Some(1));
+
+    // The control plane points the cluster at a key file that does not exist: NACK naming the
+    // cluster and the file; the running cluster (and its mTLS connection) keeps serving.
+    let missing = std::path::Path::new("/nonexistent/pinion/key.pem");
+    cp.set_snapshot(NODE, snapshot("2", tls_cluster("mesh", &pki.client.cert, missing, &pki.ca)));
+    let nacked = cp
+        .wait_for(
+            |reqs| {
+                reqs.iter().any(|r| {
+                    r.type_url.ends_with("envoy.config.cluster.v3.Cluster")
+                        && r.error_detail
+                            .as_ref()
+                            .is_some_and(|(_, m)| m.contains("mesh") && m.contains("/nonexistent/pinion/key.pem"))
+                })
+            },
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(nacked, "expected a CDS NACK naming the cluster and the missing file");
+    // The routes of version 2 arrived (RDS is fine); the cluster is still version 1's.
+    let r = eventually(port, Duration::from_secs(10), |r| r.2 == "2").await;
+    assert_eq!(r.0, 200);
+    assert_eq!(proxy.stat("cluster.mesh.ssl.handshake"), Some(1));
+    assert!(proxy.stat("cluster_manager.cds.update_rejected").unwrap_or(0) >= 1, "{}", proxy.stats());
+}

@@ -2,8 +2,17 @@
 //! must be refused), the TLS `transport_socket` JSON of Envoy's bootstrap, and the bootstraps
 //! of an outbound/inbound sidecar pair talking mTLS HTTP/2. Pinion and Envoy take the same.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use pinion_certs::{Ca, San, Workload};
 use serde_json::{json, Value};
@@ -205,4 +214,53 @@ pub fn inbound_sidecar(pki: &MeshPki, admin: u16, port: u16, app: SocketAddr) ->
         "load_assignment": { "cluster_name": "app", "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket(app) } }] }] },
     });
     bootstrap(admin, listener, cluster)
+}
+
+/// A TLS backend on 127.0.0.1 presenting `identity` and requiring a client certificate from
+/// `pki`'s CA; it answers every request with JSON `{"alpn": <negotiated>, "version": <HTTP version>}`.
+pub fn spawn_tls_backend(pki: &MeshPki, identity: &Identity) -> SocketAddr {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.expect("CA PEM")).expect("CA");
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .expect("client verifier");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes()).map(|c| c.expect("cert PEM")).collect();
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).expect("key PEM");
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("local addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((s, _)) = listener.accept().await else { continue };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(s).await else { return };
+                    let alpn = tls.get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let body = json!({ "alpn": alpn, "version": format!("{:?}", req.version()) }).to_string();
+                        async move { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(body)))) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
 }
