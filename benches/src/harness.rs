@@ -418,7 +418,7 @@ struct Env {
     grpc_body: PathBuf,
     pinned: bool,
     /// The mesh certificates of (e), when an (e) scenario is selected.
-    mesh_certs: Option<mesh::Certs>,
+    mesh_pki: Option<pinion_testkit::mesh::MeshPki>,
 }
 
 fn load_spec(env: &Env, sc: &Scenario, port: u16, amount: Amount) -> LoadSpec {
@@ -457,9 +457,9 @@ impl UnderTest {
         Ok(match sc.mesh {
             None => UnderTest::One(proxies::start(p, dir, backend, sc.workers, cpus, Duration::from_secs(30))?),
             Some(Mesh::Terminate) => {
-                let certs = env.mesh_certs.as_ref().context("no mesh certificates")?;
+                let pki = env.mesh_pki.as_ref().context("no mesh certificates")?;
                 let (admin, port) = (proxies::free_port()?, proxies::free_port()?);
-                let yaml = mesh::inbound_bootstrap(admin, port, backend, certs, false);
+                let yaml = mesh::inbound_bootstrap(pki, admin, port, backend, false)?;
                 let b = proxies::Bootstrap { yaml, admin, port };
                 UnderTest::One(proxies::start_bootstrap(
                     p,
@@ -472,8 +472,8 @@ impl UnderTest {
                 )?)
             }
             Some(m) => {
-                let certs = env.mesh_certs.as_ref().context("no mesh certificates")?;
-                UnderTest::Pair(mesh::start_pair(p, dir, backend, certs, m, sc.workers, cpus)?)
+                let pki = env.mesh_pki.as_ref().context("no mesh certificates")?;
+                UnderTest::Pair(mesh::start_pair(p, dir, backend, pki, m, sc.workers, cpus)?)
             }
         })
     }
@@ -549,7 +549,7 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         },
         expect_len: sc.expect_len,
         grpc: sc.grpc,
-        tls_ca: (sc.mesh == Some(Mesh::Terminate)).then(|| env.mesh_certs.as_ref().map(|c| c.ca.clone())).flatten(),
+        tls_ca: (sc.mesh == Some(Mesh::Terminate)).then(|| env.mesh_pki.as_ref().map(|c| c.ca.clone())).flatten(),
     };
     client::check(&env.rt, &probe, Duration::from_secs(5)).with_context(|| under_test.log_tail())?;
     // (e): the probe must have crossed the pair over TLS, so a plaintext pair can never pass.
@@ -695,12 +695,8 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let selected: Vec<Scenario> =
         scenarios().into_iter().filter(|s| o.only.as_ref().is_none_or(|only| only.iter().any(|x| x == s.id))).collect();
-    // (e): one mesh CA and two workload certificates for the whole harness run.
-    let mesh_certs = if selected.iter().any(|s| s.mesh.is_some()) {
-        Some(mesh::Certs::generate(&scratch.join("mesh-certs")).context("mesh certificates")?)
-    } else {
-        None
-    };
+    // (e): one mesh CA and its workload certificates for the whole harness run.
+    let mesh_pki = selected.iter().any(|s| s.mesh.is_some()).then(pinion_testkit::mesh::MeshPki::new);
     let env = Env {
         o: o.clone(),
         backend,
@@ -711,7 +707,7 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         clk_tck: procs::clock_ticks_per_sec(),
         grpc_body,
         pinned,
-        mesh_certs,
+        mesh_pki,
     };
 
     let mut all: Vec<(Scenario, ScenarioResults)> = vec![];
