@@ -105,10 +105,28 @@ pub async fn serve(
 /// Copy both ways until both sides finish, or nothing moves for `idle` (Envoy's
 /// `idle_timeout`, reset by activity in either direction). Returns (down->up, up->down) bytes.
 async fn copy_with_idle_timeout(a: &mut Io, b: &mut Io, idle: Option<Duration>) -> (u64, u64) {
+    match (a, b) {
+        // Plain TCP both ways: borrowed halves, no shared state between the two pumps.
+        (Io::Plain(a), Io::Plain(b)) => {
+            let ((ar, aw), (br, bw)) = (a.split(), b.split());
+            copy_halves(ar, aw, br, bw, idle).await
+        }
+        // A TLS stream has no borrowed halves; tokio's split shares it between the pumps.
+        (a, b) => {
+            let ((ar, aw), (br, bw)) = (tokio::io::split(a), tokio::io::split(b));
+            copy_halves(ar, aw, br, bw, idle).await
+        }
+    }
+}
+
+async fn copy_halves(
+    mut ar: impl tokio::io::AsyncRead + Unpin,
+    mut aw: impl tokio::io::AsyncWrite + Unpin,
+    mut br: impl tokio::io::AsyncRead + Unpin,
+    mut bw: impl tokio::io::AsyncWrite + Unpin,
+    idle: Option<Duration>,
+) -> (u64, u64) {
     let last = Cell::new(Instant::now());
-    // A TLS stream has no borrowed halves; tokio's split shares it between the two pumps.
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
     let a_to_b = Cell::new(0u64);
     let b_to_a = Cell::new(0u64);
     let both = async { tokio::join!(pump(&mut ar, &mut bw, &a_to_b, &last), pump(&mut br, &mut aw, &b_to_a, &last)) };

@@ -572,3 +572,28 @@ async fn forwarded_client_cert_describes_the_mtls_client() {
     assert_eq!(send(append).await, Some(format!("By=spiffe://earlier;URI=spiffe://someone,{element}")));
     assert_eq!(send(set).await, Some(element));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_proxy_behind_a_tls_filter_chain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = MeshPki::new();
+    let echo = spawn_tcp_echo();
+    let (port, admin) = (pinion_testkit::free_port(), pinion_testkit::free_port());
+    let ts = downstream_tls(common_tls(Some(&pki.server), None, None, &[]), false);
+    let bootstrap = bootstrap(
+        admin,
+        vec![tls_listener("tcp", port, tcp_proxy("tcp", "echo"), ts)],
+        vec![cluster("echo", echo, json!({}))],
+    );
+    let proxy = start(&bootstrap, &["--concurrency", "1"]);
+    let tcp = connect(local(port)).await;
+    let mut tls = tokio_rustls::TlsConnector::from(client_config(&pki, None, &[]))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"ping over tls").await.unwrap();
+    let mut buf = [0u8; 13];
+    tokio::time::timeout(IO_TIMEOUT, tls.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"ping over tls");
+    assert_eq!(listener_stat(&proxy, port, "ssl.handshake"), 1);
+}
