@@ -105,7 +105,7 @@ impl GrpcLogger {
 }
 
 fn flags(f: ResponseFlags) -> LogFlags {
-    let has = |b: u32| f.0 & b != 0;
+    let has = |b: ResponseFlags| f.contains(b);
     LogFlags {
         no_route_found: has(ResponseFlags::NO_ROUTE),
         no_cluster_found: has(ResponseFlags::NO_CLUSTER),

@@ -12,6 +12,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::access_log::AccessLogger;
+use crate::http::filter::on_demand::OnDemand;
+use crate::http::filter::{FilterChain, FilterEntry, HttpFilter};
 use crate::http::on_demand::OnDemandVhds;
 use crate::http::route_table::RouteTable;
 use crate::stats::{Counter, Gauge, Prom, Store};
@@ -305,10 +307,10 @@ pub struct HcmRuntime {
     pub stats: HcmStats,
     /// Access loggers.
     pub access_logs: Vec<AccessLogger>,
+    /// The HTTP filters before the router, in config order.
+    pub filters: FilterChain,
     /// The router filter's settings.
     pub router: model::RouterConfig,
-    /// VHDS on demand (`envoy.filters.http.on_demand` in the filter chain, RDS routes).
-    pub on_demand: Option<Arc<OnDemandVhds>>,
 }
 
 /// TCP proxy runtime.
@@ -425,12 +427,7 @@ impl ListenerRuntime {
                             RouteSource::Scoped { config: sr.clone(), scopes }
                         }
                     };
-                    let on_demand = hcm
-                        .http_filters
-                        .iter()
-                        .any(|f| matches!(f, model::HttpFilter::OnDemand))
-                        .then(|| dynamic.map(|d| d.on_demand()))
-                        .flatten();
+                    let filters = filter_chain(&hcm.http_filters, dynamic);
                     let router = hcm
                         .http_filters
                         .iter()
@@ -452,7 +449,7 @@ impl ListenerRuntime {
                         routes,
                         access_logs,
                         router,
-                        on_demand,
+                        filters,
                     }))
                 }
                 model::NetworkFilter::TcpProxy(tcp) => {
@@ -592,6 +589,27 @@ fn server_name_score(names: &[String], sni: Option<&str>) -> Option<u32> {
             None => n.eq_ignore_ascii_case(sni).then_some(u32::MAX),
         })
         .max()
+}
+
+/// Compile an HCM's filters before the router. `on_demand` needs the xDS registry: without
+/// `dynamic_resources` there is nothing to ask, and the filter is left out.
+fn filter_chain(filters: &[model::HttpFilter], dynamic: Option<&dyn RouteProvider>) -> FilterChain {
+    let mut out = Vec::new();
+    for f in filters {
+        match f {
+            model::HttpFilter::Router(_) => {}
+            model::HttpFilter::OnDemand => {
+                if let Some(d) = dynamic {
+                    out.push(FilterEntry {
+                        name: "envoy.filters.http.on_demand".into(),
+                        disabled: false,
+                        filter: HttpFilter::OnDemand(OnDemand::new(d.on_demand())),
+                    });
+                }
+            }
+        }
+    }
+    FilterChain::new(out)
 }
 
 /// Bind one listening socket with SO_REUSEPORT (so each worker can have its own) and

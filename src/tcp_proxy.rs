@@ -49,7 +49,7 @@ pub async fn serve(
     let cluster = worker.snapshot.load().clusters.get(&name).cloned();
     let Some(cluster) = cluster else {
         tcp.downstream_cx_no_route.inc();
-        info.flags.set(ResponseFlags::NO_CLUSTER);
+        info.flags.insert(ResponseFlags::NO_CLUSTER);
         log(&tcp, &info, 0);
         return;
     };
@@ -57,7 +57,7 @@ pub async fn serve(
     let mut upstream = None;
     for _ in 0..cfg.max_connect_attempts.max(1) {
         let Some(host) = cluster.choose_host() else {
-            info.flags.set(ResponseFlags::NO_HEALTHY_UPSTREAM);
+            info.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
             break;
         };
         info.upstream_host = Some(host.address);
@@ -77,13 +77,13 @@ pub async fn serve(
                     Err(e) => {
                         tracing::debug!(cluster = %cluster.config.name, error = %e, "upstream TLS handshake failed");
                         cluster.stats.upstream_cx_connect_fail.inc();
-                        info.flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                        info.flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
                     }
                 }
             }
             _ => {
                 cluster.stats.upstream_cx_connect_fail.inc();
-                info.flags.set(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
+                info.flags.insert(ResponseFlags::UPSTREAM_CONNECTION_FAILURE);
             }
         }
     }

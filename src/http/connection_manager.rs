@@ -3,11 +3,12 @@
 //! explicit phases:
 //!
 //! `decode_headers` (protocol checks, path normalization, header sanitizing) -> `route`
-//! (virtual host and route match) -> `local_response` (direct responses, redirects) or
-//! `router::forward` (cluster, host, pool, upstream exchange) -> `encode_headers` (response
-//! headers) -> `log` (access log and stats, when the response body ends).
+//! (virtual host, route, and the cluster a forwarding route picks) -> the HTTP filters'
+//! request hooks, in order (`http::filter`) -> the router, the terminal filter (local
+//! answers, or upstream: `http::router`) -> the filters' response hooks, in reverse ->
+//! `encode_headers` (response headers) -> `log` (access log and stats, when the response body
+//! ends).
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -16,57 +17,32 @@ use std::time::Instant;
 
 use crate::tls::Io;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use pinion_xds::model::{
-    self, CodecType, HeadersWithUnderscoresAction, RedirectAction, RedirectPath, RouteAction,
-    ServerHeaderTransformation,
-};
+use pinion_xds::model::{self, CodecType, HeadersWithUnderscoresAction, RouteAction, ServerHeaderTransformation};
 
 use super::body::{OnComplete, ResponseBody};
-use super::h1_framing::{FramingCheck, FramingFlags};
-use super::local_reply::local_reply;
-use super::path::{self, PathOutcome};
+use super::connection_context::ConnCtx;
+use super::filter::route_config::RouteFilterConfigs;
+use super::filter::{Applies, DecodeCx, EncodeCx, FilterStatus};
+use super::h1_framing::FramingCheck;
+use super::local_reply::reply;
+use super::path::{self, set_path, PathOutcome};
+use super::redirect;
 use super::request_headers;
-use super::route_table::RequestView;
-use super::router;
+use super::route_table::{Matched, RequestView, RouteTable};
+use super::router::route_decision::{self, split_query, ClusterChoice};
+use super::router::upstream_request::UpstreamGuard;
+use super::router::{self, Phase, Routed};
 use super::stream_info::{ResponseFlags, StreamInfo};
 use crate::formatter::{self, Context};
 use crate::listener::{HcmRuntime, ListenerRuntime};
 use crate::worker::{LocalExec, WorkerCtx};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// Per-connection state.
-pub struct ConnCtx {
-    /// The HCM serving this connection.
-    pub hcm: Arc<HcmRuntime>,
-    /// The listener.
-    pub listener: Arc<ListenerRuntime>,
-    /// The worker.
-    pub worker: Rc<WorkerCtx>,
-    /// Peer address.
-    pub peer: SocketAddr,
-    /// Local address.
-    pub local: SocketAddr,
-    /// Whether the downstream transport is TLS.
-    pub tls: bool,
-    /// The client certificate, as `x-forwarded-client-cert` uses it.
-    pub client_cert: super::forwarded_client_cert::ClientCert,
-    active_streams: Cell<u32>,
-    last_activity: Cell<Instant>,
-    /// Per HTTP/1 request, in order: did it carry both Content-Length and Transfer-Encoding?
-    framing: FramingFlags,
-    /// The connection is draining: HTTP/1.1 responses get `Connection: close`.
-    draining: Cell<bool>,
-    /// The connection speaks HTTP/2 (known after its first request).
-    saw_h2: Cell<bool>,
-    /// The `server` header value, built once per connection: cloning it shares the bytes,
-    /// where building it per response allocated.
-    server_header: Option<HeaderValue>,
-}
 
 /// Serve one downstream connection until it closes, idles out, or the worker drains.
 /// `local_uris`: the URI SANs of the listener's certificate, for `x-forwarded-client-cert`.
@@ -96,11 +72,11 @@ pub async fn serve_connection(
             cfg.forward_client_cert,
             cfg.client_cert_details,
         ),
-        active_streams: Cell::new(0),
-        last_activity: Cell::new(Instant::now()),
-        framing: FramingFlags::default(),
-        draining: Cell::new(false),
-        saw_h2: Cell::new(false),
+        active_streams: std::cell::Cell::new(0),
+        last_activity: std::cell::Cell::new(Instant::now()),
+        framing: Default::default(),
+        draining: std::cell::Cell::new(false),
+        saw_h2: std::cell::Cell::new(false),
         server_header: HeaderValue::from_str(&cfg.server_name).ok(),
     });
     let svc_ctx = ctx.clone();
@@ -253,7 +229,7 @@ struct Completion {
     info: StreamInfo,
     log_request_headers: Option<HeaderMap>,
     log_response_headers: Option<HeaderMap>,
-    upstream: Option<router::UpstreamGuard>,
+    upstream: Option<UpstreamGuard>,
 }
 
 impl OnComplete for Completion {
@@ -261,7 +237,7 @@ impl OnComplete for Completion {
         let mut this = *self;
         let ctx = &this.ctx;
         if !ok {
-            this.info.flags.set(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
+            this.info.flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
         }
         if let Some(up) = this.upstream.take() {
             up.finish(ok);
@@ -332,44 +308,86 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBo
     resp
 }
 
-/// A local reply, converted to a gRPC trailers-only response for gRPC requests (as Envoy does).
-pub fn reply(
-    status: u16,
-    body: &str,
-    grpc: bool,
-    info: &mut StreamInfo,
-    details: &'static str,
-) -> Response<ResponseBody> {
-    info.response_code_details = details;
-    if !grpc {
-        return local_reply(status, body);
-    }
-    let grpc_status = match status {
-        400 => 13,
-        401 => 16,
-        403 => 7,
-        404 => 12,
-        429 | 502..=504 => 14,
-        _ => 2,
-    };
-    let mut resp = Response::new(ResponseBody::empty());
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(grpc_status));
-    if !body.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(body) {
-            h.insert("grpc-message", v);
-        }
-    }
-    resp
+/// What the route phase found for a request.
+enum Routing<'a> {
+    /// No route table (an RDS config that never arrived, or no scope for the scope key).
+    NoTable,
+    /// The virtual host's `require_tls` redirects this request (to this `Location`).
+    TlsRedirect(String),
+    /// No virtual host or no route matched.
+    NoRoute,
+    /// A route matched.
+    Route(Matched<'a>),
 }
 
-// A phase either continues with a value or ends the request with a response; responses are
-// moved, not boxed, since this is the hot path and the Err side is the rare one.
-#[allow(clippy::result_large_err)]
-type Phase<T> = Result<T, Response<ResponseBody>>;
+/// Phase `route`: the virtual host's `require_tls` (decided before its routes, as Envoy's
+/// SSL redirect), then virtual host and route.
+fn route<'a>(table: Option<&'a RouteTable>, head: &Parts, grpc: bool) -> Routing<'a> {
+    let Some(table) = table else { return Routing::NoTable };
+    let authority = head.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let path_and_query = head.uri.path_and_query().map_or("/", |p| p.as_str());
+    if table.any_require_tls && needs_tls_redirect(table, authority, &head.headers) {
+        return Routing::TlsRedirect(redirect::tls_location(authority, path_and_query));
+    }
+    let (path, query) = split_query(path_and_query);
+    let view = RequestView {
+        authority,
+        path,
+        query,
+        method: &head.method,
+        headers: &head.headers,
+        is_grpc: grpc,
+        random: Default::default(),
+    };
+    match table.route(&view) {
+        Some(m) => Routing::Route(m),
+        None => Routing::NoRoute,
+    }
+}
 
-/// The request phases up to a response.
+/// The cluster a matched forwarding route sends to (chosen once, before the filters run).
+fn choose_cluster<'a>(routing: &Routing<'a>, head: &Parts) -> Option<ClusterChoice<'a>> {
+    match routing {
+        Routing::Route(m) => match &m.route.action {
+            RouteAction::Forward(a) => Some(route_decision::choose_cluster(a, &head.headers, rand::random())),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The virtual host's `require_tls`: a request that is not https (by `x-forwarded-proto`, as
+/// the HCM set or kept it) is redirected; `EXTERNAL_ONLY` spares requests marked
+/// `x-envoy-internal`.
+fn needs_tls_redirect(table: &RouteTable, authority: &str, h: &HeaderMap) -> bool {
+    use pinion_xds::model::RequireTls;
+    let Some(vh) = table.virtual_host(authority) else { return false };
+    let https = h.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let internal = h.get("x-envoy-internal").is_some_and(|v| v == "true");
+    match vh.require_tls {
+        RequireTls::None => false,
+        RequireTls::All => !https,
+        RequireTls::ExternalOnly => !https && !internal,
+    }
+}
+
+/// Upgrades allowed by the HCM's `upgrade_configs` (and not disabled on the route): a refused
+/// upgrade is answered by the HCM, before any filter, as in Envoy.
+fn check_upgrade(ctx: &ConnCtx, routing: &Routing<'_>, upgrade: Option<&str>) -> bool {
+    let (Some(u), Routing::Route(m)) = (upgrade, routing) else { return true };
+    let route_allows = match &m.route.action {
+        RouteAction::Forward(f) => f.upgrade_websocket.unwrap_or(true),
+        _ => true,
+    };
+    if ctx.hcm.config.upgrade_types.iter().any(|t| t == u) && route_allows {
+        return true;
+    }
+    ctx.hcm.stats.downstream_rq_ws_on_non_ws_route.inc();
+    false
+}
+
+/// The request phases up to a response: `decode_headers` (HCM), `route`, the filters'
+/// request hooks in order, the router (terminal), then the filters' response hooks in reverse.
 #[allow(clippy::result_large_err)]
 async fn process(
     ctx: &Rc<ConnCtx>,
@@ -377,11 +395,10 @@ async fn process(
     info: &mut StreamInfo,
     grpc: bool,
     log_headers: &mut Option<HeaderMap>,
-) -> Phase<(Response<ResponseBody>, Option<router::UpstreamGuard>)> {
+) -> Phase<Routed> {
     let hcm = &ctx.hcm;
-    let cfg = &hcm.config;
 
-    // Phase: decode_headers.
+    // Phase: decode_headers. Its local replies come before any filter, as the HCM's own.
     decode_headers(ctx, &mut req, info, grpc)?;
     // The access log sees the request id the HCM generated, as in Envoy.
     if let Some(h) = log_headers.as_mut() {
@@ -389,123 +406,103 @@ async fn process(
             h.insert(X_REQUEST_ID, rid.clone());
         }
     }
+    let (mut head, body) = req.into_parts();
+    let upgrade = head.headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(|u| u.to_ascii_lowercase());
 
-    // Phase: route. The view borrows the request; the match borrows only the table, so the
-    // request can move on to the router without copying its authority or path.
-    let Some(mut table) = hcm.routes.table_for(req.headers()) else {
-        // An RDS config that never arrived (warming timed out), or no scope for the request's
-        // scope key: no routes, as Envoy.
-        hcm.stats.no_route.inc();
-        info.flags.set(ResponseFlags::NO_ROUTE);
-        return Err(reply(404, "", grpc, info, "route_configuration_not_found"));
-    };
-    // Phase: on_demand (VHDS). Only a host without a virtual host gets here.
-    if let Some(od) = &hcm.on_demand {
-        let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        // A host longer than a DNS name (+ port) is never asked for: names are kept for good.
-        if table.config.vhds.is_some() && authority.len() <= 261 && table.virtual_host(authority).is_none() {
-            let name = format!("{}/{}", table.config.name, authority.to_ascii_lowercase());
-            drop(table);
-            od.fetch(name, super::on_demand::ON_DEMAND_TIMEOUT).await;
-            table = match hcm.routes.table_for(req.headers()) {
-                Some(t) => t,
-                None => {
-                    hcm.stats.no_route.inc();
-                    info.flags.set(ResponseFlags::NO_ROUTE);
-                    return Err(reply(404, "", grpc, info, "route_configuration_not_found"));
-                }
-            };
-        }
+    // Phase: route. The match borrows only the table, so the request head stays mutable for
+    // the filters.
+    let mut table = hcm.routes.table_for(&head.headers);
+    let mut routing = route(table.as_deref(), &head, grpc);
+    let mut cluster = choose_cluster(&routing, &head);
+    if !check_upgrade(ctx, &routing, upgrade.as_deref()) {
+        return Err(reply(403, "", grpc, info, "upgrade_failed"));
     }
-    if table.any_require_tls {
-        if let Some(location) = tls_redirect(&table, &req) {
-            hcm.stats.rq_redirect.inc();
-            info.response_code_details = "direct_response";
-            let mut resp = Response::new(ResponseBody::empty());
-            *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
-            resp.headers_mut().insert(header::LOCATION, location);
-            return Ok((resp, None));
-        }
-    }
-    let matched = {
-        let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let (path_only, query) = split_query(path_and_query);
-        let view = RequestView {
-            authority,
-            path: path_only,
-            query,
-            method: req.method(),
-            headers: req.headers(),
-            is_grpc: grpc,
-            random: Default::default(),
+
+    // Phase: HTTP filters, request side.
+    let chain = &hcm.filters;
+    let mut states = chain.new_states();
+    let mut stopped = None;
+    for (i, state) in states.iter_mut().enumerate() {
+        let (configs, weighted) = filter_configs(&routing, cluster.as_ref());
+        let Applies::Run(per_route) = chain.applies(i, configs, weighted) else { continue };
+        let matched = match &routing {
+            Routing::Route(m) => Some(m),
+            _ => None,
         };
-        table.route(&view)
-    };
-    let Some((vhost, route)) = matched else {
-        hcm.stats.no_route.inc();
-        info.flags.set(ResponseFlags::NO_ROUTE);
-        return Err(reply(404, "", grpc, info, "route_not_found"));
-    };
-    if !route.name.is_empty() && !hcm.access_logs.is_empty() {
-        info.route_name = Some(route.name.as_str().into());
-    }
-    let levels =
-        router::MutationLevels { route_config: &table.config.headers, vhost: &vhost.headers, route: &route.headers };
-
-    // Upgrades allowed by the HCM's `upgrade_configs` (and not disabled on the route).
-    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).map(|u| u.to_ascii_lowercase());
-    if let Some(u) = &upgrade {
-        let route_allows = match &route.action {
-            RouteAction::Forward(f) => f.upgrade_websocket.unwrap_or(true),
-            _ => true,
+        let mut cx = DecodeCx {
+            info,
+            grpc,
+            table: table.as_deref(),
+            route: matched,
+            cluster: cluster.as_ref().map(|c| c.name.as_ref()),
+            per_route,
         };
-        if !cfg.upgrade_types.iter().any(|t| t == u) || !route_allows {
-            hcm.stats.downstream_rq_ws_on_non_ws_route.inc();
-            return Err(reply(403, "", grpc, info, "upgrade_failed"));
-        }
-    }
-
-    match &route.action {
-        RouteAction::DirectResponse(dr) => {
-            hcm.stats.rq_direct_response.inc();
-            info.response_code_details = "direct_response";
-            let mut resp = match &dr.body {
-                Some(b) => {
-                    let mut r = Response::new(ResponseBody::full(b.clone()));
-                    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-                    r
+        match chain.decode_headers(i, state, &mut head, &mut cx).await {
+            FilterStatus::Continue => {}
+            FilterStatus::ClearRouteCache => {
+                table = hcm.routes.table_for(&head.headers);
+                routing = route(table.as_deref(), &head, grpc);
+                cluster = choose_cluster(&routing, &head);
+                if !check_upgrade(ctx, &routing, upgrade.as_deref()) {
+                    return Err(reply(403, "", grpc, info, "upgrade_failed"));
                 }
-                None => Response::new(ResponseBody::empty()),
-            };
-            *resp.status_mut() = StatusCode::from_u16(dr.status).unwrap_or(StatusCode::OK);
-            router::apply_response_mutations(&mut resp, &levels, None, info, req.headers());
-            Ok((resp, None))
-        }
-        RouteAction::Redirect(rd) => {
-            hcm.stats.rq_redirect.inc();
-            info.response_code_details = "direct_response";
-            let authority = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let (path_only, query) = split_query(req.uri().path_and_query().map_or("/", |p| p.as_str()));
-            let location = redirect_location(rd, authority, path_only, query, route, ctx.tls);
-            let mut resp = Response::new(ResponseBody::empty());
-            *resp.status_mut() = StatusCode::from_u16(rd.response_code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
             }
-            router::apply_response_mutations(&mut resp, &levels, None, info, req.headers());
-            Ok((resp, None))
+            FilterStatus::StopIteration(resp) => {
+                stopped = Some(resp);
+                break;
+            }
         }
-        RouteAction::NonForwarding => {
-            hcm.stats.no_route.inc();
-            info.flags.set(ResponseFlags::NO_ROUTE);
-            Err(reply(404, "", grpc, info, "route_not_found"))
+    }
+
+    // Phase: router (terminal filter).
+    if !hcm.access_logs.is_empty() {
+        if let Routing::Route(m) = &routing {
+            if !m.route.name.is_empty() {
+                info.route_name = Some(m.route.name.as_str().into());
+            }
         }
-        RouteAction::Forward(action) => {
-            // Not boxed: the whole request future is boxed once by the service.
-            router::forward(ctx, req, info, grpc, route, vhost, &table, action, upgrade.is_some()).await
+    }
+    let mut result = match stopped {
+        Some(resp) => Err(resp),
+        None => {
+            let req = Request::from_parts(head, body);
+            match &routing {
+                Routing::NoTable => Err(router::no_route(ctx, info, grpc, "route_configuration_not_found")),
+                Routing::NoRoute => Err(router::no_route(ctx, info, grpc, "route_not_found")),
+                Routing::TlsRedirect(location) => {
+                    hcm.stats.rq_redirect.inc();
+                    info.response_code_details = "direct_response";
+                    Ok((redirect::response(StatusCode::MOVED_PERMANENTLY, location), None))
+                }
+                Routing::Route(m) => {
+                    router::decode_headers(ctx, req, info, grpc, m, cluster.as_ref(), upgrade.is_some()).await
+                }
+            }
         }
+    };
+
+    // Phase: HTTP filters, response side, in reverse order, on every response.
+    if !chain.is_empty() {
+        let resp = match &mut result {
+            Ok((resp, _)) | Err(resp) => resp,
+        };
+        let (configs, weighted) = filter_configs(&routing, cluster.as_ref());
+        for (i, state) in states.iter_mut().enumerate().rev() {
+            let Applies::Run(per_route) = chain.applies(i, configs, weighted) else { continue };
+            chain.encode_headers(i, state, resp, &EncodeCx { info, grpc, per_route });
+        }
+    }
+    result
+}
+
+/// The matched route's per-filter overrides and the weighted cluster chosen, if any.
+fn filter_configs<'a>(
+    routing: &Routing<'a>,
+    cluster: Option<&ClusterChoice<'_>>,
+) -> (Option<&'a RouteFilterConfigs>, Option<usize>) {
+    match routing {
+        Routing::Route(m) => (m.filter_configs, cluster.and_then(|c| c.weighted_index)),
+        _ => (None, None),
     }
 }
 
@@ -517,7 +514,7 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         && ctx.framing.lock().unwrap_or_else(|e| e.into_inner()).pop_front().unwrap_or(false)
     {
         // Both Content-Length and Transfer-Encoding: a smuggling vector; Envoy answers 400.
-        info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        info.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
         return Err(reply(400, "", grpc, info, "http1.content_length_and_chunked_not_allowed"));
     }
     if req.version() == Version::HTTP_10 && !cfg.accept_http_10 {
@@ -529,7 +526,7 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
         + req.method().as_str().len();
     if header_bytes > (cfg.max_request_headers_kb as usize) * 1024 {
-        info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+        info.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
         return Err(reply(431, "", grpc, info, "headers_too_large"));
     }
     // Normalize the authority into `Host` for both protocols. On HTTP/2, `:authority` wins
@@ -553,7 +550,7 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
                 }
                 _ if req.method() == Method::CONNECT => {}
                 _ => {
-                    info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                    info.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
                     return Err(reply(400, "missing required header: :authority", grpc, info, "missing_host_header"));
                 }
             },
@@ -563,7 +560,7 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         let bad: Vec<HeaderName> = req.headers().keys().filter(|k| k.as_str().contains('_')).cloned().collect();
         if !bad.is_empty() {
             if cfg.headers_with_underscores_action == HeadersWithUnderscoresAction::RejectRequest {
-                info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                info.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
                 return Err(reply(400, "", grpc, info, "unexpected_underscore"));
             }
             for k in bad {
@@ -582,21 +579,16 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         match outcome {
             PathOutcome::Continue(std::borrow::Cow::Borrowed(_)) => {}
             PathOutcome::Continue(std::borrow::Cow::Owned(p)) => {
-                let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-                set_path(req, &format!("{p}{q}"));
+                let pq = redirect::normalized_path_location(&p, req.uri().query());
+                set_path(req, &pq);
             }
             PathOutcome::Reject => {
-                info.flags.set(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
+                info.flags.insert(ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR);
                 return Err(reply(400, "", grpc, info, "path_normalization_failed"));
             }
             PathOutcome::Redirect(p) => {
-                let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-                let mut resp = Response::new(ResponseBody::empty());
-                *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-                if let Ok(v) = HeaderValue::from_str(&format!("{p}{q}")) {
-                    resp.headers_mut().insert(header::LOCATION, v);
-                }
-                return Err(resp);
+                let location = redirect::normalized_path_location(&p, req.uri().query());
+                return Err(redirect::response(StatusCode::TEMPORARY_REDIRECT, &location));
             }
         }
     }
@@ -618,101 +610,6 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
         info.bytes_received = len;
     }
     Ok(())
-}
-
-/// `path?query` -> (`path`, `query`).
-/// The virtual host's `require_tls` (Envoy's SSL redirect, decided before its routes): a
-/// request that is not https (by `x-forwarded-proto`, as the HCM set or kept it) gets
-/// `https://<host><path>`; `EXTERNAL_ONLY` spares requests marked `x-envoy-internal`.
-fn tls_redirect(table: &super::route_table::RouteTable, req: &Request<Incoming>) -> Option<HeaderValue> {
-    use pinion_xds::model::RequireTls;
-    let h = req.headers();
-    let authority = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let vh = table.virtual_host(authority)?;
-    let https = h.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
-    let internal = h.get("x-envoy-internal").is_some_and(|v| v == "true");
-    let redirect = match vh.require_tls {
-        RequireTls::None => false,
-        RequireTls::All => !https,
-        RequireTls::ExternalOnly => !https && !internal,
-    };
-    if !redirect {
-        return None;
-    }
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    HeaderValue::from_str(&format!("https://{authority}{path}")).ok()
-}
-
-fn split_query(path_and_query: &str) -> (&str, Option<&str>) {
-    match path_and_query.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path_and_query, None),
-    }
-}
-
-/// Replace the request's path (and query).
-pub fn set_path<B>(req: &mut Request<B>, path_and_query: &str) {
-    let mut parts = req.uri().clone().into_parts();
-    if let Ok(pq) = path_and_query.parse() {
-        parts.path_and_query = Some(pq);
-        if let Ok(uri) = http::Uri::from_parts(parts) {
-            *req.uri_mut() = uri;
-        }
-    }
-}
-
-fn redirect_location(
-    rd: &RedirectAction,
-    authority: &str,
-    path: &str,
-    query: Option<&str>,
-    route: &model::Route,
-    tls: bool,
-) -> String {
-    let scheme = rd.scheme.clone().unwrap_or_else(|| if tls { "https".into() } else { "http".into() });
-    let (mut host, mut port) = match super::route_table::strip_port(authority) {
-        Some(h) => (h.to_string(), Some(authority[h.len() + 1..].to_string())),
-        None => (authority.to_string(), None),
-    };
-    if let Some(h) = &rd.host {
-        // `host_redirect` replaces the whole authority, port included.
-        host = h.clone();
-        port = None;
-    }
-    if rd.scheme.is_some() {
-        // A scheme change drops the old scheme's port.
-        port = None;
-    }
-    if let Some(p) = rd.port {
-        port = Some(p.to_string());
-    }
-    let new_path = match &rd.path {
-        RedirectPath::Keep => path.to_string(),
-        RedirectPath::Path(p) => p.clone(),
-        RedirectPath::PrefixRewrite(prefix) => match &route.matcher.path {
-            model::PathMatch::Prefix(m) | model::PathMatch::SeparatedPrefix(m) if path.len() >= m.len() => {
-                format!("{prefix}{}", &path[m.len()..])
-            }
-            _ => prefix.clone(),
-        },
-        RedirectPath::RegexRewrite(re, sub) => {
-            re.replace_all(path, router::regex_substitution(sub).as_str()).into_owned()
-        }
-    };
-    let path_has_query = matches!(&rd.path, RedirectPath::Path(p) if p.contains('?'));
-    let mut loc = format!("{scheme}://{host}");
-    if let Some(p) = port {
-        loc.push(':');
-        loc.push_str(&p);
-    }
-    loc.push_str(&new_path);
-    if !rd.strip_query && !path_has_query {
-        if let Some(q) = query {
-            loc.push('?');
-            loc.push_str(q);
-        }
-    }
-    loc
 }
 
 /// Phase `encode_headers`: response header rules applied to every response, proxied or local.

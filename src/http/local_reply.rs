@@ -4,6 +4,7 @@
 use http::{header, HeaderValue, Response, StatusCode};
 
 use super::body::ResponseBody;
+use super::stream_info::StreamInfo;
 
 /// Envoy's body for "no healthy upstream" (UH).
 pub const NO_HEALTHY_UPSTREAM: &str = "no healthy upstream";
@@ -30,4 +31,41 @@ pub fn local_reply(status: u16, body: &str) -> Response<ResponseBody> {
 /// Envoy's body for an upstream connect failure or reset before headers.
 pub fn upstream_reset_body(reason: &str) -> String {
     format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+}
+
+/// A local reply, converted to a gRPC trailers-only response for gRPC requests (as Envoy
+/// does), with the response code details recorded for the access log.
+pub fn reply(
+    status: u16,
+    body: &str,
+    grpc: bool,
+    info: &mut StreamInfo,
+    details: &'static str,
+) -> Response<ResponseBody> {
+    info.response_code_details = details;
+    if !grpc {
+        return local_reply(status, body);
+    }
+    let mut resp = Response::new(ResponseBody::empty());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(grpc_status_for(status)));
+    if !body.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(body) {
+            h.insert("grpc-message", v);
+        }
+    }
+    resp
+}
+
+/// Envoy's `Grpc::Utility::httpToGrpcStatus` for local replies to gRPC requests.
+pub fn grpc_status_for(http_status: u16) -> u16 {
+    match http_status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
 }

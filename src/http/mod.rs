@@ -1,13 +1,16 @@
-//! The HTTP connection manager, the router and their helpers.
+//! The HTTP connection manager, its filter chain, the router and their helpers.
 
 pub mod body;
+pub mod connection_context;
 pub mod connection_manager;
+pub mod filter;
 pub mod forwarded_client_cert;
 pub mod h1_framing;
 pub mod header_mutation;
 pub mod local_reply;
 pub mod on_demand;
 pub mod path;
+pub mod redirect;
 pub mod request_headers;
 pub mod route_table;
 pub mod router;

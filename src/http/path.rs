@@ -167,6 +167,17 @@ pub fn normalize_rfc3986(path: &str) -> Option<String> {
     Some(result)
 }
 
+/// Replace the request's path (and query); an unparsable one leaves the request as it was.
+pub fn set_path<B>(req: &mut http::Request<B>, path_and_query: &str) {
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

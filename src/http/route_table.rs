@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
+
+use super::filter::route_config::{self, RouteFilterConfigs};
 use pinion_xds::model::{
     DomainMatcher, HeaderMatchSpec, HeaderMatcher, PathMatch, QueryParameterMatcher, Route, RouteConfiguration,
     VirtualHost,
@@ -25,6 +27,21 @@ pub struct RouteTable {
     indexes: Vec<Option<RouteIndex>>,
     /// Some virtual host has `require_tls`: only then is it checked per request.
     pub any_require_tls: bool,
+    /// Per virtual host, per route: compiled `typed_per_filter_config` (`None` when no level
+    /// of the table configures any filter, the common case).
+    filter_configs: Option<Box<[Box<[RouteFilterConfigs]>]>>,
+}
+
+/// A matched route, with what the filters and the router read from it.
+pub struct Matched<'a> {
+    /// The table it was found in.
+    pub table: &'a RouteTable,
+    /// Its virtual host.
+    pub vhost: &'a Arc<VirtualHost>,
+    /// The route.
+    pub route: &'a Arc<Route>,
+    /// Its per-filter overrides, if any level configures one.
+    pub filter_configs: Option<&'a RouteFilterConfigs>,
 }
 
 /// Routes of one virtual host by the first segment of the paths they can match, so a lookup
@@ -73,7 +90,7 @@ impl RouteIndex {
     }
 
     /// The first route (in config order) among the candidates for `req.path` that matches.
-    fn find<'a>(&self, routes: &'a [Arc<Route>], req: &RequestView<'_>) -> Option<&'a Arc<Route>> {
+    fn find(&self, routes: &[Arc<Route>], req: &RequestView<'_>) -> Option<usize> {
         let pinned: &[u32] =
             first_segment(req.path).and_then(|seg| self.by_segment.get(seg)).map_or(&[], Vec::as_slice);
         let (mut a, mut b) = (pinned.iter().peekable(), self.generic.iter().peekable());
@@ -85,9 +102,9 @@ impl RouteIndex {
                 (Some(_), None) => a.next(),
                 (None, None) => return None,
             };
-            let r = routes.get(*next? as usize)?;
-            if route_matches(r, req) {
-                return Some(r);
+            let i = *next? as usize;
+            if route_matches(routes.get(i)?, req) {
+                return Some(i);
             }
         }
     }
@@ -152,7 +169,8 @@ impl RouteTable {
         let indexes = config.virtual_hosts.iter().map(|vh| RouteIndex::new(&vh.routes)).collect();
         let any_require_tls =
             config.virtual_hosts.iter().any(|vh| vh.require_tls != pinion_xds::model::RequireTls::None);
-        RouteTable { config, exact, suffixes, prefixes, wildcard, indexes, any_require_tls }
+        let filter_configs = route_config::compile(&config);
+        RouteTable { config, exact, suffixes, prefixes, wildcard, indexes, any_require_tls, filter_configs }
     }
 
     /// Find the virtual host for `authority` (Envoy: exact, then suffix wildcards, then prefix
@@ -188,14 +206,15 @@ impl RouteTable {
     }
 
     /// Full lookup: vhost, then first matching route.
-    pub fn route<'a>(&'a self, req: &RequestView<'_>) -> Option<(&'a Arc<VirtualHost>, &'a Arc<Route>)> {
+    pub fn route<'a>(&'a self, req: &RequestView<'_>) -> Option<Matched<'a>> {
         let i = self.virtual_host_index(req.authority)?;
-        let vh = self.config.virtual_hosts.get(i)?;
-        let route = match self.indexes.get(i).and_then(Option::as_ref) {
-            Some(index) => index.find(&vh.routes, req),
-            None => vh.routes.iter().find(|r| route_matches(r, req)),
-        };
-        route.map(|r| (vh, r))
+        let vhost = self.config.virtual_hosts.get(i)?;
+        let r = match self.indexes.get(i).and_then(Option::as_ref) {
+            Some(index) => index.find(&vhost.routes, req),
+            None => vhost.routes.iter().position(|r| route_matches(r, req)),
+        }?;
+        let filter_configs = self.filter_configs.as_ref().and_then(|f| f.get(i)?.get(r));
+        Some(Matched { table: self, vhost, route: vhost.routes.get(r)?, filter_configs })
     }
 }
 
@@ -427,7 +446,7 @@ mod tests {
                 };
                 let vh = &t.config.virtual_hosts[0];
                 let linear = vh.routes.iter().find(|r| route_matches(r, &req)).map(|r| r.name.clone());
-                let indexed = t.route(&req).map(|(_, r)| r.name.clone());
+                let indexed = t.route(&req).map(|m| m.route.name.clone());
                 assert_eq!(indexed, linear, "path {p:?}");
                 checked += 1;
             }

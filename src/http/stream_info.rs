@@ -4,42 +4,45 @@
 use std::net::SocketAddr;
 use std::time::{Instant, SystemTime};
 
-/// Envoy response flags (`%RESPONSE_FLAGS%`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ResponseFlags(pub u32);
+bitflags::bitflags! {
+    /// Envoy response flags (`%RESPONSE_FLAGS%`).
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct ResponseFlags: u32 {
+        /// `NR`: no route.
+        const NO_ROUTE = 1 << 0;
+        /// `NC`: no cluster.
+        const NO_CLUSTER = 1 << 1;
+        /// `UH`: no healthy upstream.
+        const NO_HEALTHY_UPSTREAM = 1 << 2;
+        /// `UF`: upstream connection failure.
+        const UPSTREAM_CONNECTION_FAILURE = 1 << 3;
+        /// `UT`: upstream request timeout.
+        const UPSTREAM_REQUEST_TIMEOUT = 1 << 4;
+        /// `UC`: upstream connection termination.
+        const UPSTREAM_CONNECTION_TERMINATION = 1 << 5;
+        /// `DC`: downstream connection termination.
+        const DOWNSTREAM_CONNECTION_TERMINATION = 1 << 6;
+        /// `UR`: upstream remote reset.
+        const UPSTREAM_REMOTE_RESET = 1 << 7;
+        /// `DPE`: downstream protocol error.
+        const DOWNSTREAM_PROTOCOL_ERROR = 1 << 8;
+        /// `UPE`: upstream protocol error.
+        const UPSTREAM_PROTOCOL_ERROR = 1 << 9;
+        /// `UO`: upstream overflow (circuit breaker).
+        const UPSTREAM_OVERFLOW = 1 << 10;
+        /// `DI`: the fault filter delayed the request.
+        const DELAY_INJECTED = 1 << 11;
+        /// `FI`: the fault filter aborted the request.
+        const FAULT_INJECTED = 1 << 12;
+        /// `RL`: rate limited (local rate limit filter).
+        const RATE_LIMITED = 1 << 13;
+    }
+}
 
 impl ResponseFlags {
-    /// `NR`: no route.
-    pub const NO_ROUTE: u32 = 1 << 0;
-    /// `NC`: no cluster.
-    pub const NO_CLUSTER: u32 = 1 << 1;
-    /// `UH`: no healthy upstream.
-    pub const NO_HEALTHY_UPSTREAM: u32 = 1 << 2;
-    /// `UF`: upstream connection failure.
-    pub const UPSTREAM_CONNECTION_FAILURE: u32 = 1 << 3;
-    /// `UT`: upstream request timeout.
-    pub const UPSTREAM_REQUEST_TIMEOUT: u32 = 1 << 4;
-    /// `UC`: upstream connection termination.
-    pub const UPSTREAM_CONNECTION_TERMINATION: u32 = 1 << 5;
-    /// `DC`: downstream connection termination.
-    pub const DOWNSTREAM_CONNECTION_TERMINATION: u32 = 1 << 6;
-    /// `UR`: upstream remote reset.
-    pub const UPSTREAM_REMOTE_RESET: u32 = 1 << 7;
-    /// `DPE`: downstream protocol error.
-    pub const DOWNSTREAM_PROTOCOL_ERROR: u32 = 1 << 8;
-    /// `UPE`: upstream protocol error.
-    pub const UPSTREAM_PROTOCOL_ERROR: u32 = 1 << 9;
-    /// `UO`: upstream overflow (circuit breaker).
-    pub const UPSTREAM_OVERFLOW: u32 = 1 << 10;
-
-    /// Set a flag.
-    pub fn set(&mut self, f: u32) {
-        self.0 |= f;
-    }
-
     /// Envoy's short string: `-` when none, else codes joined by `,`.
     pub fn to_short_string(self) -> String {
-        const NAMES: [(u32, &str); 11] = [
+        const NAMES: [(ResponseFlags, &str); 14] = [
             (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
             (ResponseFlags::NO_HEALTHY_UPSTREAM, "UH"),
             (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "UT"),
@@ -49,13 +52,16 @@ impl ResponseFlags {
             (ResponseFlags::UPSTREAM_OVERFLOW, "UO"),
             (ResponseFlags::NO_ROUTE, "NR"),
             (ResponseFlags::NO_CLUSTER, "NC"),
+            (ResponseFlags::DELAY_INJECTED, "DI"),
+            (ResponseFlags::FAULT_INJECTED, "FI"),
+            (ResponseFlags::RATE_LIMITED, "RL"),
             (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
             (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
         ];
-        if self.0 == 0 {
+        if self.is_empty() {
             return "-".into();
         }
-        NAMES.iter().filter(|(b, _)| self.0 & b != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
+        NAMES.iter().filter(|(b, _)| self.contains(*b)).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
     }
 }
 
