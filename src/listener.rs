@@ -76,91 +76,75 @@ impl ListenerStats {
     }
 }
 
-/// HCM stats (`http.<stat_prefix>.*`).
-pub struct HcmStats {
-    /// `downstream_cx_total`.
-    pub downstream_cx_total: Counter,
-    /// `downstream_cx_active`.
-    pub downstream_cx_active: Gauge,
-    /// `downstream_cx_http1_total`.
-    pub downstream_cx_http1_total: Counter,
-    /// `downstream_cx_http2_total`.
-    pub downstream_cx_http2_total: Counter,
-    /// `downstream_cx_destroy`.
-    pub downstream_cx_destroy: Counter,
-    /// `downstream_cx_idle_timeout`.
-    pub downstream_cx_idle_timeout: Counter,
-    /// `downstream_rq_total`.
-    pub downstream_rq_total: Counter,
-    /// `downstream_rq_active`.
-    pub downstream_rq_active: Gauge,
-    /// `downstream_rq_http1_total`.
-    pub downstream_rq_http1_total: Counter,
-    /// `downstream_rq_http2_total`.
-    pub downstream_rq_http2_total: Counter,
-    /// `downstream_rq_1xx` .. `downstream_rq_5xx`.
-    pub downstream_rq_xx: [Counter; 5],
-    /// `downstream_rq_completed`.
-    pub downstream_rq_completed: Counter,
-    /// `downstream_rq_timeout`.
-    pub downstream_rq_timeout: Counter,
-    /// `downstream_rq_idle_timeout`.
-    pub downstream_rq_idle_timeout: Counter,
-    /// `downstream_rq_ws_on_non_ws_route`.
-    pub downstream_rq_ws_on_non_ws_route: Counter,
-    /// `no_route`.
-    pub no_route: Counter,
-    /// `no_cluster`.
-    pub no_cluster: Counter,
-    /// `rq_redirect`.
-    pub rq_redirect: Counter,
-    /// `rq_direct_response`.
-    pub rq_direct_response: Counter,
-    /// `rq_total`.
-    pub rq_total: Counter,
+crate::stats_struct! {
+    /// HCM stats (`http.<stat_prefix>.*`).
+    pub struct HcmStats {
+        /// `downstream_cx_total`.
+        downstream_cx_total: Counter = "downstream_cx_total",
+        /// `downstream_cx_active`.
+        downstream_cx_active: Gauge = "downstream_cx_active",
+        /// `downstream_cx_http1_total`.
+        downstream_cx_http1_total: Counter = "downstream_cx_http1_total",
+        /// `downstream_cx_http2_total`.
+        downstream_cx_http2_total: Counter = "downstream_cx_http2_total",
+        /// `downstream_cx_destroy`.
+        downstream_cx_destroy: Counter = "downstream_cx_destroy",
+        /// `downstream_cx_idle_timeout`.
+        downstream_cx_idle_timeout: Counter = "downstream_cx_idle_timeout",
+        /// `downstream_rq_total`.
+        downstream_rq_total: Counter = "downstream_rq_total",
+        /// `downstream_rq_active`.
+        downstream_rq_active: Gauge = "downstream_rq_active",
+        /// `downstream_rq_http1_total`.
+        downstream_rq_http1_total: Counter = "downstream_rq_http1_total",
+        /// `downstream_rq_http2_total`.
+        downstream_rq_http2_total: Counter = "downstream_rq_http2_total",
+        /// `downstream_rq_1xx`.
+        downstream_rq_1xx: Counter = "downstream_rq_1xx",
+        /// `downstream_rq_2xx`.
+        downstream_rq_2xx: Counter = "downstream_rq_2xx",
+        /// `downstream_rq_3xx`.
+        downstream_rq_3xx: Counter = "downstream_rq_3xx",
+        /// `downstream_rq_4xx`.
+        downstream_rq_4xx: Counter = "downstream_rq_4xx",
+        /// `downstream_rq_5xx`.
+        downstream_rq_5xx: Counter = "downstream_rq_5xx",
+        /// `downstream_rq_completed`.
+        downstream_rq_completed: Counter = "downstream_rq_completed",
+        /// `downstream_rq_timeout`.
+        downstream_rq_timeout: Counter = "downstream_rq_timeout",
+        /// `downstream_rq_idle_timeout`.
+        downstream_rq_idle_timeout: Counter = "downstream_rq_idle_timeout",
+        /// `downstream_rq_ws_on_non_ws_route`.
+        downstream_rq_ws_on_non_ws_route: Counter = "downstream_rq_ws_on_non_ws_route",
+        /// `no_route`.
+        no_route: Counter = "no_route",
+        /// `no_cluster`.
+        no_cluster: Counter = "no_cluster",
+        /// `rq_redirect`.
+        rq_redirect: Counter = "rq_redirect",
+        /// `rq_direct_response`.
+        rq_direct_response: Counter = "rq_direct_response",
+        /// `rq_total`.
+        rq_total: Counter = "rq_total",
+    }
 }
 
 impl HcmStats {
-    fn new(store: &Store, prefix: &str) -> Self {
-        let tag = "envoy_http_conn_manager_prefix";
-        let c = |rest: &str| store.counter(&format!("http.{prefix}.{rest}"), Prom::tagged("http", tag, prefix, rest));
-        let g = |rest: &str| store.gauge(&format!("http.{prefix}.{rest}"), Prom::tagged("http", tag, prefix, rest));
-        let xx = |class: u8| {
-            store.counter(
-                &format!("http.{prefix}.downstream_rq_{class}xx"),
-                Prom::tagged("http", tag, prefix, "downstream_rq_xx")
-                    .with_tag("envoy_response_code_class", &class.to_string()),
-            )
-        };
-        HcmStats {
-            downstream_cx_total: c("downstream_cx_total"),
-            downstream_cx_active: g("downstream_cx_active"),
-            downstream_cx_http1_total: c("downstream_cx_http1_total"),
-            downstream_cx_http2_total: c("downstream_cx_http2_total"),
-            downstream_cx_destroy: c("downstream_cx_destroy"),
-            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
-            downstream_rq_total: c("downstream_rq_total"),
-            downstream_rq_active: g("downstream_rq_active"),
-            downstream_rq_http1_total: c("downstream_rq_http1_total"),
-            downstream_rq_http2_total: c("downstream_rq_http2_total"),
-            downstream_rq_xx: [xx(1), xx(2), xx(3), xx(4), xx(5)],
-            downstream_rq_completed: c("downstream_rq_completed"),
-            downstream_rq_timeout: c("downstream_rq_timeout"),
-            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
-            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
-            no_route: c("no_route"),
-            no_cluster: c("no_cluster"),
-            rq_redirect: c("rq_redirect"),
-            rq_direct_response: c("rq_direct_response"),
-            rq_total: c("rq_total"),
-        }
+    /// The stats of the HCM with `stat_prefix`.
+    fn for_prefix(store: &Store, prefix: &str) -> Self {
+        Self::new(store, "http", "envoy_http_conn_manager_prefix", prefix)
     }
 
     /// Count a downstream response status class.
     pub fn record_status(&self, status: u16) {
-        let class = (status / 100) as usize;
-        if (1..=5).contains(&class) {
-            self.downstream_rq_xx[class - 1].inc();
+        match status / 100 {
+            1 => self.downstream_rq_1xx.inc(),
+            2 => self.downstream_rq_2xx.inc(),
+            3 => self.downstream_rq_3xx.inc(),
+            4 => self.downstream_rq_4xx.inc(),
+            5 => self.downstream_rq_5xx.inc(),
+            _ => {}
         }
         self.downstream_rq_completed.inc();
     }
@@ -444,7 +428,7 @@ impl ListenerRuntime {
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
                     ChainFilter::Http(Arc::new(HcmRuntime {
-                        stats: HcmStats::new(store, &hcm.stat_prefix),
+                        stats: HcmStats::for_prefix(store, &hcm.stat_prefix),
                         config: hcm.clone(),
                         routes,
                         access_logs,

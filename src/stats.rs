@@ -193,7 +193,9 @@ struct Entry {
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Mutex<BTreeMap<String, Entry>>>,
-    groups: Arc<Mutex<BTreeMap<String, Group>>>,
+    /// Keyed by prefix and name list: two stat structs may share a prefix (an HCM's own stats
+    /// and its fault filter's, both under `http.<prefix>.`).
+    groups: Arc<Mutex<BTreeMap<(String, usize), Group>>>,
     slots: usize,
     sources: Arc<Mutex<Vec<Source>>>,
 }
@@ -227,12 +229,10 @@ impl Store {
         value: &str,
         names: &'static [(&'static str, bool)],
     ) -> StatGroup {
-        let key = format!("{family}.{value}.");
+        let key = (format!("{family}.{value}."), names.as_ptr() as usize);
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(g) = groups.get(&key) {
-            if std::ptr::eq(g.names, names) {
-                return StatGroup { block: g.block.clone() };
-            }
+            return StatGroup { block: g.block.clone() };
         }
         let block = Block::new(self.slots, names.len());
         groups.insert(key, Group { family, tag, value: value.into(), names, block: block.clone() });
@@ -261,7 +261,7 @@ impl Store {
         };
         {
             let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-            for (prefix, g) in groups.iter() {
+            for ((prefix, _), g) in groups.iter() {
                 for (i, (n, gauge)) in g.names.iter().enumerate() {
                     // Gauges live in the same cells as two's complement; the cast reads both.
                     let v = g.block.sum(i) as i64;
@@ -489,4 +489,42 @@ mod tests {
         let re = regex::Regex::new("^a\\.").unwrap();
         assert_eq!(store.render_text(Some(&re), false), "a.unused: 0\na.used: 1\n");
     }
+}
+
+/// Declares a stats struct the way Envoy's `ALL_*_STATS` macros do: one list of
+/// `field: Counter|Gauge = "name"`, registered as one [`StatGroup`] under `<family>.<value>.`
+/// (with `value` extracted into the Prometheus tag `tag`), so a scope's stats are declared
+/// once and cost one block of cells.
+#[macro_export]
+macro_rules! stats_struct {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $kind:ident = $stat:literal ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$fmeta])* pub $field: $crate::stats::$kind, )*
+        }
+        impl $name {
+            /// The stat names after the scope's prefix, and whether each is a gauge.
+            pub const NAMES: &'static [(&'static str, bool)] = &[ $( ($stat, $crate::stats_struct!(@gauge $kind)) ),* ];
+
+            /// Register (or find again) these stats under `<family>.<value>.`.
+            pub fn new(store: &$crate::stats::Store, family: &'static str, tag: &'static str, value: &str) -> Self {
+                let g = store.group(family, tag, value, Self::NAMES);
+                let mut i = 0usize;
+                let mut next = move || {
+                    i += 1;
+                    i - 1
+                };
+                $name { $( $field: $crate::stats_struct!(@make g, $kind, next()), )* }
+            }
+        }
+    };
+    (@gauge Counter) => { false };
+    (@gauge Gauge) => { true };
+    (@make $g:ident, Counter, $i:expr) => { $g.counter($i) };
+    (@make $g:ident, Gauge, $i:expr) => { $g.gauge($i) };
 }
