@@ -425,6 +425,44 @@ fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == ':' { c } else { '_' }).collect()
 }
 
+/// Declares a stats struct the way Envoy's `ALL_*_STATS` macros do: one list of
+/// `field: Counter|Gauge = "name"`, registered as one [`StatGroup`] under `<family>.<value>.`
+/// (with `value` extracted into the Prometheus tag `tag`), so a scope's stats are declared
+/// once and cost one block of cells.
+#[macro_export]
+macro_rules! stats_struct {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $field:ident : $kind:ident = $stat:literal ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$fmeta])* pub $field: $crate::stats::$kind, )*
+        }
+        impl $name {
+            /// The stat names after the scope's prefix, and whether each is a gauge.
+            pub const NAMES: &'static [(&'static str, bool)] = &[ $( ($stat, $crate::stats_struct!(@gauge $kind)) ),* ];
+
+            /// Register (or find again) these stats under `<family>.<value>.`.
+            pub fn new(store: &$crate::stats::Store, family: &'static str, tag: &'static str, value: &str) -> Self {
+                let g = store.group(family, tag, value, Self::NAMES);
+                let mut i = 0usize;
+                let mut next = move || {
+                    i += 1;
+                    i - 1
+                };
+                $name { $( $field: $crate::stats_struct!(@make g, $kind, next()), )* }
+            }
+        }
+    };
+    (@gauge Counter) => { false };
+    (@gauge Gauge) => { true };
+    (@make $g:ident, Counter, $i:expr) => { $g.counter($i) };
+    (@make $g:ident, Gauge, $i:expr) => { $g.gauge($i) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,42 +527,4 @@ mod tests {
         let re = regex::Regex::new("^a\\.").unwrap();
         assert_eq!(store.render_text(Some(&re), false), "a.unused: 0\na.used: 1\n");
     }
-}
-
-/// Declares a stats struct the way Envoy's `ALL_*_STATS` macros do: one list of
-/// `field: Counter|Gauge = "name"`, registered as one [`StatGroup`] under `<family>.<value>.`
-/// (with `value` extracted into the Prometheus tag `tag`), so a scope's stats are declared
-/// once and cost one block of cells.
-#[macro_export]
-macro_rules! stats_struct {
-    (
-        $(#[$meta:meta])*
-        $vis:vis struct $name:ident {
-            $( $(#[$fmeta:meta])* $field:ident : $kind:ident = $stat:literal ),* $(,)?
-        }
-    ) => {
-        $(#[$meta])*
-        $vis struct $name {
-            $( $(#[$fmeta])* pub $field: $crate::stats::$kind, )*
-        }
-        impl $name {
-            /// The stat names after the scope's prefix, and whether each is a gauge.
-            pub const NAMES: &'static [(&'static str, bool)] = &[ $( ($stat, $crate::stats_struct!(@gauge $kind)) ),* ];
-
-            /// Register (or find again) these stats under `<family>.<value>.`.
-            pub fn new(store: &$crate::stats::Store, family: &'static str, tag: &'static str, value: &str) -> Self {
-                let g = store.group(family, tag, value, Self::NAMES);
-                let mut i = 0usize;
-                let mut next = move || {
-                    i += 1;
-                    i - 1
-                };
-                $name { $( $field: $crate::stats_struct!(@make g, $kind, next()), )* }
-            }
-        }
-    };
-    (@gauge Counter) => { false };
-    (@gauge Gauge) => { true };
-    (@make $g:ident, Counter, $i:expr) => { $g.counter($i) };
-    (@make $g:ident, Gauge, $i:expr) => { $g.gauge($i) };
 }
