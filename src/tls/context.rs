@@ -13,6 +13,32 @@ use tokio::net::TcpStream;
 use super::verifier::{DownstreamVerifier, UpstreamVerifier};
 use super::{Io, SslStats};
 
+/// Why rustls refused a TLS context (the message names the config field).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A `trusted_ca` certificate was refused.
+    #[error("trusted_ca certificate {0}: {1}")]
+    TrustedCa(usize, rustls::Error),
+    /// The TLS versions cannot be served.
+    #[error("tls_params: {0}")]
+    TlsParams(rustls::Error),
+    /// The certificate or its key was refused.
+    #[error("tls_certificates[0]: {0}")]
+    Certificate(rustls::Error),
+    /// Session tickets could not be set up.
+    #[error("session tickets: {0}")]
+    SessionTickets(rustls::Error),
+    /// A server context without a certificate.
+    #[error("a server TLS context needs a certificate")]
+    NoCertificate,
+    /// `sni` is not a valid server name.
+    #[error("sni '{0}': invalid DNS name")]
+    Sni(String),
+    /// The client certificate verifier could not be built.
+    #[error("client certificate verifier: {0}")]
+    Verifier(String),
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -25,10 +51,10 @@ fn versions(c: &model::CommonTlsContext) -> Vec<&'static rustls::SupportedProtoc
         .collect()
 }
 
-fn roots(v: &model::CertificateValidation) -> Result<RootCertStore, String> {
+fn roots(v: &model::CertificateValidation) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for (i, ca) in v.trusted_ca.iter().enumerate() {
-        roots.add(ca.clone()).map_err(|e| format!("trusted_ca certificate {i}: {e}"))?;
+        roots.add(ca.clone()).map_err(|e| TlsError::TrustedCa(i, e))?;
     }
     Ok(roots)
 }
@@ -54,12 +80,12 @@ impl ServerContext {
         cfg: &model::DownstreamTlsContext,
         handshake_timeout: Option<Duration>,
         stats: SslStats,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TlsError> {
         let c = &cfg.common;
         let provider = provider();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions(c))
-            .map_err(|e| format!("tls_params: {e}"))?;
+            .map_err(TlsError::TlsParams)?;
         let builder = match &c.validation {
             Some(v) if !v.trusted_ca.is_empty() => {
                 builder.with_client_cert_verifier(Arc::new(DownstreamVerifier::new(
@@ -72,7 +98,7 @@ impl ServerContext {
             }
             _ => builder.with_no_client_auth(),
         };
-        let cert = c.tls_certificates.first().ok_or("a server TLS context needs a certificate")?;
+        let cert = c.tls_certificates.first().ok_or(TlsError::NoCertificate)?;
         let local_uris = cert
             .certificate_chain
             .first()
@@ -83,7 +109,7 @@ impl ServerContext {
             .unwrap_or_default();
         let mut config = builder
             .with_single_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
-            .map_err(|e| format!("tls_certificates[0]: {e}"))?;
+            .map_err(TlsError::Certificate)?;
         config.alpn_protocols = alpn(&c.alpn_protocols);
         // Session resumption as Envoy configures it: a session cache and self-keyed tickets
         // unless disabled.
@@ -91,7 +117,7 @@ impl ServerContext {
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         }
         if cfg.stateless_resumption {
-            config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+            config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::SessionTickets)?;
         }
         if !cfg.stateful_resumption && !cfg.stateless_resumption {
             config.send_tls13_tickets = 0;
@@ -164,7 +190,7 @@ pub struct ClientContext {
 
 impl ClientContext {
     /// Build from an `UpstreamTlsContext`; errors name what rustls refused.
-    pub fn new(cfg: &model::UpstreamTlsContext, stats: SslStats) -> Result<Self, String> {
+    pub fn new(cfg: &model::UpstreamTlsContext, stats: SslStats) -> Result<Self, TlsError> {
         let c = &cfg.common;
         let provider = provider();
         let verifier = UpstreamVerifier {
@@ -178,13 +204,13 @@ impl ClientContext {
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions(c))
-            .map_err(|e| format!("tls_params: {e}"))?
+            .map_err(TlsError::TlsParams)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier));
         let mut config = match c.tls_certificates.first() {
             Some(cert) => builder
                 .with_client_auth_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
-                .map_err(|e| format!("tls_certificates[0]: {e}"))?,
+                .map_err(TlsError::Certificate)?,
             None => builder.with_no_client_auth(),
         };
         config.resumption = match cfg.max_session_keys {
@@ -196,7 +222,7 @@ impl ClientContext {
             config.enable_sni = false;
             None
         } else {
-            Some(ServerName::try_from(cfg.sni.clone()).map_err(|e| format!("sni '{}': {e}", cfg.sni))?)
+            Some(ServerName::try_from(cfg.sni.clone()).map_err(|_| TlsError::Sni(cfg.sni.clone()))?)
         };
         // With no `alpn_protocols`, Envoy offers the protocol of the codec it will speak.
         let with_alpn = |fallback: &[&str]| {

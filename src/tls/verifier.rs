@@ -148,12 +148,12 @@ impl DownstreamVerifier {
         required: bool,
         provider: Arc<CryptoProvider>,
         stats: SslStats,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::context::TlsError> {
         let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         if !required {
             b = b.allow_unauthenticated();
         }
-        let inner = b.build().map_err(|e| format!("client certificate verifier: {e}"))?;
+        let inner = b.build().map_err(|e| super::context::TlsError::Verifier(e.to_string()))?;
         Ok(DownstreamVerifier { inner, sans, stats })
     }
 }
