@@ -33,6 +33,11 @@ impl RuntimeSnapshot {
         };
         percent.evaluate(random)
     }
+
+    /// Envoy's `getInteger(key, default)`: the key's integer value, else `default`.
+    pub fn get_integer(&self, key: &str, default: u64) -> u64 {
+        self.values.get(key).and_then(|v| v.uint).unwrap_or(default)
+    }
 }
 
 /// The process's runtime (one per process, like Envoy's).
