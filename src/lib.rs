@@ -23,4 +23,5 @@ pub mod tcp_proxy;
 pub mod tls;
 pub mod upstream;
 pub mod worker;
+pub mod worker_context;
 pub mod xds_runtime;

@@ -35,7 +35,7 @@ use super::router;
 use super::stream_info::{ResponseFlags, StreamInfo};
 use crate::formatter::{self, Context};
 use crate::listener::{HcmRuntime, ListenerRuntime};
-use crate::worker::{LocalExec, WorkerCtx};
+use crate::worker_context::{LocalExec, WorkerCtx};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
