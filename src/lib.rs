@@ -17,6 +17,7 @@ pub mod listener_manager;
 pub mod logging;
 pub mod runtime;
 pub mod server;
+pub mod server_state;
 pub mod snapshot;
 pub mod stats;
 pub mod tcp_proxy;
