@@ -5,11 +5,13 @@
 //! Envoy's logger cache does) and resolves its cluster to a host at each (re)connect, so
 //! static, DNS and EDS clusters all work.
 //!
-//! Before [`init`] (e.g. `--mode validate`) loggers are built but send nothing.
+//! The sinks belong to the server's [`GrpcSinks`] (one per server, handed to listener
+//! construction through the [`crate::access_log::AccessLogManager`]); without one (e.g.
+//! `--mode validate`) loggers are built but send nothing.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use http::HeaderMap;
 use pinion_xds::als::{self, AlsConfig, AlsSink, CommonRecord, HttpLogRecord, LogFlags, LogRecord, TcpLogRecord};
@@ -17,46 +19,46 @@ use pinion_xds::model::{self, GrpcAccessLog, GrpcAccessLogKind};
 
 use crate::formatter::{self, Context};
 use crate::http::stream_info::{ResponseFlags, StreamInfo};
-use crate::snapshot::SharedSnapshot;
 
-struct Registry {
+/// Finds the address to dial for an access log service cluster. Asked at each (re)connect,
+/// so it sees the cluster's current hosts; implemented by the server's config snapshot.
+pub trait ClusterResolver: Send + Sync {
+    /// A host address of `cluster`, or `None` (no such cluster, no host, not usable).
+    fn resolve(&self, cluster: &str) -> Option<SocketAddr>;
+}
+
+/// The gRPC access log sinks of one server: one per distinct logger config, shared by every
+/// logger with that config (as Envoy's logger cache does).
+pub struct GrpcSinks {
     handle: tokio::runtime::Handle,
     node: model::Node,
-    sinks: HashMap<GrpcAccessLog, AlsSink>,
+    resolver: Arc<dyn ClusterResolver>,
+    sinks: Mutex<HashMap<GrpcAccessLog, AlsSink>>,
 }
 
-fn registry() -> &'static Mutex<Option<Registry>> {
-    static R: OnceLock<Mutex<Option<Registry>>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
-fn snapshot_slot() -> &'static OnceLock<SharedSnapshot> {
-    static S: OnceLock<SharedSnapshot> = OnceLock::new();
-    &S
-}
-
-/// Enable gRPC access logs: sinks run on `handle` and identify as `node`.
-pub fn init(handle: tokio::runtime::Handle, node: model::Node) {
-    let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-    if r.is_none() {
-        *r = Some(Registry { handle, node, sinks: HashMap::new() });
+impl GrpcSinks {
+    /// Sinks that run on `handle`, identify as `node`, and find their cluster's hosts with
+    /// `resolver`.
+    pub fn new(handle: tokio::runtime::Handle, node: model::Node, resolver: Arc<dyn ClusterResolver>) -> Self {
+        GrpcSinks { handle, node, resolver, sinks: Mutex::new(HashMap::new()) }
     }
-}
 
-/// The active config, from which sinks resolve their cluster's hosts.
-pub fn set_snapshot(snapshot: SharedSnapshot) {
-    let _ = snapshot_slot().set(snapshot);
-}
-
-fn resolve(cluster: &str) -> Option<SocketAddr> {
-    let snap = snapshot_slot().get()?.load();
-    let c = snap.clusters.get(cluster)?;
-    // The sink dials plaintext gRPC: a TLS cluster gets no logs rather than cleartext ones.
-    if c.tls.is_some() {
-        tracing::warn!(cluster, "gRPC access log: TLS to the log service is not supported by pinion yet");
-        return None;
+    /// The sink for `cfg`, started on first use.
+    fn sink(&self, cfg: &GrpcAccessLog) -> AlsSink {
+        let mut sinks = self.sinks.lock().unwrap_or_else(|e| e.into_inner());
+        sinks
+            .entry(cfg.clone())
+            .or_insert_with(|| {
+                let cluster = cfg.cluster_name.clone();
+                let resolver = self.resolver.clone();
+                AlsSink::start(
+                    &self.handle,
+                    AlsConfig::new(cfg, self.node.clone()),
+                    Arc::new(move || resolver.resolve(&cluster)),
+                )
+            })
+            .clone()
     }
-    c.choose_host().map(|h| h.address)
 }
 
 /// One configured gRPC access log.
@@ -67,19 +69,10 @@ pub struct GrpcLogger {
 }
 
 impl GrpcLogger {
-    /// Get (or start) the sink for `cfg`.
-    pub fn new(cfg: &GrpcAccessLog) -> Result<Self, String> {
-        let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
-        let sink = r.as_mut().map(|r| {
-            r.sinks
-                .entry(cfg.clone())
-                .or_insert_with(|| {
-                    let cluster = cfg.cluster_name.clone();
-                    AlsSink::start(&r.handle, AlsConfig::new(cfg, r.node.clone()), Arc::new(move || resolve(&cluster)))
-                })
-                .clone()
-        });
-        Ok(GrpcLogger { cfg: Arc::new(cfg.clone()), sink })
+    /// A logger for `cfg` on the shared sink for it in `sinks` (started on first use); with
+    /// no sinks it sends nothing.
+    pub fn new(cfg: &GrpcAccessLog, sinks: Option<&GrpcSinks>) -> Self {
+        GrpcLogger { cfg: Arc::new(cfg.clone()), sink: sinks.map(|s| s.sink(cfg)) }
     }
 
     /// Build and queue the entry for a finished stream or connection.

@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
-use crate::server::{ServerState, ServerStateKind};
+use crate::server_state::{ServerState, ServerStateKind};
 use crate::upstream::Host;
 
 /// Bind the admin listener and serve it in the background; returns the bound address.

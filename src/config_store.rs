@@ -15,6 +15,7 @@ use pinion_xds::model;
 use pinion_xds::sink::{ConfigSink, Rejected, Resource, ResourceType, ResourceUpdate, Update};
 use tokio::sync::watch;
 
+use crate::access_log::AccessLogManager;
 use crate::http::on_demand::OnDemandVhds;
 use crate::http::route_table::RouteTable;
 use crate::listener::{scope_map_key, ListenerRuntime, RdsSlot, RouteProvider, ScopeMap, ScopeSlot};
@@ -102,19 +103,22 @@ pub struct ConfigStore {
     srds: ScopeSlot,
     on_demand: Arc<OnDemandVhds>,
     runtime: Arc<Runtime>,
+    /// The server's access log writers and sinks, for the listeners built here.
+    access_logs: Arc<AccessLogManager>,
     /// VHDS needs Delta xDS.
     delta: bool,
 }
 
 impl ConfigStore {
-    /// A store over the static clusters already in `snapshot`. `delta`: the client speaks
-    /// Delta xDS (VHDS needs it).
+    /// A store over the static clusters already in `snapshot`; the listeners it builds log
+    /// through `access_logs`. `delta`: the client speaks Delta xDS (VHDS needs it).
     pub fn new(
         snapshot: SharedSnapshot,
         stats: Store,
         workers: usize,
         listeners: Arc<Mutex<ListenerManager>>,
         runtime: Arc<Runtime>,
+        access_logs: Arc<AccessLogManager>,
         delta: bool,
     ) -> Arc<Self> {
         let static_clusters = snapshot.load().clusters.clone();
@@ -135,6 +139,7 @@ impl ConfigStore {
             srds: Arc::new(arc_swap::ArcSwap::from_pointee(ScopeMap::default())),
             on_demand: Arc::new(OnDemandVhds::default()),
             runtime,
+            access_logs,
             delta,
         })
     }
@@ -156,7 +161,7 @@ impl ConfigStore {
             }
             let provider = Provider { inner: &inner, srds: &self.srds, on_demand: &self.on_demand };
             let runtime = Arc::new(
-                ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, Some(&provider))
+                ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider))
                     .map_err(|e| e.to_string())?,
             );
             inner.static_listeners.push(cfg.clone());
@@ -488,7 +493,13 @@ impl ConfigStore {
                 Self::rds_slot(inner, &n);
             }
             let provider = Provider { inner: &*inner, srds: &self.srds, on_demand: &self.on_demand };
-            let runtime = match ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, Some(&provider)) {
+            let runtime = match ListenerRuntime::new(
+                cfg.clone(),
+                &self.stats,
+                self.workers,
+                &self.access_logs,
+                Some(&provider),
+            ) {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
                     rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });

@@ -11,7 +11,7 @@ use pinion_xds::model;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::access_log::AccessLogger;
+use crate::access_log::{AccessLogManager, AccessLogger};
 use crate::http::filter::on_demand::OnDemand;
 use crate::http::filter::{FilterChain, FilterEntry, HttpFilter};
 use crate::http::on_demand::OnDemandVhds;
@@ -351,12 +351,14 @@ pub enum ListenerError {
 }
 
 impl ListenerRuntime {
-    /// Build runtime state for `config` with `workers` workers. `dynamic` provides route
-    /// tables from xDS (RDS, SRDS, VHDS); static listeners have none.
+    /// Build runtime state for `config` with `workers` workers; its access loggers use
+    /// `logs`' writers and sinks. `dynamic` provides route tables from xDS (RDS, SRDS,
+    /// VHDS); static listeners have none.
     pub fn new(
         config: Arc<model::Listener>,
         store: &Store,
         workers: usize,
+        logs: &AccessLogManager,
         dynamic: Option<&dyn RouteProvider>,
     ) -> Result<Self, ListenerError> {
         let prefix =
@@ -424,7 +426,7 @@ impl ListenerRuntime {
                     let access_logs = hcm
                         .access_logs
                         .iter()
-                        .map(AccessLogger::new)
+                        .map(|l| AccessLogger::new(l, logs))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
                     ChainFilter::Http(Arc::new(HcmRuntime {
@@ -442,7 +444,7 @@ impl ListenerRuntime {
                     let access_logs = tcp
                         .access_logs
                         .iter()
-                        .map(AccessLogger::new)
+                        .map(|l| AccessLogger::new(l, logs))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
                     ChainFilter::Tcp(Arc::new(TcpProxyRuntime {

@@ -2,7 +2,6 @@
 //! workers and the admin listener, and runs the control loop on the main thread until a
 //! signal or `/quitquitquit`, then drains.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,101 +13,18 @@ use pinion_xds::model;
 use pinion_xds::translate::NodeOverrides;
 use tokio::sync::{watch, Notify};
 
+use crate::access_log::AccessLogManager;
+use crate::access_log_grpc::GrpcSinks;
 use crate::cli::{Mode, Options};
 use crate::config_store::ConfigStore;
 use crate::listener::ListenerRuntime;
 use crate::listener_manager::ListenerManager;
 use crate::logging::LogHandle;
+use crate::server_state::{ServerState, ServerStateKind};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::stats::{Gauge, Prom, Store};
+use crate::stats::{Prom, Store};
 use crate::upstream::{dns, Cluster};
 use crate::worker::{self, WorkerHandle};
-
-/// Envoy's `server.state` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ServerStateKind {
-    /// Serving.
-    Live = 0,
-    /// Draining.
-    Draining = 1,
-    /// Before init.
-    PreInitializing = 2,
-    /// Initializing (warming).
-    Initializing = 3,
-}
-
-impl ServerStateKind {
-    /// Envoy's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            ServerStateKind::Live => "LIVE",
-            ServerStateKind::Draining => "DRAINING",
-            ServerStateKind::PreInitializing => "PRE_INITIALIZING",
-            ServerStateKind::Initializing => "INITIALIZING",
-        }
-    }
-}
-
-/// Shared server state (admin, control loop).
-pub struct ServerState {
-    /// Stats.
-    pub store: Store,
-    /// Active config.
-    pub snapshot: SharedSnapshot,
-    /// Translated bootstrap.
-    pub bootstrap: Arc<model::Bootstrap>,
-    /// Command line.
-    pub options: Options,
-    /// Start time.
-    pub start: Instant,
-    state: AtomicU8,
-    /// `/healthcheck/fail` was called.
-    pub healthcheck_failed: AtomicBool,
-    /// Drain signal to workers.
-    pub drain_tx: watch::Sender<bool>,
-    /// Wakes the control loop to shut down.
-    pub shutdown: Notify,
-    /// Whether shutdown should skip draining (`/quitquitquit`).
-    pub immediate_exit: AtomicBool,
-    /// Log level control.
-    pub log: LogHandle,
-    /// Worker count.
-    pub concurrency: usize,
-    /// Listener name -> bound address (ports resolved when 0).
-    pub bound_listeners: Arc<Mutex<Vec<(String, SocketAddr)>>>,
-    /// Bound admin address.
-    pub admin_address: Mutex<Option<SocketAddr>>,
-    /// The xDS config store, when `dynamic_resources` is configured.
-    pub config_store: std::sync::OnceLock<Arc<ConfigStore>>,
-    /// The layered runtime.
-    pub runtime: Arc<crate::runtime::Runtime>,
-    state_gauge: Gauge,
-}
-
-impl ServerState {
-    /// Current state.
-    pub fn state(&self) -> ServerStateKind {
-        match self.state.load(Ordering::Relaxed) {
-            0 => ServerStateKind::Live,
-            1 => ServerStateKind::Draining,
-            2 => ServerStateKind::PreInitializing,
-            _ => ServerStateKind::Initializing,
-        }
-    }
-
-    /// Set the state (and `server.state`).
-    pub fn set_state(&self, s: ServerStateKind) {
-        self.state.store(s as u8, Ordering::Relaxed);
-        self.state_gauge.set(s as i64);
-    }
-
-    /// Begin draining listeners (`/drain_listeners`, SIGTERM).
-    pub fn start_drain(&self) {
-        self.set_state(ServerStateKind::Draining);
-        let _ = self.drain_tx.send(true);
-    }
-}
 
 /// Deep-merge `over` into `base` (Envoy merges `--config-yaml` over `-c`: messages merge,
 /// repeated fields concatenate, scalars override).
@@ -253,8 +169,14 @@ fn needs_xds_routes(l: &model::Listener) -> bool {
     })
 }
 
-/// Build runtime clusters and listeners from a translated bootstrap.
-fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result<Snapshot, String> {
+/// Build runtime clusters and listeners from a translated bootstrap; the listeners log
+/// through `access_logs`.
+fn build_snapshot(
+    b: &model::Bootstrap,
+    store: &Store,
+    workers: usize,
+    access_logs: &AccessLogManager,
+) -> Result<Snapshot, String> {
     let mut clusters = std::collections::HashMap::new();
     for c in &b.clusters {
         clusters.insert(c.name.clone(), Cluster::new(c.clone(), store)?);
@@ -264,7 +186,7 @@ fn build_snapshot(b: &model::Bootstrap, store: &Store, workers: usize) -> Result
         .listeners
         .iter()
         .filter(|l| !needs_xds_routes(l))
-        .map(|l| ListenerRuntime::new(l.clone(), store, workers, None).map(Arc::new))
+        .map(|l| ListenerRuntime::new(l.clone(), store, workers, access_logs, None).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     Ok(Snapshot { version: 1, listeners, clusters })
@@ -326,14 +248,15 @@ fn run_with(opts: Options, log: LogHandle, decode_in_child: bool) -> i32 {
     if opts.mode != Mode::Serve {
         // Validate also builds runtime state (regex, access log formats) without binding.
         let store = Store::new(1);
-        if let Err(e) = build_snapshot(&bootstrap, &store, 1) {
+        // No gRPC sinks: validating sends no access log entries.
+        let access_logs = AccessLogManager::new(file_flush_interval(&opts), None);
+        if let Err(e) = build_snapshot(&bootstrap, &store, 1, &access_logs) {
             eprintln!("error initializing configuration '{}': {e}", config_name(&opts));
             return 1;
         }
         println!("configuration '{}' OK", config_name(&opts));
         return 0;
     }
-    crate::access_log::set_flush_interval(Duration::from_millis(opts.file_flush_interval_msec));
     // After decoding: its scratch arena should still be trimmed the default way.
     raise_malloc_trim_threshold();
     let concurrency = opts
@@ -351,6 +274,11 @@ fn run_with(opts: Options, log: LogHandle, decode_in_child: bool) -> i32 {
     rt.block_on(serve(bootstrap, opts, concurrency, log))
 }
 
+/// `--file-flush-interval-msec`.
+fn file_flush_interval(opts: &Options) -> Duration {
+    Duration::from_millis(opts.file_flush_interval_msec)
+}
+
 fn config_name(opts: &Options) -> String {
     opts.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "--config-yaml".into())
 }
@@ -358,8 +286,13 @@ fn config_name(opts: &Options) -> String {
 async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, log: LogHandle) -> i32 {
     let store = Store::new(concurrency);
     let state_gauge = store.gauge("server.state", Prom::plain("server.state"));
-    crate::access_log_grpc::init(tokio::runtime::Handle::current(), bootstrap.node.clone());
-    let snapshot = match build_snapshot(&bootstrap, &store, concurrency) {
+    // The shared snapshot exists before the first config is built into it: the gRPC access
+    // log sinks the listeners start resolve their cluster through it (and find nothing until
+    // the config is in).
+    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let grpc_sinks = GrpcSinks::new(tokio::runtime::Handle::current(), bootstrap.node.clone(), shared.clone());
+    let access_logs = Arc::new(AccessLogManager::new(file_flush_interval(&opts), Some(grpc_sinks)));
+    let snapshot = match build_snapshot(&bootstrap, &store, concurrency, &access_logs) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("error initializing configuration: {e}");
@@ -375,11 +308,12 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
     }
     let (drain_tx, drain_rx) = watch::channel(false);
     let listeners = snapshot.listeners.clone();
+    shared.store(Arc::new(snapshot));
     let runtime = crate::runtime::Runtime::new(&bootstrap.layered_runtime, &store);
     let state = Arc::new(ServerState {
         runtime,
         store: store.clone(),
-        snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+        snapshot: shared,
         bootstrap: Arc::new(bootstrap),
         options: opts.clone(),
         start: Instant::now(),
@@ -396,7 +330,6 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
         state_gauge,
     });
     state.set_state(ServerStateKind::Initializing);
-    crate::access_log_grpc::set_snapshot(state.snapshot.clone());
     register_server_stats(&state);
 
     let mut workers: Vec<WorkerHandle> = Vec::with_capacity(concurrency);
@@ -435,6 +368,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
                 concurrency,
                 manager.clone(),
                 state.runtime.clone(),
+                access_logs.clone(),
                 cfg.mode == pinion_xds::client::Mode::Delta,
             );
             let deferred: Vec<_> = state.bootstrap.listeners.iter().filter(|l| needs_xds_routes(l)).cloned().collect();
@@ -492,7 +426,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
         _ = state.shutdown.notified() => tracing::info!("shutdown requested via admin"),
     }
     if state.immediate_exit.load(Ordering::Relaxed) {
-        crate::access_log::flush_all();
+        access_logs.flush_all();
         return 0;
     }
     state.start_drain();
@@ -504,7 +438,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
         }
     });
     let _ = tokio::time::timeout(drain_time + Duration::from_secs(1), joined).await;
-    crate::access_log::flush_all();
+    access_logs.flush_all();
     tracing::info!("exiting");
     0
 }

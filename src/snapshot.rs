@@ -3,10 +3,12 @@
 //! snapshot (and the clusters) they started with alive through their `Arc`s.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::access_log_grpc::ClusterResolver;
 use crate::listener::ListenerRuntime;
 use crate::upstream::Cluster;
 
@@ -23,3 +25,17 @@ pub struct Snapshot {
 
 /// Shared handle to the current snapshot.
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// gRPC access log sinks dial a host of their cluster in the config current at each connect.
+impl ClusterResolver for ArcSwap<Snapshot> {
+    fn resolve(&self, cluster: &str) -> Option<SocketAddr> {
+        let snap = self.load();
+        let c = snap.clusters.get(cluster)?;
+        // The sink dials plaintext gRPC: a TLS cluster gets no logs rather than cleartext ones.
+        if c.tls.is_some() {
+            tracing::warn!(cluster, "gRPC access log: TLS to the log service is not supported by pinion yet");
+            return None;
+        }
+        c.choose_host().map(|h| h.address)
+    }
+}

@@ -18,7 +18,7 @@ use crate::tls::{Alpn, Io};
 use crate::formatter::Context;
 use crate::http::stream_info::{ResponseFlags, StreamInfo};
 use crate::listener::TcpProxyRuntime;
-use crate::worker::WorkerCtx;
+use crate::worker_context::WorkerCtx;
 
 /// Serve one downstream TCP connection.
 pub async fn serve(

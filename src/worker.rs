@@ -3,13 +3,11 @@
 //! connections), its upstream connection pools, and reads config from the shared snapshot.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -17,32 +15,10 @@ use crate::listener::{ChainFilter, ListenerRuntime};
 use crate::snapshot::SharedSnapshot;
 use crate::tls::Io;
 use crate::upstream::conn_pool::ConnPools;
+use crate::worker_context::WorkerCtx;
 
-/// hyper executor that spawns on the worker's `LocalSet`, so per-request futures need not be
-/// `Send` and per-worker state can be `Rc`/`RefCell` instead of locks.
-#[derive(Clone, Copy, Debug)]
-pub struct LocalExec;
+/// Re-exported because `http/connection_manager.rs` calls it by this path and is being
 
-impl<F> hyper::rt::Executor<F> for LocalExec
-where
-    F: Future + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::task::spawn_local(fut);
-    }
-}
-
-/// What one worker owns.
-pub struct WorkerCtx {
-    /// Worker index (0-based).
-    pub index: usize,
-    /// The shared config snapshot.
-    pub snapshot: SharedSnapshot,
-    /// This worker's upstream pools.
-    pub pools: ConnPools,
-    /// Becomes `true` when the server drains.
-    pub drain: watch::Receiver<bool>,
-}
 
 /// Commands from the main thread (the listener manager).
 pub enum WorkerCommand {
@@ -277,23 +253,4 @@ async fn serve_downstream(
         }
         ChainFilter::Tcp(tcp) => crate::tcp_proxy::serve(io, peer, local, tcp.clone(), worker.clone()).await,
     }
-}
-
-thread_local! {
-    static DATE: RefCell<(u64, HeaderValue)> = const { RefCell::new((0, HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))) };
-}
-
-/// The current time as an HTTP date, cached per second per worker.
-pub fn http_date() -> HeaderValue {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs();
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        if d.0 != now {
-            let s = httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(now));
-            if let Ok(v) = HeaderValue::from_str(&s) {
-                *d = (now, v);
-            }
-        }
-        d.1.clone()
-    })
 }

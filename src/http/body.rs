@@ -1,10 +1,12 @@
 //! Body types on the proxy path: an enum instead of a boxed trait object, so forwarding a
-//! request or response does not allocate.
+//! request or response does not allocate. The upstream h2 response body lives here too (the
+//! h2 client builds it): the client depends on these types, not the other way round.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -92,7 +94,7 @@ pub enum UpstreamBody {
     /// HTTP/1.1.
     H1(Incoming),
     /// HTTP/2.
-    H2(crate::upstream::h2_client::H2Body),
+    H2(H2Body),
 }
 
 /// Called once when a response body ends (fully sent, failed or dropped): finishes the
@@ -112,7 +114,7 @@ pub struct ResponseBody {
 enum Inner {
     Full(Option<Bytes>),
     Upstream(Incoming),
-    UpstreamH2(crate::upstream::h2_client::H2Body),
+    UpstreamH2(H2Body),
 }
 
 impl ResponseBody {
@@ -197,5 +199,52 @@ impl Body for ResponseBody {
             Inner::Upstream(b) => b.size_hint(),
             Inner::UpstreamH2(b) => b.size_hint(),
         }
+    }
+}
+
+/// A response body read from an h2 stream.
+pub struct H2Body {
+    recv: RecvStream,
+    data_done: bool,
+}
+
+impl H2Body {
+    /// The body of a response received on `recv`.
+    pub fn new(recv: RecvStream) -> Self {
+        H2Body { recv, data_done: false }
+    }
+}
+
+impl Body for H2Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.data_done {
+            match self.recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    // Give the window back as soon as the bytes move on downstream.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => self.data_done = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        match self.recv.poll_trailers(cx) {
+            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Poll::Ready(Ok(None)) => Poll::Ready(None),
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
     }
 }

@@ -12,7 +12,7 @@ use http::HeaderValue;
 use super::forwarded_client_cert::ClientCert;
 use super::h1_framing::FramingFlags;
 use crate::listener::{HcmRuntime, ListenerRuntime};
-use crate::worker::WorkerCtx;
+use crate::worker_context::WorkerCtx;
 
 /// Per-connection state.
 pub struct ConnCtx {

@@ -40,7 +40,7 @@ use super::router::{self, Phase, Routed};
 use super::stream_info::{ResponseFlags, StreamInfo};
 use crate::formatter::{self, Context};
 use crate::listener::{HcmRuntime, ListenerRuntime};
-use crate::worker::{LocalExec, WorkerCtx};
+use crate::worker_context::{LocalExec, WorkerCtx};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -632,7 +632,7 @@ fn encode_headers(ctx: &Rc<ConnCtx>, resp: &mut Response<ResponseBody>) {
         ServerHeaderTransformation::PassThrough => {}
     }
     if !h.contains_key(header::DATE) {
-        h.insert(header::DATE, crate::worker::http_date());
+        h.insert(header::DATE, crate::worker_context::http_date());
     }
     if ctx.draining.get() && !ctx.saw_h2.get() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));

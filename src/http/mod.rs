@@ -17,6 +17,7 @@ pub mod router;
 pub mod stream_info;
 
 thread_local! {
+    // Per thread (each worker is one): a cache, so no lock and nothing to hand around.
     static NUMERIC: std::cell::RefCell<std::collections::HashMap<u64, http::HeaderValue>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }

@@ -3,7 +3,7 @@
 
 use tokio::net::TcpStream;
 
-use super::{peek_until, InspectError, Inspected};
+use super::peek::{peek_until, InspectError, Inspected};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

@@ -4,7 +4,7 @@
 
 use tokio::net::TcpStream;
 
-use super::{peek_until, InspectError, Inspected, MAX_PEEK};
+use super::peek::{peek_until, InspectError, Inspected, MAX_PEEK};
 
 /// What the first bytes say.
 enum Hello {

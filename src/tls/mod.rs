@@ -3,10 +3,12 @@
 //! (`UpstreamTlsContext`), and Envoy's `ssl.*` stats.
 
 mod context;
+mod error;
 mod stream;
 mod verifier;
 
 pub use context::{Alpn, ClientContext, ServerContext};
+pub use error::TlsError;
 pub use stream::Io;
 pub use verifier::sans;
 

@@ -148,12 +148,12 @@ impl DownstreamVerifier {
         required: bool,
         provider: Arc<CryptoProvider>,
         stats: SslStats,
-    ) -> Result<Self, super::context::TlsError> {
+    ) -> Result<Self, super::error::TlsError> {
         let mut b = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
         if !required {
             b = b.allow_unauthenticated();
         }
-        let inner = b.build().map_err(|e| super::context::TlsError::Verifier(e.to_string()))?;
+        let inner = b.build().map_err(|e| super::error::TlsError::Verifier(e.to_string()))?;
         Ok(DownstreamVerifier { inner, sans, stats })
     }
 }

@@ -5,20 +5,18 @@
 
 use std::cell::Cell;
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
-use h2::{RecvStream, SendStream};
+use h2::SendStream;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::BodyExt;
 use pinion_xds::model::Http2Options;
 
-use crate::http::body::{BoxError, RequestBody};
+use crate::http::body::{BoxError, H2Body, RequestBody};
 
 /// One upstream HTTP/2 connection as the pool holds it.
 #[derive(Clone)]
@@ -58,7 +56,7 @@ impl H2Sender {
             send_body(body, tx);
         }
         let resp = resp.await.map_err(|e| (BoxError::from(e), None))?;
-        Ok(resp.map(|recv| H2Body { recv, data_done: false }))
+        Ok(resp.map(H2Body::new))
     }
 }
 
@@ -184,45 +182,5 @@ async fn pump(mut body: RequestBody, mut tx: SendStream<Bytes>) {
                 return;
             }
         }
-    }
-}
-
-/// A response body read from an h2 stream.
-pub struct H2Body {
-    recv: RecvStream,
-    data_done: bool,
-}
-
-impl Body for H2Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if !self.data_done {
-            match self.recv.poll_data(cx) {
-                Poll::Ready(Some(Ok(data))) => {
-                    // Give the window back as soon as the bytes move on downstream.
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => self.data_done = true,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        match self.recv.poll_trailers(cx) {
-            Poll::Ready(Ok(Some(t))) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Poll::Ready(Ok(None)) => Poll::Ready(None),
-            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }

@@ -13,6 +13,7 @@
 //!   (see [`route_config`]); here it only picks the most specific entry for each filter, and
 //!   `disabled` filters run only where a route enables them.
 
+pub mod callbacks;
 pub mod on_demand;
 pub mod route_config;
 
@@ -22,8 +23,7 @@ use http::request::Parts;
 use http::Response;
 
 use super::body::ResponseBody;
-use super::route_table::{Matched, RouteTable};
-use super::stream_info::StreamInfo;
+pub use callbacks::{DecodeCx, EncodeCx, FilterStatus};
 use route_config::{FilterOverride, RouteFilterConfigs};
 
 /// A filter the chain can run (the router is not one of them: it is the chain's end).
@@ -48,42 +48,6 @@ pub enum FilterState {
     /// Nothing recorded (the filter did not run, or keeps no state).
     #[default]
     Empty,
-}
-
-/// What a request hook tells the chain.
-pub enum FilterStatus {
-    /// Go on with the next filter.
-    Continue,
-    /// Go on, but match the route again first (headers or route tables changed).
-    ClearRouteCache,
-    /// Stop here and answer with this response (it still passes the response hooks).
-    StopIteration(Response<ResponseBody>),
-}
-
-/// What a request hook sees besides the request head.
-pub struct DecodeCx<'a, 'r> {
-    /// The request's stream info (flags, details, addresses).
-    pub info: &'a mut StreamInfo,
-    /// Whether the request is gRPC (local replies become trailers-only gRPC responses).
-    pub grpc: bool,
-    /// The route table the request was matched against, if one is loaded.
-    pub table: Option<&'a RouteTable>,
-    /// The matched route, if any.
-    pub route: Option<&'a Matched<'r>>,
-    /// The cluster the route chose, if it forwards.
-    pub cluster: Option<&'a str>,
-    /// This filter's most specific per-route override, if any.
-    pub per_route: Option<&'a FilterOverride>,
-}
-
-/// What a response hook sees besides the response.
-pub struct EncodeCx<'a> {
-    /// The request's stream info.
-    pub info: &'a StreamInfo,
-    /// Whether the request was gRPC.
-    pub grpc: bool,
-    /// This filter's most specific per-route override, if any.
-    pub per_route: Option<&'a FilterOverride>,
 }
 
 /// Whether (and with which override) a filter runs for a request.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::header;
 use http::request::Parts;
 
-use super::{DecodeCx, FilterStatus};
+use super::callbacks::{DecodeCx, FilterStatus};
 use crate::http::on_demand::{OnDemandVhds, ON_DEMAND_TIMEOUT};
 
 /// Longest `Host` asked for: a DNS name plus a port. Names stay subscribed for good, so a
