@@ -17,9 +17,6 @@ use crate::tls::Io;
 use crate::upstream::conn_pool::ConnPools;
 use crate::worker_context::WorkerCtx;
 
-/// Re-exported because `http/connection_manager.rs` calls it by this path and is being
-
-
 /// Commands from the main thread (the listener manager).
 pub enum WorkerCommand {
     /// Start accepting on this listener with this socket.
