@@ -234,6 +234,24 @@ pub async fn grpc_unary_with(
     path: &str,
     echo: &str,
 ) -> anyhow::Result<GrpcUnaryReply> {
+    grpc_unary_with_metadata(addr_or_uri, authority, path, echo, &[]).await
+}
+
+/// Like [`grpc_unary_with`], also sending `metadata` (ASCII request headers, e.g. the
+/// `x-envoy-fault-*` headers a proxy acts on).
+pub async fn grpc_unary_with_metadata(
+    addr_or_uri: &str,
+    authority: Option<&str>,
+    path: &str,
+    echo: &str,
+    metadata: &[(&str, &str)],
+) -> anyhow::Result<GrpcUnaryReply> {
+    let mut md = tonic::metadata::MetadataMap::new();
+    for (k, v) in metadata {
+        let key = tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes())
+            .with_context(|| format!("bad metadata key {k:?}"))?;
+        md.append(key, v.parse().with_context(|| format!("bad metadata value {v:?}"))?);
+    }
     let ch = channel(addr_or_uri, authority).await?;
     let mut client = AuthorizationClient::new(ch);
     let req = CheckRequest {
@@ -250,6 +268,7 @@ pub async fn grpc_unary_with(
             ..Default::default()
         }),
     };
+    let req = tonic::Request::from_parts(md, tonic::Extensions::default(), req);
     let res =
         tokio::time::timeout(CALL_TIMEOUT, client.check(req)).await.map_err(|_| anyhow!("gRPC Check timed out"))?;
     Ok(match res {

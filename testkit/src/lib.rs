@@ -14,6 +14,7 @@ pub use client::{
     TestConnector,
 };
 pub use grpc::{
-    grpc_bidi_echo, grpc_unary, grpc_unary_with, spawn_grpc_backend, GrpcBackend, GrpcBidiReply, GrpcUnaryReply,
+    grpc_bidi_echo, grpc_unary, grpc_unary_with, grpc_unary_with_metadata, spawn_grpc_backend, GrpcBackend,
+    GrpcBidiReply, GrpcUnaryReply,
 };
 pub use process::{free_port, http_get_blocking, terminate, ProxyKind, ProxyProcess};
