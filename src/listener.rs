@@ -428,15 +428,15 @@ impl ListenerRuntime {
                     let on_demand = hcm
                         .http_filters
                         .iter()
-                        .any(|f| matches!(f, model::HttpFilter::OnDemand))
+                        .any(|f| !f.disabled && matches!(f.kind, model::HttpFilterKind::OnDemand))
                         .then(|| dynamic.map(|d| d.on_demand()))
                         .flatten();
                     let router = hcm
                         .http_filters
                         .iter()
-                        .filter_map(|f| match f {
-                            model::HttpFilter::Router(r) => Some(r.clone()),
-                            model::HttpFilter::OnDemand => None,
+                        .filter_map(|f| match &f.kind {
+                            model::HttpFilterKind::Router(r) => Some(r.clone()),
+                            _ => None,
                         })
                         .next_back()
                         .unwrap_or_default();

@@ -315,6 +315,8 @@ mod tests {
             require_tls: RequireTls::None,
             retry_policy: None,
             include_request_attempt_count: false,
+            per_filter_config: vec![],
+            legacy_cors: None,
         })
     }
 
@@ -335,6 +337,7 @@ mod tests {
             most_specific_header_mutations_wins: false,
             validate_clusters: None,
             vhds: None,
+            per_filter_config: vec![],
         };
         let t = RouteTable::new(Arc::new(cfg));
         let name = |a: &str| t.virtual_host(a).map(|v| v.name.clone()).unwrap();
@@ -362,6 +365,7 @@ mod tests {
             },
             action: RouteAction::NonForwarding,
             headers: HeaderMutations::default(),
+            per_filter_config: vec![],
         })
     }
 
@@ -395,6 +399,7 @@ mod tests {
             most_specific_header_mutations_wins: false,
             validate_clusters: None,
             vhds: None,
+            per_filter_config: vec![],
         };
         let t = RouteTable::new(Arc::new(cfg));
         assert!(t.indexes[0].is_some(), "a table this size is indexed");
