@@ -353,13 +353,13 @@ impl ConfigStore {
                 u.name.clone(),
                 Versioned { value: rc, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
-            Self::install_route(inner, &u.name);
+            self.install_route(inner, &u.name);
         }
         rejected
     }
 
     /// Compile route config `name` (with its VHDS virtual hosts) into its slot.
-    fn install_route(inner: &mut Inner, name: &str) {
+    fn install_route(&self, inner: &mut Inner, name: &str) {
         let Some(rc) = inner.routes.get(name).map(|v| v.value.clone()) else { return };
         let rc = match (&rc.vhds, inner.vhds.get(name)) {
             (Some(_), Some(extra)) if !extra.is_empty() => {
@@ -375,7 +375,7 @@ impl ConfigStore {
             }
             _ => rc,
         };
-        Self::rds_slot(inner, name).store(Some(Arc::new(RouteTable::new(rc))));
+        Self::rds_slot(inner, name).store(Some(Arc::new(RouteTable::new(rc, &self.stats))));
     }
 
     fn apply_vhds(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) {
@@ -394,7 +394,7 @@ impl ConfigStore {
             touched.insert(rc.to_string());
         }
         for rc in touched {
-            Self::install_route(inner, &rc);
+            self.install_route(inner, &rc);
         }
         self.on_demand.updated();
     }
@@ -457,7 +457,7 @@ impl ConfigStore {
             inner.scopes.values().map(|v| v.value.clone()).collect();
         for sc in scopes {
             let slot = match &sc.route_configuration {
-                Some(rc) => Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone()))),
+                Some(rc) => Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone(), &self.stats))),
                 None => Self::rds_slot(inner, &sc.route_configuration_name),
             };
             map.scopes.insert(scope_map_key(&sc.key), (sc.name.clone(), slot));

@@ -12,8 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 use crate::access_log::{AccessLogManager, AccessLogger};
-use crate::http::filter::on_demand::OnDemand;
-use crate::http::filter::{FilterChain, FilterEntry, HttpFilter};
+use crate::http::filter::{self, FilterChain};
 use crate::http::on_demand::OnDemandVhds;
 use crate::http::route_table::RouteTable;
 use crate::stats::{Counter, Gauge, Prom, Store};
@@ -385,7 +384,9 @@ impl ListenerRuntime {
                         ListenerError::Unsupported(config.name.clone(), format!("{what} needs dynamic_resources"))
                     };
                     let routes = match &hcm.route_specifier {
-                        model::RouteSpecifier::Static(rc) => RouteSource::Static(Arc::new(RouteTable::new(rc.clone()))),
+                        model::RouteSpecifier::Static(rc) => {
+                            RouteSource::Static(Arc::new(RouteTable::new(rc.clone(), store)))
+                        }
                         model::RouteSpecifier::Rds { route_config_name } => match dynamic {
                             Some(d) => {
                                 RouteSource::Rds { name: route_config_name.clone(), slot: d.rds(route_config_name) }
@@ -400,9 +401,10 @@ impl ListenerRuntime {
                                     let mut map = ScopeMap { ready: true, scopes: HashMap::new() };
                                     for sc in list {
                                         let slot = match &sc.route_configuration {
-                                            Some(rc) => {
-                                                Arc::new(ArcSwapOption::from_pointee(RouteTable::new(rc.clone())))
-                                            }
+                                            Some(rc) => Arc::new(ArcSwapOption::from_pointee(RouteTable::new(
+                                                rc.clone(),
+                                                store,
+                                            ))),
                                             None => d.rds(&sc.route_configuration_name),
                                         };
                                         map.scopes.insert(scope_map_key(&sc.key), (sc.name.clone(), slot));
@@ -413,13 +415,13 @@ impl ListenerRuntime {
                             RouteSource::Scoped { config: sr.clone(), scopes }
                         }
                     };
-                    let filters = filter_chain(&hcm.http_filters, dynamic);
+                    let filters = filter_chain(hcm, store, dynamic);
                     let router = hcm
                         .http_filters
                         .iter()
-                        .filter_map(|f| match f {
-                            model::HttpFilter::Router(r) => Some(r.clone()),
-                            model::HttpFilter::OnDemand => None,
+                        .filter_map(|f| match &f.kind {
+                            model::HttpFilterKind::Router(r) => Some(r.clone()),
+                            _ => None,
                         })
                         .next_back()
                         .unwrap_or_default();
@@ -579,23 +581,11 @@ fn server_name_score(names: &[String], sni: Option<&str>) -> Option<u32> {
 
 /// Compile an HCM's filters before the router. `on_demand` needs the xDS registry: without
 /// `dynamic_resources` there is nothing to ask, and the filter is left out.
-fn filter_chain(filters: &[model::HttpFilter], dynamic: Option<&dyn RouteProvider>) -> FilterChain {
-    let mut out = Vec::new();
-    for f in filters {
-        match f {
-            model::HttpFilter::Router(_) => {}
-            model::HttpFilter::OnDemand => {
-                if let Some(d) = dynamic {
-                    out.push(FilterEntry {
-                        name: "envoy.filters.http.on_demand".into(),
-                        disabled: false,
-                        filter: HttpFilter::OnDemand(OnDemand::new(d.on_demand())),
-                    });
-                }
-            }
-        }
-    }
-    FilterChain::new(out)
+fn filter_chain(hcm: &model::HttpConnectionManager, store: &Store, dynamic: Option<&dyn RouteProvider>) -> FilterChain {
+    let on_demand = dynamic.map(|d| d.on_demand());
+    FilterChain::new(
+        hcm.http_filters.iter().filter_map(|f| filter::build(f, store, &hcm.stat_prefix, on_demand.clone())).collect(),
+    )
 }
 
 /// Bind one listening socket with SO_REUSEPORT (so each worker can have its own) and

@@ -162,8 +162,8 @@ filter_chains:
       stat_prefix: bad
       rds: {{ route_config_name: rc, config_source: {{ ads: {{}} }} }}
       http_filters:
-      - name: envoy.filters.http.cors
-        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors }}
+      - name: envoy.filters.http.grpc_web
+        typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb }}
       - name: envoy.filters.http.router
         typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
 "#,
@@ -185,13 +185,17 @@ filter_chains:
             |reqs| {
                 reqs.iter().any(|r| {
                     r.type_url == LISTENER_URL
-                        && r.error_detail.as_ref().is_some_and(|(_, m)| m.contains("bad") && m.contains("cors"))
+                        && r.error_detail.as_ref().is_some_and(|(_, m)| m.contains("bad") && m.contains("grpc_web"))
                 })
             },
             Duration::from_secs(10),
         )
         .await;
-    assert!(nacked, "expected an LDS NACK naming listener 'bad' and the cors filter; got {:?}", cp.nacks(LISTENER_URL));
+    assert!(
+        nacked,
+        "expected an LDS NACK naming listener 'bad' and the grpc_web filter; got {:?}",
+        cp.nacks(LISTENER_URL)
+    );
     let r = get(port).await.expect("still serving");
     assert_eq!((r.0, r.1.as_str(), r.2.as_str()), (200, "b", "v3"));
     // Per-resource update stats under Envoy's names: per route config of each HCM, per cluster.

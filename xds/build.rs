@@ -32,6 +32,7 @@ const FILES: &[&str] = &[
     "envoy/extensions/filters/listener/original_dst/v3/original_dst.proto",
     "envoy/extensions/filters/http/fault/v3/fault.proto",
     "envoy/extensions/filters/http/cors/v3/cors.proto",
+    "envoy/extensions/filters/http/header_mutation/v3/header_mutation.proto",
     "envoy/extensions/filters/http/health_check/v3/health_check.proto",
     "envoy/extensions/filters/http/grpc_web/v3/grpc_web.proto",
     "envoy/extensions/filters/network/rbac/v3/rbac.proto",

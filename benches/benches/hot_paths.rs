@@ -37,7 +37,7 @@ fn route_table_1000() -> RouteTable {
     });
     let proto: RouteConfigProto = message_from_json(&json, &DecodeOptions::default()).expect("decode route config");
     let model = pinion_xds::translate::route_configuration(&proto).expect("translate route config");
-    RouteTable::new(Arc::new(model))
+    RouteTable::new(Arc::new(model), &pinion::stats::Store::new(1))
 }
 
 fn bench_route_match(c: &mut Criterion) {

@@ -436,6 +436,7 @@ async fn process(
             route: matched,
             cluster: cluster.as_ref().map(|c| c.name.as_ref()),
             per_route,
+            route_configs: configs.map(|c| (c, weighted)),
         };
         match chain.decode_headers(i, state, &mut head, &mut cx).await {
             FilterStatus::Continue => {}
@@ -446,6 +447,14 @@ async fn process(
                 if !check_upgrade(ctx, &routing, upgrade.as_deref()) {
                     return Err(reply(403, "", grpc, info, "upgrade_failed"));
                 }
+            }
+            FilterStatus::LocalReply(mut resp) => {
+                if let Routing::Route(m) = &routing {
+                    let levels = router::MutationLevels::of(m, cluster.as_ref());
+                    levels.apply_to_response(&mut resp, info, &head.headers);
+                }
+                stopped = Some(resp);
+                break;
             }
             FilterStatus::StopIteration(resp) => {
                 stopped = Some(resp);
@@ -489,7 +498,8 @@ async fn process(
         let (configs, weighted) = filter_configs(&routing, cluster.as_ref());
         for (i, state) in states.iter_mut().enumerate().rev() {
             let Applies::Run(per_route) = chain.applies(i, configs, weighted) else { continue };
-            chain.encode_headers(i, state, resp, &EncodeCx { info, grpc, per_route });
+            let route_configs = configs.map(|c| (c, weighted));
+            chain.encode_headers(i, state, resp, &EncodeCx { info, grpc, per_route, route_configs });
         }
     }
     result

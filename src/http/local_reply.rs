@@ -42,6 +42,19 @@ pub fn reply(
     info: &mut StreamInfo,
     details: &'static str,
 ) -> Response<ResponseBody> {
+    reply_with_grpc_status(status, body, grpc, None, info, details)
+}
+
+/// A local reply with an explicit gRPC status for gRPC requests (Envoy's `sendLocalReply`
+/// with `grpc_status`); without one, the status is mapped from the HTTP status.
+pub fn reply_with_grpc_status(
+    status: u16,
+    body: &str,
+    grpc: bool,
+    grpc_status: Option<u32>,
+    info: &mut StreamInfo,
+    details: &'static str,
+) -> Response<ResponseBody> {
     info.response_code_details = details;
     if !grpc {
         return local_reply(status, body);
@@ -49,7 +62,8 @@ pub fn reply(
     let mut resp = Response::new(ResponseBody::empty());
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(grpc_status_for(status)));
+    let code = grpc_status.unwrap_or_else(|| u32::from(grpc_status_for(status)));
+    h.insert("grpc-status", HeaderValue::from(code));
     if !body.is_empty() {
         if let Ok(v) = HeaderValue::from_str(body) {
             h.insert("grpc-message", v);

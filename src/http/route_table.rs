@@ -144,7 +144,7 @@ impl RequestView<'_> {
 
 impl RouteTable {
     /// Compile `config`.
-    pub fn new(config: Arc<RouteConfiguration>) -> Self {
+    pub fn new(config: Arc<RouteConfiguration>, store: &crate::stats::Store) -> Self {
         let mut exact = HashMap::new();
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
@@ -169,7 +169,7 @@ impl RouteTable {
         let indexes = config.virtual_hosts.iter().map(|vh| RouteIndex::new(&vh.routes)).collect();
         let any_require_tls =
             config.virtual_hosts.iter().any(|vh| vh.require_tls != pinion_xds::model::RequireTls::None);
-        let filter_configs = route_config::compile(&config);
+        let filter_configs = route_config::compile(&config, store);
         RouteTable { config, exact, suffixes, prefixes, wildcard, indexes, any_require_tls, filter_configs }
     }
 
@@ -334,6 +334,8 @@ mod tests {
             require_tls: RequireTls::None,
             retry_policy: None,
             include_request_attempt_count: false,
+            per_filter_config: vec![],
+            legacy_cors: None,
         })
     }
 
@@ -354,8 +356,9 @@ mod tests {
             most_specific_header_mutations_wins: false,
             validate_clusters: None,
             vhds: None,
+            per_filter_config: vec![],
         };
-        let t = RouteTable::new(Arc::new(cfg));
+        let t = RouteTable::new(Arc::new(cfg), &crate::stats::Store::new(1));
         let name = |a: &str| t.virtual_host(a).map(|v| v.name.clone()).unwrap();
         assert_eq!(name("foo.com"), "exact");
         assert_eq!(name("FOO.com"), "exact");
@@ -381,6 +384,7 @@ mod tests {
             },
             action: RouteAction::NonForwarding,
             headers: HeaderMutations::default(),
+            per_filter_config: vec![],
         })
     }
 
@@ -414,8 +418,9 @@ mod tests {
             most_specific_header_mutations_wins: false,
             validate_clusters: None,
             vhds: None,
+            per_filter_config: vec![],
         };
-        let t = RouteTable::new(Arc::new(cfg));
+        let t = RouteTable::new(Arc::new(cfg), &crate::stats::Store::new(1));
         assert!(t.indexes[0].is_some(), "a table this size is indexed");
         let headers = http::HeaderMap::new();
         let method = http::Method::GET;

@@ -105,10 +105,18 @@ pub fn dynamic_from_json(
     opts: &DecodeOptions,
 ) -> Result<DynamicMessage, ConfigError> {
     let de_opts = DeserializeOptions::new().deny_unknown_fields(!opts.allow_unknown_fields);
+    // `{}` for an Any is an empty Any (as in Envoy), which prost-reflect cannot read as is.
+    let marked = crate::empty_any::marked_json(desc, json);
+    let json = marked.as_ref().unwrap_or(json);
     let mut track = serde_path_to_error::Track::new();
     let de = serde_path_to_error::Deserializer::new(json, &mut track);
     match DynamicMessage::deserialize_with_options(desc.clone(), de, &de_opts) {
-        Ok(m) => Ok(m),
+        Ok(mut m) => {
+            if marked.is_some() {
+                crate::empty_any::clear_sentinels(&mut m);
+            }
+            Ok(m)
+        }
         Err(e) => {
             let segments: Vec<serde_path_to_error::Segment> = track.path().iter().cloned().collect();
             let (path, leaf, at) = proto_path(desc, json, &segments);
@@ -140,10 +148,7 @@ pub fn to_json<M: Message + prost::Name>(msg: &M) -> Json {
     let result = descriptor_for::<M>().and_then(|desc| {
         let dynamic = DynamicMessage::decode(desc, msg.encode_to_vec().as_slice())
             .map_err(|e| ConfigError::invalid("", e.to_string()))?;
-        let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
-        dynamic
-            .serialize_with_options(serde_json::value::Serializer, &opts)
-            .map_err(|e| ConfigError::invalid("", e.to_string()))
+        render(dynamic).map_err(|e| ConfigError::invalid("", e.to_string()))
     });
     result.unwrap_or_else(|e| {
         tracing::warn!(type_name = %M::full_name(), error = %e, "cannot render message as JSON");
@@ -156,8 +161,18 @@ pub fn to_json<M: Message + prost::Name>(msg: &M) -> Json {
 pub fn json_of(message_name: &str, raw: &[u8]) -> Json {
     let Some(desc) = pool().get_message_by_name(message_name) else { return Json::Null };
     let Ok(dynamic) = DynamicMessage::decode(desc, raw) else { return Json::Null };
+    render(dynamic).unwrap_or(Json::Null)
+}
+
+/// Proto3 JSON of a message with proto field names, defaults omitted, empty `Any`s as `{}`.
+fn render(mut dynamic: DynamicMessage) -> Result<Json, serde_json::Error> {
     let opts = SerializeOptions::new().use_proto_field_name(true).skip_default_fields(true);
-    dynamic.serialize_with_options(serde_json::value::Serializer, &opts).unwrap_or(Json::Null)
+    let marked = crate::empty_any::mark_message(&mut dynamic);
+    let mut json = dynamic.serialize_with_options(serde_json::value::Serializer, &opts)?;
+    if marked {
+        crate::empty_any::unmark_json(&mut json);
+    }
+    Ok(json)
 }
 
 fn descriptor_for<M: prost::Name>() -> Result<MessageDescriptor, ConfigError> {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod control_plane;
 pub mod decode;
 pub mod descriptor;
+mod empty_any;
 pub mod error;
 pub mod loader;
 pub mod model;

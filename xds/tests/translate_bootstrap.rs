@@ -160,7 +160,10 @@ fn minimal_bootstrap_and_hcm_defaults() {
     assert_eq!(h.max_stream_duration, None);
     assert_eq!(h.via, None);
     assert!(h.upgrade_types.is_empty());
-    assert!(matches!(h.http_filters.as_slice(), [model::HttpFilter::Router(_)]));
+    assert!(matches!(
+        h.http_filters.as_slice(),
+        [model::HttpFilter { kind: model::HttpFilterKind::Router(_), disabled: false, .. }]
+    ));
     assert!(matches!(h.route_specifier, model::RouteSpecifier::Static(_)));
 }
 
@@ -365,9 +368,9 @@ fn duplicate_filter_chain_matches() {
 #[test]
 fn http_filters_must_end_with_router() {
     let unknown = hcm::HttpFilter {
-        name: "envoy.filters.http.cors".into(),
+        name: "envoy.filters.http.grpc_web".into(),
         config_type: Some(hcm::http_filter::ConfigType::TypedConfig(pbuf::Any {
-            type_url: "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors".into(),
+            type_url: "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb".into(),
             value: vec![],
         })),
         ..Default::default()
@@ -377,7 +380,7 @@ fn http_filters_must_end_with_router() {
     let err = listener(&http_listener("l", 80, h)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unsupported);
     assert_eq!(err.path, "filter_chains[0].filters[0].typed_config.http_filters[0]");
-    assert!(err.reason.contains("envoy.extensions.filters.http.cors.v3.Cors"), "{err}");
+    assert!(err.reason.contains("envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"), "{err}");
 
     // Optional filters are skipped.
     let mut h = hcm_proto("svc");
@@ -413,7 +416,10 @@ fn http_filters_must_end_with_router() {
         ..Default::default()
     }];
     let m = listener(&http_listener("l", 80, h)).unwrap();
-    let [model::HttpFilter::Router(rc)] = the_hcm(&m).http_filters.as_slice() else { panic!() };
+    let [model::HttpFilter { kind: model::HttpFilterKind::Router(rc), .. }] = the_hcm(&m).http_filters.as_slice()
+    else {
+        panic!()
+    };
     assert!(rc.suppress_envoy_headers && rc.respect_expected_rq_timeout);
 }
 

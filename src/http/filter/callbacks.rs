@@ -3,7 +3,7 @@
 
 use http::Response;
 
-use super::route_config::FilterOverride;
+use super::route_config::{FilterOverride, RouteFilterConfigs};
 use crate::http::body::ResponseBody;
 use crate::http::route_table::{Matched, RouteTable};
 use crate::http::stream_info::StreamInfo;
@@ -14,7 +14,11 @@ pub enum FilterStatus {
     Continue,
     /// Go on, but match the route again first (headers or route tables changed).
     ClearRouteCache,
-    /// Stop here and answer with this response (it still passes the response hooks).
+    /// Stop here with a local reply (Envoy's `sendLocalReply`): the matched route's response
+    /// header mutations apply to it, then the response hooks.
+    LocalReply(Response<ResponseBody>),
+    /// Stop here with a response the filter built itself (Envoy's `encodeHeaders` from a
+    /// decoder filter, e.g. a CORS preflight): only the response hooks apply.
     StopIteration(Response<ResponseBody>),
 }
 
@@ -32,6 +36,8 @@ pub struct DecodeCx<'a, 'r> {
     pub cluster: Option<&'a str>,
     /// This filter's most specific per-route override, if any.
     pub per_route: Option<&'a FilterOverride>,
+    /// Every level's overrides (for filters that merge levels), and the weighted cluster.
+    pub route_configs: Option<(&'a RouteFilterConfigs, Option<usize>)>,
 }
 
 /// What a response hook sees besides the response.
@@ -42,4 +48,6 @@ pub struct EncodeCx<'a> {
     pub grpc: bool,
     /// This filter's most specific per-route override, if any.
     pub per_route: Option<&'a FilterOverride>,
+    /// Every level's overrides (for filters that merge levels), and the weighted cluster.
+    pub route_configs: Option<(&'a RouteFilterConfigs, Option<usize>)>,
 }

@@ -14,13 +14,19 @@
 //!   `disabled` filters run only where a route enables them.
 
 pub mod callbacks;
+pub mod cors;
+pub mod fault;
+pub mod header_mutation;
+pub mod local_ratelimit;
 pub mod on_demand;
+pub mod rate_limiter;
 pub mod route_config;
 
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::Response;
+use pinion_xds::model::{self, HeaderMutationConfig, HeaderMutationPerRoute};
 
 use super::body::ResponseBody;
 pub use callbacks::{DecodeCx, EncodeCx, FilterStatus};
@@ -30,6 +36,14 @@ use route_config::{FilterOverride, RouteFilterConfigs};
 pub enum HttpFilter {
     /// `envoy.filters.http.on_demand` (VHDS).
     OnDemand(on_demand::OnDemand),
+    /// `envoy.filters.http.fault`.
+    Fault(fault::Fault),
+    /// `envoy.filters.http.cors`.
+    Cors(cors::Cors),
+    /// `envoy.filters.http.local_ratelimit`: the HCM-level limiter (routes may bring their own).
+    LocalRateLimit(Arc<local_ratelimit::LocalRateLimit>),
+    /// `envoy.filters.http.header_mutation`.
+    HeaderMutation(Arc<HeaderMutationConfig>),
 }
 
 /// One configured filter of the chain.
@@ -48,6 +62,10 @@ pub enum FilterState {
     /// Nothing recorded (the filter did not run, or keeps no state).
     #[default]
     Empty,
+    /// The fault filter holds an active fault until the request ends.
+    Fault(fault::ActiveFault),
+    /// A CORS request whose origin is allowed.
+    Cors(cors::CorsState),
 }
 
 /// Whether (and with which override) a filter runs for a request.
@@ -121,9 +139,45 @@ impl FilterChain {
         head: &mut Parts,
         cx: &mut DecodeCx<'_, '_>,
     ) -> FilterStatus {
-        let _ = &state;
-        match &self.filters[i].filter {
+        let entry = &self.filters[i];
+        match &entry.filter {
             HttpFilter::OnDemand(f) => f.decode_headers(head, cx).await,
+            HttpFilter::Fault(f) => {
+                let per_route = match cx.per_route {
+                    Some(FilterOverride::Fault(c)) => Some(c),
+                    _ => None,
+                };
+                let mut active = None;
+                let status = f.decode_headers(per_route, &mut active, head, cx).await;
+                if let Some(a) = active {
+                    *state = FilterState::Fault(a);
+                }
+                status
+            }
+            HttpFilter::Cors(f) => {
+                let mut typed = levels(cx.route_configs, &entry.name).filter_map(|o| match o {
+                    FilterOverride::Cors(p) => Some(&**p),
+                    _ => None,
+                });
+                let mut cors = None;
+                let status = f.decode_headers(&mut typed, &mut cors, head, cx);
+                if let Some(c) = cors {
+                    *state = FilterState::Cors(c);
+                }
+                status
+            }
+            HttpFilter::LocalRateLimit(f) => {
+                let limiter = match cx.per_route {
+                    Some(FilterOverride::LocalRateLimit(l)) => l,
+                    _ => f,
+                };
+                local_ratelimit::decode_headers(limiter, head, cx)
+            }
+            HttpFilter::HeaderMutation(config) => {
+                let per_route = header_mutation_levels(cx.route_configs, &entry.name);
+                header_mutation::decode_headers(config, &per_route, &mut head.headers, cx.info);
+                FilterStatus::Continue
+            }
         }
     }
 
@@ -135,9 +189,53 @@ impl FilterChain {
         resp: &mut Response<ResponseBody>,
         cx: &EncodeCx<'_>,
     ) {
-        let _ = (&resp, cx);
-        match (&self.filters[i].filter, state) {
-            (HttpFilter::OnDemand(_), _) => {}
+        let entry = &self.filters[i];
+        match (&entry.filter, state) {
+            (HttpFilter::Cors(_), FilterState::Cors(s)) => cors::Cors::encode_headers(Some(s), resp),
+            (HttpFilter::HeaderMutation(config), _) => {
+                let per_route = header_mutation_levels(cx.route_configs, &entry.name);
+                header_mutation::encode_headers(config, &per_route, resp.headers_mut(), cx.info);
+            }
+            _ => {}
         }
     }
+}
+
+/// Every level's override for filter `name`, most specific first.
+fn levels<'a>(configs: Option<RouteConfigsRef<'a>>, name: &'a str) -> impl Iterator<Item = &'a FilterOverride> + 'a {
+    configs.into_iter().flat_map(move |(c, weighted)| c.all(name, weighted))
+}
+
+/// The per-route `HeaderMutationPerRoute`s for filter `name`, most specific first.
+fn header_mutation_levels<'a>(configs: Option<RouteConfigsRef<'a>>, name: &'a str) -> Vec<&'a HeaderMutationPerRoute> {
+    levels(configs, name)
+        .filter_map(|o| match o {
+            FilterOverride::HeaderMutation(m) => Some(&**m),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A matched route's per-filter overrides and the weighted cluster chosen.
+pub type RouteConfigsRef<'a> = (&'a RouteFilterConfigs, Option<usize>);
+
+/// Build the runtime filter for one configured HCM filter (`None` for the router, and for
+/// `on_demand` when there is no xDS to ask).
+pub fn build(
+    f: &model::HttpFilter,
+    store: &crate::stats::Store,
+    stat_prefix: &str,
+    on_demand: Option<Arc<crate::http::on_demand::OnDemandVhds>>,
+) -> Option<FilterEntry> {
+    let filter = match &f.kind {
+        model::HttpFilterKind::Router(_) => return None,
+        model::HttpFilterKind::OnDemand => HttpFilter::OnDemand(on_demand::OnDemand::new(on_demand?)),
+        model::HttpFilterKind::Fault(c) => HttpFilter::Fault(fault::Fault::new(c.clone(), store, stat_prefix)),
+        model::HttpFilterKind::Cors(_) => HttpFilter::Cors(cors::Cors::new(store, stat_prefix)),
+        model::HttpFilterKind::LocalRateLimit(c) => {
+            HttpFilter::LocalRateLimit(Arc::new(local_ratelimit::LocalRateLimit::new(c.clone(), store)))
+        }
+        model::HttpFilterKind::HeaderMutation(c) => HttpFilter::HeaderMutation(c.clone()),
+    };
+    Some(FilterEntry { name: f.name.as_str().into(), disabled: f.disabled, filter })
 }

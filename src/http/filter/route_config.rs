@@ -5,6 +5,11 @@
 
 use std::sync::Arc;
 
+use pinion_xds::model::{self, ClusterSpecifier, CorsPolicy, FaultConfig, HeaderMutationPerRoute, RouteAction};
+
+use super::rate_limiter::LocalRateLimit;
+use crate::stats::Store;
+
 /// A per-route override for one filter.
 pub enum FilterOverride {
     /// `FilterConfig { disabled: true }`: the filter is skipped on this route.
@@ -12,6 +17,14 @@ pub enum FilterOverride {
     /// `FilterConfig { disabled: false }` without a config: a filter `disabled` in the HCM
     /// runs on this route with its HCM config.
     Enabled,
+    /// A route's `HTTPFault`, replacing the HCM's.
+    Fault(Arc<FaultConfig>),
+    /// A `CorsPolicy` (levels merge field by field).
+    Cors(Arc<CorsPolicy>),
+    /// A route's own rate limit, with its own bucket (built with the route table).
+    LocalRateLimit(Arc<LocalRateLimit>),
+    /// A `HeaderMutationPerRoute` (every level applies).
+    HeaderMutation(Arc<HeaderMutationPerRoute>),
 }
 
 /// One filter's override on a route.
@@ -38,17 +51,97 @@ impl RouteFilterConfigs {
     }
 
     /// The most specific override for filter `name`: the chosen weighted cluster's, else the
-    /// route's merged one.
+    /// route's, virtual host's or route configuration's.
     pub fn find(&self, name: &str, weighted: Option<usize>) -> Option<&FilterOverride> {
-        let in_weighted = weighted.and_then(|i| self.weighted.get(i)).and_then(|w| w.iter().find(|c| &*c.name == name));
-        in_weighted.or_else(|| self.route.iter().find(|c| &*c.name == name)).map(|c| &c.config)
+        let w: &[RouteFilterConfig] = weighted.and_then(|i| self.weighted.get(i)).map_or(&[], |w| w);
+        w.iter().chain(self.route.iter()).find(|c| &*c.name == name).map(|c| &c.config)
+    }
+
+    /// Every level's override for filter `name`, most specific first.
+    pub fn all<'a>(&'a self, name: &'a str, weighted: Option<usize>) -> impl Iterator<Item = &'a FilterOverride> + 'a {
+        let w: &[RouteFilterConfig] = weighted.and_then(|i| self.weighted.get(i)).map_or(&[], |w| w);
+        w.iter().chain(self.route.iter()).filter(move |c| &*c.name == name).map(|c| &c.config)
     }
 }
 
-/// Compile a route configuration's per-filter overrides: per virtual host, per route.
-/// `None` when no level configures a filter.
-pub fn compile(config: &pinion_xds::model::RouteConfiguration) -> Option<Box<[Box<[RouteFilterConfigs]>]>> {
-    // The model carries no `typed_per_filter_config` yet; translation refuses it.
-    let _ = config;
-    None
+/// Compile a route configuration's per-filter overrides: per virtual host, per route, each
+/// route's list holding its own entries, then its virtual host's, then the route
+/// configuration's. `None` when no level configures a filter (no cost per request then).
+pub fn compile(config: &model::RouteConfiguration, store: &Store) -> Option<Box<[Box<[RouteFilterConfigs]>]>> {
+    let any = !config.per_filter_config.is_empty()
+        || config.virtual_hosts.iter().any(|vh| {
+            !vh.per_filter_config.is_empty()
+                || vh.routes.iter().any(|r| !r.per_filter_config.is_empty() || !weighted_of(r).is_empty())
+        });
+    if !any {
+        return None;
+    }
+    let level = |pfc: &model::PerFilterConfig| -> Vec<RouteFilterConfig> {
+        pfc.iter()
+            .map(|(name, o)| RouteFilterConfig { name: name.as_str().into(), config: compile_one(o, store) })
+            .collect()
+    };
+    let top = level(&config.per_filter_config);
+    let vhosts = config
+        .virtual_hosts
+        .iter()
+        .map(|vh| {
+            let vh_level = level(&vh.per_filter_config);
+            vh.routes
+                .iter()
+                .map(|r| {
+                    let mut route: Vec<RouteFilterConfig> = level(&r.per_filter_config);
+                    // Virtual host and route configuration entries are compiled once and
+                    // shared by their routes (one bucket for a rate limit there).
+                    route.extend(vh_level.iter().map(RouteFilterConfig::share));
+                    route.extend(top.iter().map(RouteFilterConfig::share));
+                    let weighted =
+                        weighted_of(r).iter().map(|w| level(&w.per_filter_config).into_boxed_slice()).collect();
+                    RouteFilterConfigs { route: route.into_boxed_slice(), weighted }
+                })
+                .collect::<Vec<_>>()
+                .into_boxed_slice()
+        })
+        .collect::<Vec<_>>()
+        .into_boxed_slice();
+    Some(vhosts)
+}
+
+impl RouteFilterConfig {
+    /// The same override for another route (a virtual host's or route configuration's entry
+    /// is one object shared by its routes, so a rate limit there is one bucket, as in Envoy).
+    fn share(&self) -> RouteFilterConfig {
+        let config = match &self.config {
+            FilterOverride::Disabled => FilterOverride::Disabled,
+            FilterOverride::Enabled => FilterOverride::Enabled,
+            FilterOverride::Fault(c) => FilterOverride::Fault(c.clone()),
+            FilterOverride::Cors(c) => FilterOverride::Cors(c.clone()),
+            FilterOverride::LocalRateLimit(c) => FilterOverride::LocalRateLimit(c.clone()),
+            FilterOverride::HeaderMutation(c) => FilterOverride::HeaderMutation(c.clone()),
+        };
+        RouteFilterConfig { name: self.name.clone(), config }
+    }
+}
+
+fn weighted_of(r: &model::Route) -> &[model::WeightedCluster] {
+    match &r.action {
+        RouteAction::Forward(a) => match &a.cluster {
+            ClusterSpecifier::Weighted { clusters, .. } => clusters,
+            _ => &[],
+        },
+        _ => &[],
+    }
+}
+
+fn compile_one(o: &model::FilterOverride, store: &Store) -> FilterOverride {
+    match o {
+        model::FilterOverride::Disabled => FilterOverride::Disabled,
+        model::FilterOverride::Enabled => FilterOverride::Enabled,
+        model::FilterOverride::Fault(c) => FilterOverride::Fault(c.clone()),
+        model::FilterOverride::Cors(c) => FilterOverride::Cors(c.clone()),
+        model::FilterOverride::LocalRateLimit(c) => {
+            FilterOverride::LocalRateLimit(Arc::new(LocalRateLimit::new(c.clone(), store)))
+        }
+        model::FilterOverride::HeaderMutation(c) => FilterOverride::HeaderMutation(c.clone()),
+    }
 }

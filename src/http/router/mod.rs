@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use pinion_xds::model::{ForwardAction, HeaderMutations, RouteAction, UpstreamProtocol};
@@ -402,6 +402,18 @@ fn to_upstream_request(
     match protocol {
         Protocol::Http1 => {
             parts.version = Version::HTTP_11;
+            // Envoy's HTTP/1 codec frames a headers-only request of a method that may carry a
+            // body with an explicit `content-length: 0` (`requestShouldHaveNoBody` lists the
+            // ones that may not: GET, HEAD, DELETE, TRACE, CONNECT).
+            let may_have_body =
+                !matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::TRACE | Method::CONNECT);
+            if may_have_body
+                && http_body::Body::is_end_stream(&body)
+                && !parts.headers.contains_key(header::CONTENT_LENGTH)
+                && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+            {
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            }
         }
         Protocol::Http2 => {
             parts.version = Version::HTTP_2;

@@ -181,6 +181,7 @@ mod tests {
             idle_timeout: None,
             retry_policy: None,
             upgrade_websocket: None,
+            legacy_cors: None,
         }
     }
 
@@ -197,6 +198,7 @@ mod tests {
             },
             action: RouteAction::Forward(Arc::new(a.clone())),
             headers: HeaderMutations::default(),
+            per_filter_config: vec![],
         }
     }
 
@@ -206,6 +208,7 @@ mod tests {
             weight,
             headers: HeaderMutations::default(),
             host_rewrite_literal: host.map(Into::into),
+            per_filter_config: vec![],
         }
     }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{AccessLog, RouteConfiguration};
+use super::{AccessLog, HttpFilter, RouteConfiguration};
 
 /// HTTP connection manager config, with Envoy's defaults filled in.
 #[derive(Debug, Clone)]
@@ -14,7 +14,7 @@ pub struct HttpConnectionManager {
     pub codec_type: CodecType,
     /// Where routes come from.
     pub route_specifier: RouteSpecifier,
-    /// HTTP filters in order; the last is the router.
+    /// HTTP filters in config order (optional unsupported ones skipped); the last is the router.
     pub http_filters: Vec<HttpFilter>,
     /// `use_remote_address` (default false).
     pub use_remote_address: bool,
@@ -101,16 +101,6 @@ pub enum RouteSpecifier {
     },
     /// `scoped_routes` (SRDS or an inline scope list).
     Scoped(Arc<super::ScopedRoutes>),
-}
-
-/// HTTP filters Pinion implements.
-#[derive(Debug, Clone)]
-pub enum HttpFilter {
-    /// `envoy.filters.http.router`.
-    Router(RouterConfig),
-    /// `envoy.filters.http.on_demand`: a request whose host has no virtual host asks VHDS for
-    /// it and waits for the answer.
-    OnDemand,
 }
 
 /// `envoy.extensions.filters.http.router.v3.Router`.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::{HeaderMatcher, QueryParameterMatcher};
+use super::{CorsPolicy, HeaderMatcher, PerFilterConfig, QueryParameterMatcher};
 
 /// A route table.
 #[derive(Debug, Clone)]
@@ -27,6 +27,8 @@ pub struct RouteConfiguration {
     pub validate_clusters: Option<bool>,
     /// `vhds`: virtual hosts also come from VHDS (Delta only), merged after these.
     pub vhds: Option<super::ConfigSource>,
+    /// `typed_per_filter_config` at route configuration level.
+    pub per_filter_config: PerFilterConfig,
 }
 
 /// Request and response header mutations at one level (route config, vhost, route, weighted cluster).
@@ -110,6 +112,11 @@ pub struct VirtualHost {
     pub retry_policy: Option<RetryPolicy>,
     /// `include_request_attempt_count`.
     pub include_request_attempt_count: bool,
+    /// `typed_per_filter_config` at virtual host level.
+    pub per_filter_config: PerFilterConfig,
+    /// The deprecated `cors`: used by the CORS filter only when no level has a typed
+    /// `CorsPolicy` for it (see [`CorsPolicy`]).
+    pub legacy_cors: Option<Arc<CorsPolicy>>,
 }
 
 /// `VirtualHost.TlsRequirementType`.
@@ -134,6 +141,8 @@ pub struct Route {
     pub action: RouteAction,
     /// Header mutations at route level.
     pub headers: HeaderMutations,
+    /// `typed_per_filter_config` at route level.
+    pub per_filter_config: PerFilterConfig,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.
@@ -212,6 +221,9 @@ pub struct ForwardAction {
     pub retry_policy: Option<RetryPolicy>,
     /// `max_stream_duration.grpc_timeout_header_max` etc. are not supported yet.
     pub upgrade_websocket: Option<bool>,
+    /// The deprecated `route.cors`: used by the CORS filter only when no level has a typed
+    /// `CorsPolicy` for it; it takes precedence over the virtual host's `legacy_cors`.
+    pub legacy_cors: Option<Arc<CorsPolicy>>,
 }
 
 /// How to pick the cluster.
@@ -241,6 +253,8 @@ pub struct WeightedCluster {
     pub headers: HeaderMutations,
     /// `host_rewrite_literal` for this choice.
     pub host_rewrite_literal: Option<String>,
+    /// `typed_per_filter_config` for this choice (more specific than the route's).
+    pub per_filter_config: PerFilterConfig,
 }
 
 /// Host header rewrite.

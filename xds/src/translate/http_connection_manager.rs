@@ -1,26 +1,18 @@
-//! `envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager`, its
-//! HTTP filters (the router) and the shared HTTP/1 and HTTP/2 protocol options.
+//! `envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager` and the
+//! shared HTTP/1 and HTTP/2 protocol options (its HTTP filters are in `http_filter`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
-use envoy_types::pb::envoy::extensions::filters::http::on_demand::v3 as on_demand;
-use envoy_types::pb::envoy::extensions::filters::http::router::v3 as router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 
 use super::access_log::access_logs;
-use super::route::route_configuration;
-use super::{
-    at, bool_or, duration_or, duration_zero_disables, enum_value, is_type, reject_set, type_name, u32_or, unpack,
-    unsupported_field,
-};
+use super::http_filter;
+use super::route::route_configuration_in;
+use super::{at, bool_or, duration_or, duration_zero_disables, enum_value, reject_set, u32_or};
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
-
-const ROUTER_NAME: &str = "envoy.filters.http.router";
-/// The on-demand filter's well-known name.
-const ON_DEMAND_NAME: &str = "envoy.filters.http.on_demand";
 
 /// Translate an `HttpConnectionManager`; errors relative to it.
 pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigResult<model::HttpConnectionManager> {
@@ -137,7 +129,9 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
     let route_specifier = match route_specifier {
         None => return Err(ConfigError::invalid("", "one of route_config, rds or scoped_routes must be set")),
         Some(RS::RouteConfig(rc)) => {
-            model::RouteSpecifier::Static(Arc::new(route_configuration(rc).map_err(at("route_config"))?))
+            // Envoy skips a route's config for an optional HTTP filter it does not know.
+            let optional: Vec<String> = http_filters.iter().filter(|f| f.is_optional).map(|f| f.name.clone()).collect();
+            model::RouteSpecifier::Static(Arc::new(route_configuration_in(rc, &optional).map_err(at("route_config"))?))
         }
         Some(RS::Rds(hcm::Rds { route_config_name, config_source: _ })) => {
             // config_source: the xDS client resolves where RDS comes from.
@@ -147,7 +141,7 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
             model::RouteSpecifier::Scoped(Arc::new(super::scoped_route::scoped_routes(s).map_err(at("scoped_routes"))?))
         }
     };
-    let http_filters = filters(http_filters).map_err(at("http_filters"))?;
+    let http_filters = http_filter::http_filters(http_filters).map_err(at("http_filters"))?;
 
     if let Some(c) = common_http_protocol_options {
         reject_set(&c.max_requests_per_connection, "common_http_protocol_options.max_requests_per_connection")?;
@@ -252,106 +246,6 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
         access_logs: access_logs(access_log).map_err(at("access_log"))?,
         upgrade_types,
         add_user_agent: bool_or(add_user_agent, false),
-    })
-}
-
-/// HTTP filters: everything before the router must be optional (skipped), the router last.
-fn filters(fs: &[hcm::HttpFilter]) -> ConfigResult<Vec<model::HttpFilter>> {
-    use hcm::http_filter::ConfigType;
-    let mut out = Vec::new();
-    let last = fs.len().checked_sub(1);
-    for (i, f) in fs.iter().enumerate() {
-        let p = format!("[{i}]");
-        let hcm::HttpFilter { name, is_optional, disabled, config_type } = f;
-        let any = match config_type {
-            None => None,
-            Some(ConfigType::TypedConfig(any)) => Some(any),
-            Some(ConfigType::ConfigDiscovery(_)) => return Err(unsupported_field("config_discovery").under(&p)),
-        };
-        let is_router = match any {
-            Some(any) => is_type::<router::Router>(any),
-            None => name == ROUTER_NAME,
-        };
-        if is_router {
-            if Some(i) != last {
-                return Err(ConfigError::invalid(
-                    p,
-                    format!("terminal filter named {name} of type {ROUTER_NAME} must be the last filter in a http filter chain"),
-                ));
-            }
-            if *disabled {
-                return Err(ConfigError::invalid(format!("{p}.disabled"), "the router filter may not be disabled"));
-            }
-            let cfg = match any {
-                None => model::RouterConfig::default(),
-                Some(any) => {
-                    let r: router::Router = unpack(any).map_err(at(format!("{p}.typed_config")))?;
-                    router_config(&r).map_err(at(format!("{p}.typed_config")))?
-                }
-            };
-            out.push(model::HttpFilter::Router(cfg));
-            continue;
-        }
-        let is_on_demand = match any {
-            Some(any) => is_type::<on_demand::OnDemand>(any),
-            None => name == ON_DEMAND_NAME,
-        };
-        if is_on_demand && !*disabled {
-            if let Some(any) = any {
-                let on_demand::OnDemand { odcds } = unpack(any).map_err(at(format!("{p}.typed_config")))?;
-                reject_set(&odcds, "odcds").map_err(at(format!("{p}.typed_config")))?;
-            }
-            out.push(model::HttpFilter::OnDemand);
-            continue;
-        }
-        let what = match any {
-            Some(any) => format!("'{name}' ({})", type_name(any)),
-            None => format!("'{name}'"),
-        };
-        if Some(i) == last {
-            return Err(ConfigError::invalid(
-                p,
-                format!("the last HTTP filter must be the router ({ROUTER_NAME}), found {what}"),
-            ));
-        }
-        if *is_optional || *disabled {
-            // Disabled filters only run when a route enables them via typed_per_filter_config,
-            // which Pinion rejects; optional ones may be skipped by definition.
-            tracing::warn!(filter = %what, "skipping optional or disabled HTTP filter not supported by pinion");
-            continue;
-        }
-        return Err(ConfigError::unsupported(p, format!("HTTP filter {what} is not supported by pinion")));
-    }
-    if out.is_empty() {
-        return Err(ConfigError::invalid("", format!("http_filters must end with the router filter ({ROUTER_NAME})")));
-    }
-    Ok(out)
-}
-
-fn router_config(r: &router::Router) -> ConfigResult<model::RouterConfig> {
-    let router::Router {
-        // Stats only.
-        dynamic_stats: _,
-        // Tracing only.
-        start_child_span: _,
-        upstream_log,
-        upstream_log_options,
-        suppress_envoy_headers,
-        strict_check_headers,
-        respect_expected_rq_timeout,
-        // Stats only.
-        suppress_grpc_request_failure_code_stats: _,
-        upstream_http_filters,
-        // Early data (0-RTT) is never accepted by Pinion.
-        reject_connect_request_early_data: _,
-    } = r;
-    reject_set(upstream_log, "upstream_log")?;
-    reject_set(upstream_log_options, "upstream_log_options")?;
-    reject_set(strict_check_headers, "strict_check_headers")?;
-    reject_set(upstream_http_filters, "upstream_http_filters")?;
-    Ok(model::RouterConfig {
-        suppress_envoy_headers: *suppress_envoy_headers,
-        respect_expected_rq_timeout: *respect_expected_rq_timeout,
     })
 }
 

@@ -19,6 +19,7 @@ mod cluster;
 pub mod config_source;
 mod endpoint;
 mod http_connection_manager;
+mod http_filter;
 mod listener;
 mod matcher;
 mod route;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::route::v3 as r;
 
+use super::http_filter::{per_filter_config, route_cors_policy};
 use super::matcher::{header_matcher, query_parameter_matcher, regex_matcher, regex_substitute};
 use super::{
     at, bool_or, data_source, duration, duration_zero_disables, enum_value, has_formatter, reject_set, u32_or,
@@ -23,6 +24,24 @@ const DEFAULT_MAX_DIRECT_RESPONSE_BODY: u32 = 4096;
 
 /// Translate a `RouteConfiguration` (errors relative to it).
 pub fn route_configuration(rc: &r::RouteConfiguration) -> ConfigResult<model::RouteConfiguration> {
+    route_configuration_in(rc, &[])
+}
+
+/// What a route table's translation needs from around it.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    /// `max_direct_response_body_size_bytes` of the route configuration.
+    max_body: u32,
+    /// Names of the HCM's `is_optional` HTTP filters (known for inline route configs only).
+    optional_filters: &'a [String],
+}
+
+/// Translate a `RouteConfiguration` inside an HCM whose `is_optional` HTTP filters are
+/// `optional_filters` (errors relative to it).
+pub(crate) fn route_configuration_in(
+    rc: &r::RouteConfiguration,
+    optional_filters: &[String],
+) -> ConfigResult<model::RouteConfiguration> {
     let r::RouteConfiguration {
         name,
         virtual_hosts,
@@ -66,9 +85,11 @@ pub fn route_configuration(rc: &r::RouteConfiguration) -> ConfigResult<model::Ro
     reject_set(ignore_port_in_host_matching, "ignore_port_in_host_matching")?;
     reject_set(vhost_header, "vhost_header")?;
     reject_set(ignore_path_parameters_in_path_matching, "ignore_path_parameters_in_path_matching")?;
-    reject_set(typed_per_filter_config, "typed_per_filter_config")?;
     reject_set(route_specifiers, "route_specifiers")?;
     let max_body = u32_or(max_direct_response_body_size_bytes, DEFAULT_MAX_DIRECT_RESPONSE_BODY);
+    let ctx = Ctx { max_body, optional_filters };
+    let per_filter_config =
+        per_filter_config(typed_per_filter_config, optional_filters).map_err(at("typed_per_filter_config"))?;
 
     let headers = header_mutations(
         request_headers_to_add,
@@ -102,7 +123,7 @@ pub fn route_configuration(rc: &r::RouteConfiguration) -> ConfigResult<model::Ro
                 ));
             }
         }
-        vhosts.push(Arc::new(virtual_host(vh, max_body).map_err(at(&p))?));
+        vhosts.push(Arc::new(virtual_host(vh, ctx).map_err(at(&p))?));
     }
 
     Ok(model::RouteConfiguration {
@@ -114,6 +135,7 @@ pub fn route_configuration(rc: &r::RouteConfiguration) -> ConfigResult<model::Ro
         most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
         validate_clusters: validate_clusters.as_ref().map(|b| b.value),
         vhds,
+        per_filter_config,
     })
 }
 
@@ -150,7 +172,7 @@ pub(crate) fn domain(d: &str) -> ConfigResult<model::DomainMatcher> {
     }
 }
 
-fn virtual_host(vh: &r::VirtualHost, max_body: u32) -> ConfigResult<model::VirtualHost> {
+fn virtual_host(vh: &r::VirtualHost, ctx: Ctx<'_>) -> ConfigResult<model::VirtualHost> {
     let r::VirtualHost {
         name,
         domains,
@@ -181,8 +203,6 @@ fn virtual_host(vh: &r::VirtualHost, max_body: u32) -> ConfigResult<model::Virtu
     } = vh;
     reject_set(matcher, "matcher")?;
     reject_set(rate_limits, "rate_limits")?;
-    reject_set(cors, "cors")?;
-    reject_set(typed_per_filter_config, "typed_per_filter_config")?;
     reject_set(include_attempt_count_in_response, "include_attempt_count_in_response")?;
     reject_set(retry_policy_typed_config, "retry_policy_typed_config")?;
     reject_set(hedge_policy, "hedge_policy")?;
@@ -214,8 +234,11 @@ fn virtual_host(vh: &r::VirtualHost, max_body: u32) -> ConfigResult<model::Virtu
     };
     let mut out_routes = Vec::with_capacity(routes.len());
     for (i, rt) in routes.iter().enumerate() {
-        out_routes.push(Arc::new(route(rt, max_body).map_err(at(format!("routes[{i}]")))?));
+        out_routes.push(Arc::new(route(rt, ctx).map_err(at(format!("routes[{i}]")))?));
     }
+    let per_filter_config =
+        per_filter_config(typed_per_filter_config, ctx.optional_filters).map_err(at("typed_per_filter_config"))?;
+    let legacy_cors = cors.as_ref().map(route_cors_policy).transpose().map_err(at("cors"))?.map(Arc::new);
     Ok(model::VirtualHost {
         name: name.clone(),
         domains: out_domains,
@@ -229,10 +252,12 @@ fn virtual_host(vh: &r::VirtualHost, max_body: u32) -> ConfigResult<model::Virtu
         require_tls,
         retry_policy,
         include_request_attempt_count: *include_request_attempt_count,
+        per_filter_config,
+        legacy_cors,
     })
 }
 
-fn route(rt: &r::Route, max_body: u32) -> ConfigResult<model::Route> {
+fn route(rt: &r::Route, ctx: Ctx<'_>) -> ConfigResult<model::Route> {
     use r::route::Action;
     let r::Route {
         name,
@@ -255,7 +280,6 @@ fn route(rt: &r::Route, max_body: u32) -> ConfigResult<model::Route> {
         route_specifiers,
         action,
     } = rt;
-    reject_set(typed_per_filter_config, "typed_per_filter_config")?;
     reject_set(per_request_buffer_limit_bytes, "per_request_buffer_limit_bytes")?;
     reject_set(request_body_buffer_limit, "request_body_buffer_limit")?;
     reject_set(route_specifiers, "route_specifiers")?;
@@ -270,11 +294,11 @@ fn route(rt: &r::Route, max_body: u32) -> ConfigResult<model::Route> {
                 "one of route, redirect, direct_response or non_forwarding_action must be set",
             ))
         }
-        Some(Action::Route(a)) => model::RouteAction::Forward(Arc::new(route_action(a).map_err(at("route"))?)),
+        Some(Action::Route(a)) => model::RouteAction::Forward(Arc::new(route_action(a, ctx).map_err(at("route"))?)),
         Some(Action::Redirect(a)) => model::RouteAction::Redirect(Arc::new(redirect(a).map_err(at("redirect"))?)),
-        Some(Action::DirectResponse(a)) => {
-            model::RouteAction::DirectResponse(Arc::new(direct_response(a, max_body).map_err(at("direct_response"))?))
-        }
+        Some(Action::DirectResponse(a)) => model::RouteAction::DirectResponse(Arc::new(
+            direct_response(a, ctx.max_body).map_err(at("direct_response"))?,
+        )),
         Some(Action::NonForwardingAction(r::NonForwardingAction {})) => model::RouteAction::NonForwarding,
         Some(Action::FilterAction(_)) => return Err(unsupported_field("filter_action")),
     };
@@ -288,6 +312,8 @@ fn route(rt: &r::Route, max_body: u32) -> ConfigResult<model::Route> {
             response_headers_to_add,
             response_headers_to_remove,
         )?,
+        per_filter_config: per_filter_config(typed_per_filter_config, ctx.optional_filters)
+            .map_err(at("typed_per_filter_config"))?,
     })
 }
 
@@ -306,7 +332,7 @@ fn route_match(m: &r::RouteMatch) -> ConfigResult<model::RouteMatch> {
         path_specifier,
     } = m;
     let runtime_fraction =
-        runtime_fraction.as_ref().map(runtime_fraction_).transpose().map_err(at("runtime_fraction"))?;
+        runtime_fraction.as_ref().map(self::runtime_fraction).transpose().map_err(at("runtime_fraction"))?;
     reject_set(cookies, "cookies")?;
     reject_set(tls_context, "tls_context")?;
     reject_set(dynamic_metadata, "dynamic_metadata")?;
@@ -343,7 +369,8 @@ fn route_match(m: &r::RouteMatch) -> ConfigResult<model::RouteMatch> {
     })
 }
 
-fn runtime_fraction_(f: &core::RuntimeFractionalPercent) -> ConfigResult<model::RuntimeFraction> {
+/// `envoy.config.core.v3.RuntimeFractionalPercent` (errors relative to it).
+pub(crate) fn runtime_fraction(f: &core::RuntimeFractionalPercent) -> ConfigResult<model::RuntimeFraction> {
     let core::RuntimeFractionalPercent { default_value, runtime_key } = f;
     let d = default_value.as_ref().ok_or_else(|| ConfigError::invalid("default_value", "must be set"))?;
     Ok(model::RuntimeFraction {
@@ -368,10 +395,10 @@ pub(crate) fn fractional_percent(
 
 /// Translate a VHDS `VirtualHost` resource (errors relative to it).
 pub fn vhds_virtual_host(vh: &r::VirtualHost) -> ConfigResult<model::VirtualHost> {
-    virtual_host(vh, DEFAULT_MAX_DIRECT_RESPONSE_BODY)
+    virtual_host(vh, Ctx { max_body: DEFAULT_MAX_DIRECT_RESPONSE_BODY, optional_filters: &[] })
 }
 
-fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
+fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::ForwardAction> {
     use r::route_action::{ClusterNotFoundResponseCode as C, ClusterSpecifier as CS, HostRewriteSpecifier as H};
     let r::RouteAction {
         cluster_not_found_response_code,
@@ -415,7 +442,6 @@ fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
     reject_set(priority, "priority")?;
     reject_set(rate_limits, "rate_limits")?;
     reject_set(hash_policy, "hash_policy")?;
-    reject_set(cors, "cors")?;
     reject_set(max_grpc_timeout, "max_grpc_timeout")?;
     reject_set(grpc_timeout_offset, "grpc_timeout_offset")?;
     reject_set(internal_redirect_policy, "internal_redirect_policy")?;
@@ -432,7 +458,7 @@ fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
         Some(CS::ClusterHeader(h)) => {
             model::ClusterSpecifier::ClusterHeader(header_name(h).map_err(at("cluster_header"))?)
         }
-        Some(CS::WeightedClusters(w)) => weighted_clusters(w).map_err(at("weighted_clusters"))?,
+        Some(CS::WeightedClusters(w)) => weighted_clusters(w, ctx).map_err(at("weighted_clusters"))?,
         Some(CS::ClusterSpecifierPlugin(_)) => return Err(unsupported_field("cluster_specifier_plugin")),
         Some(CS::InlineClusterSpecifierPlugin(_)) => return Err(unsupported_field("inline_cluster_specifier_plugin")),
     };
@@ -511,10 +537,11 @@ fn route_action(a: &r::RouteAction) -> ConfigResult<model::ForwardAction> {
         idle_timeout,
         retry_policy,
         upgrade_websocket,
+        legacy_cors: cors.as_ref().map(route_cors_policy).transpose().map_err(at("cors"))?.map(Arc::new),
     })
 }
 
-fn weighted_clusters(w: &r::WeightedCluster) -> ConfigResult<model::ClusterSpecifier> {
+fn weighted_clusters(w: &r::WeightedCluster, ctx: Ctx<'_>) -> ConfigResult<model::ClusterSpecifier> {
     use r::weighted_cluster::cluster_weight::HostRewriteSpecifier as H;
     let r::WeightedCluster { clusters, total_weight, runtime_key_prefix, random_value_specifier } = w;
     reject_set(runtime_key_prefix, "runtime_key_prefix")?;
@@ -537,7 +564,6 @@ fn weighted_clusters(w: &r::WeightedCluster) -> ConfigResult<model::ClusterSpeci
         } = c;
         reject_set(cluster_header, &format!("{p}.cluster_header"))?;
         reject_set(metadata_match, &format!("{p}.metadata_match"))?;
-        reject_set(typed_per_filter_config, &format!("{p}.typed_per_filter_config"))?;
         if name.is_empty() {
             return Err(ConfigError::invalid(format!("{p}.name"), "cluster name must not be empty"));
         }
@@ -551,7 +577,15 @@ fn weighted_clusters(w: &r::WeightedCluster) -> ConfigResult<model::ClusterSpeci
         )
         .map_err(at(&p))?;
         let host_rewrite_literal = host_rewrite_specifier.as_ref().map(|H::HostRewriteLiteral(h)| h.clone());
-        out.push(model::WeightedCluster { name: name.clone(), weight, headers, host_rewrite_literal });
+        let per_filter_config = per_filter_config(typed_per_filter_config, ctx.optional_filters)
+            .map_err(at(format!("{p}.typed_per_filter_config")))?;
+        out.push(model::WeightedCluster {
+            name: name.clone(),
+            weight,
+            headers,
+            host_rewrite_literal,
+            per_filter_config,
+        });
     }
     check_weight_sum(sum)?;
     if let Some(t) = total_weight {

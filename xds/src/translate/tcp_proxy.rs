@@ -77,6 +77,7 @@ pub(crate) fn tcp_proxy(t: &tp::TcpProxy) -> ConfigResult<model::TcpProxy> {
                     weight: *weight,
                     headers: model::HeaderMutations::default(),
                     host_rewrite_literal: None,
+                    per_filter_config: Vec::new(),
                 });
             }
             check_weight_sum(sum).map_err(at("weighted_clusters"))?;
