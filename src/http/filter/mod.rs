@@ -239,3 +239,100 @@ pub fn build(
     };
     Some(FilterEntry { name: f.name.as_str().into(), disabled: f.disabled, filter })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::route_config::RouteFilterConfig;
+    use super::*;
+
+    fn entry(name: &str, disabled: bool) -> FilterEntry {
+        FilterEntry {
+            name: name.into(),
+            disabled,
+            filter: HttpFilter::HeaderMutation(Arc::new(HeaderMutationConfig::default())),
+        }
+    }
+
+    fn cfg(name: &str, config: FilterOverride) -> RouteFilterConfig {
+        RouteFilterConfig { name: name.into(), config }
+    }
+
+    fn per_route(c: &FilterOverride) -> &'static str {
+        match c {
+            FilterOverride::Disabled => "disabled",
+            FilterOverride::Enabled => "enabled",
+            FilterOverride::HeaderMutation(m) if m.mutations.request_mutations.is_empty() => "route-mutation",
+            _ => "other",
+        }
+    }
+
+    #[test]
+    fn which_filters_run_on_a_route() {
+        let hm = || FilterOverride::HeaderMutation(Arc::new(HeaderMutationPerRoute::default()));
+        let configs = RouteFilterConfigs {
+            // Route level first, then the virtual host's entries for the same names.
+            route: vec![
+                cfg("off-here", FilterOverride::Disabled),
+                cfg("enabled-here", FilterOverride::Enabled),
+                cfg("configured", hm()),
+                cfg("off-here", FilterOverride::Enabled),
+            ]
+            .into_boxed_slice(),
+            weighted: vec![vec![cfg("configured", FilterOverride::Disabled)].into_boxed_slice()].into_boxed_slice(),
+        };
+        let chain = FilterChain::new(vec![
+            entry("plain", false),
+            entry("disabled-in-hcm", true),
+            entry("off-here", false),
+            entry("enabled-here", true),
+            entry("configured", false),
+        ]);
+        // (filter index, weighted cluster, expected: None = skipped, Some(per-route kind))
+        type Case = (usize, Option<usize>, Option<Option<&'static str>>);
+        let cases: Vec<Case> = vec![
+            (0, None, Some(None)),
+            // A filter disabled in the HCM runs only where a route enables it.
+            (1, None, None),
+            // The most specific level wins: the route's `disabled` over the vhost's enable.
+            (2, None, None),
+            // `Enabled` runs the HCM config (no override).
+            (3, None, Some(None)),
+            (4, None, Some(Some("route-mutation"))),
+            // The weighted cluster's entry beats the route's.
+            (4, Some(0), None),
+        ];
+        for (i, weighted, want) in cases {
+            let got = match chain.applies(i, Some(&configs), weighted) {
+                Applies::Skip => None,
+                Applies::Run(o) => Some(o.map(per_route)),
+            };
+            assert_eq!(got, want, "filter {i}, weighted {weighted:?}");
+        }
+        // Without per-route config: everything but the HCM-disabled filters runs.
+        let ran: Vec<usize> =
+            (0..chain.len()).filter(|&i| matches!(chain.applies(i, None, None), Applies::Run(None))).collect();
+        assert_eq!(ran, vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn every_level_in_order_for_merging_filters() {
+        let configs = RouteFilterConfigs {
+            route: vec![
+                cfg("a", FilterOverride::Enabled),
+                cfg("b", FilterOverride::Disabled),
+                cfg("a", FilterOverride::Disabled),
+            ]
+            .into_boxed_slice(),
+            weighted: vec![vec![cfg("a", FilterOverride::Disabled)].into_boxed_slice()].into_boxed_slice(),
+        };
+        let kinds = |w| configs.all("a", w).map(per_route).collect::<Vec<_>>();
+        assert_eq!(kinds(None), vec!["enabled", "disabled"]);
+        assert_eq!(kinds(Some(0)), vec!["disabled", "enabled", "disabled"]);
+        assert!(chain_is_free_when_empty());
+    }
+
+    fn chain_is_free_when_empty() -> bool {
+        let chain = FilterChain::default();
+        chain.is_empty() && chain.new_states().capacity() == 0
+    }
+}

@@ -145,3 +145,94 @@ fn compile_one(o: &model::FilterOverride, store: &Store) -> FilterOverride {
         model::FilterOverride::HeaderMutation(c) => FilterOverride::HeaderMutation(c.clone()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pinion_xds::model::{
+        DomainMatcher, FilterOverride as M, HeaderMutationPerRoute, HeaderMutations, PathMatch, RequireTls, Route,
+        RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    };
+
+    fn route(name: &str, pfc: model::PerFilterConfig) -> Arc<Route> {
+        Arc::new(Route {
+            name: name.into(),
+            matcher: RouteMatch {
+                path: PathMatch::Prefix("/".into()),
+                case_sensitive: true,
+                headers: vec![],
+                query_parameters: vec![],
+                grpc: false,
+                runtime_fraction: None,
+            },
+            action: RouteAction::NonForwarding,
+            headers: HeaderMutations::default(),
+            per_filter_config: pfc,
+        })
+    }
+
+    fn table(top: model::PerFilterConfig, vh: model::PerFilterConfig, routes: Vec<Arc<Route>>) -> RouteConfiguration {
+        RouteConfiguration {
+            name: "rc".into(),
+            virtual_hosts: vec![Arc::new(VirtualHost {
+                name: "vh".into(),
+                domains: vec![DomainMatcher::Any],
+                routes,
+                headers: HeaderMutations::default(),
+                require_tls: RequireTls::None,
+                retry_policy: None,
+                include_request_attempt_count: false,
+                per_filter_config: vh,
+                legacy_cors: None,
+            })],
+            headers: HeaderMutations::default(),
+            internal_only_headers: vec![],
+            max_direct_response_body_size_bytes: 4096,
+            most_specific_header_mutations_wins: false,
+            validate_clusters: None,
+            vhds: None,
+            per_filter_config: top,
+        }
+    }
+
+    fn names(c: &RouteFilterConfigs) -> Vec<(String, &'static str)> {
+        c.route
+            .iter()
+            .map(|e| {
+                let k = match e.config {
+                    FilterOverride::Disabled => "disabled",
+                    FilterOverride::Enabled => "enabled",
+                    _ => "config",
+                };
+                (e.name.to_string(), k)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nothing_configured_compiles_to_nothing() {
+        let rc = table(vec![], vec![], vec![route("r", vec![])]);
+        assert!(compile(&rc, &Store::new(1)).is_none());
+    }
+
+    #[test]
+    fn levels_are_merged_most_specific_first() {
+        let hm = || M::HeaderMutation(Arc::new(HeaderMutationPerRoute::default()));
+        let rc = table(
+            vec![("f".into(), M::Disabled), ("g".into(), hm())],
+            vec![("f".into(), M::Enabled)],
+            vec![route("r0", vec![("g".into(), M::Disabled)]), route("r1", vec![])],
+        );
+        let compiled = compile(&rc, &Store::new(1)).expect("configured");
+        let r0 = &compiled[0][0];
+        assert_eq!(
+            names(r0),
+            vec![("g".into(), "disabled"), ("f".into(), "enabled"), ("f".into(), "disabled"), ("g".into(), "config")]
+        );
+        assert!(matches!(r0.find("f", None), Some(FilterOverride::Enabled)));
+        assert!(matches!(r0.find("g", None), Some(FilterOverride::Disabled)));
+        let r1 = &compiled[0][1];
+        assert!(matches!(r1.find("g", None), Some(FilterOverride::HeaderMutation(_))));
+        assert!(r1.find("h", None).is_none());
+    }
+}
