@@ -482,7 +482,7 @@ fn rewrite_request(
         (None, HostRewrite::None) => None,
         (None, HostRewrite::Literal(h)) => Some(h.clone()),
         // Envoy rewrites to the host's hostname only; IP-only hosts (STATIC) keep the Host.
-        (None, HostRewrite::Auto) => (!host.hostname.is_empty()).then(|| host.hostname.clone()),
+        (None, HostRewrite::Auto) => Some(host.hostname()).filter(|h| !h.is_empty()),
         (None, HostRewrite::Header(h)) => req.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_owned),
         (None, HostRewrite::PathRegex(re, sub)) => {
             Some(re.replace_all(path, regex_substitution(sub).as_str()).into_owned())
