@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::server_state::{ServerState, ServerStateKind};
-use crate::upstream::Host;
+use crate::upstream::{HealthFlags, Host};
 
 /// Bind the admin listener and serve it in the background; returns the bound address.
 pub async fn start(addr: SocketAddr, state: Arc<ServerState>) -> std::io::Result<SocketAddr> {
@@ -397,15 +397,15 @@ fn clusters_text(state: &ServerState) -> String {
             for (stat, v, _) in host_counters(h) {
                 let _ = writeln!(out, "{name}::{a}::{stat}::{v}");
             }
-            let _ = writeln!(out, "{name}::{a}::hostname::{}", h.hostname);
+            let _ = writeln!(out, "{name}::{a}::hostname::{}", h.hostname());
             let _ = writeln!(out, "{name}::{a}::health_flags::{}", h.health_flags_text());
-            let _ = writeln!(out, "{name}::{a}::weight::{}", h.weight);
-            let loc = h.locality.clone().unwrap_or_default();
+            let _ = writeln!(out, "{name}::{a}::weight::{}", h.weight());
+            let loc = h.locality().unwrap_or_default();
             let _ = writeln!(out, "{name}::{a}::region::{}", loc.region);
             let _ = writeln!(out, "{name}::{a}::zone::{}", loc.zone);
             let _ = writeln!(out, "{name}::{a}::sub_zone::{}", loc.sub_zone);
             let _ = writeln!(out, "{name}::{a}::canary::false");
-            let _ = writeln!(out, "{name}::{a}::priority::{}", h.priority);
+            let _ = writeln!(out, "{name}::{a}::priority::{}", h.priority());
             let _ = writeln!(out, "{name}::{a}::success_rate::-1");
             let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::-1");
         }
@@ -439,23 +439,23 @@ fn clusters_json(state: &ServerState) -> Value {
                         .collect();
                     let mut health = json!({ "eds_health_status": "HEALTHY" });
                     let flags = h.health_flags();
-                    if flags & crate::upstream::host::health_flag::FAILED_EDS_HEALTH != 0 {
+                    if flags.contains(HealthFlags::FAILED_EDS_HEALTH) {
                         health["eds_health_status"] = json!("UNHEALTHY");
                     }
-                    if flags & crate::upstream::host::health_flag::FAILED_OUTLIER_CHECK != 0 {
+                    if flags.contains(HealthFlags::FAILED_OUTLIER_CHECK) {
                         health["failed_outlier_check"] = json!(true);
                     }
-                    if flags & crate::upstream::host::health_flag::FAILED_ACTIVE_HC != 0 {
+                    if flags.contains(HealthFlags::FAILED_ACTIVE_HC) {
                         health["failed_active_health_check"] = json!(true);
                     }
-                    let loc = h.locality.clone().unwrap_or_default();
+                    let loc = h.locality().unwrap_or_default();
                     json!({
                         "address": {"socket_address": {"address": h.address.ip().to_string(), "port_value": h.address.port()}},
                         "stats": stats,
                         "health_status": health,
-                        "weight": h.weight,
-                        "hostname": h.hostname,
-                        "priority": h.priority,
+                        "weight": h.weight(),
+                        "hostname": h.hostname(),
+                        "priority": h.priority(),
                         "locality": {"region": loc.region, "zone": loc.zone, "sub_zone": loc.sub_zone},
                     })
                 })

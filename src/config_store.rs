@@ -256,7 +256,10 @@ impl ConfigStore {
             if inner.clusters.get(&u.name).is_some_and(|old| old.raw == u.raw) {
                 continue; // unchanged: keep the running cluster, its pools and host state
             }
-            let cluster = match Cluster::new(cfg.clone(), &self.stats) {
+            // A replacement adopts the hosts of the cluster it replaces (by address, on its
+            // first host set), so host stats and health survive a CDS update.
+            let previous = inner.active_clusters.get(&u.name).or_else(|| inner.warming_clusters.get(&u.name));
+            let cluster = match Cluster::new_replacing(cfg.clone(), &self.stats, previous.map(|c| &**c)) {
                 Ok(c) => c,
                 Err(reason) => {
                     rejected.push(Rejected { name: u.name.clone(), reason });
@@ -675,18 +678,9 @@ impl RouteProvider for Provider<'_> {
     }
 }
 
-/// Install EDS endpoints into a cluster.
+/// Install EDS endpoints into a cluster (hosts whose address stays keep their identity).
 fn install_endpoints(c: &Arc<Cluster>, cla: &model::LoadAssignment) {
-    let mut resolved = Vec::new();
-    for loc in &cla.localities {
-        for ep in &loc.endpoints {
-            if let model::EndpointAddress::Socket(a) = ep.address {
-                resolved.push((loc, ep, a));
-            }
-        }
-    }
-    let set = c.build_host_set(resolved.into_iter());
-    c.set_hosts(set);
+    c.set_load_assignment(cla);
 }
 
 impl ConfigSink for ConfigStore {
@@ -850,5 +844,121 @@ impl ConfigSink for ConfigStore {
 
     fn connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use pinion_xds::decode::{message_from_str, DecodeOptions, Format};
+
+    use super::*;
+    use crate::upstream::{Host, HostStats};
+
+    type ClusterProto = envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn store() -> (Arc<ConfigStore>, SharedSnapshot) {
+        let stats = Store::new(1);
+        let snapshot: SharedSnapshot = Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::default()));
+        let listeners = Arc::new(Mutex::new(ListenerManager::new(Vec::new(), Arc::new(Mutex::new(Vec::new())))));
+        let runtime = Runtime::new(&model::LayeredRuntime::default(), &stats);
+        (
+            ConfigStore::new(
+                snapshot.clone(),
+                stats,
+                1,
+                listeners,
+                runtime,
+                Arc::new(crate::access_log::AccessLogManager::new(std::time::Duration::from_secs(1), None)),
+                false,
+            ),
+            snapshot,
+        )
+    }
+
+    fn cds(version: &str, connect_timeout: &str) -> Update {
+        let yaml = format!(
+            "name: svc\ntype: EDS\nconnect_timeout: {connect_timeout}\neds_cluster_config: {{ eds_config: {{ ads: {{}} }} }}\n"
+        );
+        let proto: ClusterProto = message_from_str(&yaml, Format::Yaml, &DecodeOptions::default()).unwrap();
+        let cfg = pinion_xds::translate::cluster(&proto).unwrap();
+        let u = ResourceUpdate {
+            name: "svc".into(),
+            version: version.into(),
+            resource: Resource::Cluster(Arc::new(cfg)),
+            raw: bytes::Bytes::from(yaml),
+        };
+        Update { type_: ResourceType::Cluster, updated: vec![u], removed: Vec::new(), version: version.into() }
+    }
+
+    fn eds(version: &str, endpoints: &[(u16, u32)]) -> Update {
+        let endpoints = endpoints
+            .iter()
+            .map(|&(port, weight)| model::Endpoint {
+                address: model::EndpointAddress::Socket(([127, 0, 0, 1], port).into()),
+                weight,
+                health_status: model::HealthStatus::Healthy,
+                hostname: String::new(),
+            })
+            .collect();
+        let cla = model::LoadAssignment {
+            cluster_name: "svc".into(),
+            localities: vec![model::LocalityEndpoints { endpoints, ..Default::default() }],
+            overprovisioning_factor: 140,
+        };
+        let u = ResourceUpdate {
+            name: "svc".into(),
+            version: version.into(),
+            resource: Resource::ClusterLoadAssignment(Arc::new(cla)),
+            raw: bytes::Bytes::from(version.to_string()),
+        };
+        Update {
+            type_: ResourceType::ClusterLoadAssignment,
+            updated: vec![u],
+            removed: Vec::new(),
+            version: version.into(),
+        }
+    }
+
+    fn host(snapshot: &SharedSnapshot, port: u16) -> Option<Arc<Host>> {
+        snapshot.load().clusters.get("svc")?.hosts().all().find(|h| h.address.port() == port).cloned()
+    }
+
+    #[test]
+    fn cds_replacement_and_eds_updates_keep_hosts() {
+        let (store, snapshot) = store();
+        assert!(store.apply(cds("1", "1s")).is_empty());
+        store.apply(eds("1", &[(1, 1), (2, 1)]));
+        let h1 = host(&snapshot, 1).expect("host 1");
+        let id = snapshot.load().clusters["svc"].id;
+        for _ in 0..5 {
+            HostStats::inc(&h1.stats.rq_total);
+        }
+
+        // CDS replaces the cluster (new id, new pools); the endpoints are known, so it is
+        // active at once, with the same host for the same address.
+        assert!(store.apply(cds("2", "2s")).is_empty());
+        assert_ne!(snapshot.load().clusters["svc"].id, id);
+        assert!(Arc::ptr_eq(&host(&snapshot, 1).unwrap(), &h1));
+
+        // EDS drops host 2 and reweights host 1.
+        store.apply(eds("2", &[(1, 3)]));
+        let kept = host(&snapshot, 1).unwrap();
+        assert!(Arc::ptr_eq(&kept, &h1));
+        assert_eq!((kept.stats.rq_total.load(Ordering::Relaxed), kept.weight()), (5, 3));
+        assert!(host(&snapshot, 2).is_none());
+
+        // Removed and added again: a new cluster and new hosts (Envoy drops a removed
+        // cluster's hosts too).
+        store.apply(Update {
+            type_: ResourceType::Cluster,
+            updated: Vec::new(),
+            removed: vec!["svc".into()],
+            version: "3".into(),
+        });
+        assert!(!snapshot.load().clusters.contains_key("svc"));
+        store.apply(cds("4", "1s"));
+        assert!(!Arc::ptr_eq(&host(&snapshot, 1).unwrap(), &h1));
     }
 }

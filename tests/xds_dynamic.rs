@@ -419,3 +419,84 @@ async fn cds_tls_cluster_with_a_missing_certificate_is_nacked_and_the_old_one_ke
     assert_eq!(proxy.stat("cluster.mesh.ssl.handshake"), Some(1));
     assert!(proxy.stat("cluster_manager.cds.update_rejected").unwrap_or(0) >= 1, "{}", proxy.stats());
 }
+
+/// `/clusters` value of `svc::<addr>::<field>`.
+fn host_field(proxy: &ProxyProcess, addr: &str, field: &str) -> Option<String> {
+    let (_, text) = proxy.admin_get("/clusters").ok()?;
+    let prefix = format!("svc::{addr}::{field}::");
+    text.lines().find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+}
+
+fn weighted_endpoints(name: &str, port: u16, weight: u32) -> ClusterLoadAssignment {
+    yaml(&format!(
+        "cluster_name: {name}\nendpoints:\n- lb_endpoints:\n  - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n    load_balancing_weight: {weight}\n"
+    ))
+}
+
+/// Poll until `pred` holds, or fail after 10s with `what`.
+async fn wait_for(what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pred() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A host that stays in the cluster keeps its stats: through an EDS update that changes its
+/// weight and through a CDS update that replaces the cluster. (Envoy keeps them across EDS
+/// updates; Pinion also across the CDS replacement.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_stats_survive_eds_and_cds_updates() {
+    let cp = ControlPlane::new();
+    let (xds_addr, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+    let a = spawn_http_backend_named(BackendKind::Http1, "a");
+    let (port, admin) = (free_port(), free_port());
+    let snapshot = |version: &str, cluster: Cluster, weight: u32| {
+        Snapshot::new(version)
+            .with_cluster(cluster)
+            .with_endpoints(weighted_endpoints("svc", a.port(), weight))
+            .with_route(route("rc", "svc", "v1"))
+            .with_listener(listener("ingress", port, "rc"))
+    };
+    cp.set_snapshot(NODE, snapshot("1", eds_cluster("svc"), 1));
+    let mut proxy = spawn_pinion(admin, xds_addr.port(), "GRPC");
+    proxy.wait_ready(admin, Duration::from_secs(20)).expect("pinion becomes ready");
+    eventually(port, Duration::from_secs(10), |r| r.0 == 200).await;
+
+    let host = format!("127.0.0.1:{}", a.port());
+    let rq_total = |proxy: &ProxyProcess| -> u64 {
+        host_field(proxy, &host, "rq_total")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no rq_total for {host}"))
+    };
+    let serve = |n: usize| async move {
+        for _ in 0..n {
+            assert_eq!(get(port).await.expect("request").0, 200);
+        }
+    };
+    serve(3).await;
+    let before = rq_total(&proxy);
+    assert!(before >= 3, "{before}");
+
+    // EDS: same address, new weight.
+    cp.set_snapshot(NODE, snapshot("2", eds_cluster("svc"), 7));
+    wait_for("the EDS update", || host_field(&proxy, &host, "weight").as_deref() == Some("7")).await;
+    assert_eq!(rq_total(&proxy), before, "an EDS update keeps the host's rq_total");
+    serve(2).await;
+    assert_eq!(rq_total(&proxy), before + 2);
+
+    // CDS: the cluster is replaced (new connect timeout); its host stays.
+    let cds_before = proxy.stat("cluster_manager.cds.update_success").unwrap_or(0);
+    let cluster: Cluster = yaml(
+        "name: svc\ntype: EDS\nconnect_timeout: 2s\neds_cluster_config: { eds_config: { ads: {}, resource_api_version: V3 } }\n",
+    );
+    cp.set_snapshot(NODE, snapshot("3", cluster, 7));
+    wait_for("the CDS update", || proxy.stat("cluster_manager.cds.update_success").unwrap_or(0) > cds_before).await;
+    wait_for("the replaced cluster's hosts", || host_field(&proxy, &host, "weight").is_some()).await;
+    let (_, dump) = proxy.admin_get("/config_dump").unwrap();
+    assert!(dump.replace(' ', "").contains("\"connect_timeout\":\"2s\""), "{dump}");
+    assert_eq!(rq_total(&proxy), before + 2, "a CDS replacement keeps the host's rq_total");
+    serve(2).await;
+    assert_eq!(rq_total(&proxy), before + 4);
+    assert_eq!(host_field(&proxy, &host, "rq_active").as_deref(), Some("0"));
+}

@@ -14,8 +14,7 @@ use pinion::http::header_mutation;
 use pinion::http::route_table::{RequestView, RouteTable};
 use pinion::http::stream_info::StreamInfo;
 use pinion::stats::Store;
-use pinion::upstream::load_balancer::LoadBalancer;
-use pinion::upstream::{ClusterStats, Host, HostSet};
+use pinion::upstream::{ClusterStats, Host, HostSet, LbContext, LoadBalancer};
 use pinion_xds::decode::{message_from_json, DecodeOptions};
 use pinion_xds::model::{AppendAction, HeaderValueOption, HealthStatus, LbPolicy};
 
@@ -86,7 +85,8 @@ fn bench_lb_pick(c: &mut Criterion) {
     for (name, policy, set) in cases {
         let lb = LoadBalancer::new(policy, 2);
         lb.on_hosts_changed(&set);
-        g.bench_function(name, |b| b.iter(|| black_box(lb.choose(black_box(&set), &stats))));
+        let ctx = LbContext::default();
+        g.bench_function(name, |b| b.iter(|| black_box(lb.choose(black_box(&set), &ctx, &stats))));
     }
     g.finish();
 }

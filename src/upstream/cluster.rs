@@ -1,153 +1,30 @@
 //! A cluster at runtime: its config, stats, current host set and LB state. Shared by all
 //! workers through the config snapshot.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use pinion_xds::model;
 
-use super::host::{Host, HostSet};
-use super::load_balancer::LoadBalancer;
-use crate::stats::{Counter, Gauge, Prom, Store};
+use super::cluster_stats::ClusterStats;
+use super::host::{HealthFlags, Host, HostSet};
+use super::lb::{LbContext, LoadBalancer};
+use crate::stats::Store;
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Names of a cluster's stats after `cluster.<name>.`, in the order of their cells; `true`
-/// marks gauges.
-const CLUSTER_STATS: &[(&str, bool)] = &[
-    ("upstream_cx_total", false),
-    ("upstream_cx_active", true),
-    ("upstream_cx_http1_total", false),
-    ("upstream_cx_http2_total", false),
-    ("upstream_cx_connect_fail", false),
-    ("upstream_cx_connect_timeout", false),
-    ("upstream_cx_none_healthy", false),
-    ("upstream_cx_destroy", false),
-    ("upstream_cx_rx_bytes_total", false),
-    ("upstream_cx_tx_bytes_total", false),
-    ("upstream_rq_total", false),
-    ("upstream_rq_active", true),
-    ("upstream_rq_completed", false),
-    ("upstream_rq_timeout", false),
-    ("upstream_rq_pending_total", false),
-    ("upstream_rq_pending_failure_eject", false),
-    ("upstream_rq_rx_reset", false),
-    ("upstream_rq_1xx", false),
-    ("upstream_rq_2xx", false),
-    ("upstream_rq_3xx", false),
-    ("upstream_rq_4xx", false),
-    ("upstream_rq_5xx", false),
-    ("membership_total", true),
-    ("membership_healthy", true),
-    ("lb_healthy_panic", false),
-];
+/// An endpoint resolved to an address: its locality entry, its config, the address.
+pub type ResolvedEndpoint<'a> = (&'a model::LocalityEndpoints, &'a model::Endpoint, SocketAddr);
 
-/// Envoy's cluster stats (`cluster.<name>.*`).
+/// Hosts a replacement cluster got from the cluster it replaced, until its first host set.
 #[derive(Clone)]
-pub struct ClusterStats {
-    /// `upstream_cx_total`.
-    pub upstream_cx_total: Counter,
-    /// `upstream_cx_active`.
-    pub upstream_cx_active: Gauge,
-    /// `upstream_cx_http1_total`.
-    pub upstream_cx_http1_total: Counter,
-    /// `upstream_cx_http2_total`.
-    pub upstream_cx_http2_total: Counter,
-    /// `upstream_cx_connect_fail`.
-    pub upstream_cx_connect_fail: Counter,
-    /// `upstream_cx_connect_timeout`.
-    pub upstream_cx_connect_timeout: Counter,
-    /// `upstream_cx_none_healthy`.
-    pub upstream_cx_none_healthy: Counter,
-    /// `upstream_cx_destroy`.
-    pub upstream_cx_destroy: Counter,
-    /// `upstream_cx_rx_bytes_total`.
-    pub upstream_cx_rx_bytes_total: Counter,
-    /// `upstream_cx_tx_bytes_total`.
-    pub upstream_cx_tx_bytes_total: Counter,
-    /// `upstream_rq_total`.
-    pub upstream_rq_total: Counter,
-    /// `upstream_rq_active`.
-    pub upstream_rq_active: Gauge,
-    /// `upstream_rq_completed`.
-    pub upstream_rq_completed: Counter,
-    /// `upstream_rq_timeout`.
-    pub upstream_rq_timeout: Counter,
-    /// `upstream_rq_pending_total`.
-    pub upstream_rq_pending_total: Counter,
-    /// `upstream_rq_pending_failure_eject`.
-    pub upstream_rq_pending_failure_eject: Counter,
-    /// `upstream_rq_rx_reset`.
-    pub upstream_rq_rx_reset: Counter,
-    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
-    pub upstream_rq_xx: [Counter; 5],
-    /// `membership_total`.
-    pub membership_total: Gauge,
-    /// `membership_healthy`.
-    pub membership_healthy: Gauge,
-    /// `lb_healthy_panic`.
-    pub lb_healthy_panic: Counter,
-    /// `upstream_rq_<code>`, created on first use.
-    codes: Arc<OnceLock<Box<[OnceLock<Counter>]>>>,
-    store: Store,
-    stat_name: Arc<str>,
-}
-
-impl ClusterStats {
-    /// Register the stats of cluster `stat_name` (one stat group: one block of cells).
-    pub fn new(store: &Store, stat_name: &str) -> Self {
-        let g = store.group("cluster", "envoy_cluster_name", stat_name, CLUSTER_STATS);
-        ClusterStats {
-            upstream_cx_total: g.counter(0),
-            upstream_cx_active: g.gauge(1),
-            upstream_cx_http1_total: g.counter(2),
-            upstream_cx_http2_total: g.counter(3),
-            upstream_cx_connect_fail: g.counter(4),
-            upstream_cx_connect_timeout: g.counter(5),
-            upstream_cx_none_healthy: g.counter(6),
-            upstream_cx_destroy: g.counter(7),
-            upstream_cx_rx_bytes_total: g.counter(8),
-            upstream_cx_tx_bytes_total: g.counter(9),
-            upstream_rq_total: g.counter(10),
-            upstream_rq_active: g.gauge(11),
-            upstream_rq_completed: g.counter(12),
-            upstream_rq_timeout: g.counter(13),
-            upstream_rq_pending_total: g.counter(14),
-            upstream_rq_pending_failure_eject: g.counter(15),
-            upstream_rq_rx_reset: g.counter(16),
-            membership_total: g.gauge(22),
-            membership_healthy: g.gauge(23),
-            lb_healthy_panic: g.counter(24),
-            upstream_rq_xx: [g.counter(17), g.counter(18), g.counter(19), g.counter(20), g.counter(21)],
-            codes: Arc::new(OnceLock::new()),
-            store: store.clone(),
-            stat_name: stat_name.into(),
-        }
-    }
-
-    /// Count a response status: `upstream_rq_<code>`, `upstream_rq_<class>xx`, `upstream_rq_completed`.
-    pub fn record_status(&self, status: u16) {
-        self.upstream_rq_completed.inc();
-        let class = (status / 100) as usize;
-        if (1..=5).contains(&class) {
-            self.upstream_rq_xx[class - 1].inc();
-        }
-        if !(100..600).contains(&status) {
-            return;
-        }
-        let codes = self.codes.get_or_init(|| (0..500).map(|_| OnceLock::new()).collect());
-        let name = &self.stat_name;
-        codes[(status - 100) as usize]
-            .get_or_init(|| {
-                self.store.counter(
-                    &format!("cluster.{name}.upstream_rq_{status}"),
-                    Prom::tagged("cluster", "envoy_cluster_name", name, "upstream_rq")
-                        .with_tag("envoy_response_code", &status.to_string()),
-                )
-            })
-            .inc();
-    }
+struct Inherited {
+    hosts: Arc<HostSet>,
+    /// The `retired` flag of the cluster the hosts come from.
+    from: Arc<AtomicBool>,
 }
 
 /// A cluster as workers use it.
@@ -159,6 +36,14 @@ pub struct Cluster {
     /// Stats.
     pub stats: ClusterStats,
     hosts: ArcSwap<HostSet>,
+    /// Serializes host-set writers (EDS, DNS refresh, health changes), since a rebuild starts
+    /// from the current set; holds the hosts of the cluster this one replaced until the first
+    /// build adopts those whose address reappears.
+    writer: Mutex<Option<Inherited>>,
+    /// Set when a replacement adopted this cluster's hosts: they are the replacement's to
+    /// update from then on, so this cluster (draining, or still held by a long request)
+    /// leaves them alone.
+    retired: Arc<AtomicBool>,
     /// Load balancer state.
     pub lb: LoadBalancer,
     /// Upstream TLS (`None`: plaintext).
@@ -169,6 +54,18 @@ impl Cluster {
     /// Build a cluster from config; STATIC endpoints become hosts now, DNS ones on first resolve.
     /// Fails only when rustls refuses the cluster's TLS context.
     pub fn new(config: Arc<model::Cluster>, store: &Store) -> Result<Arc<Self>, String> {
+        Self::new_replacing(config, store, None)
+    }
+
+    /// Build a cluster that replaces `previous` (a CDS update of the same name). Hosts of
+    /// `previous` whose address is in this cluster's first host set (STATIC now, EDS or DNS
+    /// later) keep their identity: stats, active requests, health-check/outlier flags. Nothing
+    /// else changes: until that first set, this cluster has no hosts, as before.
+    pub fn new_replacing(
+        config: Arc<model::Cluster>,
+        store: &Store,
+        previous: Option<&Cluster>,
+    ) -> Result<Arc<Self>, String> {
         let stats = ClusterStats::new(store, &config.stat_name);
         let tls = match &config.transport_socket {
             None => None,
@@ -179,34 +76,73 @@ impl Cluster {
                 Some(ctx)
             }
         };
+        let inherited = previous.and_then(Cluster::adoptable_hosts);
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             lb: LoadBalancer::new(config.lb_policy, store.slots()),
             config,
             stats,
             hosts: ArcSwap::from_pointee(HostSet::default()),
+            writer: Mutex::new(inherited),
+            retired: Arc::new(AtomicBool::new(false)),
             tls,
         });
         if cluster.config.discovery == model::DiscoveryType::Static {
-            let mut resolved = Vec::new();
-            for loc in &cluster.config.load_assignment.localities {
-                for ep in &loc.endpoints {
-                    if let model::EndpointAddress::Socket(addr) = ep.address {
-                        resolved.push((loc, ep, addr));
-                    }
-                }
-            }
-            let set = cluster.build_host_set(resolved.into_iter());
-            cluster.set_hosts(set);
+            cluster.set_load_assignment(&cluster.config.load_assignment);
         }
         Ok(cluster)
     }
 
-    /// Build a host set from resolved endpoints.
-    pub fn build_host_set<'a>(
-        &self,
-        endpoints: impl Iterator<Item = (&'a model::LocalityEndpoints, &'a model::Endpoint, std::net::SocketAddr)>,
-    ) -> HostSet {
+    /// The hosts a successor may adopt: the current set, or, while this cluster never had
+    /// one (warming), what it inherited itself.
+    fn adoptable_hosts(&self) -> Option<Inherited> {
+        let current = self.hosts.load_full();
+        if !current.is_empty() {
+            return Some(Inherited { hosts: current, from: self.retired.clone() });
+        }
+        self.lock_writer().clone()
+    }
+
+    /// Whether a replacement took over this cluster's hosts (it is no longer in the config).
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Option<Inherited>> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Install the IP endpoints of a load assignment (STATIC config, an EDS update); see
+    /// `update_hosts`.
+    pub fn set_load_assignment(&self, la: &model::LoadAssignment) {
+        let resolved = la.localities.iter().flat_map(|loc| {
+            loc.endpoints.iter().filter_map(move |ep| match ep.address {
+                model::EndpointAddress::Socket(addr) => Some((loc, ep, addr)),
+                model::EndpointAddress::Dns { .. } | model::EndpointAddress::Pipe(_) => None,
+            })
+        });
+        self.update_hosts(resolved);
+    }
+
+    /// Install the host set for these resolved endpoints (STATIC config, an EDS update, a DNS
+    /// answer). A host whose address is already in the set (or in the replaced cluster's) is
+    /// kept and updated in place (weight, priority, hostname, locality, EDS health); other
+    /// addresses get new hosts; hosts no longer listed drop out (a request holding one still
+    /// finishes on it). A no-op once the cluster is retired.
+    pub fn update_hosts<'a>(&self, endpoints: impl IntoIterator<Item = ResolvedEndpoint<'a>>) {
+        let mut writer = self.lock_writer();
+        if self.is_retired() {
+            return;
+        }
+        let inherited = writer.take();
+        if let Some(i) = &inherited {
+            i.from.store(true, Ordering::Relaxed);
+        }
+        let current = self.hosts.load_full();
+        let mut known: HashMap<SocketAddr, &Arc<Host>> = HashMap::with_capacity(current.len());
+        for h in current.all().chain(inherited.iter().flat_map(|i| i.hosts.all())) {
+            known.entry(h.address).or_insert(h);
+        }
         let mut priorities: Vec<Vec<Arc<Host>>> = Vec::new();
         for (loc, ep, addr) in endpoints {
             let p = loc.priority as usize;
@@ -221,22 +157,46 @@ impl Cluster {
             } else {
                 ep.hostname.clone()
             };
-            priorities[p].push(Arc::new(Host::new(
-                addr,
-                hostname,
-                ep.weight,
-                loc.locality.clone(),
-                loc.priority,
-                ep.health_status,
-            )));
+            let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status);
+            // `remove`: the first listing of an address takes the existing host; a duplicate
+            // listing gets a host of its own, as every listing did before.
+            let host = match known.remove(&addr) {
+                Some(existing) => {
+                    existing.update_from(&fresh);
+                    existing.clone()
+                }
+                None => Arc::new(fresh),
+            };
+            priorities[p].push(host);
         }
-        HostSet::new(priorities)
+        drop(known);
+        self.install(HostSet::new(priorities));
     }
 
-    /// Replace the host set (DNS refresh, later EDS).
-    pub fn set_hosts(&self, set: HostSet) {
+    /// Set or clear a health flag of one of this cluster's hosts (active health checking,
+    /// outlier detection); when that changes the flag, the host set is recomputed so the
+    /// load balancer's healthy lists and `membership_healthy` follow.
+    pub fn set_host_health_flag(&self, host: &Host, flag: HealthFlags, on: bool) {
+        let _writer = self.lock_writer();
+        if host.set_flag(flag, on) {
+            let set = self.hosts.load().recompute();
+            self.install(set);
+        }
+    }
+
+    /// Recompute the host set's health-derived lists from the hosts' current flags, after
+    /// flags were changed with `Host::set_flag` directly (e.g. a batch).
+    pub fn recompute_health(&self) {
+        let _writer = self.lock_writer();
+        let set = self.hosts.load().recompute();
+        self.install(set);
+    }
+
+    /// Publish a set (caller holds the writer lock): LB state first, so picks from the new
+    /// set find it.
+    fn install(&self, set: HostSet) {
         self.stats.membership_total.set(set.len() as i64);
-        self.stats.membership_healthy.set(set.all().filter(|h| h.healthy()).count() as i64);
+        self.stats.membership_healthy.set(set.healthy_len() as i64);
         self.lb.on_hosts_changed(&set);
         self.hosts.store(Arc::new(set));
     }
@@ -248,7 +208,273 @@ impl Cluster {
 
     /// Pick a host for a new request (None = no healthy upstream).
     pub fn choose_host(&self) -> Option<Arc<Host>> {
+        self.choose_host_with(&LbContext::default())
+    }
+
+    /// Pick a host for a request with its LB context (e.g. a hash from the route's hash policy).
+    pub fn choose_host_with(&self, ctx: &LbContext) -> Option<Arc<Host>> {
         let hosts = self.hosts.load();
-        self.lb.choose(&hosts, &self.stats)
+        self.lb.choose(&hosts, ctx, &self.stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::Ordering;
+
+    use pinion_xds::decode::{message_from_str, DecodeOptions, Format};
+    use pinion_xds::model::{Endpoint, EndpointAddress, HealthStatus, LoadAssignment, Locality, LocalityEndpoints};
+
+    use super::*;
+    use crate::upstream::HostStats;
+
+    type ClusterProto = envoy_types::pb::envoy::config::cluster::v3::Cluster;
+
+    fn config(yaml: &str) -> Arc<model::Cluster> {
+        let proto: ClusterProto = message_from_str(yaml, Format::Yaml, &DecodeOptions::default()).unwrap();
+        Arc::new(pinion_xds::translate::cluster(&proto).unwrap())
+    }
+
+    fn eds_config() -> Arc<model::Cluster> {
+        config("name: svc\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: { eds_config: { ads: {} } }\n")
+    }
+
+    fn static_config(ports: &[u16], connect_timeout: &str) -> Arc<model::Cluster> {
+        let eps: Vec<String> = ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {p} }} }} }}"
+                )
+            })
+            .collect();
+        config(&format!(
+            "name: svc\ntype: STATIC\nconnect_timeout: {connect_timeout}\nload_assignment:\n  cluster_name: svc\n  endpoints:\n  - lb_endpoints:\n{}\n",
+            eps.join("\n")
+        ))
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        ([127, 0, 0, 1], port).into()
+    }
+
+    /// One endpoint of an EDS-style update.
+    #[derive(Clone)]
+    struct Ep {
+        port: u16,
+        weight: u32,
+        health: HealthStatus,
+        priority: u32,
+        zone: &'static str,
+        hostname: &'static str,
+    }
+
+    fn ep(port: u16) -> Ep {
+        Ep { port, weight: 1, health: HealthStatus::Healthy, priority: 0, zone: "z1", hostname: "" }
+    }
+
+    fn assignment(eps: &[Ep]) -> LoadAssignment {
+        let localities = eps
+            .iter()
+            .map(|e| LocalityEndpoints {
+                locality: Some(Locality { region: "r".into(), zone: e.zone.into(), sub_zone: String::new() }),
+                load_balancing_weight: None,
+                priority: e.priority,
+                endpoints: vec![Endpoint {
+                    address: EndpointAddress::Socket(addr(e.port)),
+                    weight: e.weight,
+                    health_status: e.health,
+                    hostname: e.hostname.into(),
+                }],
+            })
+            .collect();
+        LoadAssignment { cluster_name: "svc".into(), localities, overprovisioning_factor: 140 }
+    }
+
+    fn find(c: &Cluster, port: u16) -> Option<Arc<Host>> {
+        c.hosts().all().find(|h| h.address.port() == port).cloned()
+    }
+
+    /// Serve `n` requests on `h` the way the router counts them.
+    fn serve(h: &Host, n: u64) {
+        for _ in 0..n {
+            HostStats::inc(&h.stats.rq_total);
+        }
+    }
+
+    #[test]
+    fn hosts_keep_identity_across_eds_updates() {
+        let store = Store::new(1);
+        let c = Cluster::new(eds_config(), &store).unwrap();
+        c.set_load_assignment(&assignment(&[ep(1), ep(2), ep(3)]));
+        let (h1, h2, h3) = (find(&c, 1).unwrap(), find(&c, 2).unwrap(), find(&c, 3).unwrap());
+        serve(&h1, 15);
+        HostStats::add(&h1.stats.rq_active, 2);
+        h1.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, true);
+        serve(&h3, 4);
+        HostStats::add(&h3.stats.rq_active, 1);
+
+        // Host 1 changes everything but its address; host 2 moves to another port; host 3 goes.
+        let h1_new =
+            Ep { weight: 5, health: HealthStatus::Degraded, priority: 1, zone: "z2", hostname: "one.svc", ..ep(1) };
+        c.set_load_assignment(&assignment(&[h1_new, ep(20)]));
+
+        let kept = find(&c, 1).unwrap();
+        assert!(Arc::ptr_eq(&kept, &h1), "same address, same host");
+        assert_eq!(kept.stats.rq_total.load(Ordering::Relaxed), 15);
+        assert_eq!(kept.stats.rq_active.load(Ordering::Relaxed), 2);
+        assert_eq!((kept.weight(), kept.priority(), kept.hostname()), (5, 1, "one.svc".to_string()));
+        assert_eq!(kept.locality().unwrap().zone, "z2");
+        assert_eq!(kept.health_flags(), HealthFlags::FAILED_OUTLIER_CHECK | HealthFlags::DEGRADED_EDS_HEALTH);
+        assert_eq!(c.hosts().priorities()[1].hosts().len(), 1, "host 1 is listed at its new priority");
+
+        let moved = find(&c, 20).unwrap();
+        assert!(!Arc::ptr_eq(&moved, &h2), "a new port is a new host");
+        assert_eq!(moved.stats.rq_total.load(Ordering::Relaxed), 0);
+        assert!(find(&c, 2).is_none());
+
+        // Host 3 is gone from the set; a request still holding it finishes on it.
+        assert!(find(&c, 3).is_none());
+        assert_eq!(c.hosts().len(), 2);
+        HostStats::add(&h3.stats.rq_active, -1);
+        HostStats::inc(&h3.stats.rq_success);
+        assert_eq!(h3.stats.rq_active.load(Ordering::Relaxed), 0);
+        assert_eq!(h3.stats.rq_total.load(Ordering::Relaxed), 4);
+
+        // EDS health comes back; the outlier flag stays (it is not EDS's to clear).
+        c.set_load_assignment(&assignment(&[ep(1), ep(20)]));
+        assert!(Arc::ptr_eq(&find(&c, 1).unwrap(), &h1));
+        assert_eq!(h1.health_flags(), HealthFlags::FAILED_OUTLIER_CHECK);
+        assert_eq!((h1.weight(), h1.priority(), h1.hostname()), (1, 0, String::new()));
+        assert_eq!(c.stats.membership_total.value(), 2);
+        assert_eq!(c.stats.membership_healthy.value(), 1);
+    }
+
+    #[test]
+    fn eds_health_update_changes_the_healthy_list() {
+        // (health of host 1 in the second update, healthy hosts after it)
+        let cases = [
+            (HealthStatus::Healthy, 2),
+            (HealthStatus::Unknown, 2),
+            (HealthStatus::Degraded, 2),
+            (HealthStatus::Unhealthy, 1),
+            (HealthStatus::Draining, 1),
+            (HealthStatus::Timeout, 1),
+        ];
+        for (health, healthy) in cases {
+            let c = Cluster::new(eds_config(), &Store::new(1)).unwrap();
+            c.set_load_assignment(&assignment(&[ep(1), ep(2)]));
+            let h1 = find(&c, 1).unwrap();
+            c.set_load_assignment(&assignment(&[Ep { health, ..ep(1) }, ep(2)]));
+            assert!(Arc::ptr_eq(&find(&c, 1).unwrap(), &h1));
+            assert_eq!(c.hosts().healthy_len(), healthy, "{health:?}");
+            assert_eq!(c.stats.membership_healthy.value(), healthy as i64, "{health:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_addresses_keep_one_identity() {
+        let c = Cluster::new(eds_config(), &Store::new(1)).unwrap();
+        c.set_load_assignment(&assignment(&[ep(1), ep(1)]));
+        let first = c.hosts().priorities()[0].hosts()[0].clone();
+        serve(&first, 3);
+        c.set_load_assignment(&assignment(&[ep(1), ep(1)]));
+        let hosts = c.hosts().priorities()[0].hosts().to_vec();
+        assert_eq!(hosts.len(), 2, "both listings stay, as before");
+        assert!(Arc::ptr_eq(&hosts[0], &first));
+        assert!(!Arc::ptr_eq(&hosts[1], &first));
+    }
+
+    #[test]
+    fn weight_update_reaches_round_robin() {
+        let c = Cluster::new(eds_config(), &Store::new(1)).unwrap();
+        c.set_load_assignment(&assignment(&[ep(1), ep(2)]));
+        c.set_load_assignment(&assignment(&[Ep { weight: 3, ..ep(1) }, ep(2)]));
+        let picks: Vec<u16> = (0..400).map(|_| c.choose_host().unwrap().address.port()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 300);
+    }
+
+    #[test]
+    fn cds_replacement_keeps_hosts() {
+        let store = Store::new(1);
+        // STATIC: the replacement builds its hosts at once and adopts the old ones.
+        let old = Cluster::new(static_config(&[1, 2], "1s"), &store).unwrap();
+        let h1 = find(&old, 1).unwrap();
+        serve(&h1, 7);
+        let new = Cluster::new_replacing(static_config(&[1, 3], "2s"), &store, Some(&old)).unwrap();
+        assert_ne!(new.id, old.id);
+        assert!(Arc::ptr_eq(&find(&new, 1).unwrap(), &h1));
+        assert_eq!(find(&new, 1).unwrap().stats.rq_total.load(Ordering::Relaxed), 7);
+        assert!(find(&new, 2).is_none());
+        assert!(find(&new, 3).is_some());
+        assert!(Arc::ptr_eq(&find(&old, 1).unwrap(), &h1), "the old cluster keeps serving until dropped");
+        // The replacement owns the hosts now: the old cluster (say, its DNS refresher) no
+        // longer writes them.
+        assert!(old.is_retired() && !new.is_retired());
+        old.set_load_assignment(&LoadAssignment::default());
+        assert_eq!(old.hosts().len(), 2);
+
+        // EDS: no hosts until its endpoints arrive (warming is unchanged), then adoption.
+        let old = Cluster::new(eds_config(), &store).unwrap();
+        old.set_load_assignment(&assignment(&[ep(1), ep(2)]));
+        let (h1, h2) = (find(&old, 1).unwrap(), find(&old, 2).unwrap());
+        serve(&h1, 5);
+        h2.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+        let warming = Cluster::new_replacing(eds_config(), &store, Some(&old)).unwrap();
+        assert!(warming.hosts().is_empty());
+        assert!(warming.choose_host().is_none());
+        assert!(!old.is_retired(), "the old cluster serves and takes EDS while the new one warms");
+        // Replaced again while still warming: the hosts pass through.
+        let newest = Cluster::new_replacing(eds_config(), &store, Some(&warming)).unwrap();
+        newest.set_load_assignment(&assignment(&[ep(1), ep(2), ep(9)]));
+        assert!(Arc::ptr_eq(&find(&newest, 1).unwrap(), &h1));
+        assert!(Arc::ptr_eq(&find(&newest, 2).unwrap(), &h2));
+        assert!(old.is_retired());
+        assert_eq!(h1.stats.rq_total.load(Ordering::Relaxed), 5);
+        assert_eq!(newest.hosts().healthy_len(), 2, "host 2 keeps its failed active HC");
+
+        // Adoption happens once: an address that comes back later is a new host.
+        newest.set_load_assignment(&assignment(&[ep(1)]));
+        let c = Cluster::new_replacing(eds_config(), &store, Some(&old)).unwrap();
+        c.set_load_assignment(&assignment(&[ep(1)]));
+        c.set_load_assignment(&assignment(&[ep(1), ep(2)]));
+        assert!(Arc::ptr_eq(&find(&c, 1).unwrap(), &h1));
+        assert!(!Arc::ptr_eq(&find(&c, 2).unwrap(), &h2));
+    }
+
+    #[test]
+    fn host_health_change_recomputes_the_set() {
+        let c = Cluster::new(eds_config(), &Store::new(1)).unwrap();
+        c.set_load_assignment(&assignment(&[ep(1), ep(2), ep(3)]));
+        let h2 = find(&c, 2).unwrap();
+        let generation = c.hosts().generation();
+        c.set_host_health_flag(&h2, HealthFlags::FAILED_ACTIVE_HC, true);
+        assert_ne!(c.hosts().generation(), generation);
+        let healthy: Vec<u16> = c.hosts().priorities()[0].healthy().iter().map(|h| h.address.port()).collect();
+        assert_eq!(healthy, [1, 3]);
+        assert_eq!(c.stats.membership_healthy.value(), 2);
+        assert!((0..30).all(|_| c.choose_host().unwrap().address.port() != 2));
+
+        // No change, no rebuild.
+        let generation = c.hosts().generation();
+        c.set_host_health_flag(&h2, HealthFlags::FAILED_ACTIVE_HC, true);
+        assert_eq!(c.hosts().generation(), generation);
+
+        // A flag set directly is honoured at once and reflected after `recompute_health`.
+        let h3 = find(&c, 3).unwrap();
+        h3.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, true);
+        c.set_host_health_flag(&h2, HealthFlags::FAILED_ACTIVE_HC, false);
+        assert!((0..30).all(|_| c.choose_host().unwrap().address.port() != 3));
+        c.recompute_health();
+        assert_eq!(c.hosts().healthy_len(), 2);
+        assert!(Arc::ptr_eq(&find(&c, 2).unwrap(), &h2));
+    }
+
+    #[test]
+    fn choose_host_with_a_context() {
+        let c = Cluster::new(static_config(&[1, 2], "1s"), &Store::new(1)).unwrap();
+        assert!(c.choose_host_with(&LbContext::with_hash(42)).is_some());
+        assert!(c.choose_host().is_some());
     }
 }

@@ -64,8 +64,7 @@ pub async fn refresh(cluster: &Arc<Cluster>) {
     let current: Vec<SocketAddr> = cluster.hosts().all().map(|h| h.address).collect();
     let new: Vec<SocketAddr> = resolved.iter().map(|r| r.2).collect();
     if current != new {
-        let set = cluster.build_host_set(resolved.into_iter());
-        cluster.set_hosts(set);
+        cluster.update_hosts(resolved);
     }
 }
 
@@ -80,7 +79,8 @@ pub fn spawn_refresher(cluster: &Arc<Cluster>) {
     let rate = cluster.config.dns_refresh_rate.max(std::time::Duration::from_millis(100));
     tokio::spawn(async move {
         loop {
-            let Some(c) = weak.upgrade() else { return };
+            // Dropped from config, or replaced by a cluster that took over its hosts.
+            let Some(c) = weak.upgrade().filter(|c| !c.is_retired()) else { return };
             refresh(&c).await;
             drop(c);
             tokio::time::sleep(rate).await;

@@ -1,24 +1,63 @@
 //! Hosts (`Upstream::Host` in Envoy) and the host set a cluster balances over.
+//!
+//! A host is identified by its address: a host-set update (EDS, DNS refresh, a CDS update
+//! replacing the cluster) keeps the `Arc<Host>` of every address that stays, so its stats,
+//! `rq_active` and active-HC/outlier flags survive, and updates the rest of it in place.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use bitflags::bitflags;
 use pinion_xds::model::{HealthStatus, Locality};
 
-/// Health flag bits, as shown in `/clusters` (`health_flags::`).
-pub mod health_flag {
-    /// `/failed_active_hc`.
-    pub const FAILED_ACTIVE_HC: u32 = 1 << 0;
-    /// `/failed_outlier_check`.
-    pub const FAILED_OUTLIER_CHECK: u32 = 1 << 1;
-    /// `/failed_eds_health`.
-    pub const FAILED_EDS_HEALTH: u32 = 1 << 2;
-    /// `/degraded_eds_health`.
-    pub const DEGRADED_EDS_HEALTH: u32 = 1 << 3;
-    /// `/pending_dynamic_removal`.
-    pub const PENDING_DYNAMIC_REMOVAL: u32 = 1 << 4;
+bitflags! {
+    /// Host health flags, as shown in `/clusters` (`health_flags::`). Any flag but
+    /// `DEGRADED_EDS_HEALTH` takes the host out of normal (non-panic) load balancing.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub struct HealthFlags: u32 {
+        /// `/failed_active_hc`.
+        const FAILED_ACTIVE_HC = 1 << 0;
+        /// `/failed_outlier_check`.
+        const FAILED_OUTLIER_CHECK = 1 << 1;
+        /// `/failed_eds_health`.
+        const FAILED_EDS_HEALTH = 1 << 2;
+        /// `/degraded_eds_health`.
+        const DEGRADED_EDS_HEALTH = 1 << 3;
+        /// `/pending_dynamic_removal`.
+        const PENDING_DYNAMIC_REMOVAL = 1 << 4;
+    }
 }
+
+impl HealthFlags {
+    /// The flags config/EDS `health_status` owns; an update rewrites these and leaves the
+    /// others (active HC, outlier detection) alone.
+    pub const EDS: HealthFlags = HealthFlags::FAILED_EDS_HEALTH.union(HealthFlags::DEGRADED_EDS_HEALTH);
+
+    /// The flags a config/EDS `health_status` sets.
+    pub fn from_eds(health: HealthStatus) -> HealthFlags {
+        match health {
+            HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => HealthFlags::FAILED_EDS_HEALTH,
+            HealthStatus::Degraded => HealthFlags::DEGRADED_EDS_HEALTH,
+            HealthStatus::Unknown | HealthStatus::Healthy => HealthFlags::empty(),
+        }
+    }
+
+    /// Whether a host with these flags is routable outside panic mode.
+    pub fn is_healthy(self) -> bool {
+        self.difference(HealthFlags::DEGRADED_EDS_HEALTH).is_empty()
+    }
+}
+
+/// `/clusters` spelling of each flag, in Envoy's order.
+const FLAG_TEXT: [(HealthFlags, &str); 5] = [
+    (HealthFlags::FAILED_ACTIVE_HC, "/failed_active_hc"),
+    (HealthFlags::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
+    (HealthFlags::FAILED_EDS_HEALTH, "/failed_eds_health"),
+    (HealthFlags::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
+    (HealthFlags::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
+];
 
 /// Per-host counters (Envoy's host stats in `/clusters`). Plain atomics, not sharded: there
 /// can be tens of thousands of hosts, and Envoy's host stats are shared atomics too.
@@ -56,19 +95,22 @@ impl HostStats {
     }
 }
 
-/// One upstream endpoint. Shared by all workers; health flags are atomics the control thread
-/// sets and workers read.
+/// The descriptive part of a host that an update may change and that is not a number: read
+/// by `/clusters` and `auto_host_rewrite`, written only when an update changes it.
+#[derive(Debug, Default, PartialEq)]
+struct HostMeta {
+    hostname: String,
+    locality: Option<Locality>,
+}
+
+/// One upstream endpoint. Shared by all workers; everything but the address is updatable in
+/// place, because the address is the host's identity across updates (as in Envoy).
 pub struct Host {
-    /// Resolved address.
+    /// Resolved address: the host's identity.
     pub address: SocketAddr,
-    /// Hostname (DNS name or EDS `hostname`), used by `auto_host_rewrite`.
-    pub hostname: String,
-    /// LB weight.
-    pub weight: u32,
-    /// Locality.
-    pub locality: Option<Locality>,
-    /// Priority level.
-    pub priority: u32,
+    weight: AtomicU32,
+    priority: AtomicU32,
+    meta: ArcSwap<HostMeta>,
     health_flags: AtomicU32,
     /// Host stats.
     pub stats: HostStats,
@@ -84,99 +126,304 @@ impl Host {
         priority: u32,
         health: HealthStatus,
     ) -> Self {
-        let flags = match health {
-            HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => health_flag::FAILED_EDS_HEALTH,
-            HealthStatus::Degraded => health_flag::DEGRADED_EDS_HEALTH,
-            HealthStatus::Unknown | HealthStatus::Healthy => 0,
-        };
         Host {
             address,
-            hostname,
-            weight: weight.max(1),
-            locality,
-            priority,
-            health_flags: AtomicU32::new(flags),
+            weight: AtomicU32::new(weight.max(1)),
+            priority: AtomicU32::new(priority),
+            meta: ArcSwap::from_pointee(HostMeta { hostname, locality }),
+            health_flags: AtomicU32::new(HealthFlags::from_eds(health).bits()),
             stats: HostStats::default(),
         }
     }
 
-    /// Current health flag bits.
-    pub fn health_flags(&self) -> u32 {
-        self.health_flags.load(Ordering::Relaxed)
+    /// LB weight (at least 1).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
-    /// Set or clear a health flag.
-    pub fn set_flag(&self, flag: u32, on: bool) {
-        if on {
-            self.health_flags.fetch_or(flag, Ordering::Relaxed);
-        } else {
-            self.health_flags.fetch_and(!flag, Ordering::Relaxed);
+    /// Priority level (0 = highest).
+    pub fn priority(&self) -> u32 {
+        self.priority.load(Ordering::Relaxed)
+    }
+
+    /// Hostname (DNS name or EDS `hostname`), used by `auto_host_rewrite`; may be empty.
+    pub fn hostname(&self) -> String {
+        self.meta.load().hostname.clone()
+    }
+
+    /// Locality.
+    pub fn locality(&self) -> Option<Locality> {
+        self.meta.load().locality.clone()
+    }
+
+    /// Take over what an update says about this address (`fresh`, a host built from the new
+    /// config): weight, priority, hostname, locality and the EDS health flags. Stats and the
+    /// active-HC/outlier flags stay: they are this host's history, not config.
+    pub fn update_from(&self, fresh: &Host) {
+        self.weight.store(fresh.weight(), Ordering::Relaxed);
+        self.priority.store(fresh.priority(), Ordering::Relaxed);
+        let meta = fresh.meta.load();
+        if **self.meta.load() != **meta {
+            self.meta.store(Arc::clone(&meta));
         }
+        let eds = fresh.health_flags() & HealthFlags::EDS;
+        let _ = self.health_flags.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+            Some(((HealthFlags::from_bits_retain(f) - HealthFlags::EDS) | eds).bits())
+        });
+    }
+
+    /// Current health flags.
+    pub fn health_flags(&self) -> HealthFlags {
+        HealthFlags::from_bits_retain(self.health_flags.load(Ordering::Relaxed))
+    }
+
+    /// Set or clear health flags; returns whether anything changed. The host set's
+    /// precomputed healthy lists follow only once the set is rebuilt: use
+    /// `Cluster::set_host_health_flag`, which does both.
+    pub fn set_flag(&self, flag: HealthFlags, on: bool) -> bool {
+        let old = if on {
+            self.health_flags.fetch_or(flag.bits(), Ordering::Relaxed)
+        } else {
+            self.health_flags.fetch_and(!flag.bits(), Ordering::Relaxed)
+        };
+        let old = HealthFlags::from_bits_retain(old);
+        old.contains(flag) != on
     }
 
     /// Whether the LB may pick this host in normal (non-panic) mode.
+    #[inline]
     pub fn healthy(&self) -> bool {
-        self.health_flags() & !health_flag::DEGRADED_EDS_HEALTH == 0
+        self.health_flags().is_healthy()
     }
 
     /// `/clusters` health flag text: `healthy` or `/failed_active_hc/...`.
     pub fn health_flags_text(&self) -> String {
         let f = self.health_flags();
-        if f == 0 {
+        if f.is_empty() {
             return "healthy".into();
         }
-        let mut s = String::new();
-        for (bit, name) in [
-            (health_flag::FAILED_ACTIVE_HC, "/failed_active_hc"),
-            (health_flag::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
-            (health_flag::FAILED_EDS_HEALTH, "/failed_eds_health"),
-            (health_flag::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
-            (health_flag::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
-        ] {
-            if f & bit != 0 {
-                s.push_str(name);
-            }
-        }
-        s
+        FLAG_TEXT.iter().filter(|(bit, _)| f.contains(*bit)).map(|(_, name)| *name).collect()
     }
 }
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("address", &self.address).field("weight", &self.weight).finish()
+        f.debug_struct("Host").field("address", &self.address).field("weight", &self.weight()).finish()
     }
 }
 
-/// The hosts of a cluster, grouped by priority (index 0 = highest). Swapped whole on change.
+/// One priority level of a host set with what load balancing needs, computed once when the
+/// set is built so a pick never scans the hosts.
+#[derive(Debug, Default)]
+pub struct PriorityHosts {
+    hosts: Vec<Arc<Host>>,
+    healthy: Vec<Arc<Host>>,
+    total_weight: u64,
+    healthy_weight: u64,
+    equal_weights: bool,
+}
+
+impl PriorityHosts {
+    fn new(hosts: Vec<Arc<Host>>) -> Self {
+        let healthy: Vec<Arc<Host>> = hosts.iter().filter(|h| h.healthy()).cloned().collect();
+        let sum = |hs: &[Arc<Host>]| hs.iter().map(|h| u64::from(h.weight())).sum();
+        let first = hosts.first().map(|h| h.weight());
+        PriorityHosts {
+            total_weight: sum(&hosts),
+            healthy_weight: sum(&healthy),
+            equal_weights: hosts.iter().all(|h| Some(h.weight()) == first),
+            hosts,
+            healthy,
+        }
+    }
+
+    /// Every host of this level.
+    pub fn hosts(&self) -> &[Arc<Host>] {
+        &self.hosts
+    }
+
+    /// The hosts that were healthy when the set was built, in `hosts` order (Envoy's healthy
+    /// host list).
+    pub fn healthy(&self) -> &[Arc<Host>] {
+        &self.healthy
+    }
+
+    /// Sum of the weights of all hosts.
+    pub fn total_weight(&self) -> u64 {
+        self.total_weight
+    }
+
+    /// Sum of the weights of the healthy hosts.
+    pub fn healthy_weight(&self) -> u64 {
+        self.healthy_weight
+    }
+
+    /// All hosts of this level (so also the healthy ones) have the same weight.
+    pub fn equal_weights(&self) -> bool {
+        self.equal_weights
+    }
+}
+
+/// Distinguishes host sets, so per-set LB state (round-robin schedules) is used only with the
+/// set it was computed for.
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// The hosts of a cluster, grouped by priority (index 0 = highest). Immutable: swapped whole
+/// on change (hosts that stay are shared with the previous set).
 #[derive(Debug, Default)]
 pub struct HostSet {
-    /// Hosts per priority level.
-    pub priorities: Vec<Vec<Arc<Host>>>,
-    /// Every host was routable when the set was built: the LB's fast path.
-    pub all_routable: bool,
+    priorities: Vec<PriorityHosts>,
+    generation: u64,
+    len: usize,
+    healthy_len: usize,
 }
 
 impl HostSet {
     /// A set over these priority levels.
     pub fn new(priorities: Vec<Vec<Arc<Host>>>) -> Self {
-        let all_routable = priorities.iter().flatten().all(|h| h.healthy());
-        HostSet { priorities, all_routable }
+        let priorities: Vec<PriorityHosts> = priorities.into_iter().map(PriorityHosts::new).collect();
+        HostSet {
+            len: priorities.iter().map(|p| p.hosts.len()).sum(),
+            healthy_len: priorities.iter().map(|p| p.healthy.len()).sum(),
+            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            priorities,
+        }
     }
-}
 
-impl HostSet {
+    /// The same hosts with the health-derived lists recomputed from the hosts' current flags.
+    pub fn recompute(&self) -> HostSet {
+        HostSet::new(self.priorities.iter().map(|p| p.hosts.clone()).collect())
+    }
+
+    /// The priority levels (index 0 = highest).
+    pub fn priorities(&self) -> &[PriorityHosts] {
+        &self.priorities
+    }
+
+    /// Unique id of this set (0 for the empty default set).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// All hosts, across priorities.
     pub fn all(&self) -> impl Iterator<Item = &Arc<Host>> {
-        self.priorities.iter().flatten()
+        self.priorities.iter().flat_map(|p| p.hosts.iter())
     }
 
     /// Number of hosts.
     pub fn len(&self) -> usize {
-        self.priorities.iter().map(Vec::len).sum()
+        self.len
+    }
+
+    /// Number of hosts that were healthy when the set was built.
+    pub fn healthy_len(&self) -> usize {
+        self.healthy_len
     }
 
     /// True when there are no hosts.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(port: u16, weight: u32, health: HealthStatus) -> Arc<Host> {
+        Arc::new(Host::new(([127, 0, 0, 1], port).into(), String::new(), weight, None, 0, health))
+    }
+
+    #[test]
+    fn health_flags_text_matches_envoy() {
+        let cases: &[(HealthFlags, &str)] = &[
+            (HealthFlags::empty(), "healthy"),
+            (HealthFlags::FAILED_ACTIVE_HC, "/failed_active_hc"),
+            (HealthFlags::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
+            (
+                HealthFlags::PENDING_DYNAMIC_REMOVAL | HealthFlags::FAILED_EDS_HEALTH | HealthFlags::FAILED_ACTIVE_HC,
+                "/failed_active_hc/failed_eds_health/pending_dynamic_removal",
+            ),
+            (
+                HealthFlags::all(),
+                "/failed_active_hc/failed_outlier_check/failed_eds_health/degraded_eds_health/pending_dynamic_removal",
+            ),
+        ];
+        for (flags, text) in cases {
+            let h = host(1, 1, HealthStatus::Healthy);
+            h.set_flag(*flags, true);
+            assert_eq!(h.health_flags_text(), *text, "{flags:?}");
+        }
+    }
+
+    #[test]
+    fn eds_health_maps_to_flags() {
+        let cases = [
+            (HealthStatus::Unknown, HealthFlags::empty(), true),
+            (HealthStatus::Healthy, HealthFlags::empty(), true),
+            (HealthStatus::Degraded, HealthFlags::DEGRADED_EDS_HEALTH, true),
+            (HealthStatus::Unhealthy, HealthFlags::FAILED_EDS_HEALTH, false),
+            (HealthStatus::Draining, HealthFlags::FAILED_EDS_HEALTH, false),
+            (HealthStatus::Timeout, HealthFlags::FAILED_EDS_HEALTH, false),
+        ];
+        for (status, flags, healthy) in cases {
+            let h = host(1, 1, status);
+            assert_eq!((h.health_flags(), h.healthy()), (flags, healthy), "{status:?}");
+        }
+    }
+
+    #[test]
+    fn set_flag_reports_changes() {
+        let h = host(1, 1, HealthStatus::Healthy);
+        assert!(h.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, true));
+        assert!(!h.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, true));
+        assert!(!h.healthy());
+        assert!(h.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, false));
+        assert!(!h.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, false));
+        assert!(h.healthy());
+    }
+
+    #[test]
+    fn update_from_replaces_config_and_eds_health_but_keeps_stats_and_hc_flags() {
+        let h = host(1, 1, HealthStatus::Degraded);
+        h.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+        HostStats::inc(&h.stats.rq_total);
+        let loc = Locality { region: "r".into(), zone: "z".into(), sub_zone: "s".into() };
+        let fresh = Host::new(h.address, "svc.local".into(), 7, Some(loc.clone()), 2, HealthStatus::Unhealthy);
+        h.update_from(&fresh);
+        assert_eq!((h.weight(), h.priority(), h.hostname(), h.locality()), (7, 2, "svc.local".into(), Some(loc)));
+        assert_eq!(h.health_flags(), HealthFlags::FAILED_ACTIVE_HC | HealthFlags::FAILED_EDS_HEALTH);
+        assert_eq!(h.stats.rq_total.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn host_set_precomputes_healthy_lists_and_weights() {
+        let set = HostSet::new(vec![
+            vec![
+                host(1, 2, HealthStatus::Healthy),
+                host(2, 3, HealthStatus::Unhealthy),
+                host(3, 5, HealthStatus::Degraded),
+            ],
+            vec![host(4, 1, HealthStatus::Healthy), host(5, 1, HealthStatus::Healthy)],
+        ]);
+        assert_eq!((set.len(), set.healthy_len()), (5, 4));
+        let p0 = &set.priorities()[0];
+        let ports: Vec<u16> = p0.healthy().iter().map(|h| h.address.port()).collect();
+        assert_eq!(ports, [1, 3]);
+        assert_eq!((p0.total_weight(), p0.healthy_weight(), p0.equal_weights()), (10, 7, false));
+        let p1 = &set.priorities()[1];
+        assert_eq!((p1.total_weight(), p1.healthy_weight(), p1.equal_weights()), (2, 2, true));
+        assert_ne!(set.generation(), HostSet::new(Vec::new()).generation());
+    }
+
+    #[test]
+    fn recompute_follows_flag_changes() {
+        let set = HostSet::new(vec![vec![host(1, 1, HealthStatus::Healthy), host(2, 1, HealthStatus::Healthy)]]);
+        set.priorities()[0].hosts()[1].set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+        assert_eq!(set.healthy_len(), 2, "a built set does not change");
+        let again = set.recompute();
+        assert_eq!(again.healthy_len(), 1);
+        assert!(Arc::ptr_eq(&again.priorities()[0].healthy()[0], &set.priorities()[0].hosts()[0]));
+        assert_ne!(again.generation(), set.generation());
     }
 }

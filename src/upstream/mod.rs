@@ -1,11 +1,14 @@
 //! Upstream: clusters, hosts, load balancing, per-worker connection pools.
 
 pub mod cluster;
+pub mod cluster_stats;
 pub mod conn_pool;
 pub mod dns;
 pub mod h2_client;
 pub mod host;
-pub mod load_balancer;
+pub mod lb;
 
-pub use cluster::{Cluster, ClusterStats};
-pub use host::{Host, HostSet, HostStats};
+pub use cluster::{Cluster, ResolvedEndpoint};
+pub use cluster_stats::ClusterStats;
+pub use host::{HealthFlags, Host, HostSet, HostStats, PriorityHosts};
+pub use lb::{LbContext, LoadBalancer};

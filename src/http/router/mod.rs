@@ -18,7 +18,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use pinion_xds::model::{ForwardAction, HeaderMutations, RouteAction, UpstreamProtocol};
+use pinion_xds::model::{ForwardAction, HeaderMutations, HostRewrite, RouteAction, UpstreamProtocol};
 
 use super::body::{Activity, RequestBody, ResponseBody};
 use super::connection_context::ConnCtx;
@@ -208,13 +208,15 @@ async fn forward(
         .ordered(false)
         .any(|m| m.request_headers_to_add.iter().chain(&m.response_headers_to_add).any(|h| h.has_formatter));
     let downstream_headers = if formats { req.headers().clone() } else { HeaderMap::new() };
+    // Only `auto_host_rewrite` reads the host's name (a copy: it can change with EDS).
+    let hostname = if matches!(action.host_rewrite, HostRewrite::Auto) { host.hostname() } else { String::new() };
     let rewrites = route_decision::rewrites(
         matched.route,
         action,
         choice.weighted,
         req.uri().path_and_query().map_or("/", |p| p.as_str()),
         req.headers(),
-        &host.hostname,
+        &hostname,
     );
     if !rewrites.is_empty() {
         apply_rewrites(&mut req, rewrites, action.append_x_forwarded_host, hcm.router.suppress_envoy_headers);

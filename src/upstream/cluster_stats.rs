@@ -1,0 +1,143 @@
+//! Envoy's per-cluster stats (`cluster.<name>.*`). Their own module so the load balancers can
+//! count `upstream_cx_none_healthy` / `lb_healthy_panic` without depending on `Cluster`.
+
+use std::sync::{Arc, OnceLock};
+
+use crate::stats::{Counter, Gauge, Prom, Store};
+
+/// Names of a cluster's stats after `cluster.<name>.`, in the order of their cells; `true`
+/// marks gauges.
+const CLUSTER_STATS: &[(&str, bool)] = &[
+    ("upstream_cx_total", false),
+    ("upstream_cx_active", true),
+    ("upstream_cx_http1_total", false),
+    ("upstream_cx_http2_total", false),
+    ("upstream_cx_connect_fail", false),
+    ("upstream_cx_connect_timeout", false),
+    ("upstream_cx_none_healthy", false),
+    ("upstream_cx_destroy", false),
+    ("upstream_cx_rx_bytes_total", false),
+    ("upstream_cx_tx_bytes_total", false),
+    ("upstream_rq_total", false),
+    ("upstream_rq_active", true),
+    ("upstream_rq_completed", false),
+    ("upstream_rq_timeout", false),
+    ("upstream_rq_pending_total", false),
+    ("upstream_rq_pending_failure_eject", false),
+    ("upstream_rq_rx_reset", false),
+    ("upstream_rq_1xx", false),
+    ("upstream_rq_2xx", false),
+    ("upstream_rq_3xx", false),
+    ("upstream_rq_4xx", false),
+    ("upstream_rq_5xx", false),
+    ("membership_total", true),
+    ("membership_healthy", true),
+    ("lb_healthy_panic", false),
+];
+
+/// Envoy's cluster stats (`cluster.<name>.*`).
+#[derive(Clone)]
+pub struct ClusterStats {
+    /// `upstream_cx_total`.
+    pub upstream_cx_total: Counter,
+    /// `upstream_cx_active`.
+    pub upstream_cx_active: Gauge,
+    /// `upstream_cx_http1_total`.
+    pub upstream_cx_http1_total: Counter,
+    /// `upstream_cx_http2_total`.
+    pub upstream_cx_http2_total: Counter,
+    /// `upstream_cx_connect_fail`.
+    pub upstream_cx_connect_fail: Counter,
+    /// `upstream_cx_connect_timeout`.
+    pub upstream_cx_connect_timeout: Counter,
+    /// `upstream_cx_none_healthy`.
+    pub upstream_cx_none_healthy: Counter,
+    /// `upstream_cx_destroy`.
+    pub upstream_cx_destroy: Counter,
+    /// `upstream_cx_rx_bytes_total`.
+    pub upstream_cx_rx_bytes_total: Counter,
+    /// `upstream_cx_tx_bytes_total`.
+    pub upstream_cx_tx_bytes_total: Counter,
+    /// `upstream_rq_total`.
+    pub upstream_rq_total: Counter,
+    /// `upstream_rq_active`.
+    pub upstream_rq_active: Gauge,
+    /// `upstream_rq_completed`.
+    pub upstream_rq_completed: Counter,
+    /// `upstream_rq_timeout`.
+    pub upstream_rq_timeout: Counter,
+    /// `upstream_rq_pending_total`.
+    pub upstream_rq_pending_total: Counter,
+    /// `upstream_rq_pending_failure_eject`.
+    pub upstream_rq_pending_failure_eject: Counter,
+    /// `upstream_rq_rx_reset`.
+    pub upstream_rq_rx_reset: Counter,
+    /// `upstream_rq_1xx` .. `upstream_rq_5xx`.
+    pub upstream_rq_xx: [Counter; 5],
+    /// `membership_total`.
+    pub membership_total: Gauge,
+    /// `membership_healthy`.
+    pub membership_healthy: Gauge,
+    /// `lb_healthy_panic`.
+    pub lb_healthy_panic: Counter,
+    /// `upstream_rq_<code>`, created on first use.
+    codes: Arc<OnceLock<Box<[OnceLock<Counter>]>>>,
+    store: Store,
+    stat_name: Arc<str>,
+}
+
+impl ClusterStats {
+    /// Register the stats of cluster `stat_name` (one stat group: one block of cells).
+    pub fn new(store: &Store, stat_name: &str) -> Self {
+        let g = store.group("cluster", "envoy_cluster_name", stat_name, CLUSTER_STATS);
+        ClusterStats {
+            upstream_cx_total: g.counter(0),
+            upstream_cx_active: g.gauge(1),
+            upstream_cx_http1_total: g.counter(2),
+            upstream_cx_http2_total: g.counter(3),
+            upstream_cx_connect_fail: g.counter(4),
+            upstream_cx_connect_timeout: g.counter(5),
+            upstream_cx_none_healthy: g.counter(6),
+            upstream_cx_destroy: g.counter(7),
+            upstream_cx_rx_bytes_total: g.counter(8),
+            upstream_cx_tx_bytes_total: g.counter(9),
+            upstream_rq_total: g.counter(10),
+            upstream_rq_active: g.gauge(11),
+            upstream_rq_completed: g.counter(12),
+            upstream_rq_timeout: g.counter(13),
+            upstream_rq_pending_total: g.counter(14),
+            upstream_rq_pending_failure_eject: g.counter(15),
+            upstream_rq_rx_reset: g.counter(16),
+            membership_total: g.gauge(22),
+            membership_healthy: g.gauge(23),
+            lb_healthy_panic: g.counter(24),
+            upstream_rq_xx: [g.counter(17), g.counter(18), g.counter(19), g.counter(20), g.counter(21)],
+            codes: Arc::new(OnceLock::new()),
+            store: store.clone(),
+            stat_name: stat_name.into(),
+        }
+    }
+
+    /// Count a response status: `upstream_rq_<code>`, `upstream_rq_<class>xx`, `upstream_rq_completed`.
+    pub fn record_status(&self, status: u16) {
+        self.upstream_rq_completed.inc();
+        let class = (status / 100) as usize;
+        if (1..=5).contains(&class) {
+            self.upstream_rq_xx[class - 1].inc();
+        }
+        if !(100..600).contains(&status) {
+            return;
+        }
+        let codes = self.codes.get_or_init(|| (0..500).map(|_| OnceLock::new()).collect());
+        let name = &self.stat_name;
+        codes[(status - 100) as usize]
+            .get_or_init(|| {
+                self.store.counter(
+                    &format!("cluster.{name}.upstream_rq_{status}"),
+                    Prom::tagged("cluster", "envoy_cluster_name", name, "upstream_rq")
+                        .with_tag("envoy_response_code", &status.to_string()),
+                )
+            })
+            .inc();
+    }
+}
