@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::access_log::AccessLogManager;
 use crate::http::on_demand::OnDemandVhds;
 use crate::http::route_table::RouteTable;
-use crate::listener::{scope_map_key, ListenerRuntime, RdsSlot, RouteProvider, ScopeMap, ScopeSlot};
+use crate::listener::{scope_map_key, ListenerImpl, RdsSlot, RouteProvider, ScopeMap, ScopeSlot};
 use crate::listener_manager::ListenerManager;
 use crate::runtime::Runtime;
 use crate::snapshot::{SharedSnapshot, Snapshot};
@@ -69,7 +69,7 @@ struct Inner {
     /// Runtime clusters waiting for their first EDS response.
     warming_clusters: HashMap<String, Arc<Cluster>>,
     /// Listeners waiting for RDS.
-    warming_listeners: HashMap<String, Arc<ListenerRuntime>>,
+    warming_listeners: HashMap<String, Arc<ListenerImpl>>,
     rds_slots: HashMap<String, RdsSlot>,
     /// SRDS scopes.
     scopes: BTreeMap<String, Versioned<Arc<model::ScopedRouteConfiguration>>>,
@@ -161,7 +161,7 @@ impl ConfigStore {
             }
             let provider = Provider { inner: &inner, srds: &self.srds, on_demand: &self.on_demand };
             let runtime = Arc::new(
-                ListenerRuntime::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider))
+                ListenerImpl::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider))
                     .map_err(|e| e.to_string())?,
             );
             inner.static_listeners.push(cfg.clone());
@@ -496,19 +496,14 @@ impl ConfigStore {
                 Self::rds_slot(inner, &n);
             }
             let provider = Provider { inner: &*inner, srds: &self.srds, on_demand: &self.on_demand };
-            let runtime = match ListenerRuntime::new(
-                cfg.clone(),
-                &self.stats,
-                self.workers,
-                &self.access_logs,
-                Some(&provider),
-            ) {
-                Ok(r) => Arc::new(r),
-                Err(e) => {
-                    rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
-                    continue;
-                }
-            };
+            let runtime =
+                match ListenerImpl::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider)) {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => {
+                        rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
+                        continue;
+                    }
+                };
             inner.listeners.insert(
                 u.name.clone(),
                 Versioned { value: cfg, version: u.version, raw: u.raw, last_updated: SystemTime::now() },

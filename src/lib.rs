@@ -25,4 +25,4 @@ pub mod tls;
 pub mod upstream;
 pub mod worker;
 pub mod worker_context;
-pub mod xds_runtime;
+pub mod xds_start;

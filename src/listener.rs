@@ -1,5 +1,5 @@
 //! Listeners: SO_REUSEPORT sockets (one per worker), filter chain selection, and the
-//! per-listener runtime (stats, compiled filter chains).
+//! compiled listener config (`ListenerImpl`: stats, filter chains).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -281,7 +281,7 @@ pub fn scope_map_key(fragments: &[String]) -> String {
 }
 
 /// An HCM ready to serve: config, compiled routes, stats, access logs.
-pub struct HcmRuntime {
+pub struct HcmConfig {
     /// Config.
     pub config: Arc<model::HttpConnectionManager>,
     /// Route table source.
@@ -297,7 +297,7 @@ pub struct HcmRuntime {
 }
 
 /// TCP proxy runtime.
-pub struct TcpProxyRuntime {
+pub struct TcpProxyConfig {
     /// Config.
     pub config: Arc<model::TcpProxy>,
     /// `tcp.<stat_prefix>.downstream_cx_total`.
@@ -309,7 +309,7 @@ pub struct TcpProxyRuntime {
 }
 
 /// A filter chain ready to serve: its transport socket, then its terminal filter.
-pub struct ChainRuntime {
+pub struct FilterChainImpl {
     /// Downstream TLS (`None`: plaintext).
     pub tls: Option<Arc<crate::tls::ServerContext>>,
     /// The terminal network filter.
@@ -319,13 +319,13 @@ pub struct ChainRuntime {
 /// A filter chain's terminal network filter.
 pub enum ChainFilter {
     /// HTTP.
-    Http(Arc<HcmRuntime>),
+    Http(Arc<HcmConfig>),
     /// TCP proxy.
-    Tcp(Arc<TcpProxyRuntime>),
+    Tcp(Arc<TcpProxyConfig>),
 }
 
 /// A listener at runtime.
-pub struct ListenerRuntime {
+pub struct ListenerImpl {
     /// Config.
     pub config: Arc<model::Listener>,
     /// Set when this listener generation is removed or replaced: its connections drain.
@@ -333,9 +333,9 @@ pub struct ListenerRuntime {
     /// Stats.
     pub stats: ListenerStats,
     /// Chains parallel to `config.filter_chains`.
-    pub chains: Vec<ChainRuntime>,
+    pub chains: Vec<FilterChainImpl>,
     /// Default chain.
-    pub default_chain: Option<ChainRuntime>,
+    pub default_chain: Option<FilterChainImpl>,
 }
 
 /// Errors building a listener.
@@ -349,7 +349,7 @@ pub enum ListenerError {
     AccessLog(String, String),
 }
 
-impl ListenerRuntime {
+impl ListenerImpl {
     /// Build runtime state for `config` with `workers` workers; its access loggers use
     /// `logs`' writers and sinks. `dynamic` provides route tables from xDS (RDS, SRDS,
     /// VHDS); static listeners have none.
@@ -363,7 +363,7 @@ impl ListenerRuntime {
         let prefix =
             if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
         let stats = ListenerStats::new(store, &prefix, workers);
-        let build = |chain: &model::FilterChain| -> Result<ChainRuntime, ListenerError> {
+        let build = |chain: &model::FilterChain| -> Result<FilterChainImpl, ListenerError> {
             let tls = match &chain.transport_socket {
                 None => None,
                 Some(t) => {
@@ -431,7 +431,7 @@ impl ListenerRuntime {
                         .map(|l| AccessLogger::new(l, logs))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
-                    ChainFilter::Http(Arc::new(HcmRuntime {
+                    ChainFilter::Http(Arc::new(HcmConfig {
                         stats: HcmStats::for_prefix(store, &hcm.stat_prefix),
                         config: hcm.clone(),
                         routes,
@@ -449,7 +449,7 @@ impl ListenerRuntime {
                         .map(|l| AccessLogger::new(l, logs))
                         .collect::<Result<Vec<_>, _>>()
                         .map_err(|e| ListenerError::AccessLog(config.name.clone(), e))?;
-                    ChainFilter::Tcp(Arc::new(TcpProxyRuntime {
+                    ChainFilter::Tcp(Arc::new(TcpProxyConfig {
                         config: tcp.clone(),
                         downstream_cx_total: store.counter(
                             &format!("tcp.{p}.downstream_cx_total"),
@@ -463,11 +463,11 @@ impl ListenerRuntime {
                     }))
                 }
             };
-            Ok(ChainRuntime { tls, filter })
+            Ok(FilterChainImpl { tls, filter })
         };
         let chains = config.filter_chains.iter().map(|c| build(c)).collect::<Result<Vec<_>, _>>()?;
         let default_chain = config.default_filter_chain.as_ref().map(|c| build(c)).transpose()?;
-        Ok(ListenerRuntime { config, drain: watch::channel(false).0, stats, chains, default_chain })
+        Ok(ListenerImpl { config, drain: watch::channel(false).0, stats, chains, default_chain })
     }
 
     /// RDS names this listener's HCMs need.
@@ -500,7 +500,7 @@ impl ListenerRuntime {
         local: SocketAddr,
         peer: SocketAddr,
         inspected: &crate::listener_filter::Inspected,
-    ) -> Option<&ChainRuntime> {
+    ) -> Option<&FilterChainImpl> {
         let chains = &self.config.filter_chains;
         // Common case: one chain and nothing to match on.
         if let [only] = chains.as_slice() {

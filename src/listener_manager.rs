@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::listener::{bind_reuseport, ListenerRuntime};
+use crate::listener::{bind_reuseport, ListenerImpl};
 use crate::worker::WorkerCommand;
 
 /// One active listener.
 struct Active {
-    runtime: Arc<ListenerRuntime>,
+    runtime: Arc<ListenerImpl>,
     bound: SocketAddr,
 }
 
@@ -33,7 +33,7 @@ impl ListenerManager {
     }
 
     /// Bind `l` once per worker; port 0 is resolved by the first bind.
-    fn bind_all(&self, l: &ListenerRuntime) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
+    fn bind_all(&self, l: &ListenerImpl) -> std::io::Result<(SocketAddr, Vec<std::net::TcpListener>)> {
         let backlog = l.config.tcp_backlog_size.unwrap_or(1024);
         let mut addr = l.config.address;
         let mut socks = Vec::with_capacity(self.workers.len());
@@ -48,7 +48,7 @@ impl ListenerManager {
     }
 
     /// Add or replace one listener. Errors (bind failures) leave the previous state serving.
-    pub fn upsert(&mut self, l: Arc<ListenerRuntime>) -> Result<SocketAddr, String> {
+    pub fn upsert(&mut self, l: Arc<ListenerImpl>) -> Result<SocketAddr, String> {
         let name = l.config.name.clone();
         if let Some(old) = self.active.get(&name) {
             if Arc::ptr_eq(&old.runtime, &l) {
@@ -101,7 +101,7 @@ impl ListenerManager {
     }
 
     /// The active runtime of `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<ListenerRuntime>> {
+    pub fn get(&self, name: &str) -> Option<Arc<ListenerImpl>> {
         self.active.get(name).map(|a| a.runtime.clone())
     }
 

@@ -17,7 +17,7 @@ use crate::access_log::AccessLogManager;
 use crate::access_log_grpc::GrpcSinks;
 use crate::cli::{Mode, Options};
 use crate::config_store::ConfigStore;
-use crate::listener::ListenerRuntime;
+use crate::listener::ListenerImpl;
 use crate::listener_manager::ListenerManager;
 use crate::logging::LogHandle;
 use crate::server_state::{ServerState, ServerStateKind};
@@ -186,7 +186,7 @@ fn build_snapshot(
         .listeners
         .iter()
         .filter(|l| !needs_xds_routes(l))
-        .map(|l| ListenerRuntime::new(l.clone(), store, workers, access_logs, None).map(Arc::new))
+        .map(|l| ListenerImpl::new(l.clone(), store, workers, access_logs, None).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     Ok(Snapshot { version: 1, listeners, clusters })
@@ -378,7 +378,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             }
             initialized = Some(store.initialized());
             let _ = state.config_store.set(store.clone());
-            crate::xds_runtime::start(cfg, store, &state.store);
+            crate::xds_start::start(cfg, store, &state.store);
         }
     }
 

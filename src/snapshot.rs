@@ -9,7 +9,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::access_log_grpc::ClusterResolver;
-use crate::listener::ListenerRuntime;
+use crate::listener::ListenerImpl;
 use crate::upstream::Cluster;
 
 /// One version of the active config.
@@ -18,7 +18,7 @@ pub struct Snapshot {
     /// Monotonic version.
     pub version: u64,
     /// Active listeners.
-    pub listeners: Vec<Arc<ListenerRuntime>>,
+    pub listeners: Vec<Arc<ListenerImpl>>,
     /// Active clusters by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
 }

@@ -17,7 +17,7 @@ use crate::tls::{Alpn, Io};
 
 use crate::formatter::Context;
 use crate::http::stream_info::{ResponseFlags, StreamInfo};
-use crate::listener::TcpProxyRuntime;
+use crate::listener::TcpProxyConfig;
 use crate::worker_context::WorkerCtx;
 
 /// Serve one downstream TCP connection.
@@ -25,7 +25,7 @@ pub async fn serve(
     mut downstream: Io,
     peer: SocketAddr,
     local: SocketAddr,
-    tcp: Arc<TcpProxyRuntime>,
+    tcp: Arc<TcpProxyConfig>,
     worker: Rc<WorkerCtx>,
 ) {
     tcp.downstream_cx_total.inc();
@@ -167,7 +167,7 @@ async fn pump(
     let _ = w.shutdown().await;
 }
 
-fn log(tcp: &TcpProxyRuntime, info: &StreamInfo, bytes_sent: u64) {
+fn log(tcp: &TcpProxyConfig, info: &StreamInfo, bytes_sent: u64) {
     let ctx = Context { info, request_headers: None, response_headers: None, bytes_sent };
     for l in &tcp.access_logs {
         l.log(&ctx);

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::listener::{ChainFilter, ListenerRuntime};
+use crate::listener::{ChainFilter, ListenerImpl};
 use crate::snapshot::SharedSnapshot;
 use crate::tls::Io;
 use crate::upstream::conn_pool::ConnPools;
@@ -20,17 +20,17 @@ use crate::worker_context::WorkerCtx;
 /// Commands from the main thread (the listener manager).
 pub enum WorkerCommand {
     /// Start accepting on this listener with this socket.
-    AddListener(Arc<ListenerRuntime>, std::net::TcpListener),
+    AddListener(Arc<ListenerImpl>, std::net::TcpListener),
     /// New connections on listener `name` use this runtime (same address); existing ones
     /// keep theirs and drain.
-    UpdateListener(String, Arc<ListenerRuntime>),
+    UpdateListener(String, Arc<ListenerImpl>),
     /// Stop accepting on listener `name` (its socket closes; its connections drain).
     RemoveListener(String),
 }
 
 /// A listener as one worker runs it: the runtime new connections get, and a stop switch.
 struct WorkerListener {
-    current: Rc<RefCell<Arc<ListenerRuntime>>>,
+    current: Rc<RefCell<Arc<ListenerImpl>>>,
     stop: Rc<tokio::sync::Notify>,
 }
 
@@ -137,7 +137,7 @@ async fn run(
 
 async fn accept_loop(
     listener: TcpListener,
-    current: Rc<RefCell<Arc<ListenerRuntime>>>,
+    current: Rc<RefCell<Arc<ListenerImpl>>>,
     stop: Rc<tokio::sync::Notify>,
     worker: Rc<WorkerCtx>,
     connections: Rc<RefCell<usize>>,
@@ -210,7 +210,7 @@ async fn serve_downstream(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    rt: &Arc<ListenerRuntime>,
+    rt: &Arc<ListenerImpl>,
     worker: &Rc<WorkerCtx>,
 ) {
     let inspected = match crate::listener_filter::inspect(&stream, &rt.config).await {

@@ -11,15 +11,15 @@ use http::HeaderValue;
 
 use super::forwarded_client_cert::ClientCert;
 use super::h1_framing::FramingFlags;
-use crate::listener::{HcmRuntime, ListenerRuntime};
+use crate::listener::{HcmConfig, ListenerImpl};
 use crate::worker_context::WorkerCtx;
 
 /// Per-connection state.
 pub struct ConnCtx {
     /// The HCM serving this connection.
-    pub hcm: Arc<HcmRuntime>,
+    pub hcm: Arc<HcmConfig>,
     /// The listener.
-    pub listener: Arc<ListenerRuntime>,
+    pub listener: Arc<ListenerImpl>,
     /// The worker.
     pub worker: Rc<WorkerCtx>,
     /// Peer address.

@@ -39,7 +39,7 @@ use super::router::upstream_request::UpstreamGuard;
 use super::router::{self, Phase, Routed};
 use super::stream_info::{ResponseFlags, StreamInfo};
 use crate::formatter::{self, Context};
-use crate::listener::{HcmRuntime, ListenerRuntime};
+use crate::listener::{HcmConfig, ListenerImpl};
 use crate::worker_context::{LocalExec, WorkerCtx};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -51,8 +51,8 @@ pub async fn serve_connection(
     local_uris: &[String],
     peer: SocketAddr,
     local: SocketAddr,
-    hcm: Arc<HcmRuntime>,
-    listener: Arc<ListenerRuntime>,
+    hcm: Arc<HcmConfig>,
+    listener: Arc<ListenerImpl>,
     worker: Rc<WorkerCtx>,
 ) {
     let cfg = hcm.config.clone();
