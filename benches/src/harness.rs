@@ -4,8 +4,10 @@
 //! ```text
 //! cargo run --release -p pinion-bench -- all     # full run (~15 min), writes benches/RESULTS.md
 //! cargo run --release -p pinion-bench -- smoke   # a few seconds per scenario, asserts 2xx only
+//! cargo run --release -p pinion-bench -- ab --a OLD --b NEW   # two proxy binaries, A/B
 //! ```
 
+mod ab;
 mod backend;
 mod client;
 mod loadgen;
@@ -26,7 +28,7 @@ use bytes::Bytes;
 use crate::backend::{Backend, LARGE_BODY_LEN, SMALL_BODY_LEN};
 use crate::loadgen::{Amount, LoadGen, LoadResult, LoadSpec, Tool};
 use crate::mesh::Mesh;
-use crate::proxies::{Installed, Kind, Running};
+use crate::proxies::{Installed, Kind, Refused, Running, Variant};
 use crate::report::{Sample, ScenarioResults, TargetRow};
 use crate::xds_scale::{XdsResults, XdsServer};
 
@@ -40,11 +42,19 @@ const PROXY_CORE: &str = "0";
 const LOAD_CORE: &str = "1";
 
 fn usage() -> &'static str {
-    "usage: pinion-bench <all|smoke> [options]
+    "usage: pinion-bench <all|smoke|ab|bootstrap> [options]
   all                 full run: every scenario, Pinion/Envoy/nginx/HAProxy, alternating runs,
                       prints the table and writes benches/RESULTS.md
   smoke               a few seconds per scenario, one run, Pinion and Envoy only; exits
                       non-zero unless both proxies answered every request with a 2xx
+  ab --a BIN --b BIN  two proxy binaries (e.g. Pinion before and after a change) on the same
+                      bootstrap, alternating A,B,A,B; prints the B/A table, writes benches/AB.md
+    --label-a NAME / --label-b NAME   names in the report (default: A, B)
+    --variant default|filters|both    bootstrap: as is, with fault/CORS/local rate limit
+                      filters before the router (never acting), or both (default: default)
+    --smoke           one short run per scenario, variant and binary; asserts 2xx only
+                      (defaults for ab: --only a_sat,c --runs 5 --duration 5 --out benches/AB.md)
+  bootstrap [default|filters]   print the bench bootstrap (ports 9901, 10000, backend 8080)
 options:
   --debug             use target/debug/pinion (built with `cargo build -p pinion`)
   --no-build          do not run cargo build for pinion (use the existing binary / PINION_BIN)
@@ -61,7 +71,10 @@ options:
 
 #[derive(Clone, Debug)]
 struct Opts {
+    /// `smoke`, or `ab --smoke`: fixed request counts, assert 2xx only.
     smoke: bool,
+    /// `ab`: the two binaries and the variants.
+    ab: Option<ab::AbOpts>,
     debug: bool,
     build: bool,
     runs: u32,
@@ -76,24 +89,27 @@ struct Opts {
 
 fn parse_opts(args: &[String], root: &Path) -> anyhow::Result<Opts> {
     let mode = args.first().map(String::as_str).unwrap_or("");
-    let smoke = match mode {
-        "all" => false,
-        "smoke" => true,
+    let (mut smoke, mut ab) = match mode {
+        "all" => (false, None),
+        "smoke" => (true, None),
+        "ab" => (false, Some(ab::AbArgs::default())),
         _ => bail!("{}", usage()),
     };
     let mut o = Opts {
         smoke,
+        ab: None,
         debug: false,
         build: true,
-        runs: if smoke { 1 } else { 3 },
+        runs: 0,
         duration: Duration::from_secs(5),
         rate_duration: Duration::from_secs(10),
-        warmup: Duration::from_secs(if smoke { 0 } else { 1 }),
+        warmup: Duration::ZERO,
         loadgen: None,
-        reference: !smoke,
+        reference: false,
         only: None,
-        out: if smoke { None } else { Some(root.join("benches/RESULTS.md")) },
+        out: None,
     };
+    let (mut runs, mut warmup, mut out, mut no_reference) = (None, None, None, false);
     let mut it = args[1..].iter();
     let secs = |v: Option<&String>| -> anyhow::Result<Duration> {
         let v = v.context("missing value")?;
@@ -102,12 +118,20 @@ fn parse_opts(args: &[String], root: &Path) -> anyhow::Result<Opts> {
     // One option per iteration; bounded by the argument count.
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--a" | "--b" | "--label-a" | "--label-b" | "--variant" => {
+                let args = ab.as_mut().with_context(|| format!("{a} is an option of `ab`"))?;
+                args.set(a, it.next().with_context(|| format!("{a} needs a value"))?)?;
+            }
+            "--smoke" => {
+                anyhow::ensure!(ab.is_some(), "--smoke is an option of `ab` (for every scenario: `smoke`)");
+                smoke = true;
+            }
             "--debug" => o.debug = true,
             "--no-build" => o.build = false,
-            "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
+            "--runs" => runs = Some(it.next().context("--runs N")?.parse()?),
             "--duration" => o.duration = secs(it.next())?,
             "--rate-duration" => o.rate_duration = secs(it.next())?,
-            "--warmup" => o.warmup = secs(it.next())?,
+            "--warmup" => warmup = Some(secs(it.next())?),
             "--loadgen" => {
                 o.loadgen = Some(match it.next().map(String::as_str) {
                     Some("oha") => Tool::Oha,
@@ -115,11 +139,11 @@ fn parse_opts(args: &[String], root: &Path) -> anyhow::Result<Opts> {
                     other => bail!("--loadgen oha|h2load, not {other:?}"),
                 })
             }
-            "--no-reference" => o.reference = false,
+            "--no-reference" => no_reference = true,
             "--only" => o.only = Some(it.next().context("--only ids")?.split(',').map(str::to_string).collect()),
             "--out" => {
                 let v = it.next().context("--out PATH")?;
-                o.out = if v == "-" { None } else { Some(PathBuf::from(v)) };
+                out = Some(if v == "-" { None } else { Some(PathBuf::from(v)) });
             }
             "-h" | "--help" => {
                 println!("{}", usage());
@@ -127,6 +151,29 @@ fn parse_opts(args: &[String], root: &Path) -> anyhow::Result<Opts> {
             }
             other => bail!("unknown option {other:?}\n{}", usage()),
         }
+    }
+    // Defaults by mode: all (3 runs, 1 s warm-up, RESULTS.md, references), smoke and ab --smoke
+    // (1 run, no warm-up, no file), ab (5 runs, 1 s warm-up, AB.md).
+    o.smoke = smoke;
+    o.runs = runs.unwrap_or(match (smoke, ab.is_some()) {
+        (true, _) => 1,
+        (false, true) => 5,
+        (false, false) => 3,
+    });
+    o.warmup = warmup.unwrap_or(Duration::from_secs(if smoke { 0 } else { 1 }));
+    o.reference = !smoke && ab.is_none() && !no_reference;
+    o.out = out.unwrap_or_else(|| match (smoke, ab.is_some()) {
+        (true, _) => None,
+        (false, true) => Some(root.join("benches/AB.md")),
+        (false, false) => Some(root.join("benches/RESULTS.md")),
+    });
+    if let Some(args) = ab {
+        let ids = o.only.get_or_insert_with(|| ab::DEFAULT_SCENARIOS.iter().map(|s| s.to_string()).collect());
+        let known: Vec<&str> = scenarios().iter().map(|s| s.id).collect();
+        for id in ids.iter() {
+            anyhow::ensure!(known.contains(&id.as_str()), "ab: unknown scenario {id:?} (ab runs: {})", known.join(" "));
+        }
+        o.ab = Some(args.finish()?);
     }
     anyhow::ensure!(o.runs >= 1, "--runs must be at least 1");
     Ok(o)
@@ -395,13 +442,14 @@ fn locate_tool(tool: Tool) -> anyhow::Result<LoadGen> {
 /// thread: it drives a proxy to saturation from a single core where oha cannot) for
 /// saturation, and oha (constant rate with latency correction, p99.9) for the fixed rate.
 /// Smoke mode uses h2load for both (CI installs it; oha would need a cargo install).
-fn locate_loadgens(o: &Opts) -> anyhow::Result<(LoadGen, LoadGen)> {
+/// `need_rate: false`: no fixed-rate run is selected, so oha is not needed either.
+fn locate_loadgens(o: &Opts, need_rate: bool) -> anyhow::Result<(LoadGen, LoadGen)> {
     if let Some(t) = o.loadgen {
         let g = locate_tool(t)?;
         return Ok((g.clone(), g));
     }
     let sat = locate_tool(Tool::H2load)?;
-    let rate = if o.smoke { sat.clone() } else { locate_tool(Tool::Oha)? };
+    let rate = if o.smoke || !need_rate { sat.clone() } else { locate_tool(Tool::Oha)? };
     Ok((sat, rate))
 }
 
@@ -419,6 +467,47 @@ struct Env {
     pinned: bool,
     /// The mesh certificates of (e), when an (e) scenario is selected.
     mesh_pki: Option<pinion_testkit::mesh::MeshPki>,
+}
+
+impl Env {
+    /// Pins this process to the load core (on 2 cores or more), starts the backend, makes the
+    /// scratch directory (removed by the caller) and, if an (e) scenario is selected, the
+    /// mesh certificates.
+    fn setup(o: &Opts, selected: &[Scenario], sat_gen: LoadGen, rate_gen: LoadGen) -> anyhow::Result<Env> {
+        let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        // Placement: proxy on core 0, this process (backend threads) and the load generator on core 1.
+        let pinned = nproc >= 2;
+        if pinned {
+            procs::pin_self(LOAD_CORE)?;
+        } else {
+            eprintln!("[bench] only {nproc} CPU: nothing is pinned; figures are not comparable to 2-core runs");
+        }
+        let backend = Backend::spawn()?;
+        let scratch = std::env::temp_dir().join(format!("pinion-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch)?;
+        let grpc_body = scratch.join("grpc-request.bin");
+        std::fs::write(&grpc_body, GRPC_REQUEST)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // (e): one mesh CA and its workload certificates for the whole harness run.
+        let mesh_pki = selected.iter().any(|s| s.mesh.is_some()).then(pinion_testkit::mesh::MeshPki::new);
+        Ok(Env {
+            o: o.clone(),
+            backend,
+            sat_gen,
+            rate_gen,
+            rt,
+            scratch,
+            clk_tck: procs::clock_ticks_per_sec(),
+            grpc_body,
+            pinned,
+            mesh_pki,
+        })
+    }
+}
+
+/// The scenarios `--only` selects (all without it), in the order of [`scenarios`].
+fn selected_scenarios(o: &Opts) -> Vec<Scenario> {
+    scenarios().into_iter().filter(|s| o.only.as_ref().is_none_or(|only| only.iter().any(|x| x == s.id))).collect()
 }
 
 fn load_spec(env: &Env, sc: &Scenario, port: u16, amount: Amount) -> LoadSpec {
@@ -450,16 +539,18 @@ enum UnderTest {
 
 impl UnderTest {
     /// Starts the proxy (or the inbound, then the outbound sidecar) of `sc`, pinned, with its
-    /// config in `dir`, and waits until it is ready.
-    fn start(env: &Env, sc: &Scenario, p: &Installed, dir: &Path) -> anyhow::Result<UnderTest> {
+    /// config (as `variant`) in `dir`, and waits until it is ready.
+    fn start(env: &Env, sc: &Scenario, p: &Installed, variant: Variant, dir: &Path) -> anyhow::Result<UnderTest> {
         let cpus = env.pinned.then_some(sc.proxy_cpus);
         let backend = env.backend.port();
         Ok(match sc.mesh {
-            None => UnderTest::One(proxies::start(p, dir, backend, sc.workers, cpus, Duration::from_secs(30))?),
+            None => {
+                UnderTest::One(proxies::start(p, dir, backend, sc.workers, cpus, Duration::from_secs(30), variant)?)
+            }
             Some(Mesh::Terminate) => {
                 let pki = env.mesh_pki.as_ref().context("no mesh certificates")?;
                 let (admin, port) = (proxies::free_port()?, proxies::free_port()?);
-                let yaml = mesh::inbound_bootstrap(pki, admin, port, backend, false)?;
+                let yaml = variant.apply(mesh::inbound_bootstrap(pki, admin, port, backend, false)?)?;
                 let b = proxies::Bootstrap { yaml, admin, port };
                 UnderTest::One(proxies::start_bootstrap(
                     p,
@@ -473,7 +564,7 @@ impl UnderTest {
             }
             Some(m) => {
                 let pki = env.mesh_pki.as_ref().context("no mesh certificates")?;
-                UnderTest::Pair(mesh::start_pair(p, dir, backend, pki, m, sc.workers, cpus)?)
+                UnderTest::Pair(mesh::start_pair(p, dir, backend, pki, m, sc.workers, cpus, variant)?)
             }
         })
     }
@@ -527,11 +618,22 @@ impl UnderTest {
     }
 }
 
+/// What a run starts: a proxy binary on a bootstrap variant, under a name for the log lines
+/// and the run's directory (`Pinion`, `Envoy`; in `ab` mode the binary's label and the variant).
+struct Who<'a> {
+    name: String,
+    proxy: &'a Installed,
+    variant: Variant,
+}
+
 /// One run: start the proxy (or pair of sidecars), idle RSS, probe, warm up, measured load,
 /// CPU and peak RSS, stop.
-fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Result<Sample> {
-    let dir = env.scratch.join(format!("{}-{}-{round}", sc.id, p.kind.name().to_lowercase()));
-    let mut under_test = UnderTest::start(env, sc, p, &dir)?;
+fn run_one(env: &Env, sc: &Scenario, who: &Who<'_>, round: u32) -> anyhow::Result<Sample> {
+    let p = who.proxy;
+    let tag: String =
+        who.name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).collect();
+    let dir = env.scratch.join(format!("{}-{tag}-{round}", sc.id));
+    let mut under_test = UnderTest::start(env, sc, p, who.variant, &dir)?;
     // Let start-up work (first stats flush, lazy allocations) settle before reading idle RSS.
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss_kib = under_test.status_kib("VmRSS");
@@ -580,7 +682,7 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
     let peak_rss_kib = under_test.status_kib("VmHWM");
     let forwarded = env.backend.hit_count() - hits0;
     let ssl1 = under_test.inbound_ssl(&env.rt)?;
-    under_test.ensure_running().with_context(|| p.kind.name())?;
+    under_test.ensure_running().with_context(|| who.name.clone())?;
     drop(under_test);
     let _ = std::fs::remove_dir_all(&dir);
     if r.non_2xx > 0 || r.errors > 0 || r.ok == 0 {
@@ -615,6 +717,80 @@ fn run_one(env: &Env, sc: &Scenario, p: &Installed, round: u32) -> anyhow::Resul
         tls_handshakes: handshakes,
         tls_resumed: resumed,
     })
+}
+
+/// `runs` rounds of `sc`, each running every subject once in order (A, B, A, B, ...), each
+/// run on a fresh proxy. A subject whose proxy exits during start (it refused its bootstrap)
+/// is retried once at once (fresh ports, in case it could not bind one); refused twice with
+/// no successful run, it is left out of the remaining rounds and recorded in `refused`.
+fn run_rounds<K: Ord + Copy>(env: &Env, sc: &Scenario, subjects: &[(K, Who<'_>)]) -> ScenarioResults<K> {
+    let mut res = ScenarioResults::default();
+    for round in 0..env.o.runs {
+        for (k, who) in subjects {
+            if res.refused.contains_key(k) {
+                continue;
+            }
+            let t = Instant::now();
+            let never_ran = |res: &ScenarioResults<K>| res.samples.get(k).is_none_or(Vec::is_empty);
+            let mut result = run_one(env, sc, who, round);
+            if let Err(e) = &result {
+                if e.downcast_ref::<Refused>().is_some() && never_ran(&res) {
+                    let first = format!("{e:#}");
+                    eprintln!(
+                        "[bench] {} {} ({}) exited during start, retrying once: {}",
+                        sc.id,
+                        who.name,
+                        who.proxy.bin.display(),
+                        first.lines().next().unwrap_or("")
+                    );
+                    result = run_one(env, sc, who, round);
+                }
+            }
+            match result {
+                Ok(s) => {
+                    eprintln!(
+                        "[bench] {:<7} {:<6} run {}: {:>8.0} req/s  {:>6.1} µs/req  busy {:>3.0}%  p99 {}  idle {:.1} MiB  peak {:.1} MiB{}  ({:.1}s)",
+                        sc.id,
+                        who.name,
+                        round + 1,
+                        s.rps,
+                        s.cpu_us_per_req,
+                        s.busy * 100.0,
+                        s.p99_ms.map(|x| format!("{x:.3} ms")).unwrap_or_else(|| "—".into()),
+                        s.idle_rss_kib as f64 / 1024.0,
+                        s.peak_rss_kib as f64 / 1024.0,
+                        s.tls_handshakes
+                            .map(|h| match s.tls_resumed {
+                                Some(n) => format!("  {h} TLS handshakes ({n} resumed)"),
+                                None => format!("  {h} TLS handshakes"),
+                            })
+                            .unwrap_or_default(),
+                        t.elapsed().as_secs_f64()
+                    );
+                    res.samples.entry(*k).or_default().push(s);
+                }
+                Err(e) => {
+                    match e.downcast_ref::<Refused>().filter(|_| never_ran(&res)) {
+                        Some(r) => {
+                            eprintln!(
+                                "[bench] {} {} REFUSED: {} ({}) exited during start twice ({}); left out of the remaining runs. Its output ends:\n{}",
+                                sc.id,
+                                who.name,
+                                who.name,
+                                who.proxy.bin.display(),
+                                r.status,
+                                r.output_tail(20)
+                            );
+                            res.refused.insert(*k, r.clone());
+                        }
+                        None => eprintln!("[bench] {} {} run {} FAILED: {e:#}", sc.id, who.name, round + 1),
+                    }
+                    res.failures.entry(*k).or_default().push(format!("{e:#}"));
+                }
+            }
+        }
+    }
+    res
 }
 
 /// The same load straight at the backend (no proxy). At saturation it is the load side's
@@ -661,7 +837,19 @@ fn main() {
 
 fn real_main(args: &[String]) -> anyhow::Result<i32> {
     let root = repo_root();
+    if args.first().map(String::as_str) == Some("bootstrap") {
+        let variant = match args.get(1).map(String::as_str) {
+            None | Some("default") => Variant::Default,
+            Some("filters") => Variant::Filters,
+            Some(other) => bail!("bootstrap [default|filters], not {other:?}"),
+        };
+        print!("{}", variant.apply(proxies::envoy_bootstrap(9901, 10000, 8080))?);
+        return Ok(0);
+    }
     let o = parse_opts(args, &root)?;
+    if let Some(ab) = &o.ab {
+        return ab::run(args, &o, ab);
+    }
     let started = Instant::now();
     let date = procs::first_line(Path::new("date"), &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let load_at_start = loadavg();
@@ -669,7 +857,7 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
     // Build and install first, while every core is still available to the compiler.
     let pinion = locate_pinion(&o, &root)?;
     let envoy = locate_envoy(&root)?;
-    let (sat_gen, rate_gen) = locate_loadgens(&o)?;
+    let (sat_gen, rate_gen) = locate_loadgens(&o, true)?;
     let references = if o.reference { locate_references() } else { vec![] };
     eprintln!("[bench] pinion: {} ({})", pinion.version, pinion.bin.display());
     eprintln!("[bench] envoy: {} ({})", envoy.version, envoy.bin.display());
@@ -680,77 +868,22 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
     }
 
     let (nproc, model, kernel, mem) = machine();
-    // Placement: proxy on core 0, this process (backend threads) and the load generator on core 1.
-    let pinned = nproc >= 2;
-    if pinned {
-        procs::pin_self(LOAD_CORE)?;
-    } else {
-        eprintln!("[bench] only {nproc} CPU: nothing is pinned; figures are not comparable to 2-core runs");
-    }
-    let backend = Backend::spawn()?;
-    let scratch = std::env::temp_dir().join(format!("pinion-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let grpc_body = scratch.join("grpc-request.bin");
-    std::fs::write(&grpc_body, GRPC_REQUEST)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let selected: Vec<Scenario> =
-        scenarios().into_iter().filter(|s| o.only.as_ref().is_none_or(|only| only.iter().any(|x| x == s.id))).collect();
-    // (e): one mesh CA and its workload certificates for the whole harness run.
-    let mesh_pki = selected.iter().any(|s| s.mesh.is_some()).then(pinion_testkit::mesh::MeshPki::new);
-    let env = Env {
-        o: o.clone(),
-        backend,
-        sat_gen,
-        rate_gen,
-        rt,
-        scratch: scratch.clone(),
-        clk_tck: procs::clock_ticks_per_sec(),
-        grpc_body,
-        pinned,
-        mesh_pki,
-    };
+    let selected = selected_scenarios(&o);
+    let env = Env::setup(&o, &selected, sat_gen, rate_gen)?;
+    let scratch = env.scratch.clone();
 
     let mut all: Vec<(Scenario, ScenarioResults)> = vec![];
     // Each scenario: rounds of Pinion, Envoy(, nginx, HAProxy) alternating: A B A B ...
     for sc in &selected {
-        let mut res = ScenarioResults::default();
         let mut order: Vec<&Installed> = vec![&pinion, &envoy];
         if sc.reference && !o.smoke {
             order.extend(references.iter());
         }
-        for round in 0..o.runs {
-            for p in &order {
-                let t = Instant::now();
-                match run_one(&env, sc, p, round) {
-                    Ok(s) => {
-                        eprintln!(
-                            "[bench] {:<7} {:<6} run {}: {:>8.0} req/s  {:>6.1} µs/req  busy {:>3.0}%  p99 {}  idle {:.1} MiB  peak {:.1} MiB{}  ({:.1}s)",
-                            sc.id,
-                            p.kind.name(),
-                            round + 1,
-                            s.rps,
-                            s.cpu_us_per_req,
-                            s.busy * 100.0,
-                            s.p99_ms.map(|x| format!("{x:.3} ms")).unwrap_or_else(|| "—".into()),
-                            s.idle_rss_kib as f64 / 1024.0,
-                            s.peak_rss_kib as f64 / 1024.0,
-                            s.tls_handshakes
-                                .map(|h| match s.tls_resumed {
-                                    Some(n) => format!("  {h} TLS handshakes ({n} resumed)"),
-                                    None => format!("  {h} TLS handshakes"),
-                                })
-                                .unwrap_or_default(),
-                            t.elapsed().as_secs_f64()
-                        );
-                        res.samples.entry(p.kind).or_default().push(s);
-                    }
-                    Err(e) => {
-                        eprintln!("[bench] {} {} run {} FAILED: {e:#}", sc.id, p.kind.name(), round + 1);
-                        res.failures.entry(p.kind).or_default().push(format!("{e:#}"));
-                    }
-                }
-            }
-        }
+        let subjects: Vec<(Kind, Who<'_>)> = order
+            .iter()
+            .map(|p| (p.kind, Who { name: p.kind.name().to_string(), proxy: p, variant: Variant::Default }))
+            .collect();
+        let mut res = run_rounds(&env, sc, &subjects);
         // (e) sends plaintext load to its outbound sidecar: a_sat's and c's ceilings apply.
         if !o.smoke && sc.workers == 1 && sc.mesh.is_none() {
             match run_direct(&env, sc) {
@@ -1037,7 +1170,7 @@ fn render(i: &RenderInput<'_>) -> String {
     let _ = writeln!(md);
     let _ = writeln!(md, "## Results\n");
     md.push_str(report::MAIN_HEADER);
-    let order = [Kind::Pinion, Kind::Envoy, Kind::Nginx, Kind::Haproxy];
+    let order = [Kind::Pinion, Kind::Envoy, Kind::Nginx, Kind::Haproxy].map(|k| (k, k.name()));
     for (sc, r) in i.all {
         md.push_str(&report::main_rows(sc.label, sc.rate.is_some(), r, &order));
     }

@@ -17,7 +17,7 @@ use pinion_testkit::mesh::{inbound_sidecar, outbound_sidecar, MeshPki};
 use serde_json::{json, Value};
 
 use crate::client;
-use crate::proxies::{self, Bootstrap, Installed, Running};
+use crate::proxies::{self, Bootstrap, Installed, Running, Variant};
 
 /// How the outbound sidecar uses its connections to the inbound one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,7 +99,8 @@ pub struct Pair {
 }
 
 /// Starts the inbound, then the outbound sidecar of kind `p`, each with `workers` workers
-/// pinned to `cpus`, their bootstraps and logs in `dir`.
+/// pinned to `cpus`, their bootstraps (both as `variant`) and logs in `dir`.
+#[allow(clippy::too_many_arguments)]
 pub fn start_pair(
     p: &Installed,
     dir: &Path,
@@ -108,14 +109,18 @@ pub fn start_pair(
     mesh: Mesh,
     workers: u32,
     cpus: Option<&str>,
+    variant: Variant,
 ) -> anyhow::Result<Pair> {
     let timeout = Duration::from_secs(30);
     let (admin, port) = (proxies::free_port()?, proxies::free_port()?);
-    let b = Bootstrap { yaml: inbound_bootstrap(pki, admin, port, backend_port, true)?, admin, port };
+    let b = Bootstrap { yaml: variant.apply(inbound_bootstrap(pki, admin, port, backend_port, true)?)?, admin, port };
     let inbound = proxies::start_bootstrap(p, dir, "inbound", &b, workers, cpus, timeout)?;
     let (out_admin, out_port) = (proxies::free_port()?, proxies::free_port()?);
-    let b =
-        Bootstrap { yaml: outbound_bootstrap(pki, out_admin, out_port, port, mesh)?, admin: out_admin, port: out_port };
+    let b = Bootstrap {
+        yaml: variant.apply(outbound_bootstrap(pki, out_admin, out_port, port, mesh)?)?,
+        admin: out_admin,
+        port: out_port,
+    };
     let outbound = proxies::start_bootstrap(p, dir, "outbound", &b, workers, cpus, timeout)?;
     Ok(Pair { outbound, inbound, inbound_port: port })
 }

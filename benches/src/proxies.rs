@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
 
 use crate::procs::Proc;
 
@@ -146,6 +147,124 @@ static_resources:
     )
 }
 
+/// The HTTP filter chain a bench bootstrap carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Variant {
+    /// As written: the router filter only.
+    Default,
+    /// [`with_filters`]: fault, CORS and local rate limit before the router, none of which ever acts.
+    Filters,
+}
+
+impl Variant {
+    /// `default` / `filters` (the `--variant` values).
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Default => "default",
+            Variant::Filters => "filters",
+        }
+    }
+
+    /// `bootstrap` as this variant: unchanged, or through [`with_filters`].
+    pub fn apply(self, bootstrap: String) -> anyhow::Result<String> {
+        match self {
+            Variant::Default => Ok(bootstrap),
+            Variant::Filters => with_filters(&bootstrap),
+        }
+    }
+}
+
+/// The origin the CORS policy admits; the load never sends an `Origin` header.
+pub const CORS_ORIGIN: &str = "https://cors-origin.bench.invalid";
+
+/// The HTTP filters [`with_filters`] puts before the router, as Envoy 1.40 accepts them.
+/// Each is configured but never acts on the bench load: fault injection (an abort and a
+/// delay) at 0%, CORS (the policy is per virtual host, for an origin the load never sends)
+/// and a local rate limit whose token bucket never runs dry.
+pub fn bench_filters() -> Vec<Value> {
+    let never = json!({ "numerator": 0, "denominator": "HUNDRED" });
+    let always = json!({ "numerator": 100, "denominator": "HUNDRED" });
+    vec![
+        json!({
+            "name": "envoy.filters.http.fault",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                "abort": { "http_status": 503, "percentage": never },
+                "delay": { "fixed_delay": "1s", "percentage": never },
+            },
+        }),
+        json!({
+            "name": "envoy.filters.http.cors",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors" },
+        }),
+        json!({
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "bench_local_rate_limit",
+                "token_bucket": { "max_tokens": 1_000_000_000u32, "tokens_per_fill": 1_000_000_000u32, "fill_interval": "1s" },
+                "filter_enabled": { "runtime_key": "local_rate_limit_enabled", "default_value": always },
+                "filter_enforced": { "runtime_key": "local_rate_limit_enforced", "default_value": always },
+            },
+        }),
+    ]
+}
+
+/// The per-virtual-host CORS policy (`typed_per_filter_config` of `envoy.filters.http.cors`).
+pub fn bench_cors_policy() -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{ "exact": CORS_ORIGIN }],
+        "allow_methods": "GET, POST",
+        "allow_headers": "content-type",
+        "max_age": "600",
+    })
+}
+
+/// `bootstrap` (YAML or JSON: any bench bootstrap) with [`bench_filters`] inserted before the
+/// router of every HTTP connection manager of its static listeners, and [`bench_cors_policy`]
+/// in every virtual host of their inline route configs. Everything else is left as it is, so
+/// the bootstrap a scenario uses stays the one source of truth. Returns YAML.
+pub fn with_filters(bootstrap: &str) -> anyhow::Result<String> {
+    const HCM: &str = "envoy.filters.network.http_connection_manager";
+    const ROUTER: &str = "envoy.filters.http.router";
+    let mut v: Value = serde_yaml::from_str(bootstrap).context("parse the bootstrap")?;
+    let mut edited = 0;
+    let listeners = v["static_resources"]["listeners"].as_array_mut().context("no static listeners")?;
+    for l in listeners {
+        let name = l["name"].as_str().unwrap_or("?").to_string();
+        for chain in l["filter_chains"].as_array_mut().into_iter().flatten() {
+            for f in chain["filters"].as_array_mut().into_iter().flatten() {
+                if f["name"] != HCM {
+                    continue;
+                }
+                let hcm = &mut f["typed_config"];
+                let filters =
+                    hcm["http_filters"].as_array_mut().with_context(|| format!("listener {name}: no http_filters"))?;
+                let router = filters
+                    .iter()
+                    .position(|h| h["name"] == ROUTER)
+                    .with_context(|| format!("listener {name}: no {ROUTER}"))?;
+                filters.splice(router..router, bench_filters());
+                let vhosts = hcm["route_config"]["virtual_hosts"]
+                    .as_array_mut()
+                    .with_context(|| format!("listener {name}: no inline route_config with virtual_hosts"))?;
+                for vh in vhosts {
+                    let per_filter = vh
+                        .as_object_mut()
+                        .context("virtual host")?
+                        .entry("typed_per_filter_config")
+                        .or_insert_with(|| json!({}));
+                    per_filter["envoy.filters.http.cors"] = bench_cors_policy();
+                }
+                edited += 1;
+            }
+        }
+    }
+    anyhow::ensure!(edited > 0, "no {HCM} in the bootstrap's static listeners");
+    serde_yaml::to_string(&v).context("write the bootstrap")
+}
+
 /// nginx: one worker, HTTP/1.1 on one port and h2c (prior knowledge) on another, both to an
 /// HTTP/1.1 keep-alive upstream (nginx cannot proxy HTTP/2 upstream except via grpc_pass).
 fn nginx_conf(dir: &Path, h1_port: u16, h2_port: u16, backend_port: u16) -> String {
@@ -214,7 +333,7 @@ backend be_h2
 
 /// Starts `p` with `workers` workers pinned to `cpus`, writes its config to `dir`, and waits
 /// until it is ready (admin `/ready` for Pinion and Envoy, the listener accepting for the
-/// others), at most `timeout`.
+/// others), at most `timeout`. Pinion and Envoy get [`envoy_bootstrap`] as `variant`.
 pub fn start(
     p: &Installed,
     dir: &Path,
@@ -222,13 +341,14 @@ pub fn start(
     workers: u32,
     cpus: Option<&str>,
     timeout: Duration,
+    variant: Variant,
 ) -> anyhow::Result<Running> {
     std::fs::create_dir_all(dir)?;
     let log = dir.join("proxy.log");
     let (proc, h1_port, h2_port) = match p.kind {
         Kind::Pinion | Kind::Envoy => {
             let (admin, port) = (free_port()?, free_port()?);
-            let b = Bootstrap { yaml: envoy_bootstrap(admin, port, backend_port), admin, port };
+            let b = Bootstrap { yaml: variant.apply(envoy_bootstrap(admin, port, backend_port))?, admin, port };
             return start_bootstrap(p, dir, "proxy", &b, workers, cpus, timeout);
         }
         Kind::Nginx => {
@@ -289,7 +409,9 @@ fn wait_ready(mut running: Running, name: &str, timeout: Duration) -> anyhow::Re
     // Polls until ready, the process exits, or the deadline passes.
     loop {
         if let Some(st) = running.proc.exited() {
-            bail!("{name} exited during start: {st}\n{}", running.proc.log_tail());
+            return Err(
+                Refused { name: name.to_string(), status: st.to_string(), output: running.proc.log_tail() }.into()
+            );
         }
         let admin_ready = running.admin_port.is_none_or(|a| matches!(http_get_status(a, "/ready"), Ok(200)));
         if admin_ready && port_open(running.h1_port) && port_open(running.h2_port) {
@@ -301,6 +423,39 @@ fn wait_ready(mut running: Running, name: &str, timeout: Duration) -> anyhow::Re
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// A proxy that exited before it was ready: almost always because it refused its bootstrap
+/// (an unsupported or invalid field), sometimes because it could not bind a port. Callers
+/// tell it from other failures with `anyhow::Error::downcast_ref::<Refused>()`.
+#[derive(Clone, Debug)]
+pub struct Refused {
+    /// The process's name (`Pinion proxy`, `Envoy inbound`, ...).
+    pub name: String,
+    /// Its exit status.
+    pub status: String,
+    /// The end of its output (stdout and stderr), headed by the log file's path.
+    pub output: String,
+}
+
+impl Refused {
+    /// The last `n` lines of the proxy's output.
+    pub fn output_tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.output.lines().filter(|l| !l.starts_with("----- ")).collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} exited during start ({}): it refused its bootstrap (or could not bind a port)\n{}",
+            self.name, self.status, self.output
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
 
 fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
@@ -357,4 +512,101 @@ fn proxy_args(cfg: &std::path::Path, workers: u32) -> Vec<String> {
         "--drain-time-s".into(),
         "1".into(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http_filter_names(v: &Value) -> Vec<Vec<String>> {
+        let mut out = vec![];
+        for l in v["static_resources"]["listeners"].as_array().into_iter().flatten() {
+            for c in l["filter_chains"].as_array().into_iter().flatten() {
+                for f in c["filters"].as_array().into_iter().flatten() {
+                    if let Some(hf) = f["typed_config"]["http_filters"].as_array() {
+                        out.push(hf.iter().map(|h| h["name"].as_str().unwrap_or("").to_string()).collect());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    const WITH_FILTERS: [&str; 4] = [
+        "envoy.filters.http.fault",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.local_ratelimit",
+        "envoy.filters.http.router",
+    ];
+
+    #[test]
+    fn filters_variant_is_the_default_bootstrap_plus_the_filters() {
+        let default = envoy_bootstrap(9901, 10000, 8080);
+        assert_eq!(Variant::Default.apply(default.clone()).unwrap(), default);
+        let filters = Variant::Filters.apply(default.clone()).unwrap();
+        let mut v: Value = serde_yaml::from_str(&filters).unwrap();
+        assert_eq!(http_filter_names(&v), vec![WITH_FILTERS.to_vec()]);
+        let hcm = &mut v["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+        let vh = &mut hcm["route_config"]["virtual_hosts"][0];
+        assert_eq!(vh["typed_per_filter_config"]["envoy.filters.http.cors"], bench_cors_policy());
+        // Taking the additions out again gives the default bootstrap back, field for field.
+        vh.as_object_mut().unwrap().remove("typed_per_filter_config");
+        hcm["http_filters"].as_array_mut().unwrap().drain(0..3);
+        let original: Value = serde_yaml::from_str(&default).unwrap();
+        assert_eq!(v, original);
+    }
+
+    #[test]
+    fn filters_variant_applies_to_both_sidecars() {
+        let pki = pinion_testkit::mesh::MeshPki::new();
+        let out = crate::mesh::outbound_bootstrap(&pki, 1, 2, 3, crate::mesh::Mesh::Pooled).unwrap();
+        let inb = crate::mesh::inbound_bootstrap(&pki, 4, 5, 6, true).unwrap();
+        for b in [out, inb] {
+            let v: Value = serde_yaml::from_str(&with_filters(&b).unwrap()).unwrap();
+            assert_eq!(http_filter_names(&v), vec![WITH_FILTERS.to_vec()]);
+        }
+    }
+
+    #[test]
+    fn a_bootstrap_without_a_router_is_an_error() {
+        let b = envoy_bootstrap(1, 2, 3).replace("envoy.filters.http.router", "envoy.filters.http.other");
+        assert!(format!("{:#}", with_filters(&b).unwrap_err()).contains("no envoy.filters.http.router"));
+    }
+
+    /// Envoy 1.40 accepts the filters bootstrap (`envoy --mode validate`), when an Envoy is at
+    /// hand (ENVOY_BIN, PATH or `<repo>/.venv`, as for the interop tests); skipped otherwise.
+    #[test]
+    fn envoy_validates_the_filters_bootstrap() {
+        let Ok(envoy) = pinion_testkit::ProxyKind::Envoy.binary() else {
+            eprintln!("skipped: no envoy binary (set ENVOY_BIN)");
+            return;
+        };
+        let dir = std::env::temp_dir().join(format!("pinion-bench-validate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("filters.yaml");
+        std::fs::write(&path, Variant::Filters.apply(envoy_bootstrap(9901, 10000, 8080)).unwrap()).unwrap();
+        let out = std::process::Command::new(envoy)
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "envoy --mode validate refused the filters bootstrap:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn refused_output_tail_drops_the_header() {
+        let r = Refused {
+            name: "Pinion proxy".into(),
+            status: "exit status: 1".into(),
+            output: "----- Pinion proxy output (/tmp/x.log) -----\na\nb\nc".into(),
+        };
+        assert_eq!(r.output_tail(2), "b\nc");
+        assert!(r.to_string().starts_with("Pinion proxy exited during start (exit status: 1)"));
+    }
 }

@@ -66,26 +66,35 @@ pub fn fmt_spread(s: Option<Spread>, prec: usize) -> String {
     }
 }
 
-/// All samples of a scenario, by proxy, plus failures.
-#[derive(Default)]
-pub struct ScenarioResults {
+/// All samples of a scenario, by proxy (`K`: [`Kind`], or in `ab` mode a binary and a
+/// bootstrap variant), plus failures.
+pub struct ScenarioResults<K = Kind> {
     /// Samples by proxy, in run order.
-    pub samples: BTreeMap<Kind, Vec<Sample>>,
-    /// Failed runs by proxy (message).
-    pub failures: BTreeMap<Kind, Vec<String>>,
+    pub samples: BTreeMap<K, Vec<Sample>>,
+    /// Failed runs by proxy (message), refusals included.
+    pub failures: BTreeMap<K, Vec<String>>,
+    /// Proxies that exited during start on every attempt so far (they refused the
+    /// bootstrap): the refusal, for reports.
+    pub refused: BTreeMap<K, crate::proxies::Refused>,
     /// The same load straight at the backend, when measured.
     pub direct: Option<crate::loadgen::LoadResult>,
 }
 
-impl ScenarioResults {
+impl<K> Default for ScenarioResults<K> {
+    fn default() -> Self {
+        ScenarioResults { samples: BTreeMap::new(), failures: BTreeMap::new(), refused: BTreeMap::new(), direct: None }
+    }
+}
+
+impl<K: Ord> ScenarioResults<K> {
     /// Spread of one figure for one proxy.
-    pub fn spread_of(&self, k: Kind, f: impl Fn(&Sample) -> Option<f64>) -> Option<Spread> {
+    pub fn spread_of(&self, k: K, f: impl Fn(&Sample) -> Option<f64>) -> Option<Spread> {
         let v: Vec<f64> = self.samples.get(&k).map(|s| s.iter().filter_map(&f).collect()).unwrap_or_default();
         spread(&v)
     }
 
     /// Median of one figure for one proxy.
-    pub fn median_of(&self, k: Kind, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    pub fn median_of(&self, k: K, f: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
         self.spread_of(k, f).map(|s| s.median)
     }
 }
@@ -93,14 +102,19 @@ impl ScenarioResults {
 /// Header of the main table.
 pub const MAIN_HEADER: &str = "| Scenario | Proxy | req/s | CPU µs/req | p50 ms | p99 ms | p99.9 ms | RSS idle MiB | RSS peak MiB | proxy busy % |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
 
-/// Rows of the main table for one scenario.
-pub fn main_rows(label: &str, show_latency: bool, r: &ScenarioResults, order: &[Kind]) -> String {
+/// Rows of the main table for one scenario, one per proxy of `order` (key, name).
+pub fn main_rows<K: Ord + Copy>(
+    label: &str,
+    show_latency: bool,
+    r: &ScenarioResults<K>,
+    order: &[(K, &str)],
+) -> String {
     let mut out = String::new();
-    for &k in order {
+    for &(k, name) in order {
         if let Some(f) = r.failures.get(&k).filter(|f| !f.is_empty()) {
             if r.samples.get(&k).is_none_or(|s| s.is_empty()) {
                 let first = f[0].lines().next().unwrap_or("").replace('|', "/");
-                let _ = writeln!(out, "| {label} | {} | failed: {first} | | | | | | | |", k.name());
+                let _ = writeln!(out, "| {label} | {name} | failed: {first} | | | | | | | |");
                 continue;
             }
         }
@@ -117,8 +131,7 @@ pub fn main_rows(label: &str, show_latency: bool, r: &ScenarioResults, order: &[
         };
         let _ = writeln!(
             out,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            k.name(),
+            "| {label} | {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_spread(r.spread_of(k, |s| Some(s.rps)), 0),
             fmt_spread(r.spread_of(k, |s| Some(s.cpu_us_per_req)), 1),
             lat(|s| s.p50_ms),
@@ -189,6 +202,25 @@ pub fn targets_table(rows: &[TargetRow]) -> String {
     out
 }
 
+/// How far B's median is from A's (B/A), within which two builds count as equal.
+pub const AB_TOLERANCE_PCT: f64 = 3.0;
+
+/// The verdict of an A/B comparison of CPU per request (lower is better): "within 3%" or
+/// "B is X% slower" / "B is X% faster", with a note when the two min–max ranges overlap
+/// (with two or more runs each), i.e. the difference is within run-to-run noise.
+pub fn ab_verdict(a: Spread, b: Spread) -> String {
+    if a.median <= 0.0 {
+        return "—".into();
+    }
+    let pct = ((b.median / a.median - 1.0) * 1000.0).round() / 10.0;
+    if pct.abs() <= AB_TOLERANCE_PCT {
+        return format!("within {AB_TOLERANCE_PCT:.0}%");
+    }
+    let what = if pct > 0.0 { "slower" } else { "faster" };
+    let overlap = a.n >= 2 && b.n >= 2 && a.min <= b.max && b.min <= a.max;
+    format!("B is {:.1}% {what}{}", pct.abs(), if overlap { " (but the min–max ranges overlap)" } else { "" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +246,19 @@ mod tests {
         };
         assert_eq!(r.met(), Some(false));
         assert!(targets_table(&[r]).contains("1.11x the target"));
+    }
+
+    #[test]
+    fn verdicts() {
+        let s = |v: &[f64]| spread(v).unwrap();
+        assert_eq!(ab_verdict(s(&[20.0]), s(&[20.6])), "within 3%");
+        assert_eq!(ab_verdict(s(&[20.0]), s(&[19.4])), "within 3%");
+        assert_eq!(ab_verdict(s(&[20.0]), s(&[21.0])), "B is 5.0% slower");
+        assert_eq!(ab_verdict(s(&[20.0]), s(&[18.0])), "B is 10.0% faster");
+        assert_eq!(
+            ab_verdict(s(&[19.0, 20.0, 23.0]), s(&[21.0, 22.0, 24.0])),
+            "B is 10.0% slower (but the min–max ranges overlap)"
+        );
+        assert_eq!(ab_verdict(s(&[19.0, 20.0, 20.5]), s(&[22.0, 22.0, 23.0])), "B is 10.0% slower");
     }
 }
