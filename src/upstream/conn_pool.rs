@@ -172,6 +172,8 @@ struct PoolState {
     /// Oldest first.
     pending: VecDeque<Rc<Waiter>>,
     next_id: u64,
+    /// An `on_upstream_ready` is scheduled (see `on_stream_closed`).
+    ready_scheduled: bool,
 }
 
 impl PoolState {
@@ -454,6 +456,20 @@ impl Pool {
         let max_requests = self.cluster.config.max_requests_per_connection;
         {
             let mut st = self.st.borrow_mut();
+            if let SlotConn::H1(_) = conn {
+                // Envoy's HTTP/1.1 pool hands a freed connection to a pending request from a
+                // callback scheduled for later in the event loop iteration, so the streams
+                // that end together are given out by one pass (which then dials, or counts
+                // `upstream_cx_overflow`, once). Same here, on the worker's task queue.
+                if !st.pending.is_empty() && !st.ready_scheduled {
+                    st.ready_scheduled = true;
+                    let pool = self.clone();
+                    tokio::task::spawn_local(async move {
+                        pool.st.borrow_mut().ready_scheduled = false;
+                        pool.on_upstream_ready();
+                    });
+                }
+            }
             match conn {
                 SlotConn::H1(mut c) => {
                     st.h1_busy -= 1;
@@ -463,6 +479,9 @@ impl Pool {
                         st.h1_ready.push(c);
                     }
                     // Otherwise dropping the sender closes the connection.
+                    drop(st);
+                    self.remove_if_idle();
+                    return;
                 }
                 SlotConn::H2 { active, id, .. } => {
                     active.set(active.get().saturating_sub(1));
