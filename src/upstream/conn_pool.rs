@@ -232,7 +232,7 @@ impl Pool {
     }
 
     /// Envoy's `attachStreamToClient` accounting: `max_requests`, then the active request
-    /// gauges and totals. `None`: the request overflowed.
+    /// gauges and totals. On overflow the connection comes back with the error.
     fn attach(self: &Rc<Self>, conn: SlotConn) -> Result<StreamSlot, (SlotConn, UpstreamError)> {
         if !self.rm.requests().try_acquire() {
             let stats = &self.cluster.stats;
@@ -634,11 +634,6 @@ pub struct StreamSlot {
 }
 
 impl StreamSlot {
-    /// A slot that holds nothing (tests).
-    pub fn none() -> Self {
-        StreamSlot { attached: None, conn: SlotConn::None }
-    }
-
     /// The cluster and host of the stream, if it is attached to one.
     pub fn target(&self) -> Option<(&Arc<Cluster>, &Arc<Host>)> {
         self.attached.as_ref().map(|a| (&a.pool.cluster, &a.pool.host))
@@ -756,7 +751,11 @@ impl ConnPools {
         for attempt in 0..2 {
             let mut slot = match pool.new_stream() {
                 Checkout::Ready(slot) => slot,
-                Checkout::Refused(e) => return Err(e),
+                Checkout::Refused(e) => {
+                    // A pool made for this request alone does not stay (nor keep its slot).
+                    pool.remove_if_idle();
+                    return Err(e);
+                }
                 // The rarer path, boxed so its state stays out of the common future.
                 Checkout::Pending(p) => Box::pin(async move { p.wait().await }).await?,
             };
@@ -809,7 +808,10 @@ impl ConnPools {
         priority: RoutingPriority,
     ) -> Result<(http1::SendRequest<RequestBody>, StreamSlot), UpstreamError> {
         let pool = self.pool(cluster, host, Protocol::Http1, priority)?;
-        let slot = pool.attach(SlotConn::None).map_err(|(_, e)| e)?;
+        let slot = pool.attach(SlotConn::None).map_err(|(_, e)| {
+            pool.remove_if_idle();
+            e
+        })?;
         let resource = match pool.rm.try_acquire(Resource::Connection) {
             Some(r) => r,
             None => {
