@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::server_state::{ServerState, ServerStateKind};
 use crate::upstream::{HealthFlags, Host};
+use pinion_xds::model::RoutingPriority;
 
 /// Bind the admin listener and serve it in the background; returns the bound address.
 pub async fn start(addr: SocketAddr, state: Arc<ServerState>) -> std::io::Result<SocketAddr> {
@@ -359,7 +360,7 @@ fn with_type(v: &Value, ty: &str) -> Value {
     Value::Object(m)
 }
 
-fn host_counters(h: &Host) -> [(&'static str, u64, bool); 8] {
+fn host_counters(h: &Host) -> [(&'static str, u64, bool); 9] {
     let s = &h.stats;
     let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
     let g = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed).max(0) as u64;
@@ -369,6 +370,7 @@ fn host_counters(h: &Host) -> [(&'static str, u64, bool); 8] {
         ("cx_total", l(&s.cx_total), false),
         ("rq_active", g(&s.rq_active), true),
         ("rq_error", l(&s.rq_error), false),
+        ("rq_pending_active", g(&s.rq_pending_active), true),
         ("rq_success", l(&s.rq_success), false),
         ("rq_timeout", l(&s.rq_timeout), false),
         ("rq_total", l(&s.rq_total), false),
@@ -383,13 +385,16 @@ fn clusters_text(state: &ServerState) -> String {
     let mut out = String::new();
     for name in names {
         let c = &snap.clusters[name];
-        let cb = &c.config.circuit_breakers;
         let _ = writeln!(out, "{name}::observability_name::{}", c.config.stat_name);
-        for (prio, limits) in [("default_priority", cb), ("high_priority", cb)] {
-            let _ = writeln!(out, "{name}::{prio}::max_connections::{}", limits.max_connections);
-            let _ = writeln!(out, "{name}::{prio}::max_pending_requests::{}", limits.max_pending_requests);
-            let _ = writeln!(out, "{name}::{prio}::max_requests::{}", limits.max_requests);
-            let _ = writeln!(out, "{name}::{prio}::max_retries::{}", limits.max_retries);
+        // The limits in force now (runtime overrides and a retry budget's current size
+        // included), as Envoy prints them.
+        for p in RoutingPriority::ALL {
+            let rm = c.resource_manager(p);
+            let prio = p.name();
+            let _ = writeln!(out, "{name}::{prio}_priority::max_connections::{}", rm.connections().max());
+            let _ = writeln!(out, "{name}::{prio}_priority::max_pending_requests::{}", rm.pending_requests().max());
+            let _ = writeln!(out, "{name}::{prio}_priority::max_requests::{}", rm.requests().max());
+            let _ = writeln!(out, "{name}::{prio}_priority::max_retries::{}", rm.max_retries());
         }
         let _ = writeln!(out, "{name}::added_via_api::false");
         for h in c.hosts().all() {
@@ -422,7 +427,23 @@ fn clusters_json(state: &ServerState) -> Value {
         .into_iter()
         .map(|name| {
             let c = &snap.clusters[name];
-            let cb = &c.config.circuit_breakers;
+            let thresholds: Vec<Value> = RoutingPriority::ALL
+                .into_iter()
+                .map(|p| {
+                    let rm = c.resource_manager(p);
+                    let mut t = json!({
+                        "max_connections": rm.connections().max(),
+                        "max_pending_requests": rm.pending_requests().max(),
+                        "max_requests": rm.requests().max(),
+                        "max_retries": rm.max_retries(),
+                    });
+                    // Proto3 JSON leaves the default priority out.
+                    if p == RoutingPriority::High {
+                        t["priority"] = json!("HIGH");
+                    }
+                    t
+                })
+                .collect();
             let hosts: Vec<Value> = c
                 .hosts()
                 .all()
@@ -464,10 +485,7 @@ fn clusters_json(state: &ServerState) -> Value {
                 "name": name,
                 "observability_name": c.config.stat_name,
                 "added_via_api": false,
-                "circuit_breakers": {"thresholds": [
-                    {"max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests, "max_requests": cb.max_requests, "max_retries": cb.max_retries},
-                    {"priority": "HIGH", "max_connections": cb.max_connections, "max_pending_requests": cb.max_pending_requests, "max_requests": cb.max_requests, "max_retries": cb.max_retries},
-                ]},
+                "circuit_breakers": {"thresholds": thresholds},
                 "host_statuses": hosts,
             })
         })

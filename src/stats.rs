@@ -178,7 +178,17 @@ struct Group {
 enum Metric {
     Counter(Counter),
     Gauge(Gauge),
+    /// A gauge read from its owner at scrape time (see [`Store::computed_gauge`]).
+    Computed(ComputedGauge),
 }
+
+/// Reads a gauge's value at scrape time.
+pub type ComputedGauge = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// One collected stat: (name, value, is_counter, prom name, tags). Values are `i128` so both
+/// a sharded gauge's transiently negative sum and Envoy's full `u64` range (an unlimited
+/// circuit breaker's `remaining_cx_pools` is 2^64-1) print as Envoy prints them.
+type Collected = (String, i128, bool, String, Vec<(&'static str, String)>);
 
 /// One registered stat: its Envoy name and its Prometheus name and tags.
 #[derive(Clone)]
@@ -244,16 +254,16 @@ impl Store {
         self.sources.lock().unwrap_or_else(|e| e.into_inner()).push(source);
     }
 
-    /// All stats as (name, value, is_counter, prom name, tags), sorted by name.
-    #[allow(clippy::type_complexity)]
-    fn collect(&self) -> Vec<(String, i64, bool, String, Vec<(&'static str, String)>)> {
+    /// All stats, sorted by name.
+    fn collect(&self) -> Vec<Collected> {
         let mut out: Vec<_> = {
             let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
             map.iter()
                 .map(|(name, e)| {
                     let (v, is_counter) = match &e.metric {
-                        Metric::Counter(c) => (c.value() as i64, true),
-                        Metric::Gauge(g) => (g.value(), false),
+                        Metric::Counter(c) => (i128::from(c.value()), true),
+                        Metric::Gauge(g) => (i128::from(g.value()), false),
+                        Metric::Computed(f) => (i128::from(f()), false),
                     };
                     (name.clone(), v, is_counter, e.prom_name.clone(), e.tags.clone())
                 })
@@ -264,7 +274,7 @@ impl Store {
             for ((prefix, _), g) in groups.iter() {
                 for (i, (n, gauge)) in g.names.iter().enumerate() {
                     // Gauges live in the same cells as two's complement; the cast reads both.
-                    let v = g.block.sum(i) as i64;
+                    let v = i128::from(g.block.sum(i) as i64);
                     // `upstream_rq_2xx` -> `upstream_rq_xx{envoy_response_code_class="2"}`.
                     let b = n.as_bytes();
                     let class = (b.len() > 4 && n.ends_with("xx") && b[b.len() - 4] == b'_')
@@ -283,7 +293,7 @@ impl Store {
         for src in sources {
             for (name, v, gauge) in src() {
                 let prom = Prom::plain(&name);
-                out.push((name, v, !gauge, prom.name, prom.tags));
+                out.push((name, i128::from(v), !gauge, prom.name, prom.tags));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -315,9 +325,19 @@ impl Store {
         g
     }
 
-    /// Current value of a stat by its Envoy name (counters and gauges), if it exists.
+    /// Register (or replace) the gauge `name`, whose value `read` computes at scrape time:
+    /// for state that already lives in shared atomics (a circuit breaker's counts), so the
+    /// request path pays nothing for the gauge. Registering a name again (a cluster replaced
+    /// by CDS) points it at the new owner.
+    pub fn computed_gauge(&self, name: &str, prom: Prom, read: ComputedGauge) {
+        let mut map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(name.to_string(), Entry { metric: Metric::Computed(read), prom_name: prom.name, tags: prom.tags });
+    }
+
+    /// Current value of a stat by its Envoy name (counters and gauges), if it exists
+    /// (saturated to `i64`).
     pub fn value(&self, name: &str) -> Option<i64> {
-        self.collect().into_iter().find(|s| s.0 == name).map(|s| s.1)
+        self.collect().into_iter().find(|s| s.0 == name).map(|s| i64::try_from(s.1).unwrap_or(i64::MAX))
     }
 
     /// Envoy's `/stats` text format: `name: value` per line, sorted. `filter` is a regex
@@ -341,7 +361,10 @@ impl Store {
             .filter(|(name, v, is_counter, _, _)| {
                 !(filter.is_some_and(|f| !f.is_match(name)) || (used_only && *is_counter && *v == 0))
             })
-            .map(|(name, v, _, _, _)| serde_json::json!({"name": name, "value": v}))
+            .map(|(name, v, _, _, _)| match u64::try_from(v) {
+                Ok(v) => serde_json::json!({"name": name, "value": v}),
+                Err(_) => serde_json::json!({"name": name, "value": v as i64}),
+            })
             .collect();
         serde_json::json!({ "stats": stats })
     }

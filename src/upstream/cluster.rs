@@ -12,6 +12,7 @@ use pinion_xds::model;
 use super::cluster_stats::ClusterStats;
 use super::host::{HealthFlags, Host, HostSet};
 use super::lb::{LbContext, LoadBalancer};
+use super::resource_manager::{ResourceManager, RetryGuard};
 use crate::stats::Store;
 
 static NEXT_CLUSTER_ID: AtomicU64 = AtomicU64::new(1);
@@ -48,6 +49,10 @@ pub struct Cluster {
     pub lb: LoadBalancer,
     /// Upstream TLS (`None`: plaintext).
     pub tls: Option<crate::tls::ClientContext>,
+    /// Circuit breakers, one resource manager per routing priority (`DEFAULT`, `HIGH`),
+    /// shared by all workers. A CDS update builds new ones, as Envoy's new `ClusterInfo`
+    /// does: requests in flight keep counting against the managers they started with.
+    resources: [Arc<ResourceManager>; 2],
 }
 
 impl Cluster {
@@ -77,6 +82,12 @@ impl Cluster {
             }
         };
         let inherited = previous.and_then(Cluster::adoptable_hosts);
+        let resources = model::RoutingPriority::ALL.map(|p| {
+            let thresholds = config.circuit_breakers.get(p);
+            let rm = ResourceManager::new(&config.name, p, thresholds);
+            rm.register_stats(store, &config.stat_name, thresholds.track_remaining);
+            rm
+        });
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             lb: LoadBalancer::new(config.lb_policy, store.slots()),
@@ -86,6 +97,7 @@ impl Cluster {
             writer: Mutex::new(inherited),
             retired: Arc::new(AtomicBool::new(false)),
             tls,
+            resources,
         });
         if cluster.config.discovery == model::DiscoveryType::Static {
             cluster.set_load_assignment(&cluster.config.load_assignment);
@@ -199,6 +211,23 @@ impl Cluster {
         self.stats.membership_healthy.set(set.healthy_len() as i64);
         self.lb.on_hosts_changed(&set);
         self.hosts.store(Arc::new(set));
+    }
+
+    /// The circuit breakers of `priority`.
+    pub fn resource_manager(&self, priority: model::RoutingPriority) -> &Arc<ResourceManager> {
+        &self.resources[priority.index()]
+    }
+
+    /// Start a retry of a request at `priority` if the retry circuit breaker (`max_retries`
+    /// or the retry budget) allows it; otherwise count `upstream_rq_retry_overflow` and
+    /// return `None` (Envoy's `RetryStatus::NoOverflow`). Hold the guard while the retry is
+    /// scheduled or running.
+    pub fn try_retry(&self, priority: model::RoutingPriority) -> Option<RetryGuard> {
+        let guard = self.resource_manager(priority).try_retry();
+        if guard.is_none() {
+            self.stats.upstream_rq_retry_overflow.inc();
+        }
+        guard
     }
 
     /// Current hosts.

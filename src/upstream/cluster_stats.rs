@@ -33,6 +33,13 @@ const CLUSTER_STATS: &[(&str, bool)] = &[
     ("membership_total", true),
     ("membership_healthy", true),
     ("lb_healthy_panic", false),
+    ("upstream_rq_pending_active", true),
+    ("upstream_rq_pending_overflow", false),
+    ("upstream_rq_active_overflow", false),
+    ("upstream_rq_cancelled", false),
+    ("upstream_cx_overflow", false),
+    ("upstream_cx_pool_overflow", false),
+    ("upstream_rq_retry_overflow", false),
 ];
 
 /// Envoy's cluster stats (`cluster.<name>.*`).
@@ -80,6 +87,21 @@ pub struct ClusterStats {
     pub membership_healthy: Gauge,
     /// `lb_healthy_panic`.
     pub lb_healthy_panic: Counter,
+    /// `upstream_rq_pending_active`: requests waiting in a pool for a connection.
+    pub upstream_rq_pending_active: Gauge,
+    /// `upstream_rq_pending_overflow`: refused by `max_pending_requests`.
+    pub upstream_rq_pending_overflow: Counter,
+    /// `upstream_rq_active_overflow`: refused by `max_requests` (Envoy 1.38+; before, these
+    /// counted as pending overflows).
+    pub upstream_rq_active_overflow: Counter,
+    /// `upstream_rq_cancelled`: pending requests given up before a connection was ready.
+    pub upstream_rq_cancelled: Counter,
+    /// `upstream_cx_overflow`: a pool wanted a connection beyond `max_connections`.
+    pub upstream_cx_overflow: Counter,
+    /// `upstream_cx_pool_overflow`: a pool could not be created (`max_connection_pools`).
+    pub upstream_cx_pool_overflow: Counter,
+    /// `upstream_rq_retry_overflow`: a retry refused by `max_retries` or the retry budget.
+    pub upstream_rq_retry_overflow: Counter,
     /// `upstream_rq_<code>`, created on first use.
     codes: Arc<OnceLock<Box<[OnceLock<Counter>]>>>,
     store: Store,
@@ -111,6 +133,13 @@ impl ClusterStats {
             membership_total: g.gauge(22),
             membership_healthy: g.gauge(23),
             lb_healthy_panic: g.counter(24),
+            upstream_rq_pending_active: g.gauge(25),
+            upstream_rq_pending_overflow: g.counter(26),
+            upstream_rq_active_overflow: g.counter(27),
+            upstream_rq_cancelled: g.counter(28),
+            upstream_cx_overflow: g.counter(29),
+            upstream_cx_pool_overflow: g.counter(30),
+            upstream_rq_retry_overflow: g.counter(31),
             upstream_rq_xx: [g.counter(17), g.counter(18), g.counter(19), g.counter(20), g.counter(21)],
             codes: Arc::new(OnceLock::new()),
             store: store.clone(),

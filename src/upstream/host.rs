@@ -79,6 +79,8 @@ pub struct HostStats {
     pub rq_timeout: AtomicU64,
     /// `rq_active`.
     pub rq_active: AtomicI64,
+    /// `rq_pending_active`: requests to this host waiting in a pool for a connection.
+    pub rq_pending_active: AtomicI64,
 }
 
 impl HostStats {

@@ -7,8 +7,10 @@ pub mod dns;
 pub mod h2_client;
 pub mod host;
 pub mod lb;
+pub mod resource_manager;
 
 pub use cluster::{Cluster, ResolvedEndpoint};
 pub use cluster_stats::ClusterStats;
 pub use host::{HealthFlags, Host, HostSet, HostStats, PriorityHosts};
 pub use lb::{LbContext, LoadBalancer};
+pub use resource_manager::{Resource, ResourceGuard, ResourceManager, RetryGuard};

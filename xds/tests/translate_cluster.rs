@@ -247,41 +247,118 @@ fn cluster_settings_mapped() {
     cl.lb_policy = c::cluster::LbPolicy::LeastRequest as i32;
     cl.dns_lookup_family = c::cluster::DnsLookupFamily::V4Only as i32;
     cl.dns_refresh_rate = Some(pbuf::Duration { seconds: 30, nanos: 0 });
-    cl.circuit_breakers = Some(c::CircuitBreakers {
-        thresholds: vec![c::circuit_breakers::Thresholds {
-            max_connections: Some(pbuf::UInt32Value { value: 10 }),
-            max_retries: Some(pbuf::UInt32Value { value: 1 }),
-            ..Default::default()
-        }],
-        per_host_thresholds: vec![],
-    });
-    // Non-default thresholds would change behaviour Pinion does not enforce yet: refused.
-    let err = cluster(&cl).unwrap_err();
-    assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "circuit_breakers"));
-    // Thresholds equal to Envoy's defaults are accepted.
-    cl.circuit_breakers = Some(c::CircuitBreakers {
-        thresholds: vec![c::circuit_breakers::Thresholds {
-            max_connections: Some(pbuf::UInt32Value { value: 1024 }),
-            max_retries: Some(pbuf::UInt32Value { value: 3 }),
-            ..Default::default()
-        }],
-        per_host_thresholds: vec![],
-    });
     let m = cluster(&cl).unwrap();
     assert_eq!(m.stat_name, "svc_stats");
     assert_eq!(m.connect_timeout, Duration::from_millis(250));
     assert_eq!(m.lb_policy, model::LbPolicy::LeastRequest);
     assert_eq!(m.dns_lookup_family, model::DnsLookupFamily::V4Only);
     assert_eq!(m.dns_refresh_rate, Duration::from_secs(30));
+}
+
+fn u32v(value: u32) -> Option<pbuf::UInt32Value> {
+    Some(pbuf::UInt32Value { value })
+}
+
+fn thresholds(priority: core::RoutingPriority) -> c::circuit_breakers::Thresholds {
+    c::circuit_breakers::Thresholds { priority: priority as i32, ..Default::default() }
+}
+
+#[test]
+fn circuit_breakers_per_priority() {
+    use core::RoutingPriority as P;
+    let mut cl = static_cluster("svc", vec![]);
+    cl.circuit_breakers = Some(c::CircuitBreakers {
+        thresholds: vec![
+            c::circuit_breakers::Thresholds {
+                max_requests: u32v(5),
+                max_connection_pools: u32v(2),
+                track_remaining: true,
+                ..thresholds(P::Default)
+            },
+            c::circuit_breakers::Thresholds {
+                max_connections: u32v(7),
+                max_pending_requests: u32v(8),
+                max_retries: u32v(9),
+                retry_budget: Some(c::circuit_breakers::thresholds::RetryBudget {
+                    budget_percent: None,
+                    min_retry_concurrency: u32v(4),
+                    budget_interval: None,
+                }),
+                ..thresholds(P::High)
+            },
+            // Envoy reads the first entry of a priority only.
+            c::circuit_breakers::Thresholds { max_requests: u32v(77), ..thresholds(P::Default) },
+        ],
+        per_host_thresholds: vec![
+            c::circuit_breakers::Thresholds { max_connections: u32v(3), ..thresholds(P::Default) },
+            // Ignored as a second DEFAULT entry, even with fields Envoy refuses.
+            c::circuit_breakers::Thresholds { max_requests: u32v(1), ..thresholds(P::Default) },
+        ],
+    });
+    let m = cluster(&cl).unwrap().circuit_breakers;
+    let d = model::Thresholds::default();
     assert_eq!(
-        m.circuit_breakers,
-        model::CircuitBreakers {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3
+        m.default,
+        model::Thresholds {
+            max_requests: 5,
+            max_connection_pools: 2,
+            track_remaining: true,
+            max_connections_per_host: 3,
+            ..d.clone()
         }
     );
+    assert_eq!(
+        m.high,
+        model::Thresholds {
+            max_connections: 7,
+            max_pending_requests: 8,
+            max_retries: 9,
+            retry_budget: Some(model::RetryBudget { budget_percent: 20.0, min_retry_concurrency: 4 }),
+            ..d.clone()
+        }
+    );
+    assert_eq!(m.get(model::RoutingPriority::High).max_connections, 7);
+    assert_eq!((d.max_connections, d.max_pending_requests, d.max_requests, d.max_retries), (1024, 1024, 1024, 3));
+    assert_eq!((d.max_connection_pools, d.max_connections_per_host), (u64::MAX, u64::MAX));
+}
+
+#[test]
+fn per_host_thresholds_take_max_connections_only() {
+    use core::RoutingPriority as P;
+    for (t, field) in [
+        (
+            c::circuit_breakers::Thresholds { max_pending_requests: u32v(1), ..thresholds(P::Default) },
+            "max_pending_requests",
+        ),
+        (c::circuit_breakers::Thresholds { max_requests: u32v(1), ..thresholds(P::High) }, "max_requests"),
+        (c::circuit_breakers::Thresholds { max_retries: u32v(1), ..thresholds(P::Default) }, "max_retries"),
+        (
+            c::circuit_breakers::Thresholds { max_connection_pools: u32v(1), ..thresholds(P::Default) },
+            "max_connection_pools",
+        ),
+        (
+            c::circuit_breakers::Thresholds { retry_budget: Some(Default::default()), ..thresholds(P::Default) },
+            "retry_budget",
+        ),
+    ] {
+        let mut cl = static_cluster("svc", vec![]);
+        cl.circuit_breakers = Some(c::CircuitBreakers { thresholds: vec![], per_host_thresholds: vec![t] });
+        let err = cluster(&cl).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid, "{field}");
+        assert_eq!(err.path, format!("circuit_breakers.per_host_thresholds[0].{field}"));
+        assert!(err.to_string().contains("Unsupported field in per_host_thresholds"), "{err}");
+    }
+    let mut cl = static_cluster("svc", vec![]);
+    cl.circuit_breakers = Some(c::CircuitBreakers {
+        thresholds: vec![],
+        per_host_thresholds: vec![c::circuit_breakers::Thresholds {
+            max_connections: u32v(2),
+            track_remaining: true,
+            ..thresholds(P::High)
+        }],
+    });
+    let m = cluster(&cl).unwrap().circuit_breakers;
+    assert_eq!((m.default.max_connections_per_host, m.high.max_connections_per_host), (u64::MAX, 2));
 }
 
 #[test]

@@ -97,6 +97,23 @@ fn route_timeout_zero_disables() {
 }
 
 #[test]
+fn route_priority_selects_the_resource_manager() {
+    let cfg = route_configuration(&one_route(prefix_route("/", forward("svc")))).unwrap();
+    assert_eq!(forward_action(&cfg).priority, model::RoutingPriority::Default);
+    let mut route = prefix_route("/", forward("svc"));
+    if let Some(r::route::Action::Route(a)) = &mut route.action {
+        a.priority = core::RoutingPriority::High as i32;
+    }
+    let cfg = route_configuration(&one_route(route.clone())).unwrap();
+    assert_eq!(forward_action(&cfg).priority, model::RoutingPriority::High);
+    if let Some(r::route::Action::Route(a)) = &mut route.action {
+        a.priority = 7;
+    }
+    let err = route_configuration(&one_route(route)).unwrap_err();
+    assert!(err.path.ends_with("route.priority"), "{err}");
+}
+
+#[test]
 fn domain_classification() {
     let cfg = route_configuration(&rc(vec![vhost(
         "vh",

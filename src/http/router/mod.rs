@@ -30,10 +30,11 @@ use super::request_headers::remove_hop_by_hop;
 use super::route_table::Matched;
 use super::stream_info::{ResponseFlags, StreamInfo};
 use crate::formatter::Context;
-use crate::upstream::conn_pool::{Protocol, UpstreamError};
+use crate::upstream::conn_pool::{Overflow, Protocol, UpstreamError};
+use crate::upstream::Cluster;
 use retry_state::{RetryDecision, RetryState};
 use route_decision::{ClusterChoice, Rewrites};
-use upstream_request::{AttemptFailure, AttemptTimeouts, UpstreamGuard};
+use upstream_request::{AttemptFailure, AttemptTimeouts, Target, UpstreamGuard};
 
 // Names used on every request, built at compile time instead of validated per use.
 const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
@@ -41,6 +42,7 @@ const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-env
 const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 const X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_ENVOY_OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 
 /// Header mutation levels that apply to a route, least specific first.
 pub struct MutationLevels<'a> {
@@ -194,8 +196,7 @@ async fn forward(
 
     // Phase: upstream_peer.
     let Some(host) = cluster.choose_host() else {
-        info.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
-        let mut resp = reply(503, NO_HEALTHY_UPSTREAM, grpc, info, "no_healthy_upstream");
+        let mut resp = no_healthy_upstream(&cluster, info, grpc);
         levels.apply_to_response(&mut resp, info, req.headers());
         return Err(resp);
     };
@@ -252,11 +253,10 @@ async fn forward(
     // Exchange: one attempt (the request body streams, so it cannot be replayed yet).
     let mut retry = RetryState::none();
     let started = std::time::Instant::now();
+    let target = Target { cluster: &cluster, host: &host, protocol, priority: action.priority };
     let attempt = upstream_request::send(
         &ctx.worker.pools,
-        &cluster,
-        &host,
-        protocol,
+        target,
         is_upgrade,
         upstream_req,
         AttemptTimeouts {
@@ -291,12 +291,26 @@ async fn forward(
                     cluster.stats.record_status(504);
                     reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout")
                 }
+                // No pool for the host (max_connection_pools): Envoy's router finds no
+                // connection pool and answers as for no healthy upstream.
+                AttemptFailure::Upstream(UpstreamError::PoolOverflow) => no_healthy_upstream(&cluster, info, grpc),
                 AttemptFailure::Upstream(e) => {
                     let (flag, details) = reset_flag_and_details(&e);
                     tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = ?e, "upstream request failed");
                     info.flags.insert(flag);
                     cluster.stats.record_status(503);
-                    reply(503, &upstream_reset_body(&e.to_string()), grpc, info, details)
+                    let mut resp = reply(503, &upstream_reset_body(&e.to_string()), grpc, info, details);
+                    if let UpstreamError::Overflow(kind) = e {
+                        // A request refused while pending never had a host (Envoy logs `-`).
+                        if kind == Overflow::Pending {
+                            info.upstream_host = None;
+                        }
+                        // A circuit breaker's refusal is "dropped": Envoy says so downstream.
+                        if !hcm.router.suppress_envoy_headers {
+                            resp.headers_mut().insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+                        }
+                    }
+                    resp
                 }
             };
             levels.apply_to_response(&mut resp, info, &downstream_headers);
@@ -339,6 +353,13 @@ async fn forward(
     Ok((resp, Some(guard)))
 }
 
+/// Envoy's `sendNoHealthyUpstreamResponse`: 503 `UH`, counted as the cluster's 503.
+fn no_healthy_upstream(cluster: &Cluster, info: &mut StreamInfo, grpc: bool) -> Response<ResponseBody> {
+    info.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
+    cluster.stats.record_status(503);
+    reply(503, NO_HEALTHY_UPSTREAM, grpc, info, "no_healthy_upstream")
+}
+
 /// The upstream codec: HTTP/1.1 for upgrades, else the cluster's, or the downstream's.
 fn upstream_protocol(cluster: UpstreamProtocol, downstream: Version, is_upgrade: bool) -> Protocol {
     match cluster {
@@ -363,6 +384,11 @@ fn reset_flag_and_details(e: &UpstreamError) -> (ResponseFlags, &'static str) {
             ResponseFlags::UPSTREAM_CONNECTION_TERMINATION,
             "upstream_reset_before_response_started{connection_termination}",
         ),
+        UpstreamError::Overflow(_) => {
+            (ResponseFlags::UPSTREAM_OVERFLOW, "upstream_reset_before_response_started{overflow}")
+        }
+        // Answered as no healthy upstream before this is asked; kept total for the match.
+        UpstreamError::PoolOverflow => (ResponseFlags::NO_HEALTHY_UPSTREAM, "no_healthy_upstream"),
     }
 }
 

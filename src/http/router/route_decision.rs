@@ -180,6 +180,7 @@ mod tests {
             timeout: None,
             idle_timeout: None,
             retry_policy: None,
+            priority: Default::default(),
             upgrade_websocket: None,
             legacy_cors: None,
         }

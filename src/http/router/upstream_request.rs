@@ -10,31 +10,32 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
+use pinion_xds::model::RoutingPriority;
 
 use crate::http::body::{Activity, RequestBody, UpstreamBody};
-use crate::upstream::conn_pool::{ConnPools, Protocol, StreamSlot, UpstreamError};
+use crate::upstream::conn_pool::{ConnPools, Overflow, Protocol, StreamSlot, UpstreamError};
 use crate::upstream::{Cluster, Host, HostStats};
 
-/// Holds an attempt's accounting (active request gauges, the pool's stream slot) until the
-/// response body is done: a drop guard would not know whether the body ended well, so the
-/// connection manager calls [`UpstreamGuard::finish`] when it does.
+/// Holds an attempt's accounting (the pool's stream: active request gauges, the
+/// `max_requests` circuit breaker, the connection) until the response body is done: a drop
+/// guard would not know whether the body ended well, so the connection manager calls
+/// [`UpstreamGuard::finish`] when it does.
 pub struct UpstreamGuard {
-    cluster: Arc<Cluster>,
-    host: Arc<Host>,
-    _slot: StreamSlot,
+    slot: StreamSlot,
 }
 
 impl UpstreamGuard {
     /// The response body ended (`ok`) or was cut short.
     pub fn finish(self, ok: bool) {
-        self.cluster.stats.upstream_rq_active.dec();
-        HostStats::add(&self.host.stats.rq_active, -1);
-        if ok {
-            HostStats::inc(&self.host.stats.rq_success);
-        } else {
-            HostStats::inc(&self.host.stats.rq_error);
-            self.cluster.stats.upstream_rq_rx_reset.inc();
+        if let Some((cluster, host)) = self.slot.target() {
+            if ok {
+                HostStats::inc(&host.stats.rq_success);
+            } else {
+                HostStats::inc(&host.stats.rq_error);
+                cluster.stats.upstream_rq_rx_reset.inc();
+            }
         }
+        self.slot.finish(ok);
     }
 }
 
@@ -76,21 +77,32 @@ pub struct AttemptTimeouts<'a> {
     pub activity: &'a Activity,
 }
 
-/// One attempt: `req` to `host`. On success the response's accounting is handed over as an
-/// [`UpstreamGuard`]; on failure it is already settled.
+/// Where an attempt goes: the cluster, the host the load balancer picked, the protocol, and
+/// the route's priority (which circuit breakers and pools it uses).
+pub struct Target<'a> {
+    /// The cluster.
+    pub cluster: &'a Arc<Cluster>,
+    /// The host.
+    pub host: &'a Arc<Host>,
+    /// The upstream codec.
+    pub protocol: Protocol,
+    /// The route's `priority`.
+    pub priority: RoutingPriority,
+}
+
+/// One attempt: `req` to `target`. On success the response's accounting is handed over as
+/// an [`UpstreamGuard`]; on failure it is already settled. The pool counts the request
+/// (`upstream_rq_total`, active gauges) once it is attached to a connection, as Envoy's does:
+/// a request refused by a circuit breaker or failing while it waited for a connection is
+/// not an upstream request.
 pub async fn send(
     pools: &ConnPools,
-    cluster: &Arc<Cluster>,
-    host: &Arc<Host>,
-    protocol: Protocol,
+    target: Target<'_>,
     upgrade: bool,
     req: Request<RequestBody>,
     timeouts: AttemptTimeouts<'_>,
 ) -> Result<(Response<UpstreamBody>, UpstreamGuard), AttemptFailure> {
-    cluster.stats.upstream_rq_total.inc();
-    cluster.stats.upstream_rq_active.inc();
-    HostStats::inc(&host.stats.rq_total);
-    HostStats::add(&host.stats.rq_active, 1);
+    let Target { cluster, host, protocol, priority } = target;
     // The exchange, raced against the stream timeouts and bounded by the route timeout. The
     // futures are pinned here and polled in place: each `async { x.await }` layer around a
     // moved future would keep its own copy of the exchange's state (it was 7.5 KiB for a
@@ -99,11 +111,11 @@ pub async fn send(
         let exchange = pin!(async {
             if upgrade {
                 // Boxed: a dial and handshake are large states, and upgrades are rare.
-                let mut sender = Box::pin(pools.upgrade_connection(cluster, host)).await?;
+                let (mut sender, slot) = Box::pin(pools.upgrade_connection(cluster, host, priority)).await?;
                 let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
-                Ok((resp.map(UpstreamBody::H1), StreamSlot::none()))
+                Ok((resp.map(UpstreamBody::H1), slot))
             } else {
-                pools.send(cluster, host, protocol, req).await
+                pools.send(cluster, host, protocol, priority, req).await
             }
         });
         let watchdog =
@@ -114,12 +126,13 @@ pub async fn send(
         }
     };
     let failure = match outcome {
-        Some(Ok(Ok((resp, slot)))) => {
-            let guard = UpstreamGuard { cluster: cluster.clone(), host: host.clone(), _slot: slot };
-            return Ok((resp, guard));
-        }
+        Some(Ok(Ok((resp, slot)))) => return Ok((resp, UpstreamGuard { slot })),
         Some(Ok(Err(e))) => {
-            HostStats::inc(&host.stats.rq_error);
+            // Envoy charges the host only when the failure came with it: not for a request
+            // refused before it had a connection (pending overflow, no pool).
+            if !matches!(e, UpstreamError::Overflow(Overflow::Pending) | UpstreamError::PoolOverflow) {
+                HostStats::inc(&host.stats.rq_error);
+            }
             AttemptFailure::Upstream(e)
         }
         Some(Err(t)) => AttemptFailure::StreamTimeout(t),
@@ -129,9 +142,6 @@ pub async fn send(
             AttemptFailure::RouteTimeout
         }
     };
-    // No response: the attempt is no longer active.
-    cluster.stats.upstream_rq_active.dec();
-    HostStats::add(&host.stats.rq_active, -1);
     Err(failure)
 }
 

@@ -36,7 +36,7 @@ pub struct Cluster {
     pub dns_refresh_rate: Duration,
     /// `dns_lookup_family`.
     pub dns_lookup_family: DnsLookupFamily,
-    /// `circuit_breakers` thresholds (default priority), enforced by the circuit-breaker issue.
+    /// `circuit_breakers` thresholds per routing priority.
     pub circuit_breakers: CircuitBreakers,
     /// `close_connections_on_host_health_failure`.
     pub close_connections_on_host_health_failure: bool,
@@ -172,21 +172,105 @@ impl HealthStatus {
     }
 }
 
-/// Circuit-breaker thresholds (Envoy defaults: 1024 / 1024 / 1024 / 3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CircuitBreakers {
-    /// `max_connections`.
-    pub max_connections: u32,
-    /// `max_pending_requests`.
-    pub max_pending_requests: u32,
-    /// `max_requests`.
-    pub max_requests: u32,
-    /// `max_retries`.
-    pub max_retries: u32,
+/// `envoy.config.core.v3.RoutingPriority`: which of a cluster's resource managers (circuit
+/// breaker thresholds, connection pools) a route's requests use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RoutingPriority {
+    /// `DEFAULT`.
+    #[default]
+    Default,
+    /// `HIGH`.
+    High,
 }
 
-impl Default for CircuitBreakers {
+impl RoutingPriority {
+    /// Both priorities, `DEFAULT` first (Envoy's order in `/clusters` and stats).
+    pub const ALL: [RoutingPriority; 2] = [RoutingPriority::Default, RoutingPriority::High];
+
+    /// Index into per-priority arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Envoy's lower-case name (`circuit_breakers.<name>.` stats, runtime keys, `/clusters`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RoutingPriority::Default => "default",
+            RoutingPriority::High => "high",
+        }
+    }
+}
+
+/// `circuit_breakers`: the thresholds of each routing priority (Envoy uses the first
+/// `thresholds` entry of a priority, and Envoy's defaults when there is none).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CircuitBreakers {
+    /// `DEFAULT` priority.
+    pub default: Thresholds,
+    /// `HIGH` priority.
+    pub high: Thresholds,
+}
+
+impl CircuitBreakers {
+    /// The thresholds of `priority`.
+    pub fn get(&self, priority: RoutingPriority) -> &Thresholds {
+        match priority {
+            RoutingPriority::Default => &self.default,
+            RoutingPriority::High => &self.high,
+        }
+    }
+}
+
+/// One priority's thresholds (`CircuitBreakers.Thresholds`, plus `max_connections` of the
+/// priority's `per_host_thresholds`). Envoy's defaults: 1024 connections, pending and active
+/// requests, 3 retries, unlimited connection pools and connections per host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// `max_connections`.
+    pub max_connections: u64,
+    /// `max_pending_requests`.
+    pub max_pending_requests: u64,
+    /// `max_requests`.
+    pub max_requests: u64,
+    /// `max_retries` (ignored for admission while a `retry_budget` is set).
+    pub max_retries: u64,
+    /// `retry_budget`, with its defaults filled in.
+    pub retry_budget: Option<RetryBudget>,
+    /// `track_remaining`: publish the `remaining_*` gauges.
+    pub track_remaining: bool,
+    /// `max_connection_pools` (`u64::MAX`: unlimited).
+    pub max_connection_pools: u64,
+    /// `per_host_thresholds[].max_connections` of this priority (`u64::MAX`: unlimited).
+    pub max_connections_per_host: u64,
+}
+
+impl Default for Thresholds {
     fn default() -> Self {
-        Self { max_connections: 1024, max_pending_requests: 1024, max_requests: 1024, max_retries: 3 }
+        Thresholds {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+            retry_budget: None,
+            track_remaining: false,
+            max_connection_pools: u64::MAX,
+            max_connections_per_host: u64::MAX,
+        }
+    }
+}
+
+/// `Thresholds.RetryBudget`: concurrent retries limited to a share of the active and pending
+/// requests, with a floor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    /// `budget_percent` (default 20.0).
+    pub budget_percent: f64,
+    /// `min_retry_concurrency` (default 3).
+    pub min_retry_concurrency: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget { budget_percent: 20.0, min_retry_concurrency: 3 }
     }
 }

@@ -219,6 +219,9 @@ pub struct ForwardAction {
     pub idle_timeout: Option<Option<Duration>>,
     /// Retry policy (route level wins over vhost).
     pub retry_policy: Option<RetryPolicy>,
+    /// `priority`: which of the cluster's resource managers (circuit breakers, pools) the
+    /// request uses.
+    pub priority: super::RoutingPriority,
     /// `max_stream_duration.grpc_timeout_header_max` etc. are not supported yet.
     pub upgrade_websocket: Option<bool>,
     /// The deprecated `route.cors`: used by the CORS filter only when no level has a typed

@@ -254,18 +254,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         dns_lookup_family,
         circuit_breakers: match circuit_breakers {
             None => model::CircuitBreakers::default(),
-            Some(cb) => {
-                let b = breakers(cb).map_err(at("circuit_breakers"))?;
-                // Thresholds that differ from Envoy's defaults would change behaviour that
-                // Pinion does not enforce yet (the circuit-breaker issue): refuse them.
-                if b != model::CircuitBreakers::default() {
-                    return Err(ConfigError::unsupported(
-                        "circuit_breakers",
-                        "circuit breaker thresholds are not enforced by pinion yet",
-                    ));
-                }
-                b
-            }
+            Some(cb) => breakers(cb).map_err(at("circuit_breakers"))?,
         },
         close_connections_on_host_health_failure: *close_connections_on_host_health_failure,
         transport_socket,
@@ -348,13 +337,26 @@ fn upstream_http_options(
     Ok((protocol, http2, common))
 }
 
+/// `circuit_breakers`: for each priority, the first `thresholds` entry of that priority (as
+/// Envoy's `ResourceManagers::load` picks it; later entries of the same priority are ignored)
+/// and the `max_connections` of its first `per_host_thresholds` entry.
 fn breakers(cb: &c::CircuitBreakers) -> ConfigResult<model::CircuitBreakers> {
-    use core::RoutingPriority;
     let c::CircuitBreakers { thresholds, per_host_thresholds } = cb;
-    reject_set(per_host_thresholds, "per_host_thresholds")?;
     let mut out = model::CircuitBreakers::default();
+    let mut seen = [false; 2];
     for (i, t) in thresholds.iter().enumerate() {
         let p = format!("thresholds[{i}]");
+        let (priority, parsed) = threshold(t).map_err(at(&p))?;
+        if !std::mem::replace(&mut seen[priority.index()], true) {
+            match priority {
+                model::RoutingPriority::Default => out.default = parsed,
+                model::RoutingPriority::High => out.high = parsed,
+            }
+        }
+    }
+    let mut seen = [false; 2];
+    for (i, t) in per_host_thresholds.iter().enumerate() {
+        let p = format!("per_host_thresholds[{i}]");
         let c::circuit_breakers::Thresholds {
             priority,
             max_connections,
@@ -362,23 +364,90 @@ fn breakers(cb: &c::CircuitBreakers) -> ConfigResult<model::CircuitBreakers> {
             max_requests,
             max_retries,
             retry_budget,
-            // Only publishes remaining-capacity gauges.
+            // Envoy publishes no per-host gauges, so this has no effect here.
             track_remaining: _,
             max_connection_pools,
         } = t;
-        reject_set(retry_budget, &format!("{p}.retry_budget"))?;
-        reject_set(max_connection_pools, &format!("{p}.max_connection_pools"))?;
-        // HIGH priority thresholds are never consulted: routes with priority HIGH are rejected.
-        if enum_value::<RoutingPriority>(*priority, &format!("{p}.priority"))? != RoutingPriority::Default {
-            continue;
+        let priority = routing_priority(*priority).map_err(at(&p))?;
+        if std::mem::replace(&mut seen[priority.index()], true) {
+            continue; // Envoy only reads the first entry of a priority
         }
-        let d = model::CircuitBreakers::default();
-        out = model::CircuitBreakers {
-            max_connections: u32_or(max_connections, d.max_connections),
-            max_pending_requests: u32_or(max_pending_requests, d.max_pending_requests),
-            max_requests: u32_or(max_requests, d.max_requests),
-            max_retries: u32_or(max_retries, d.max_retries),
-        };
+        // Envoy honours only max_connections per host and refuses the cluster otherwise,
+        // with this message.
+        let other = [
+            ("max_pending_requests", max_pending_requests.is_some()),
+            ("max_requests", max_requests.is_some()),
+            ("max_retries", max_retries.is_some()),
+            ("max_connection_pools", max_connection_pools.is_some()),
+            ("retry_budget", retry_budget.is_some()),
+        ];
+        if let Some((field, _)) = other.iter().find(|(_, set)| *set) {
+            return Err(ConfigError::invalid(format!("{p}.{field}"), "Unsupported field in per_host_thresholds"));
+        }
+        if let Some(m) = max_connections {
+            let limits = match priority {
+                model::RoutingPriority::Default => &mut out.default,
+                model::RoutingPriority::High => &mut out.high,
+            };
+            limits.max_connections_per_host = u64::from(m.value);
+        }
     }
     Ok(out)
+}
+
+/// One `Thresholds` entry of `thresholds` (errors relative to it).
+fn threshold(t: &c::circuit_breakers::Thresholds) -> ConfigResult<(model::RoutingPriority, model::Thresholds)> {
+    let c::circuit_breakers::Thresholds {
+        priority,
+        max_connections,
+        max_pending_requests,
+        max_requests,
+        max_retries,
+        retry_budget,
+        track_remaining,
+        max_connection_pools,
+    } = t;
+    let priority = routing_priority(*priority)?;
+    let d = model::Thresholds::default();
+    let wide = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u64| {
+        v.as_ref().map_or(default, |v| u64::from(v.value))
+    };
+    let retry_budget = match retry_budget {
+        None => None,
+        Some(b) => {
+            let c::circuit_breakers::thresholds::RetryBudget { budget_percent, min_retry_concurrency, budget_interval } =
+                b;
+            // 0 (the default) counts only the requests active now, which is what Pinion does.
+            if !duration_or(budget_interval, Duration::ZERO, "retry_budget.budget_interval")?.is_zero() {
+                return Err(unsupported_field("retry_budget.budget_interval"));
+            }
+            let d = model::RetryBudget::default();
+            Some(model::RetryBudget {
+                budget_percent: budget_percent.as_ref().map_or(d.budget_percent, |p| p.value),
+                min_retry_concurrency: u32_or(min_retry_concurrency, d.min_retry_concurrency),
+            })
+        }
+    };
+    Ok((
+        priority,
+        model::Thresholds {
+            max_connections: wide(max_connections, d.max_connections),
+            max_pending_requests: wide(max_pending_requests, d.max_pending_requests),
+            max_requests: wide(max_requests, d.max_requests),
+            max_retries: wide(max_retries, d.max_retries),
+            retry_budget,
+            track_remaining: *track_remaining,
+            max_connection_pools: wide(max_connection_pools, d.max_connection_pools),
+            max_connections_per_host: d.max_connections_per_host,
+        },
+    ))
+}
+
+/// `RoutingPriority` at field `priority`.
+pub(crate) fn routing_priority(v: i32) -> ConfigResult<model::RoutingPriority> {
+    use core::RoutingPriority as P;
+    Ok(match enum_value::<P>(v, "priority")? {
+        P::Default => model::RoutingPriority::Default,
+        P::High => model::RoutingPriority::High,
+    })
 }

@@ -439,7 +439,6 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
     reject_set(early_data_policy, "early_data_policy")?;
     reject_set(retry_policy_typed_config, "retry_policy_typed_config")?;
     reject_set(request_mirror_policies, "request_mirror_policies")?;
-    reject_set(priority, "priority")?;
     reject_set(rate_limits, "rate_limits")?;
     reject_set(hash_policy, "hash_policy")?;
     reject_set(max_grpc_timeout, "max_grpc_timeout")?;
@@ -462,6 +461,7 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
         Some(CS::ClusterSpecifierPlugin(_)) => return Err(unsupported_field("cluster_specifier_plugin")),
         Some(CS::InlineClusterSpecifierPlugin(_)) => return Err(unsupported_field("inline_cluster_specifier_plugin")),
     };
+    let priority = super::cluster::routing_priority(*priority)?;
     let cluster_not_found_response_code =
         match enum_value::<C>(*cluster_not_found_response_code, "cluster_not_found_response_code")? {
             C::ServiceUnavailable => 503,
@@ -536,6 +536,7 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
         timeout,
         idle_timeout,
         retry_policy,
+        priority,
         upgrade_websocket,
         legacy_cors: cors.as_ref().map(route_cors_policy).transpose().map_err(at("cors"))?.map(Arc::new),
     })
