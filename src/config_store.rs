@@ -23,6 +23,7 @@ use crate::listener_manager::ListenerManager;
 use crate::runtime::Runtime;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
+use crate::upstream::outlier_detector::{self, EventLog};
 use crate::upstream::{dns, Cluster};
 
 /// A dynamic resource with its bookkeeping.
@@ -107,6 +108,8 @@ pub struct ConfigStore {
     access_logs: Arc<AccessLogManager>,
     /// VHDS needs Delta xDS.
     delta: bool,
+    /// The outlier detection event log the clusters built here write to, if configured.
+    outlier_events: std::sync::OnceLock<EventLog>,
 }
 
 impl ConfigStore {
@@ -141,7 +144,13 @@ impl ConfigStore {
             runtime,
             access_logs,
             delta,
+            outlier_events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Have the outlier detectors of the clusters built from now on write to `log`.
+    pub fn set_outlier_event_log(&self, log: EventLog) {
+        let _ = self.outlier_events.set(log);
     }
 
     /// Becomes true once the initial LDS/CDS responses and their dependents are in (Envoy's
@@ -270,6 +279,8 @@ impl ConfigStore {
                 u.name.clone(),
                 Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
+            // Its detector runs from now on: while it warms it has no hosts to judge.
+            outlier_detector::spawn(&cluster, self.outlier_events.get());
             match cfg.discovery {
                 model::DiscoveryType::Eds => {
                     let eds_name = eds_name(&cfg);

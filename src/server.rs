@@ -23,6 +23,7 @@ use crate::logging::LogHandle;
 use crate::server_state::{ServerState, ServerStateKind};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
+use crate::upstream::outlier_detector::{self, EventLog};
 use crate::upstream::{dns, Cluster};
 use crate::worker::{self, WorkerHandle};
 
@@ -299,12 +300,21 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             return 1;
         }
     };
+    let outlier_events = match outlier_event_log(&bootstrap, &access_logs) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("error initializing configuration: {e}");
+            eprintln!("error initializing configuration: {e}");
+            return 1;
+        }
+    };
     // DNS clusters resolve once before we report ready, then keep refreshing.
     for c in snapshot.clusters.values() {
         if dns::is_dns(c) {
             dns::refresh(c).await;
             dns::spawn_refresher(c);
         }
+        outlier_detector::spawn(c, outlier_events.as_ref());
     }
     let (drain_tx, drain_rx) = watch::channel(false);
     let listeners = snapshot.listeners.clone();
@@ -371,6 +381,9 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
                 access_logs.clone(),
                 cfg.mode == pinion_xds::client::Mode::Delta,
             );
+            if let Some(log) = &outlier_events {
+                store.set_outlier_event_log(log.clone());
+            }
             let deferred: Vec<_> = state.bootstrap.listeners.iter().filter(|l| needs_xds_routes(l)).cloned().collect();
             if let Err(e) = store.add_static_listeners(&deferred) {
                 eprintln!("error: {e}");
@@ -441,6 +454,15 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
     access_logs.flush_all();
     tracing::info!("exiting");
     0
+}
+
+/// The outlier detection event log (`cluster_manager.outlier_detection.event_log_path`),
+/// opened at startup: a path that cannot be opened fails startup, as in Envoy.
+fn outlier_event_log(b: &model::Bootstrap, logs: &AccessLogManager) -> Result<Option<EventLog>, String> {
+    if b.outlier_event_log_path.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(EventLog::new(logs.file_writer(&b.outlier_event_log_path)?)))
 }
 
 /// The xDS client config from the bootstrap's `dynamic_resources` (None: static only).

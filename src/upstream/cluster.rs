@@ -12,6 +12,7 @@ use pinion_xds::model;
 use super::cluster_stats::ClusterStats;
 use super::host::{HealthFlags, Host, HostSet};
 use super::lb::{LbContext, LoadBalancer};
+use super::outlier_detector::{DetectorTarget, OutlierDetector};
 use super::resource_manager::{ResourceManager, RetryGuard};
 use crate::stats::Store;
 
@@ -53,6 +54,9 @@ pub struct Cluster {
     /// shared by all workers. A CDS update builds new ones, as Envoy's new `ClusterInfo`
     /// does: requests in flight keep counting against the managers they started with.
     resources: [Arc<ResourceManager>; 2],
+    /// The outlier detector (`outlier_detection` configured); its task is started with
+    /// [`super::outlier_detector::spawn`] by whoever activates the cluster.
+    outlier: Option<Arc<OutlierDetector>>,
 }
 
 impl Cluster {
@@ -88,6 +92,10 @@ impl Cluster {
             rm.register_stats(store, &config.stat_name, thresholds.track_remaining);
             rm
         });
+        let outlier = config
+            .outlier_detection
+            .as_ref()
+            .map(|od| OutlierDetector::new(od, &config.name, &config.stat_name, store));
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             lb: LoadBalancer::new(config.lb_policy, store.slots()),
@@ -98,6 +106,7 @@ impl Cluster {
             retired: Arc::new(AtomicBool::new(false)),
             tls,
             resources,
+            outlier,
         });
         if cluster.config.discovery == model::DiscoveryType::Static {
             cluster.set_load_assignment(&cluster.config.load_assignment);
@@ -196,6 +205,33 @@ impl Cluster {
         }
     }
 
+    /// Set or clear `flag` on several hosts, recomputing the host set once if any changed.
+    pub fn set_host_health_flags(&self, flag: HealthFlags, changes: &[(Arc<Host>, bool)]) {
+        let _writer = self.lock_writer();
+        let mut changed = false;
+        for (host, on) in changes {
+            changed |= host.set_flag(flag, *on);
+        }
+        if changed {
+            let set = self.hosts.load().recompute();
+            self.install(set);
+        }
+    }
+
+    /// The outlier detector, if `outlier_detection` is configured.
+    pub fn outlier(&self) -> Option<&Arc<OutlierDetector>> {
+        self.outlier.as_ref()
+    }
+
+    /// Active health checking saw `host` pass: with outlier detection (and
+    /// `successful_active_health_check_uneject_host`, its default), an ejected host that is
+    /// not failing active health checks comes back at once, as in Envoy. Main thread.
+    pub fn on_active_health_check_success(&self, host: &Host) {
+        if let Some(od) = &self.outlier {
+            od.on_active_health_check_success(self, host);
+        }
+    }
+
     /// Recompute the host set's health-derived lists from the hosts' current flags, after
     /// flags were changed with `Host::set_flag` directly (e.g. a batch).
     pub fn recompute_health(&self) {
@@ -244,6 +280,24 @@ impl Cluster {
     pub fn choose_host_with(&self, ctx: &LbContext) -> Option<Arc<Host>> {
         let hosts = self.hosts.load();
         self.lb.choose(&hosts, ctx, &self.stats)
+    }
+}
+
+impl DetectorTarget for Cluster {
+    fn outlier_detector(&self) -> Option<&Arc<OutlierDetector>> {
+        self.outlier.as_ref()
+    }
+
+    fn current_hosts(&self) -> Arc<HostSet> {
+        self.hosts.load_full()
+    }
+
+    fn set_outlier_flags(&self, changes: &[(Arc<Host>, bool)]) {
+        self.set_host_health_flags(HealthFlags::FAILED_OUTLIER_CHECK, changes);
+    }
+
+    fn is_retired(&self) -> bool {
+        Cluster::is_retired(self)
     }
 }
 
@@ -505,5 +559,84 @@ mod tests {
         let c = Cluster::new(static_config(&[1, 2], "1s"), &Store::new(1)).unwrap();
         assert!(c.choose_host_with(&LbContext::with_hash(42)).is_some());
         assert!(c.choose_host().is_some());
+    }
+
+    fn with_outlier(cfg: Arc<model::Cluster>, od: model::OutlierDetection) -> Arc<model::Cluster> {
+        let mut c = (*cfg).clone();
+        c.outlier_detection = Some(od);
+        Arc::new(c)
+    }
+
+    #[test]
+    fn outlier_ejection_reaches_the_load_balancer_and_survives_replacement() {
+        let store = Store::new(1);
+        let od = model::OutlierDetection { consecutive_5xx: 2, max_ejection_percent: 100, ..Default::default() };
+        let c = Cluster::new(with_outlier(static_config(&[1, 2, 3], "1s"), od.clone()), &store).unwrap();
+        let det = c.outlier().expect("a detector").clone();
+        let h3 = find(&c, 3).unwrap();
+        // Workers report; nothing changes until the detector handles the crossing.
+        det.put_http_status(&h3, 503);
+        det.put_http_status(&h3, 500);
+        assert!(h3.healthy());
+        det.handle_crossings(&*c);
+        assert!(h3.health_flags().contains(HealthFlags::FAILED_OUTLIER_CHECK));
+        assert!((0..30).all(|_| c.choose_host().unwrap().address.port() != 3), "the LB skips it");
+        assert_eq!(c.stats.membership_healthy.value(), 2);
+        let stat = |name: &str| store.value(&format!("cluster.svc.outlier_detection.{name}"));
+        assert_eq!(stat("ejections_active"), Some(1));
+        assert_eq!(stat("ejections_enforced_consecutive_5xx"), Some(1));
+        assert_eq!(h3.outlier_state().num_ejections, 1);
+        assert_eq!(h3.outlier.consecutive(super::super::outlier_detection::Consecutive::Status5xx), 0);
+
+        // A CDS update keeps the host, its ejection and the detector's memory of it; the
+        // new detector counts the ejection as active.
+        let new = Cluster::new_replacing(with_outlier(static_config(&[1, 2, 3], "2s"), od), &store, Some(&c)).unwrap();
+        assert!(c.is_retired());
+        let kept = find(&new, 3).unwrap();
+        assert!(Arc::ptr_eq(&kept, &h3));
+        assert_eq!(new.hosts().healthy_len(), 2);
+        let det2 = new.outlier().unwrap().clone();
+        det2.sweep(&*new);
+        assert!(kept.health_flags().contains(HealthFlags::FAILED_OUTLIER_CHECK), "30s are not over");
+        assert_eq!(stat("ejections_active"), Some(1));
+        assert_eq!(kept.outlier_state().backoff, 1);
+
+        // Active health checking brings it back at once.
+        new.on_active_health_check_success(&kept);
+        assert!(kept.healthy());
+        assert_eq!(new.hosts().healthy_len(), 3);
+        assert_eq!(stat("ejections_active"), Some(0));
+        // Not while active health checking itself fails the host.
+        det2.put_http_status(&kept, 503);
+        det2.put_http_status(&kept, 503);
+        det2.handle_crossings(&*new);
+        kept.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+        new.on_active_health_check_success(&kept);
+        assert!(kept.health_flags().contains(HealthFlags::FAILED_OUTLIER_CHECK));
+
+        // A removed ejected host no longer counts.
+        new.set_load_assignment(&LoadAssignment {
+            cluster_name: "svc".into(),
+            localities: vec![LocalityEndpoints {
+                endpoints: vec![Endpoint {
+                    address: EndpointAddress::Socket(addr(1)),
+                    weight: 1,
+                    health_status: HealthStatus::Healthy,
+                    hostname: String::new(),
+                }],
+                ..Default::default()
+            }],
+            overprovisioning_factor: 140,
+        });
+        det2.sweep(&*new);
+        assert_eq!(stat("ejections_active"), Some(0));
+    }
+
+    #[test]
+    fn no_outlier_detection_no_detector_and_no_stats() {
+        let store = Store::new(1);
+        let c = Cluster::new(static_config(&[1], "1s"), &store).unwrap();
+        assert!(c.outlier().is_none());
+        assert_eq!(store.value("cluster.svc.outlier_detection.ejections_active"), None);
     }
 }

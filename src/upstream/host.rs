@@ -6,11 +6,13 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bitflags::bitflags;
 use pinion_xds::model::{HealthStatus, Locality};
+
+use super::outlier_detection::{HostMonitor, HostState};
 
 bitflags! {
     /// Host health flags, as shown in `/clusters` (`health_flags::`). Any flag but
@@ -116,6 +118,12 @@ pub struct Host {
     health_flags: AtomicU32,
     /// Host stats.
     pub stats: HostStats,
+    /// Outlier detection results, written by workers (atomics only).
+    pub outlier: HostMonitor,
+    /// The outlier detector's memory of this host (ejection count, backoff, times); only
+    /// the main thread takes the lock. On the host, not the detector, so that it stays with
+    /// the host across cluster updates, like the ejection flag itself.
+    outlier_state: Mutex<HostState>,
 }
 
 impl Host {
@@ -135,7 +143,19 @@ impl Host {
             meta: ArcSwap::from_pointee(HostMeta { hostname, locality }),
             health_flags: AtomicU32::new(HealthFlags::from_eds(health).bits()),
             stats: HostStats::default(),
+            outlier: HostMonitor::default(),
+            outlier_state: Mutex::new(HostState::default()),
         }
+    }
+
+    /// The outlier detector's state of this host.
+    pub fn outlier_state(&self) -> HostState {
+        *self.outlier_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace the outlier detector's state of this host (main thread).
+    pub fn set_outlier_state(&self, state: HostState) {
+        *self.outlier_state.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
     /// LB weight (at least 1).

@@ -7,6 +7,8 @@ pub mod dns;
 pub mod h2_client;
 pub mod host;
 pub mod lb;
+pub mod outlier_detection;
+pub mod outlier_detector;
 pub mod resource_manager;
 
 pub use cluster::{Cluster, ResolvedEndpoint};

@@ -14,6 +14,7 @@ use pinion_xds::model::RoutingPriority;
 
 use crate::http::body::{Activity, RequestBody, UpstreamBody};
 use crate::upstream::conn_pool::{ConnPools, Overflow, Protocol, StreamSlot, UpstreamError};
+use crate::upstream::outlier_detection::LocalResult;
 use crate::upstream::{Cluster, Host, HostStats};
 
 /// Holds an attempt's accounting (the pool's stream: active request gauges, the
@@ -103,6 +104,9 @@ pub async fn send(
     timeouts: AttemptTimeouts<'_>,
 ) -> Result<(Response<UpstreamBody>, UpstreamGuard), AttemptFailure> {
     let Target { cluster, host, protocol, priority } = target;
+    // Only outlier detection reads it, and a gRPC status in the response headers replaces
+    // the HTTP status only for gRPC requests.
+    let grpc = cluster.outlier().is_some() && is_grpc(req.headers());
     // The exchange, raced against the stream timeouts and bounded by the route timeout. The
     // futures are pinned here and polled in place: each `async { x.await }` layer around a
     // moved future would keep its own copy of the exchange's state (it was 7.5 KiB for a
@@ -125,6 +129,7 @@ pub async fn send(
             None => Some(race(exchange, watchdog).await),
         }
     };
+    report_outlier(cluster, host, &outcome, grpc);
     let failure = match outcome {
         Some(Ok(Ok((resp, slot)))) => return Ok((resp, UpstreamGuard { slot })),
         Some(Ok(Err(e))) => {
@@ -143,6 +148,63 @@ pub async fn send(
         }
     };
     Err(failure)
+}
+
+/// What the raced exchange ended with: `None` on the route timeout, `Err` on a stream
+/// timeout, else the pool's result.
+type AttemptOutcome = Option<Result<Result<(Response<UpstreamBody>, StreamSlot), UpstreamError>, StreamTimeout>>;
+
+/// The attempt's outcome as the router reports it to outlier detection (Envoy's
+/// `onPoolReady`, `onUpstreamHeaders`, `onUpstreamReset`, `onResponseTimeout`): a response
+/// status (a gRPC status in the headers mapped to HTTP for gRPC requests), a connect failure
+/// or a reset (503 without the local/external split), a route timeout (504). An HCM stream
+/// timeout resets the downstream stream and reports nothing, as in Envoy.
+fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc: bool) {
+    let Some(od) = cluster.outlier() else { return };
+    match outcome {
+        Some(Ok(Ok((resp, _)))) => {
+            od.put_local(host, LocalResult::ConnectSuccess, None);
+            let status = match resp.headers().get("grpc-status") {
+                Some(v) if grpc => grpc_to_http_status(v.as_bytes()),
+                _ => resp.status().as_u16(),
+            };
+            od.put_http_status(host, status);
+        }
+        Some(Ok(Err(e))) => {
+            let connected =
+                !matches!(e, UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_));
+            if connected {
+                od.put_local(host, LocalResult::ConnectSuccess, None);
+            }
+            od.put_local(host, LocalResult::ConnectFailed, None);
+        }
+        Some(Err(_)) => {}
+        None => od.put_local(host, LocalResult::Timeout, Some(504)),
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc*`).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Envoy's `Grpc::Utility::grpcToHttpStatus` (an unparsable status counts as 500).
+fn grpc_to_http_status(v: &[u8]) -> u16 {
+    let code = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u32>().ok());
+    match code {
+        Some(0) => 200,
+        Some(1) => 499,
+        Some(3 | 9 | 11) => 400,
+        Some(4) => 504,
+        Some(5) => 404,
+        Some(6 | 10) => 409,
+        Some(7) => 403,
+        Some(8) => 429,
+        Some(12) => 501,
+        Some(14) => 503,
+        Some(16) => 401,
+        _ => 500,
+    }
 }
 
 /// Polls `a`, then `b`, until one is ready (`Ok` for `a`): a `select!` that moves neither

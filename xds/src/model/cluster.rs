@@ -42,6 +42,95 @@ pub struct Cluster {
     pub close_connections_on_host_health_failure: bool,
     /// Upstream TLS (`transport_socket` `envoy.transport_sockets.tls`); `None` = plaintext.
     pub transport_socket: Option<std::sync::Arc<super::UpstreamTlsContext>>,
+    /// `outlier_detection` (`None`: no detector, as in Envoy).
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// `envoy.config.cluster.v3.OutlierDetection` with Envoy's defaults applied (the
+/// `outlier_detection_impl.cc` `DetectorConfig` values). Durations are kept as configured;
+/// the detector works in whole milliseconds, as Envoy does. Percentages are 0..=100 (PGV).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// `consecutive_5xx` (default 5).
+    pub consecutive_5xx: u32,
+    /// `interval` (default 10s).
+    pub interval: Duration,
+    /// `base_ejection_time` (default 30s).
+    pub base_ejection_time: Duration,
+    /// `max_ejection_percent` (default 10).
+    pub max_ejection_percent: u32,
+    /// `enforcing_consecutive_5xx` (default 100).
+    pub enforcing_consecutive_5xx: u32,
+    /// `enforcing_success_rate` (default 100).
+    pub enforcing_success_rate: u32,
+    /// `success_rate_minimum_hosts` (default 5).
+    pub success_rate_minimum_hosts: u32,
+    /// `success_rate_request_volume` (default 100).
+    pub success_rate_request_volume: u32,
+    /// `success_rate_stdev_factor` in thousandths (default 1900, i.e. 1.9).
+    pub success_rate_stdev_factor: u32,
+    /// `consecutive_gateway_failure` (default 5).
+    pub consecutive_gateway_failure: u32,
+    /// `enforcing_consecutive_gateway_failure` (default 0).
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// `split_external_local_origin_errors` (default false).
+    pub split_external_local_origin_errors: bool,
+    /// `consecutive_local_origin_failure` (default 5).
+    pub consecutive_local_origin_failure: u32,
+    /// `enforcing_consecutive_local_origin_failure` (default 100).
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// `enforcing_local_origin_success_rate` (default 100).
+    pub enforcing_local_origin_success_rate: u32,
+    /// `failure_percentage_threshold` (default 85).
+    pub failure_percentage_threshold: u32,
+    /// `enforcing_failure_percentage` (default 0).
+    pub enforcing_failure_percentage: u32,
+    /// `enforcing_failure_percentage_local_origin` (default 0).
+    pub enforcing_failure_percentage_local_origin: u32,
+    /// `failure_percentage_minimum_hosts` (default 5).
+    pub failure_percentage_minimum_hosts: u32,
+    /// `failure_percentage_request_volume` (default 50).
+    pub failure_percentage_request_volume: u32,
+    /// `max_ejection_time` (default: the larger of 300s and `base_ejection_time`).
+    pub max_ejection_time: Duration,
+    /// `max_ejection_time_jitter` (default 0).
+    pub max_ejection_time_jitter: Duration,
+    /// `successful_active_health_check_uneject_host` (default true).
+    pub successful_active_health_check_uneject_host: bool,
+    /// `always_eject_one_host` (default false): the first ejection ignores
+    /// `max_ejection_percent`.
+    pub always_eject_one_host: bool,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+            enforcing_consecutive_5xx: 100,
+            enforcing_success_rate: 100,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            consecutive_gateway_failure: 5,
+            enforcing_consecutive_gateway_failure: 0,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
+            enforcing_local_origin_success_rate: 100,
+            failure_percentage_threshold: 85,
+            enforcing_failure_percentage: 0,
+            enforcing_failure_percentage_local_origin: 0,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_time_jitter: Duration::ZERO,
+            successful_active_health_check_uneject_host: true,
+            always_eject_one_host: false,
+        }
+    }
 }
 
 /// `Cluster.DiscoveryType`.
