@@ -23,7 +23,7 @@ use crate::listener_manager::ListenerManager;
 use crate::runtime::Runtime;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
-use crate::upstream::{dns, Cluster};
+use crate::upstream::{dns, health_check, Cluster};
 
 /// A dynamic resource with its bookkeeping.
 #[derive(Clone)]
@@ -92,6 +92,9 @@ impl Inner {
 
 /// The store.
 pub struct ConfigStore {
+    /// Itself, for the tasks that finish warming a cluster once its initial health checks
+    /// are done.
+    me: std::sync::Weak<ConfigStore>,
     inner: Mutex<Inner>,
     snapshot: SharedSnapshot,
     stats: Store,
@@ -128,7 +131,8 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         let version = snapshot.load().version;
-        Arc::new(ConfigStore {
+        Arc::new_cyclic(|me| ConfigStore {
+            me: me.clone(),
             inner: Mutex::new(Inner { static_clusters, static_eds_waiting, version, ..Inner::default() }),
             snapshot,
             stats,
@@ -244,8 +248,9 @@ impl ConfigStore {
         let mut rejected = Vec::new();
         for name in removed {
             inner.clusters.remove(name);
-            inner.active_clusters.remove(name);
-            inner.warming_clusters.remove(name);
+            for c in [inner.active_clusters.remove(name), inner.warming_clusters.remove(name)].into_iter().flatten() {
+                c.stop_health_checks();
+            }
         }
         for u in updated {
             let Resource::Cluster(cfg) = u.resource else { continue };
@@ -270,28 +275,30 @@ impl ConfigStore {
                 u.name.clone(),
                 Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
+            health_check::start(&cluster);
             match cfg.discovery {
                 model::DiscoveryType::Eds => {
                     let eds_name = eds_name(&cfg);
                     if let Some(cla) = inner.endpoints.get(eds_name) {
                         install_endpoints(&cluster, &cla.value);
-                        inner.warming_clusters.remove(&u.name);
-                        inner.active_clusters.insert(u.name.clone(), cluster);
+                        self.activate(inner, &u.name, cluster);
                     } else if inner.gave_up.contains(&ResourceType::ClusterLoadAssignment) {
-                        inner.active_clusters.insert(u.name.clone(), cluster);
+                        // No host set will come to health check: Envoy's cluster initializes
+                        // empty after the initial fetch timeout.
+                        self.make_active(inner, &u.name, cluster);
                     } else {
                         // Warming: the previous version (if any) keeps serving meanwhile.
-                        inner.warming_clusters.insert(u.name.clone(), cluster);
+                        if let Some(old) = inner.warming_clusters.insert(u.name.clone(), cluster) {
+                            old.stop_health_checks();
+                        }
                     }
                 }
                 model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => {
                     dns::spawn_refresher(&cluster);
-                    inner.warming_clusters.remove(&u.name);
-                    inner.active_clusters.insert(u.name.clone(), cluster);
+                    self.activate(inner, &u.name, cluster);
                 }
                 model::DiscoveryType::Static => {
-                    inner.warming_clusters.remove(&u.name);
-                    inner.active_clusters.insert(u.name.clone(), cluster);
+                    self.activate(inner, &u.name, cluster);
                 }
             }
         }
@@ -331,10 +338,57 @@ impl ConfigStore {
             for n in warm {
                 if let Some(c) = inner.warming_clusters.remove(&n) {
                     install_endpoints(&c, &cla);
-                    inner.active_clusters.insert(n, c);
+                    self.activate(inner, &n, c);
                 }
             }
         }
+    }
+
+    /// Make a cluster whose hosts are known active, once its initial health checks are done
+    /// (Envoy warms a cluster with health checks until every host had its first check);
+    /// until then it waits in `warming_clusters` and the version it replaces keeps serving.
+    fn activate(&self, inner: &mut Inner, name: &str, cluster: Arc<Cluster>) {
+        if cluster.is_health_check_initialized() {
+            self.make_active(inner, name, cluster);
+            return;
+        }
+        let mut done = cluster.health_checks_initialized();
+        let (me, id, n) = (self.me.clone(), cluster.id, name.to_string());
+        if let Some(old) = inner.warming_clusters.insert(name.to_string(), cluster) {
+            if old.id != id {
+                old.stop_health_checks();
+            }
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if done.wait_for(|d| *d).await.is_ok() {
+                    if let Some(store) = me.upgrade() {
+                        store.health_checks_initialized(&n, id);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Move a cluster to active; the version it replaces stops health checking.
+    fn make_active(&self, inner: &mut Inner, name: &str, cluster: Arc<Cluster>) {
+        if let Some(w) = inner.warming_clusters.remove(name) {
+            if w.id != cluster.id {
+                w.stop_health_checks();
+            }
+        }
+        if let Some(old) = inner.active_clusters.insert(name.to_string(), cluster) {
+            old.stop_health_checks();
+        }
+    }
+
+    /// The initial health checks of warming cluster `name` (generation `id`) are done.
+    fn health_checks_initialized(&self, name: &str, id: u64) {
+        let mut inner = self.lock();
+        let Some(c) = inner.warming_clusters.get(name).filter(|c| c.id == id).cloned() else { return };
+        self.make_active(&mut inner, name, c);
+        self.publish(&mut inner);
+        self.check_initialized(&inner);
     }
 
     fn apply_routes(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
@@ -900,6 +954,7 @@ mod tests {
                 weight,
                 health_status: model::HealthStatus::Healthy,
                 hostname: String::new(),
+                health_check: Default::default(),
             })
             .collect();
         let cla = model::LoadAssignment {

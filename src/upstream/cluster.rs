@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use pinion_xds::model;
 
-use super::cluster_stats::ClusterStats;
+use super::cluster_stats::{ClusterStats, HealthCheckStats};
 use super::host::{HealthFlags, Host, HostSet};
 use super::lb::{LbContext, LoadBalancer};
 use crate::stats::Store;
@@ -48,6 +48,20 @@ pub struct Cluster {
     pub lb: LoadBalancer,
     /// Upstream TLS (`None`: plaintext).
     pub tls: Option<crate::tls::ClientContext>,
+    /// `health_check.*` stats (clusters with `health_checks` only).
+    pub hc_stats: Option<HealthCheckStats>,
+    /// Bumped on every host-set install, so the health checker sees membership changes
+    /// without polling.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Whether a host set was ever installed (an EDS cluster has none until its first
+    /// assignment): the initial health-check round covers the hosts of the first set.
+    has_host_set: AtomicBool,
+    /// Set when the config no longer uses this cluster (removed, or its replacement is
+    /// active): its health checker stops.
+    hc_stopped: AtomicBool,
+    /// True once every host of the first host set had its first check (at once for
+    /// clusters without health checks): until then the cluster warms, as in Envoy.
+    hc_initialized: tokio::sync::watch::Sender<bool>,
 }
 
 impl Cluster {
@@ -77,6 +91,11 @@ impl Cluster {
             }
         };
         let inherited = previous.and_then(Cluster::adoptable_hosts);
+        let hc_stats = config
+            .health_check
+            .as_ref()
+            .map(|_| HealthCheckStats::new(store, "cluster", "envoy_cluster_name", &config.stat_name));
+        let hc_initialized = tokio::sync::watch::Sender::new(config.health_check.is_none());
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             lb: LoadBalancer::new(config.lb_policy, store.slots()),
@@ -86,6 +105,11 @@ impl Cluster {
             writer: Mutex::new(inherited),
             retired: Arc::new(AtomicBool::new(false)),
             tls,
+            hc_stats,
+            changes: tokio::sync::watch::Sender::new(0),
+            has_host_set: AtomicBool::new(false),
+            hc_stopped: AtomicBool::new(false),
+            hc_initialized,
         });
         if cluster.config.discovery == model::DiscoveryType::Static {
             cluster.set_load_assignment(&cluster.config.load_assignment);
@@ -157,15 +181,28 @@ impl Cluster {
             } else {
                 ep.hostname.clone()
             };
-            let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status);
+            let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status)
+                .with_health_check(&ep.health_check);
+            let checked = self.config.health_check.is_some() && !ep.health_check.disabled;
             // `remove`: the first listing of an address takes the existing host; a duplicate
             // listing gets a host of its own, as every listing did before.
             let host = match known.remove(&addr) {
                 Some(existing) => {
                     existing.update_from(&fresh);
+                    if !checked {
+                        // Active-HC verdicts of a checker this cluster no longer has (or that
+                        // no longer checks this host) would stick forever.
+                        existing.set_flags_masked(HealthFlags::ACTIVE_HC, HealthFlags::empty());
+                    }
                     existing.clone()
                 }
-                None => Arc::new(fresh),
+                None => {
+                    if checked {
+                        // As Envoy: a host starts failed until its first check passes.
+                        fresh.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+                    }
+                    Arc::new(fresh)
+                }
             };
             priorities[p].push(host);
         }
@@ -195,10 +232,52 @@ impl Cluster {
     /// Publish a set (caller holds the writer lock): LB state first, so picks from the new
     /// set find it.
     fn install(&self, set: HostSet) {
+        let (healthy, degraded, excluded) = set.membership();
         self.stats.membership_total.set(set.len() as i64);
-        self.stats.membership_healthy.set(set.healthy_len() as i64);
+        self.stats.membership_healthy.set(healthy as i64);
+        self.stats.membership_degraded.set(degraded as i64);
+        self.stats.membership_excluded.set(excluded as i64);
         self.lb.on_hosts_changed(&set);
         self.hosts.store(Arc::new(set));
+        self.has_host_set.store(true, Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether a host set was ever installed.
+    pub fn has_host_set(&self) -> bool {
+        self.has_host_set.load(Ordering::Relaxed)
+    }
+
+    /// Host-set changes (the value is a change counter).
+    pub fn host_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Stop this cluster's health checker (the config no longer uses the cluster).
+    pub fn stop_health_checks(&self) {
+        self.hc_stopped.store(true, Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Becomes true once the initial health-check round is done (already true without
+    /// health checks).
+    pub fn health_checks_initialized(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.hc_initialized.subscribe()
+    }
+
+    /// Whether the initial health-check round is done.
+    pub fn is_health_check_initialized(&self) -> bool {
+        *self.hc_initialized.borrow()
+    }
+
+    /// The health checker finished its initial round.
+    pub fn set_health_check_initialized(&self) {
+        self.hc_initialized.send_replace(true);
+    }
+
+    /// Whether the health checker should stop: told so, or the cluster was replaced.
+    pub fn health_checks_stopped(&self) -> bool {
+        self.hc_stopped.load(Ordering::Relaxed) || self.is_retired()
     }
 
     /// Current hosts.
@@ -286,6 +365,7 @@ mod tests {
                     weight: e.weight,
                     health_status: e.health,
                     hostname: e.hostname.into(),
+                    health_check: Default::default(),
                 }],
             })
             .collect();

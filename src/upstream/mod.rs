@@ -5,10 +5,12 @@ pub mod cluster_stats;
 pub mod conn_pool;
 pub mod dns;
 pub mod h2_client;
+pub mod health_check;
+pub mod health_checker;
 pub mod host;
 pub mod lb;
 
 pub use cluster::{Cluster, ResolvedEndpoint};
-pub use cluster_stats::ClusterStats;
+pub use cluster_stats::{ClusterStats, HealthCheckStats};
 pub use host::{HealthFlags, Host, HostSet, HostStats, PriorityHosts};
 pub use lb::{LbContext, LoadBalancer};
