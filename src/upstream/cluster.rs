@@ -433,23 +433,25 @@ mod tests {
 
     #[test]
     fn eds_health_update_changes_the_healthy_list() {
-        // (health of host 1 in the second update, healthy hosts after it)
+        // (health of host 1 in the second update, routable hosts after it, Envoy's
+        // membership_healthy / _degraded / _excluded)
         let cases = [
-            (HealthStatus::Healthy, 2),
-            (HealthStatus::Unknown, 2),
-            (HealthStatus::Degraded, 2),
-            (HealthStatus::Unhealthy, 1),
-            (HealthStatus::Draining, 1),
-            (HealthStatus::Timeout, 1),
+            (HealthStatus::Healthy, 2, (2, 0, 0)),
+            (HealthStatus::Degraded, 2, (1, 1, 0)),
+            (HealthStatus::Unhealthy, 1, (1, 0, 0)),
+            (HealthStatus::Draining, 1, (1, 0, 1)),
+            (HealthStatus::Timeout, 1, (1, 0, 0)),
         ];
-        for (health, healthy) in cases {
+        for (health, healthy, (m_healthy, m_degraded, m_excluded)) in cases {
             let c = Cluster::new(eds_config(), &Store::new(1)).unwrap();
             c.set_load_assignment(&assignment(&[ep(1), ep(2)]));
             let h1 = find(&c, 1).unwrap();
             c.set_load_assignment(&assignment(&[Ep { health, ..ep(1) }, ep(2)]));
             assert!(Arc::ptr_eq(&find(&c, 1).unwrap(), &h1));
             assert_eq!(c.hosts().healthy_len(), healthy, "{health:?}");
-            assert_eq!(c.stats.membership_healthy.value(), healthy as i64, "{health:?}");
+            let s = &c.stats;
+            let got = (s.membership_healthy.value(), s.membership_degraded.value(), s.membership_excluded.value());
+            assert_eq!(got, (m_healthy, m_degraded, m_excluded), "{health:?}");
         }
     }
 
@@ -500,7 +502,7 @@ mod tests {
         old.set_load_assignment(&assignment(&[ep(1), ep(2)]));
         let (h1, h2) = (find(&old, 1).unwrap(), find(&old, 2).unwrap());
         serve(&h1, 5);
-        h2.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+        h2.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, true);
         let warming = Cluster::new_replacing(eds_config(), &store, Some(&old)).unwrap();
         assert!(warming.hosts().is_empty());
         assert!(warming.choose_host().is_none());
@@ -512,7 +514,7 @@ mod tests {
         assert!(Arc::ptr_eq(&find(&newest, 2).unwrap(), &h2));
         assert!(old.is_retired());
         assert_eq!(h1.stats.rq_total.load(Ordering::Relaxed), 5);
-        assert_eq!(newest.hosts().healthy_len(), 2, "host 2 keeps its failed active HC");
+        assert_eq!(newest.hosts().healthy_len(), 2, "host 2 keeps its outlier ejection");
 
         // Adoption happens once: an address that comes back later is a new host.
         newest.set_load_assignment(&assignment(&[ep(1)]));
@@ -556,5 +558,38 @@ mod tests {
         let c = Cluster::new(static_config(&[1, 2], "1s"), &Store::new(1)).unwrap();
         assert!(c.choose_host_with(&LbContext::with_hash(42)).is_some());
         assert!(c.choose_host().is_some());
+    }
+
+    fn hc_config(extra: &str) -> Arc<model::Cluster> {
+        config(&format!(
+            "name: svc\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: {{ eds_config: {{ ads: {{}} }} }}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn health_checked_hosts_start_failed_and_unchecked_clusters_drop_active_hc_flags() {
+        let store = Store::new(1);
+        let hc = "health_checks: [{ timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {} }]\n";
+        let c = Cluster::new(hc_config(hc), &store).unwrap();
+        assert!(!c.is_health_check_initialized());
+        let mut disabled = assignment(&[ep(1), ep(2)]);
+        disabled.localities[1].endpoints[0].health_check.disabled = true;
+        c.set_load_assignment(&disabled);
+        let (h1, h2) = (find(&c, 1).unwrap(), find(&c, 2).unwrap());
+        assert_eq!(h1.health_flags(), HealthFlags::FAILED_ACTIVE_HC, "new hosts wait for their first check");
+        assert_eq!(h2.health_flags(), HealthFlags::empty(), "disable_active_health_check");
+        assert_eq!(c.hosts().healthy_len(), 1);
+        // A host that passed keeps its state across updates (no new FAILED_ACTIVE_HC).
+        h1.set_flag(HealthFlags::FAILED_ACTIVE_HC, false);
+        c.set_load_assignment(&disabled);
+        assert_eq!(h1.health_flags(), HealthFlags::empty());
+        h1.set_flag(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::ACTIVE_HC_TIMEOUT, true);
+
+        // A replacement without health checks adopts the host without its active-HC verdict.
+        let plain = Cluster::new_replacing(eds_config(), &store, Some(&c)).unwrap();
+        assert!(plain.is_health_check_initialized());
+        plain.set_load_assignment(&assignment(&[ep(1)]));
+        assert!(Arc::ptr_eq(&find(&plain, 1).unwrap(), &h1));
+        assert_eq!(h1.health_flags(), HealthFlags::empty());
     }
 }

@@ -466,8 +466,11 @@ mod tests {
             ),
             (
                 HealthFlags::all(),
-                "/failed_active_hc/failed_outlier_check/failed_eds_health/degraded_eds_health/pending_dynamic_removal",
+                "/failed_active_hc/failed_outlier_check/failed_eds_health/degraded_active_hc/degraded_eds_health\
+                 /pending_dynamic_removal/pending_active_hc/excluded_via_immediate_hc_fail/active_hc_timeout\
+                 /eds_status_draining",
             ),
+            (HealthFlags::FAILED_ACTIVE_HC | HealthFlags::ACTIVE_HC_TIMEOUT, "/failed_active_hc/active_hc_timeout"),
         ];
         for (flags, text) in cases {
             let h = host(1, 1, HealthStatus::Healthy);
@@ -483,7 +486,7 @@ mod tests {
             (HealthStatus::Healthy, HealthFlags::empty(), true),
             (HealthStatus::Degraded, HealthFlags::DEGRADED_EDS_HEALTH, true),
             (HealthStatus::Unhealthy, HealthFlags::FAILED_EDS_HEALTH, false),
-            (HealthStatus::Draining, HealthFlags::FAILED_EDS_HEALTH, false),
+            (HealthStatus::Draining, HealthFlags::EDS_STATUS_DRAINING, false),
             (HealthStatus::Timeout, HealthFlags::FAILED_EDS_HEALTH, false),
         ];
         for (status, flags, healthy) in cases {
