@@ -8,7 +8,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pinion_xds::model::GrpcHealthCheck;
 
-use super::{apply_headers, Driver, Target, Verdict, USER_AGENT};
+use super::probe::{apply_headers, Driver, Target, Verdict, USER_AGENT};
 
 /// `grpc.health.v1.HealthCheckRequest`.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,7 +7,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pinion_xds::model::{HealthCheckCodec, HttpHealthCheck};
 
-use super::{apply_headers, in_ranges, Driver, Target, Verdict, USER_AGENT};
+use super::probe::{apply_headers, in_ranges, Driver, Target, Verdict, USER_AGENT};
 use crate::upstream::health_checker::{CheckResult, Failure};
 
 enum Sender {
@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn responses_are_judged_as_envoy() {
         let fail = |retriable, exclude| CheckResult::Failure { kind: Failure::Active, retriable, exclude };
-        let cases: &[(u16, &[(&str, &str)], CheckResult)] = &[
+        type Case<'a> = (u16, &'a [(&'a str, &'a str)], CheckResult);
+        let cases: &[Case] = &[
             (200, &[], CheckResult::Success { degraded: false }),
             (200, &[("x-envoy-degraded", "")], CheckResult::Success { degraded: true }),
             // The immediate-fail header only matters on a failing status.

@@ -11,25 +11,22 @@
 
 mod grpc;
 mod http;
+mod probe;
 mod tcp;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use pinion_xds::model::{self, HealthChecker};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use self::probe::{Target, Verdict};
 use super::cluster::Cluster;
 use super::cluster_stats::HealthCheckStats;
 use super::health_checker::{self as sm, CheckResult, Failure, Session};
 use super::host::{HealthFlags, Host};
-
-/// Envoy's `User-Agent` of HTTP and gRPC health checks.
-const USER_AGENT: &str = "Envoy/HC";
 
 /// Hook for outlier detection (Envoy's `successful_active_health_check_uneject_host`): called
 /// on the main thread after every passed active check of `host`. Outlier detection is not
@@ -206,69 +203,6 @@ impl Probe {
     }
 }
 
-/// What a probe needs to reach one host.
-struct Target<'a> {
-    cluster: &'a Cluster,
-    host: &'a Host,
-    cfg: &'a model::HealthCheck,
-}
-
-impl Target<'_> {
-    /// Host header / `:authority`: the endpoint's `health_check_config.hostname`, else the
-    /// checker's configured host, else the cluster name (Envoy's order).
-    fn hostname(&self, configured: &str) -> String {
-        let hc = self.host.health_check_config();
-        if !hc.hostname.is_empty() {
-            hc.hostname
-        } else if !configured.is_empty() {
-            configured.to_string()
-        } else {
-            self.cluster.config.name.clone()
-        }
-    }
-
-    /// Whether connections use the cluster's TLS.
-    fn is_tls(&self) -> bool {
-        self.cluster.tls.is_some()
-    }
-
-    /// Connect to the host's health-check address with the cluster's transport socket.
-    async fn connect(&self, alpn: crate::tls::Alpn) -> std::io::Result<crate::tls::Io> {
-        let addr: SocketAddr = self.host.health_check_address();
-        let tcp = TcpStream::connect(addr).await?;
-        let _ = tcp.set_nodelay(true);
-        match &self.cluster.tls {
-            None => Ok(crate::tls::Io::Plain(tcp)),
-            Some(tls) => tls.connect(tcp, alpn, self.cfg.timeout).await,
-        }
-    }
-}
-
-/// A probe's answer: the result, plus whether a service-name check ran
-/// (`health_check.verify_cluster`).
-struct Verdict {
-    result: CheckResult,
-    verified_cluster: bool,
-}
-
-impl Verdict {
-    fn of(result: CheckResult) -> Self {
-        Verdict { result, verified_cluster: false }
-    }
-
-    fn network() -> Self {
-        Verdict::of(CheckResult::Failure { kind: Failure::Network, retriable: false, exclude: false })
-    }
-
-    fn active() -> Self {
-        Verdict::of(CheckResult::Failure { kind: Failure::Active, retriable: false, exclude: false })
-    }
-
-    fn passed() -> Self {
-        Verdict::of(CheckResult::Success { degraded: false })
-    }
-}
-
 struct SessionTask {
     cluster: Weak<Cluster>,
     host: Arc<Host>,
@@ -372,66 +306,5 @@ impl SessionTask {
             || s.upstream_cx_tx_bytes_total.value() > 0
             || s.upstream_cx_rx_bytes_total.value() > 0;
         sm::interval(&self.cfg, passed, out.transition, has_traffic, rand)
-    }
-}
-
-/// Whether `status` is in one of the half-open `ranges`.
-fn in_ranges(status: u16, ranges: &[(u16, u16)]) -> bool {
-    ranges.iter().any(|&(start, end)| status >= start && status < end)
-}
-
-/// Apply plain-valued header additions and removals (removals first, as Envoy).
-fn apply_headers(headers: &mut ::http::HeaderMap, add: &[model::HeaderValueOption], remove: &[String]) {
-    use ::http::HeaderValue;
-    use model::AppendAction as A;
-    for name in remove {
-        headers.remove(name.as_str());
-    }
-    for opt in add {
-        if opt.value.is_empty() && !opt.keep_empty_value {
-            continue;
-        }
-        let Ok(v) = HeaderValue::from_str(&opt.value) else { continue };
-        match opt.append_action {
-            A::AppendIfExistsOrAdd => {
-                headers.append(opt.name.clone(), v);
-            }
-            A::AddIfAbsent => {
-                if !headers.contains_key(&opt.name) {
-                    headers.insert(opt.name.clone(), v);
-                }
-            }
-            A::OverwriteIfExistsOrAdd => {
-                headers.insert(opt.name.clone(), v);
-            }
-            A::OverwriteIfExists => {
-                if headers.contains_key(&opt.name) {
-                    headers.insert(opt.name.clone(), v);
-                }
-            }
-        }
-    }
-}
-
-/// A spawned connection driver, stopped when dropped.
-struct Driver(JoinHandle<()>);
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_ranges_are_half_open() {
-        let r = [(200, 201), (500, 504)];
-        assert!(in_ranges(200, &r));
-        assert!(!in_ranges(201, &r));
-        assert!(in_ranges(503, &r));
-        assert!(!in_ranges(504, &r));
     }
 }

@@ -6,7 +6,7 @@ use futures_util::FutureExt;
 use pinion_xds::model::TcpHealthCheck;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Target, Verdict};
+use super::probe::{Target, Verdict};
 
 /// A session's TCP connection and what it has read since the last match.
 #[derive(Default)]

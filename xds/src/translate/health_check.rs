@@ -227,7 +227,7 @@ fn http(h: &core::health_check::HttpHealthCheck) -> ConfigResult<model::HttpHeal
 /// Decode Envoy's hex payload text: pairs of hex digits, any case; anything else (odd
 /// length, a non-hex character, nothing at all) is Envoy's "invalid hex string".
 fn hex(text: &str) -> Option<Vec<u8>> {
-    if text.is_empty() || text.len() % 2 != 0 {
+    if text.is_empty() || !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len()).step_by(2).map(|i| text.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok())).collect()
