@@ -80,6 +80,13 @@ pub struct Outcome {
     pub transition: Transition,
     /// `health_check.success` / `failure` / `network_failure` / `passive_failure` to add.
     pub counts: Counts,
+    /// Change of the `health_check.healthy` gauge (the host left or joined failed active HC).
+    pub healthy_delta: i64,
+    /// Change of the `health_check.degraded` gauge: +1 when the host becomes degraded, and
+    /// nothing when it stops being degraded. That is Envoy 1.40's accounting (`handleSuccess`
+    /// clears `DEGRADED_ACTIVE_HC` without `decDegraded()`); the gauge only goes down when
+    /// the session of a degraded host ends. Kept, so the gauge reads as Envoy's.
+    pub degraded_delta: i64,
 }
 
 /// Counter increments of one result (0 or 1 each).
@@ -95,8 +102,9 @@ pub struct Counts {
     pub passive_failure: u64,
 }
 
-/// What a host contributes to the `health_check.healthy` and `health_check.degraded`
-/// gauges while it is checked: not failing active HC, degraded by active HC.
+/// What a host adds to the `health_check.healthy` and `health_check.degraded` gauges when
+/// its session starts, and takes back when it ends: not failing active HC, degraded by
+/// active HC (Envoy's session constructor and `onDeferredDeleteBase`).
 pub fn gauge_contribution(flags: HealthFlags) -> (i64, i64) {
     (
         i64::from(!flags.contains(HealthFlags::FAILED_ACTIVE_HC)),
@@ -140,6 +148,7 @@ impl Session {
 
     /// Apply one result to a host with `flags` (Envoy's `handleSuccess` / `setUnhealthy`).
     pub fn record(&mut self, cfg: &HealthCheck, flags: HealthFlags, result: CheckResult) -> Outcome {
+        let before = flags;
         let mut flags = flags;
         let mut counts = Counts::default();
         let transition = match result {
@@ -204,7 +213,11 @@ impl Session {
             }
         };
         self.first_check = false;
-        Outcome { flags, transition, counts }
+        let failed = |f: HealthFlags| f.contains(HealthFlags::FAILED_ACTIVE_HC);
+        let healthy_delta = i64::from(failed(before)) - i64::from(failed(flags));
+        let degraded = |f: HealthFlags| f.contains(HealthFlags::DEGRADED_ACTIVE_HC);
+        let degraded_delta = i64::from(degraded(flags) && !degraded(before));
+        Outcome { flags, transition, counts, healthy_delta, degraded_delta }
     }
 }
 
@@ -439,6 +452,21 @@ mod tests {
         for (r, want) in cases {
             assert_eq!(Session::new().record(&c, NONE, r).counts, want, "{r:?}");
         }
+    }
+
+    #[test]
+    fn gauge_deltas_follow_envoy() {
+        let c = cfg(1, 1);
+        let delta = |flags, r| {
+            let o = Session::new().record(&c, flags, r);
+            (o.healthy_delta, o.degraded_delta)
+        };
+        assert_eq!(delta(F, OK), (1, 0));
+        assert_eq!(delta(NONE, ACTIVE), (-1, 0));
+        assert_eq!(delta(NONE, OK), (0, 0));
+        assert_eq!(delta(F, DEGRADED), (1, 1));
+        // Envoy 1.40 does not decrement the degraded gauge when a host stops being degraded.
+        assert_eq!(delta(HealthFlags::DEGRADED_ACTIVE_HC, OK), (0, 0));
     }
 
     #[test]

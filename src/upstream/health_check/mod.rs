@@ -15,7 +15,7 @@ mod probe;
 mod tcp;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use pinion_xds::model::{self, HealthChecker};
@@ -57,9 +57,6 @@ pub fn start(cluster: &Arc<Cluster>) {
 struct Entry {
     host: Arc<Host>,
     task: JoinHandle<()>,
-    /// What this session adds to `health_check.healthy` / `.degraded` right now; taken back
-    /// when the session ends, so the gauges only count live sessions.
-    contribution: Arc<Mutex<(i64, i64)>>,
 }
 
 /// Identity of a host (hosts are shared `Arc`s, kept across updates).
@@ -96,7 +93,7 @@ impl Checker {
         }
         for (_, e) in self.sessions.drain() {
             e.task.abort();
-            take_back(&self.stats, &e.contribution);
+            take_back(&self.stats, &e.host);
         }
     }
 
@@ -109,7 +106,7 @@ impl Checker {
         for k in gone {
             if let Some(e) = self.sessions.remove(&k) {
                 e.task.abort();
-                take_back(&self.stats, &e.contribution);
+                take_back(&self.stats, &e.host);
                 tracing::debug!(cluster = %cluster.config.name, host = %e.host.address, "health check session ended");
             }
             // A host removed before its first result no longer holds up initialization.
@@ -122,18 +119,16 @@ impl Checker {
             let (h, d) = sm::gauge_contribution(host.health_flags());
             self.stats.healthy.add(h);
             self.stats.degraded.add(d);
-            let contribution = Arc::new(Mutex::new((h, d)));
             let session = SessionTask {
                 cluster: self.cluster.clone(),
                 host: Arc::clone(host),
                 cfg: self.cfg.clone(),
                 stats: self.stats.clone(),
-                contribution: contribution.clone(),
                 first_tx: first_tx.clone(),
                 key: *k,
             };
             let task = tokio::spawn(session.run());
-            self.sessions.insert(*k, Entry { host: Arc::clone(host), task, contribution });
+            self.sessions.insert(*k, Entry { host: Arc::clone(host), task });
         }
         if self.initial.is_none() && cluster.has_host_set() {
             self.initial = Some(current.keys().copied().collect());
@@ -160,8 +155,9 @@ impl Checker {
     }
 }
 
-fn take_back(stats: &HealthCheckStats, contribution: &Mutex<(i64, i64)>) {
-    let (h, d) = *contribution.lock().unwrap_or_else(|e| e.into_inner());
+/// A session ends: take back what its host adds to the gauges now.
+fn take_back(stats: &HealthCheckStats, host: &Host) {
+    let (h, d) = sm::gauge_contribution(host.health_flags());
     stats.healthy.add(-h);
     stats.degraded.add(-d);
 }
@@ -208,7 +204,6 @@ struct SessionTask {
     host: Arc<Host>,
     cfg: Arc<model::HealthCheck>,
     stats: HealthCheckStats,
-    contribution: Arc<Mutex<(i64, i64)>>,
     first_tx: mpsc::UnboundedSender<usize>,
     key: usize,
 }
@@ -276,13 +271,9 @@ impl SessionTask {
             }
         }
         let passed = matches!(verdict.result, CheckResult::Success { .. });
+        self.stats.healthy.add(out.healthy_delta);
+        self.stats.degraded.add(out.degraded_delta);
         if self.host.set_flags_masked(HealthFlags::ACTIVE_HC, out.flags) {
-            let (h, d) = sm::gauge_contribution(out.flags);
-            let mut contribution = self.contribution.lock().unwrap_or_else(|e| e.into_inner());
-            self.stats.healthy.add(h - contribution.0);
-            self.stats.degraded.add(d - contribution.1);
-            *contribution = (h, d);
-            drop(contribution);
             cluster.recompute_health();
             if before.contains(HealthFlags::FAILED_ACTIVE_HC) != out.flags.contains(HealthFlags::FAILED_ACTIVE_HC) {
                 let verb = if passed { "healthy" } else { "unhealthy" };
