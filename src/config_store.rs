@@ -1016,4 +1016,50 @@ mod tests {
         store.apply(cds("4", "1s"));
         assert!(!Arc::ptr_eq(&host(&snapshot, 1).unwrap(), &h1));
     }
+
+    /// A CDS cluster with health checks warms until every host had its first check, then
+    /// becomes active (Envoy's cluster warming); removing it stops its checker.
+    #[tokio::test]
+    async fn cds_clusters_with_health_checks_warm_until_the_first_checks() {
+        let (store, snapshot) = store();
+        // A port nothing listens on: the first check fails fast (connection refused).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let yaml = format!(
+            "name: svc\ntype: STATIC\nconnect_timeout: 1s\nload_assignment:\n  cluster_name: svc\n  endpoints:\n  - lb_endpoints:\n    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\nhealth_checks: [{{ timeout: 1s, interval: 60s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}} }}]\n"
+        );
+        let proto: ClusterProto = message_from_str(&yaml, Format::Yaml, &DecodeOptions::default()).unwrap();
+        let cfg = pinion_xds::translate::cluster(&proto).unwrap();
+        let u = ResourceUpdate {
+            name: "svc".into(),
+            version: "1".into(),
+            resource: Resource::Cluster(Arc::new(cfg)),
+            raw: bytes::Bytes::from(yaml),
+        };
+        store.apply(Update {
+            type_: ResourceType::Cluster,
+            updated: vec![u],
+            removed: Vec::new(),
+            version: "1".into(),
+        });
+        assert!(!snapshot.load().clusters.contains_key("svc"), "warming until the first checks");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !snapshot.load().clusters.contains_key("svc") {
+            assert!(std::time::Instant::now() < deadline, "never warmed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let c = snapshot.load().clusters["svc"].clone();
+        assert_eq!(c.hosts().all().next().unwrap().health_flags_text(), "/failed_active_hc");
+        let stats = c.hc_stats.clone().unwrap();
+        assert_eq!((stats.attempt.value(), stats.network_failure.value()), (1, 1));
+        store.apply(Update {
+            type_: ResourceType::Cluster,
+            updated: Vec::new(),
+            removed: vec!["svc".into()],
+            version: "2".into(),
+        });
+        assert!(c.health_checks_stopped());
+    }
 }
