@@ -826,9 +826,17 @@ impl ConfigSink for ConfigStore {
             ResourceType::ClusterLoadAssignment => {
                 inner.gave_up.insert(type_);
                 inner.static_eds_waiting.clear();
+                // EDS clusters still without endpoints initialize empty, as in Envoy: there is
+                // no first host set for their health checks to wait for (the server's
+                // readiness waits on the static ones).
+                for c in inner.static_clusters.values().chain(inner.warming_clusters.values()) {
+                    if !c.has_host_set() {
+                        c.set_health_check_initialized();
+                    }
+                }
                 let warming: Vec<(String, Arc<Cluster>)> = inner.warming_clusters.drain().collect();
                 for (n, c) in warming {
-                    inner.active_clusters.insert(n, c);
+                    self.make_active(&mut inner, &n, c);
                 }
             }
             ResourceType::RouteConfiguration => {
