@@ -478,16 +478,21 @@ fn clusters_json(state: &ServerState) -> Value {
                             }
                         })
                         .collect();
-                    let mut health = json!({ "eds_health_status": "HEALTHY" });
                     let flags = h.health_flags();
-                    if flags.contains(HealthFlags::FAILED_EDS_HEALTH) {
-                        health["eds_health_status"] = json!("UNHEALTHY");
-                    }
-                    if flags.contains(HealthFlags::FAILED_OUTLIER_CHECK) {
-                        health["failed_outlier_check"] = json!(true);
-                    }
-                    if flags.contains(HealthFlags::FAILED_ACTIVE_HC) {
-                        health["failed_active_health_check"] = json!(true);
+                    let mut health = json!({ "eds_health_status": flags.eds_status_name() });
+                    // Envoy's `HostHealthStatus` fields, one per flag it reports.
+                    for (flag, key) in [
+                        (HealthFlags::FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+                        (HealthFlags::FAILED_ACTIVE_HC, "failed_active_health_check"),
+                        (HealthFlags::DEGRADED_ACTIVE_HC, "failed_active_degraded_check"),
+                        (HealthFlags::PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
+                        (HealthFlags::PENDING_ACTIVE_HC, "pending_active_hc"),
+                        (HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
+                        (HealthFlags::ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+                    ] {
+                        if flags.contains(flag) {
+                            health[key] = json!(true);
+                        }
                     }
                     let loc = h.locality().unwrap_or_default();
                     let mut host = json!({

@@ -24,7 +24,7 @@ use crate::server_state::{ServerState, ServerStateKind};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
 use crate::upstream::outlier_detector::{self, EventLog};
-use crate::upstream::{dns, Cluster};
+use crate::upstream::{dns, health_check, Cluster};
 use crate::worker::{self, WorkerHandle};
 
 /// Deep-merge `over` into `base` (Envoy merges `--config-yaml` over `-c`: messages merge,
@@ -315,7 +315,12 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             dns::spawn_refresher(c);
         }
         outlier_detector::spawn(c, outlier_events.as_ref());
+        health_check::start(c);
     }
+    // Envoy initializes a cluster with health checks only once each of its hosts had a first
+    // check: the server is not LIVE before that.
+    let hc_initialized: Vec<watch::Receiver<bool>> =
+        snapshot.clusters.values().map(|c| c.health_checks_initialized()).collect();
     let (drain_tx, drain_rx) = watch::channel(false);
     let listeners = snapshot.listeners.clone();
     shared.store(Arc::new(snapshot));
@@ -407,14 +412,21 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             }
         }
     }
-    // Envoy's init manager: LIVE only once the initial xDS fetches (and warming) are done.
-    if let Some(mut init) = initialized {
+    // Envoy's init manager: LIVE only once the static clusters' initial health checks and the
+    // initial xDS fetches (and warming) are done.
+    if initialized.is_some() || hc_initialized.iter().any(|r| !*r.borrow()) {
         let state = state.clone();
         tokio::spawn(async move {
-            let _ = init.wait_for(|done| *done).await;
+            for mut r in hc_initialized {
+                let _ = r.wait_for(|done| *done).await;
+            }
+            if let Some(mut init) = initialized {
+                let _ = init.wait_for(|done| *done).await;
+                tracing::info!("initial xDS configuration received");
+            }
             if state.state() == ServerStateKind::Initializing {
                 state.set_state(ServerStateKind::Live);
-                tracing::info!("initial xDS configuration received; server is live");
+                tracing::info!("server is live");
             }
         });
     } else {

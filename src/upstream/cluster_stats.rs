@@ -40,6 +40,8 @@ const CLUSTER_STATS: &[(&str, bool)] = &[
     ("upstream_cx_overflow", false),
     ("upstream_cx_pool_overflow", false),
     ("upstream_rq_retry_overflow", false),
+    ("membership_degraded", true),
+    ("membership_excluded", true),
 ];
 
 /// Envoy's cluster stats (`cluster.<name>.*`).
@@ -102,6 +104,10 @@ pub struct ClusterStats {
     pub upstream_cx_pool_overflow: Counter,
     /// `upstream_rq_retry_overflow`: a retry refused by `max_retries` or the retry budget.
     pub upstream_rq_retry_overflow: Counter,
+    /// `membership_degraded`.
+    pub membership_degraded: Gauge,
+    /// `membership_excluded`.
+    pub membership_excluded: Gauge,
     /// `upstream_rq_<code>`, created on first use.
     codes: Arc<OnceLock<Box<[OnceLock<Counter>]>>>,
     store: Store,
@@ -140,6 +146,8 @@ impl ClusterStats {
             upstream_cx_overflow: g.counter(29),
             upstream_cx_pool_overflow: g.counter(30),
             upstream_rq_retry_overflow: g.counter(31),
+            membership_degraded: g.gauge(32),
+            membership_excluded: g.gauge(33),
             upstream_rq_xx: [g.counter(17), g.counter(18), g.counter(19), g.counter(20), g.counter(21)],
             codes: Arc::new(OnceLock::new()),
             store: store.clone(),
@@ -168,5 +176,29 @@ impl ClusterStats {
                 )
             })
             .inc();
+    }
+}
+
+crate::stats_struct! {
+    /// Active health checking stats of a cluster (`cluster.<name>.health_check.*`), registered
+    /// only for clusters with `health_checks`, as in Envoy.
+    #[derive(Clone)]
+    pub struct HealthCheckStats {
+        /// `health_check.attempt`.
+        attempt: Counter = "health_check.attempt",
+        /// `health_check.success`.
+        success: Counter = "health_check.success",
+        /// `health_check.failure`.
+        failure: Counter = "health_check.failure",
+        /// `health_check.passive_failure`.
+        passive_failure: Counter = "health_check.passive_failure",
+        /// `health_check.network_failure`.
+        network_failure: Counter = "health_check.network_failure",
+        /// `health_check.verify_cluster`.
+        verify_cluster: Counter = "health_check.verify_cluster",
+        /// `health_check.healthy`: checked hosts not failing active HC.
+        healthy: Gauge = "health_check.healthy",
+        /// `health_check.degraded`: checked hosts degraded by active HC.
+        degraded: Gauge = "health_check.degraded",
     }
 }

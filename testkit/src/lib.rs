@@ -6,6 +6,7 @@ pub mod backend;
 pub mod client;
 pub mod gate;
 pub mod grpc;
+pub mod health;
 pub mod mesh;
 pub mod process;
 
@@ -19,4 +20,5 @@ pub use grpc::{
     grpc_bidi_echo, grpc_unary, grpc_unary_with, grpc_unary_with_metadata, spawn_grpc_backend, GrpcBackend,
     GrpcBidiReply, GrpcUnaryReply,
 };
+pub use health::{HealthBackend, TcpBackend};
 pub use process::{free_port, http_get_blocking, terminate, ProxyKind, ProxyProcess};

@@ -216,11 +216,6 @@ fn unsupported_cluster_features() {
     assert!(err.reason.contains("RING_HASH"), "{err}");
 
     let mut cl = static_cluster("svc", vec![]);
-    cl.health_checks = vec![core::HealthCheck::default()];
-    let err = cluster(&cl).unwrap_err();
-    assert_eq!(err.to_string(), "health_checks: unsupported: health_checks is not supported by pinion");
-
-    let mut cl = static_cluster("svc", vec![]);
     // A TLS socket without typed_config is an empty UpstreamTlsContext, as in Envoy: TLS with
     // no client certificate and no peer verification.
     cl.transport_socket = Some(core::TransportSocket { name: "envoy.transport_sockets.tls".into(), config_type: None });

@@ -44,6 +44,8 @@ pub struct Cluster {
     pub transport_socket: Option<std::sync::Arc<super::UpstreamTlsContext>>,
     /// `outlier_detection` (`None`: no detector, as in Envoy).
     pub outlier_detection: Option<OutlierDetection>,
+    /// `health_checks` (at most one): active health checking.
+    pub health_check: Option<HealthCheck>,
 }
 
 /// `envoy.config.cluster.v3.OutlierDetection` with Envoy's defaults applied (the
@@ -133,6 +135,116 @@ impl Default for OutlierDetection {
     }
 }
 
+/// `envoy.config.core.v3.HealthCheck`, with Envoy's defaults resolved.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// `timeout` of one check (connect included).
+    pub timeout: Duration,
+    /// `interval` between checks of a host.
+    pub interval: Duration,
+    /// `initial_jitter` (0 = the first check runs at once).
+    pub initial_jitter: Duration,
+    /// `interval_jitter` (added at random, up to this).
+    pub interval_jitter: Duration,
+    /// `interval_jitter_percent` (of the base interval, added at random).
+    pub interval_jitter_percent: u32,
+    /// `unhealthy_threshold`: network failures (or retriable ones) in a row that fail a host.
+    pub unhealthy_threshold: u32,
+    /// `healthy_threshold`: successes in a row that bring a failed host back.
+    pub healthy_threshold: u32,
+    /// `reuse_connection` (default true).
+    pub reuse_connection: bool,
+    /// `no_traffic_interval` (default 60s): the interval while the cluster has had no traffic.
+    pub no_traffic_interval: Duration,
+    /// `no_traffic_healthy_interval` (default: `no_traffic_interval`).
+    pub no_traffic_healthy_interval: Duration,
+    /// `unhealthy_interval` (default: `interval`).
+    pub unhealthy_interval: Duration,
+    /// `unhealthy_edge_interval` (default: `unhealthy_interval`).
+    pub unhealthy_edge_interval: Duration,
+    /// `healthy_edge_interval` (default: `interval`).
+    pub healthy_edge_interval: Duration,
+    /// `always_log_health_check_failures` (only changes the log level of failures).
+    pub always_log_health_check_failures: bool,
+    /// What a check sends and expects.
+    pub checker: HealthChecker,
+}
+
+/// `HealthCheck.health_checker`.
+#[derive(Debug, Clone)]
+pub enum HealthChecker {
+    /// `http_health_check`.
+    Http(HttpHealthCheck),
+    /// `tcp_health_check`.
+    Tcp(TcpHealthCheck),
+    /// `grpc_health_check`.
+    Grpc(GrpcHealthCheck),
+}
+
+/// `HealthCheck.HttpHealthCheck`.
+#[derive(Debug, Clone)]
+pub struct HttpHealthCheck {
+    /// `host` (empty: the endpoint's `health_check_config.hostname`, else the cluster name).
+    pub host: String,
+    /// `path`.
+    pub path: String,
+    /// `method` (default GET).
+    pub method: http::Method,
+    /// `request_headers_to_add` (plain values only).
+    pub request_headers_to_add: Vec<super::HeaderValueOption>,
+    /// `request_headers_to_remove` (lowercased).
+    pub request_headers_to_remove: Vec<String>,
+    /// `expected_statuses` as half-open `[start, end)` ranges (default `[200, 201)`).
+    pub expected_statuses: Vec<(u16, u16)>,
+    /// `retriable_statuses` as half-open ranges.
+    pub retriable_statuses: Vec<(u16, u16)>,
+    /// `codec_client_type`.
+    pub codec: HealthCheckCodec,
+    /// `service_name_matcher`: matched against `x-envoy-upstream-healthchecked-cluster`.
+    pub service_name_matcher: Option<super::StringMatcher>,
+}
+
+/// `envoy.type.v3.CodecClientType` of an HTTP health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheckCodec {
+    /// `HTTP1` (default).
+    Http1,
+    /// `HTTP2` (prior knowledge on plaintext).
+    Http2,
+}
+
+/// `HealthCheck.TcpHealthCheck`.
+#[derive(Debug, Clone, Default)]
+pub struct TcpHealthCheck {
+    /// Bytes written after connecting (decoded `send.text`); only sent when `receive` is set.
+    pub send: Vec<u8>,
+    /// Segments that must appear in order in what the host sends back (empty: connecting is
+    /// the check).
+    pub receive: Vec<Vec<u8>>,
+}
+
+/// `HealthCheck.GrpcHealthCheck`: `grpc.health.v1.Health/Check`.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcHealthCheck {
+    /// `service_name` (None: the field is left out of the request).
+    pub service_name: Option<String>,
+    /// `authority` (empty: as the HTTP check's host).
+    pub authority: String,
+    /// `initial_metadata` (plain values only).
+    pub initial_metadata: Vec<super::HeaderValueOption>,
+}
+
+/// `Endpoint.health_check_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointHealthCheck {
+    /// `port_value` (0: the endpoint's port).
+    pub port: u16,
+    /// `hostname`: the Host/authority of HTTP and gRPC checks of this endpoint.
+    pub hostname: String,
+    /// `disable_active_health_check`.
+    pub disabled: bool,
+}
+
 /// `Cluster.DiscoveryType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiscoveryType {
@@ -218,6 +330,8 @@ pub struct Endpoint {
     pub health_status: HealthStatus,
     /// `endpoint.hostname` (used by `auto_host_rewrite`).
     pub hostname: String,
+    /// `endpoint.health_check_config`.
+    pub health_check: EndpointHealthCheck,
 }
 
 /// An endpoint address: resolved, or a DNS name for STRICT_DNS/LOGICAL_DNS.

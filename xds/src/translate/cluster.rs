@@ -64,8 +64,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
-        // Only matters with active health checking, which is rejected.
-        ignore_health_on_host_removal: _,
+        ignore_health_on_host_removal,
         filters,
         load_balancing_policy,
         lrs_server,
@@ -85,7 +84,6 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     reject_set(transport_socket_matches, "transport_socket_matches")?;
     reject_set(transport_socket_matcher, "transport_socket_matcher")?;
     reject_set(per_connection_buffer_high_watermark_timeout, "per_connection_buffer_high_watermark_timeout")?;
-    reject_set(health_checks, "health_checks")?;
     reject_set(upstream_http_protocol_options, "upstream_http_protocol_options")?;
     reject_set(dns_jitter, "dns_jitter")?;
     reject_set(respect_dns_ttl, "respect_dns_ttl")?;
@@ -97,6 +95,9 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         Some(od) => Some(outlier(od).map_err(at("outlier_detection"))?),
     };
     reject_set(upstream_bind_config, "upstream_bind_config")?;
+    // Keeping hosts EDS removed while they pass active health checks
+    // (`/pending_dynamic_removal`) is not implemented.
+    reject_set(ignore_health_on_host_removal, "ignore_health_on_host_removal")?;
     reject_set(lb_subset_config, "lb_subset_config")?;
     reject_set(common_lb_config, "common_lb_config")?;
     reject_set(upstream_connection_options, "upstream_connection_options")?;
@@ -229,6 +230,16 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     {
         protocol = model::UpstreamProtocol::UseDownstream;
     }
+    let health_check =
+        super::health_check::health_checks(health_checks, name, protocol == model::UpstreamProtocol::Http2)?;
+    if health_check.is_some() && *close_connections_on_host_health_failure {
+        // Closing every worker's pooled connections to a host that fails a check is not
+        // implemented: refuse rather than keep using them.
+        return Err(ConfigError::unsupported(
+            "close_connections_on_host_health_failure",
+            "close_connections_on_host_health_failure with health_checks is not supported by pinion",
+        ));
+    }
     let mut max_requests = common.max_requests_per_connection;
     if let Some(m) = max_requests_per_connection {
         if common.max_requests_per_connection != 0 {
@@ -262,6 +273,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         close_connections_on_host_health_failure: *close_connections_on_host_health_failure,
         transport_socket,
         outlier_detection,
+        health_check,
     })
 }
 

@@ -759,7 +759,7 @@ pub(crate) fn header_mutations(
     })
 }
 
-fn headers_to_remove(names: &[String]) -> ConfigResult<Vec<String>> {
+pub(crate) fn headers_to_remove(names: &[String]) -> ConfigResult<Vec<String>> {
     let mut out = Vec::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
         let p = format!("[{i}]");
