@@ -120,13 +120,16 @@ enum Checkout {
 impl ConnPools {
     /// Send `req` to `host` of `cluster` over `protocol`, reusing a pooled connection when one
     /// is free. Returns the response (headers; body streams) and the stream slot to hold
-    /// until the body is done.
+    /// until the body is done. `connected` is set once the request has a connection (Envoy's
+    /// "pool ready": per-try timers start then, and a reset after it is no longer one
+    /// "before request").
     pub async fn send(
         &self,
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         protocol: Protocol,
         mut req: Request<RequestBody>,
+        connected: &Cell<bool>,
     ) -> Result<(http::Response<UpstreamBody>, StreamSlot), UpstreamError> {
         let key = PoolKey { cluster_id: cluster.id, addr: host.address, protocol };
         // One retry on a fresh connection when a pooled one turns out dead before the request
@@ -145,29 +148,35 @@ impl ConnPools {
                 }
             };
             match checkout {
-                Checkout::H1(mut sender, requests) => match sender.try_send_request(req).await {
-                    Ok(resp) => {
-                        self.checkin_h1(key, cluster, sender, requests + 1);
-                        return Ok((resp.map(UpstreamBody::H1), StreamSlot { active: None }));
-                    }
-                    Err(mut e) => match e.take_message() {
-                        Some(r) if attempt == 0 => req = r,
-                        _ => return Err(UpstreamError::Reset(e.into_error().into())),
-                    },
-                },
-                Checkout::H2(sender, active) => match sender.send(req).await {
-                    Ok(resp) => return Ok((resp.map(UpstreamBody::H2), StreamSlot { active: Some(active) })),
-                    Err((e, back)) => {
-                        active.set(active.get().saturating_sub(1));
-                        match back {
+                Checkout::H1(mut sender, requests) => {
+                    connected.set(true);
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => {
+                            self.checkin_h1(key, cluster, sender, requests + 1);
+                            return Ok((resp.map(UpstreamBody::H1), StreamSlot { active: None }));
+                        }
+                        Err(mut e) => match e.take_message() {
                             Some(r) if attempt == 0 => req = r,
-                            _ => return Err(UpstreamError::Reset(e)),
+                            _ => return Err(UpstreamError::Reset(e.into_error().into())),
+                        },
+                    }
+                }
+                Checkout::H2(sender, active) => {
+                    connected.set(true);
+                    match sender.send(req).await {
+                        Ok(resp) => return Ok((resp.map(UpstreamBody::H2), StreamSlot { active: Some(active) })),
+                        Err((e, back)) => {
+                            active.set(active.get().saturating_sub(1));
+                            match back {
+                                Some(r) if attempt == 0 => req = r,
+                                _ => return Err(UpstreamError::Reset(e)),
+                            }
                         }
                     }
-                },
+                }
                 // Boxed: dialing and the handshakes are the largest states of this future and
                 // the rare path; inline, every request's future would carry (and copy) them.
-                Checkout::Dial => return Box::pin(self.dial_and_send(key, cluster, host, req)).await,
+                Checkout::Dial => return Box::pin(self.dial_and_send(key, cluster, host, req, connected)).await,
             }
         }
         unreachable!("the second attempt always dials and returns")
@@ -180,6 +189,7 @@ impl ConnPools {
         cluster: &Arc<Cluster>,
         host: &Arc<Host>,
         req: Request<RequestBody>,
+        connected: &Cell<bool>,
     ) -> Result<(http::Response<UpstreamBody>, StreamSlot), UpstreamError> {
         let protocol = key.protocol;
         // Requests arriving while this HTTP/2 connection is dialed wait for it.
@@ -188,12 +198,14 @@ impl ConnPools {
         match protocol {
             Protocol::Http1 => {
                 let mut sender = handshake_h1(stream, cluster, host).await?;
+                connected.set(true);
                 let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
                 self.checkin_h1(key, cluster, sender, 1);
                 Ok((resp.map(UpstreamBody::H1), StreamSlot { active: None }))
             }
             Protocol::Http2 => {
                 let sender = handshake_h2(stream, cluster, host).await?;
+                connected.set(true);
                 let active = Rc::new(Cell::new(1));
                 self.add_h2(key, cluster, sender.clone(), active.clone());
                 drop(dialing);
