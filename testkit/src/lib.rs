@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod flaky;
 pub mod grpc;
 pub mod mesh;
 pub mod process;
@@ -13,6 +14,7 @@ pub use client::{
     empty, full, h2c_client, h2c_client_to, http1_client, http1_client_to, send, send_full, Reply, ReqBody, TestClient,
     TestConnector,
 };
+pub use flaky::{spawn_flaky_backend, FlakyBackend, Seen};
 pub use grpc::{
     grpc_bidi_echo, grpc_unary, grpc_unary_with, grpc_unary_with_metadata, spawn_grpc_backend, GrpcBackend,
     GrpcBidiReply, GrpcUnaryReply,
