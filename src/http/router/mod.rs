@@ -262,17 +262,21 @@ async fn forward(
         retry_state::consume_retry_headers(req.headers_mut());
         None
     } else {
-        let (method, uri) = (req.method().clone(), req.uri().clone());
+        // The pseudo-headers `retriable_request_headers` may match (copied only for them).
+        let pseudo = policy
+            .filter(|p| !p.retriable_request_headers.is_empty())
+            .map(|_| (req.method().clone(), req.uri().clone()));
         RetryState::create(
             policy,
             req.headers_mut(),
             |m, headers| {
+                let Some((method, uri)) = &pseudo else { return false };
                 let authority = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
                 let view = RequestView {
                     authority,
                     path: uri.path(),
                     query: uri.query(),
-                    method: &method,
+                    method,
                     headers,
                     is_grpc: grpc,
                     random: Default::default(),
@@ -280,7 +284,7 @@ async fn forward(
                 header_matches(m, &view)
             },
             || crate::runtime::snapshot().get_integer("upstream.base_retry_backoff_ms", DEFAULT_BASE_BACKOFF_MS),
-            rand::rng(),
+            rand::rng,
         )
     };
     let protocol = upstream_protocol(cluster.config.protocol, req.version(), is_upgrade);

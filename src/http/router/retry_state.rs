@@ -220,15 +220,18 @@ impl<'a, R: rand::RngCore> RetryState<'a, R> {
         headers: &mut HeaderMap,
         request_matches: impl Fn(&HeaderMatcher, &HeaderMap) -> bool,
         base_backoff_ms: impl FnOnce() -> u64,
-        rng: R,
+        rng: impl FnOnce() -> R,
     ) -> Option<Self> {
         let policy_on = policy.map_or(RetryOn::NONE, |p| p.retry_on);
-        if policy_on.is_empty()
-            && !headers.contains_key(X_ENVOY_RETRY_ON)
-            && !headers.contains_key(X_ENVOY_RETRY_GRPC_ON)
-        {
-            consume_retry_headers(headers);
-            return None;
+        if policy_on.is_empty() {
+            // The common case, kept to one pass over the header names.
+            if !headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+                return None;
+            }
+            if !headers.contains_key(X_ENVOY_RETRY_ON) && !headers.contains_key(X_ENVOY_RETRY_GRPC_ON) {
+                consume_retry_headers(headers);
+                return None;
+            }
         }
         let policy = policy.unwrap_or(&DEFAULT_POLICY);
         let mut retry_on = policy_on;
@@ -277,7 +280,7 @@ impl<'a, R: rand::RngCore> RetryState<'a, R> {
             rate_limited_ms: None,
             retrying: false,
             attempted: Vec::new(),
-            rng,
+            rng: rng(),
             unix_now: system_unix_now,
         })
     }
@@ -482,7 +485,7 @@ mod tests {
     }
 
     fn state<'a>(p: &'a RetryPolicy, headers: &mut HeaderMap, random: Vec<u64>) -> RetryState<'a, Seq> {
-        RetryState::create(Some(p), headers, |_, _| false, || DEFAULT_BASE_BACKOFF_MS, Seq(random))
+        RetryState::create(Some(p), headers, |_, _| false, || DEFAULT_BASE_BACKOFF_MS, || Seq(random))
             .expect("a policy with conditions has a state")
     }
 
@@ -509,12 +512,12 @@ mod tests {
     #[test]
     fn no_policy_no_headers_no_state() {
         let mut h = hm(&[("x-envoy-max-retries", "3"), ("x-envoy-retriable-status-codes", "418")]);
-        let s = RetryState::create(None, &mut h, |_, _| true, || 25, Seq(vec![]));
+        let s = RetryState::create(None, &mut h, |_, _| true, || 25, || Seq(vec![]));
         assert!(s.is_none());
         // Consumed all the same: they never reach the upstream.
         assert!(h.is_empty(), "{h:?}");
         let p = policy("", 3);
-        assert!(RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| true, || 25, Seq(vec![])).is_none());
+        assert!(RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| true, || 25, || Seq(vec![])).is_none());
     }
 
     /// Which outcomes each condition retries (one retry allowed, so the first decision tells).
@@ -677,7 +680,7 @@ mod tests {
         // The runtime's base applies without a retry_back_off, 10x for the max.
         let p = policy("5xx", 3);
         let mut s =
-            RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| false, || 10, Seq(vec![9, 19, 39])).unwrap();
+            RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| false, || 10, || Seq(vec![9, 19, 39])).unwrap();
         let mut next = || match s.should_retry(&resp(503, &none), || true) {
             RetryDecision::Retry(b) => b.delay.as_millis() as u64,
             d => panic!("{d:?}"),
@@ -747,7 +750,7 @@ mod tests {
     fn request_headers_add_conditions_and_override_the_count() {
         // No policy: the headers alone make a state, with Envoy's default of one retry.
         let mut h = hm(&[("x-envoy-retry-on", "gateway-error"), ("x-envoy-retry-grpc-on", "unavailable")]);
-        let mut s = RetryState::create(None, &mut h, |_, _| false, || 25, Seq(vec![])).unwrap();
+        let mut s = RetryState::create(None, &mut h, |_, _| false, || 25, || Seq(vec![])).unwrap();
         assert!(h.is_empty());
         assert_eq!(s.retries_remaining(), 1);
         assert!(retried(s.should_retry(&resp(502, &HeaderMap::new()), || true)));
@@ -756,13 +759,13 @@ mod tests {
             &mut hm(&[("x-envoy-retry-grpc-on", "unavailable")]),
             |_, _| false,
             || 25,
-            Seq(vec![]),
+            || Seq(vec![]),
         )
         .unwrap();
         assert!(retried(s.should_retry(&resp(200, &hm(&[("grpc-status", "14")])), || true)));
         // gRPC names in x-envoy-retry-on, HTTP names in x-envoy-retry-grpc-on: ignored.
         let mut h = hm(&[("x-envoy-retry-on", "unavailable"), ("x-envoy-retry-grpc-on", "5xx")]);
-        let s = RetryState::create(None, &mut h, |_, _| false, || 25, Seq(vec![])).unwrap();
+        let s = RetryState::create(None, &mut h, |_, _| false, || 25, || Seq(vec![])).unwrap();
         assert!(!s.enabled());
 
         // Merged with the policy; max-retries overrides num_retries; extra codes and names.
@@ -802,14 +805,15 @@ mod tests {
             invert_match: false,
             treat_missing_header_as_empty: false,
         }];
-        let get = RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| true, || 25, Seq(vec![])).unwrap();
+        let get = RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| true, || 25, || Seq(vec![])).unwrap();
         assert!(get.enabled());
-        let mut post = RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| false, || 25, Seq(vec![])).unwrap();
+        let mut post =
+            RetryState::create(Some(&p), &mut HeaderMap::new(), |_, _| false, || 25, || Seq(vec![])).unwrap();
         assert!(!post.enabled());
         assert_eq!(post.should_retry(&resp(503, &HeaderMap::new()), || true), RetryDecision::No { after_retry: false });
         // Not even x-envoy-retry-on brings the conditions back.
         let mut h = hm(&[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "4")]);
-        let post = RetryState::create(Some(&p), &mut h, |_, _| false, || 25, Seq(vec![])).unwrap();
+        let post = RetryState::create(Some(&p), &mut h, |_, _| false, || 25, || Seq(vec![])).unwrap();
         assert!(!post.enabled());
         assert_eq!(post.retries_remaining(), 1);
     }
