@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod flaky;
 pub mod gate;
 pub mod grpc;
 pub mod health;
@@ -15,6 +16,7 @@ pub use client::{
     empty, full, h2c_client, h2c_client_to, http1_client, http1_client_to, send, send_full, Reply, ReqBody, TestClient,
     TestConnector,
 };
+pub use flaky::{spawn_flaky_backend, FlakyBackend, Seen};
 pub use gate::{spawn_gate_backend, GateBackend};
 pub use grpc::{
     grpc_bidi_echo, grpc_unary, grpc_unary_with, grpc_unary_with_metadata, spawn_grpc_backend, GrpcBackend,
