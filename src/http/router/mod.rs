@@ -21,7 +21,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use pinion_xds::model::{ForwardAction, HeaderMutations, HostRewrite, RouteAction, UpstreamProtocol};
+use pinion_xds::model::{ForwardAction, HeaderMutations, HostRewrite, RouteAction, RoutingPriority, UpstreamProtocol};
 
 use super::body::{Activity, RequestBody, ResponseBody};
 use super::connection_context::ConnCtx;
@@ -36,7 +36,8 @@ use super::stream_info::{ResponseFlags, StreamInfo};
 use crate::formatter::Context;
 use crate::listener::HcmConfig;
 use crate::upstream::conn_pool::{Overflow, Protocol, UpstreamError};
-use crate::upstream::{Cluster, Host, HostStats};
+use crate::upstream::outlier_detection::LocalResult;
+use crate::upstream::{Cluster, Host, HostStats, RetryGuard};
 use retry_state::{Outcome, ResetReason, RetryDecision, RetryState, DEFAULT_BASE_BACKOFF_MS};
 use route_decision::{ClusterChoice, Rewrites, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS};
 use upstream_request::{AttemptFailure, AttemptTimeouts, StreamTimeout, Target, UpstreamGuard};
@@ -329,6 +330,9 @@ async fn forward(
     // Some attempt got a connection (Envoy keeps `upstream_request_started_` sticky).
     let mut request_started = false;
     let attempt_count_in_response = vhost.include_attempt_count_in_response;
+    // The retry circuit breaker's slot of the retry under way, from the decision to retry
+    // until the next decision (or the request's end), as Envoy's `RetryStateImpl` holds it.
+    let mut retry_slot: Option<RetryGuard> = None;
     let (mut resp, mut guard) = loop {
         info.attempt_count = attempt;
         info.upstream_host = Some(host.address);
@@ -387,14 +391,17 @@ async fn forward(
         if replay.as_ref().is_some_and(|r| r.is_capped()) {
             retry = None;
         }
+        // The retry this attempt was (if any) is over: its circuit breaker slot goes before
+        // the next one is asked for (Envoy's `resetRetry` at the top of `shouldRetry`).
+        drop(retry_slot.take());
+        let admit = || admit_retry(&cluster, action.priority, &mut retry_slot);
         let decision = match (&outcome, retry.as_mut()) {
             (_, None) => RetryDecision::No { after_retry: false },
-            (Ok((resp, _)), Some(r)) => r
-                .should_retry(&Outcome::Response { status: resp.status().as_u16(), headers: resp.headers() }, || {
-                    admit_retry(&cluster)
-                }),
+            (Ok((resp, _)), Some(r)) => {
+                r.should_retry(&Outcome::Response { status: resp.status().as_u16(), headers: resp.headers() }, admit)
+            }
             (Err(f), Some(r)) => match reset_reason(f) {
-                Some(reason) => r.should_retry(&Outcome::Reset { reason, request_started }, || admit_retry(&cluster)),
+                Some(reason) => r.should_retry(&Outcome::Reset { reason, request_started }, admit),
                 // The route timeout and the HCM's stream timeouts end the request.
                 None => RetryDecision::No { after_retry: false },
             },
@@ -428,7 +435,7 @@ async fn forward(
                     cluster.stats.upstream_rq_retry_limit_exceeded.inc();
                     info.flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
                 } else {
-                    cluster.stats.upstream_rq_retry_overflow.inc();
+                    // `upstream_rq_retry_overflow` was counted by `Cluster::try_retry`.
                     info.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
                 }
                 match outcome {
@@ -451,12 +458,6 @@ async fn forward(
             }
         };
         // Retry: settle this attempt, wait, pick a host, go again.
-        cluster.stats.upstream_rq_retry.inc();
-        if backoff.rate_limited {
-            cluster.stats.upstream_rq_retry_backoff_ratelimited.inc();
-        } else {
-            cluster.stats.upstream_rq_retry_backoff_exponential.inc();
-        }
         match outcome {
             Ok((resp, guard)) => {
                 // The response and its unread body are dropped: the stream is reset, as Envoy
@@ -483,6 +484,15 @@ async fn forward(
             };
             finish_local_reply(&mut resp, info, levels, &downstream_headers, attempt, attempt_count_in_response);
             return Err(resp);
+        }
+        // Envoy 1.40 counts the retry and its backoff kind when the backoff is over and the
+        // retry goes out (a retry cut short by a timeout while it waits counts neither); the
+        // retry circuit breaker's slot is held from the decision on.
+        cluster.stats.upstream_rq_retry.inc();
+        if backoff.rate_limited {
+            cluster.stats.upstream_rq_retry_backoff_ratelimited.inc();
+        } else {
+            cluster.stats.upstream_rq_retry_backoff_exponential.inc();
         }
         // The cluster may have changed or gone (CDS) while waiting, as Envoy rechecks.
         let current = ctx.worker.snapshot.load().clusters.get(cluster.config.name.as_str()).cloned();
@@ -536,7 +546,10 @@ async fn forward(
     let mut resp = Response::from_parts(parts, ResponseBody::upstream(body));
     if let Some(after) = timeouts.per_try_idle {
         // The per-try idle timer keeps running while the body streams; it then ends the stream.
+        // Like before the headers, the timeout is reported to outlier detection (Envoy's
+        // `onPerTryTimeoutCommon`: a local origin timeout with the 504 timeout status).
         let counter = cluster.stats.upstream_rq_per_try_idle_timeout.clone();
+        let outlier = cluster.outlier().cloned();
         let host = host.clone();
         let local_reset = guard.local_reset_flag();
         resp.body_mut().set_idle_timeout(
@@ -545,6 +558,9 @@ async fn forward(
                 local_reset.set(true);
                 counter.inc();
                 HostStats::inc(&host.stats.rq_timeout);
+                if let Some(od) = outlier {
+                    od.put_local(&host, LocalResult::Timeout, Some(504));
+                }
             }),
         );
     }
@@ -552,15 +568,15 @@ async fn forward(
     Ok((resp, Some(guard)))
 }
 
-/// The single place a retry is admitted: Envoy asks the cluster's circuit breaker
-/// (`ResourceManager::retries().canCreate()`, and the retry budget) here, after the retry
-/// limit check, and counts `upstream_rq_retry_overflow` when refused. Pinion's circuit
-/// breakers are being built separately; until they are wired in, every retry is admitted.
-/// When they are: reserve the retry here and release it when the retried attempt ends (Envoy
-/// holds it from the retry decision until the next decision or the request's end).
-pub fn admit_retry(cluster: &Cluster) -> bool {
-    let _ = cluster;
-    true
+/// The single place a retry is admitted, after the retry limit check: the cluster's retry
+/// circuit breaker at the route's priority (`max_retries`, or the retry budget) reserves a
+/// slot into `slot` (Envoy's `retries().canCreate()` then `inc()`), or refuses, and then
+/// [`Cluster::try_retry`] counts `upstream_rq_retry_overflow` (once: the router does not).
+/// The caller holds the slot while the retry waits out its backoff and runs, and drops it
+/// at the next retry decision or when the request ends.
+fn admit_retry(cluster: &Cluster, priority: RoutingPriority, slot: &mut Option<RetryGuard>) -> bool {
+    *slot = cluster.try_retry(priority);
+    slot.is_some()
 }
 
 /// The reset reason a failed attempt gives the retry conditions; `None` for the failures

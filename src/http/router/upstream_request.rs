@@ -175,7 +175,7 @@ pub async fn send(
         let per_try_timer = pin!(per_try.map(|_| tokio::time::sleep_until(far_future())));
         race(exchange, watchdog, route, per_try_timer, per_try, timeouts.connected, timeouts.replay).await
     };
-    report_outlier(cluster, host, &outcome, grpc);
+    report_outlier(cluster, host, &outcome, grpc, timeouts.connected.get());
     let failure = match outcome {
         Raced::Exchange(Ok((resp, slot))) => return Ok((resp, UpstreamGuard { slot, local_reset: None })),
         Raced::Exchange(Err(e)) => {
@@ -211,9 +211,12 @@ type AttemptOutcome = Raced<Result<(Response<UpstreamBody>, StreamSlot), Upstrea
 /// `onPoolReady`, `onUpstreamHeaders`, `onUpstreamReset`, `onResponseTimeout`,
 /// `onPerTryTimeout`): a response status (a gRPC status in the headers mapped to HTTP for gRPC
 /// requests), a connect failure or a reset (503 without the local/external split), a route or
-/// per-try timeout (504). Every attempt reports, a retried one included. An HCM stream
-/// timeout resets the downstream stream and reports nothing, as in Envoy.
-fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc: bool) {
+/// per-try timeout (504). Every attempt reports, a retried one included, so with a retry
+/// policy one request can report several failures for one host or one for each of several
+/// hosts. An attempt that had a connection (`connected`: the pool was ready) first reports a
+/// connect success, as Envoy's `onPoolReady` does, also when it then times out. An HCM stream
+/// timeout resets the downstream stream and reports nothing more, as in Envoy.
+fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc: bool, connected: bool) {
     let Some(od) = cluster.outlier() else { return };
     match outcome {
         Raced::Exchange(Ok((resp, _))) => {
@@ -224,6 +227,9 @@ fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc
             };
             od.put_http_status(host, status);
         }
+        // A circuit breaker's refusal (or no pool for the host) says nothing about the
+        // host: Envoy skips outlier detection for the `Overflow` reset reason.
+        Raced::Exchange(Err(UpstreamError::Overflow(_) | UpstreamError::PoolOverflow)) => {}
         Raced::Exchange(Err(e)) => {
             let connected =
                 !matches!(e, UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_));
@@ -232,8 +238,14 @@ fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc
             }
             od.put_local(host, LocalResult::ConnectFailed, None);
         }
-        Raced::Stream(_) => {}
-        Raced::Route | Raced::PerTry(_) => od.put_local(host, LocalResult::Timeout, Some(504)),
+        Raced::Stream(_) | Raced::Route | Raced::PerTry(_) => {
+            if connected {
+                od.put_local(host, LocalResult::ConnectSuccess, None);
+            }
+            if !matches!(outcome, Raced::Stream(_)) {
+                od.put_local(host, LocalResult::Timeout, Some(504));
+            }
+        }
     }
 }
 

@@ -28,11 +28,15 @@ use super::cluster_stats::HealthCheckStats;
 use super::health_checker::{self as sm, CheckResult, Failure, Session};
 use super::host::{HealthFlags, Host};
 
-/// Hook for outlier detection (Envoy's `successful_active_health_check_uneject_host`): called
-/// on the main thread after every passed active check of `host`. Outlier detection is not
-/// implemented yet; when it is, un-ejecting the host belongs here, so this is the one place
-/// the health checker tells it anything.
-pub fn outlier_on_active_hc_success(_cluster: &Cluster, _host: &Host) {}
+/// Hook for outlier detection (Envoy's `successful_active_health_check_uneject_host`, the
+/// detector's host-check-complete callback): called on the main thread after every passed
+/// active check of `host`, once its active-HC flags are updated. With outlier detection, a
+/// host it ejected comes back at once unless it still fails active health checks (a pass
+/// short of `healthy_threshold` leaves `/failed_active_hc` set); this is the one place the
+/// health checker tells outlier detection anything.
+pub fn outlier_on_active_hc_success(cluster: &Cluster, host: &Host) {
+    cluster.on_active_health_check_success(host);
+}
 
 /// Start the health checker of `cluster` (no-op without `health_checks`, or outside a tokio
 /// runtime, as in unit tests of the config store).
