@@ -70,6 +70,12 @@ impl AccessLogManager {
         Ok(tx)
     }
 
+    /// The writer of file `path` (started on first use), for other line-oriented logs that
+    /// Envoy writes through its access log manager (the outlier detection event log).
+    pub fn file_writer(&self, path: &str) -> Result<Sender<String>, String> {
+        self.writer_for(&AccessLogSink::File(path.to_string()))
+    }
+
     /// Flush every access log now (shutdown).
     pub fn flush_all(&self) {
         // Dropping senders is not possible while listeners hold clones; writers flush on their

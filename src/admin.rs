@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 use crate::server_state::{ServerState, ServerStateKind};
+use crate::upstream::outlier_detection::Origin;
+use crate::upstream::outlier_detector::{format_g, format_shortest};
 use crate::upstream::{HealthFlags, Host};
 use pinion_xds::model::RoutingPriority;
 
@@ -386,6 +388,22 @@ fn clusters_text(state: &ServerState) -> String {
     for name in names {
         let c = &snap.clusters[name];
         let _ = writeln!(out, "{name}::observability_name::{}", c.config.stat_name);
+        if let Some(od) = c.outlier() {
+            // fmt's `{:g}` in Envoy's `addOutlierInfo`.
+            let (ext, local) = (od.success_rate_nums(Origin::External), od.success_rate_nums(Origin::Local));
+            let _ = writeln!(out, "{name}::outlier::success_rate_average::{}", format_g(ext.average, 6));
+            let _ = writeln!(
+                out,
+                "{name}::outlier::success_rate_ejection_threshold::{}",
+                format_g(ext.ejection_threshold, 6)
+            );
+            let _ = writeln!(out, "{name}::outlier::local_origin_success_rate_average::{}", format_g(local.average, 6));
+            let _ = writeln!(
+                out,
+                "{name}::outlier::local_origin_success_rate_ejection_threshold::{}",
+                format_g(local.ejection_threshold, 6)
+            );
+        }
         // The limits in force now (runtime overrides and a retry budget's current size
         // included), as Envoy prints them.
         for p in RoutingPriority::ALL {
@@ -411,8 +429,10 @@ fn clusters_text(state: &ServerState) -> String {
             let _ = writeln!(out, "{name}::{a}::sub_zone::{}", loc.sub_zone);
             let _ = writeln!(out, "{name}::{a}::canary::false");
             let _ = writeln!(out, "{name}::{a}::priority::{}", h.priority());
-            let _ = writeln!(out, "{name}::{a}::success_rate::-1");
-            let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::-1");
+            // -1 without a detector or without a rate last interval; fmt's `{}` otherwise.
+            let rates = if c.outlier().is_some() { h.outlier_state().success_rate } else { [-1.0; 2] };
+            let _ = writeln!(out, "{name}::{a}::success_rate::{}", format_shortest(rates[0]));
+            let _ = writeln!(out, "{name}::{a}::local_origin_success_rate::{}", format_shortest(rates[1]));
         }
     }
     out
@@ -458,19 +478,24 @@ fn clusters_json(state: &ServerState) -> Value {
                             }
                         })
                         .collect();
-                    let mut health = json!({ "eds_health_status": "HEALTHY" });
                     let flags = h.health_flags();
-                    if flags.contains(HealthFlags::FAILED_EDS_HEALTH) {
-                        health["eds_health_status"] = json!("UNHEALTHY");
-                    }
-                    if flags.contains(HealthFlags::FAILED_OUTLIER_CHECK) {
-                        health["failed_outlier_check"] = json!(true);
-                    }
-                    if flags.contains(HealthFlags::FAILED_ACTIVE_HC) {
-                        health["failed_active_health_check"] = json!(true);
+                    let mut health = json!({ "eds_health_status": flags.eds_status_name() });
+                    // Envoy's `HostHealthStatus` fields, one per flag it reports.
+                    for (flag, key) in [
+                        (HealthFlags::FAILED_OUTLIER_CHECK, "failed_outlier_check"),
+                        (HealthFlags::FAILED_ACTIVE_HC, "failed_active_health_check"),
+                        (HealthFlags::DEGRADED_ACTIVE_HC, "failed_active_degraded_check"),
+                        (HealthFlags::PENDING_DYNAMIC_REMOVAL, "pending_dynamic_removal"),
+                        (HealthFlags::PENDING_ACTIVE_HC, "pending_active_hc"),
+                        (HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "excluded_via_immediate_hc_fail"),
+                        (HealthFlags::ACTIVE_HC_TIMEOUT, "active_hc_timeout"),
+                    ] {
+                        if flags.contains(flag) {
+                            health[key] = json!(true);
+                        }
                     }
                     let loc = h.locality().unwrap_or_default();
-                    json!({
+                    let mut host = json!({
                         "address": {"socket_address": {"address": h.address.ip().to_string(), "port_value": h.address.port()}},
                         "stats": stats,
                         "health_status": health,
@@ -478,17 +503,50 @@ fn clusters_json(state: &ServerState) -> Value {
                         "hostname": h.hostname(),
                         "priority": h.priority(),
                         "locality": {"region": loc.region, "zone": loc.zone, "sub_zone": loc.sub_zone},
-                    })
+                    });
+                    if c.outlier().is_some() {
+                        let rates = h.outlier_state().success_rate;
+                        for (key, rate) in [("success_rate", rates[0]), ("local_origin_success_rate", rates[1])] {
+                            if rate >= 0.0 {
+                                host[key] = double_value(rate);
+                            }
+                        }
+                    }
+                    host
                 })
                 .collect();
-            json!({
+            let mut status = json!({
                 "name": name,
                 "observability_name": c.config.stat_name,
                 "added_via_api": false,
                 "circuit_breakers": {"thresholds": thresholds},
                 "host_statuses": hosts,
-            })
+            });
+            if let Some(od) = c.outlier() {
+                for (key, origin) in [
+                    ("success_rate_ejection_threshold", Origin::External),
+                    ("local_origin_success_rate_ejection_threshold", Origin::Local),
+                ] {
+                    let threshold = od.success_rate_nums(origin).ejection_threshold;
+                    if threshold > 0.0 {
+                        status[key] = double_value(threshold);
+                    }
+                }
+            }
+            status
         })
         .collect();
     json!({ "cluster_statuses": statuses })
+}
+
+/// A `google.protobuf.DoubleValue` as Envoy's JSON shows it: `{"value": v}`, and `{}` for 0
+/// (proto3 leaves out a zero field); integral values without a fraction.
+fn double_value(v: f64) -> Value {
+    if v == 0.0 {
+        return json!({});
+    }
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        return json!({ "value": v as i64 });
+    }
+    json!({ "value": v })
 }

@@ -23,7 +23,8 @@ use crate::listener_manager::ListenerManager;
 use crate::runtime::Runtime;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
-use crate::upstream::{dns, Cluster};
+use crate::upstream::outlier_detector::{self, EventLog};
+use crate::upstream::{dns, health_check, Cluster};
 
 /// A dynamic resource with its bookkeeping.
 #[derive(Clone)]
@@ -92,6 +93,9 @@ impl Inner {
 
 /// The store.
 pub struct ConfigStore {
+    /// Itself, for the tasks that finish warming a cluster once its initial health checks
+    /// are done.
+    me: std::sync::Weak<ConfigStore>,
     inner: Mutex<Inner>,
     snapshot: SharedSnapshot,
     stats: Store,
@@ -107,6 +111,8 @@ pub struct ConfigStore {
     access_logs: Arc<AccessLogManager>,
     /// VHDS needs Delta xDS.
     delta: bool,
+    /// The outlier detection event log the clusters built here write to, if configured.
+    outlier_events: std::sync::OnceLock<EventLog>,
 }
 
 impl ConfigStore {
@@ -128,7 +134,8 @@ impl ConfigStore {
             .map(|(n, _)| n.clone())
             .collect();
         let version = snapshot.load().version;
-        Arc::new(ConfigStore {
+        Arc::new_cyclic(|me| ConfigStore {
+            me: me.clone(),
             inner: Mutex::new(Inner { static_clusters, static_eds_waiting, version, ..Inner::default() }),
             snapshot,
             stats,
@@ -141,7 +148,13 @@ impl ConfigStore {
             runtime,
             access_logs,
             delta,
+            outlier_events: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Have the outlier detectors of the clusters built from now on write to `log`.
+    pub fn set_outlier_event_log(&self, log: EventLog) {
+        let _ = self.outlier_events.set(log);
     }
 
     /// Becomes true once the initial LDS/CDS responses and their dependents are in (Envoy's
@@ -244,8 +257,9 @@ impl ConfigStore {
         let mut rejected = Vec::new();
         for name in removed {
             inner.clusters.remove(name);
-            inner.active_clusters.remove(name);
-            inner.warming_clusters.remove(name);
+            for c in [inner.active_clusters.remove(name), inner.warming_clusters.remove(name)].into_iter().flatten() {
+                c.stop_health_checks();
+            }
         }
         for u in updated {
             let Resource::Cluster(cfg) = u.resource else { continue };
@@ -270,28 +284,32 @@ impl ConfigStore {
                 u.name.clone(),
                 Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
+            // Its detector runs from now on: while it warms it has no hosts to judge.
+            outlier_detector::spawn(&cluster, self.outlier_events.get());
+            health_check::start(&cluster);
             match cfg.discovery {
                 model::DiscoveryType::Eds => {
                     let eds_name = eds_name(&cfg);
                     if let Some(cla) = inner.endpoints.get(eds_name) {
                         install_endpoints(&cluster, &cla.value);
-                        inner.warming_clusters.remove(&u.name);
-                        inner.active_clusters.insert(u.name.clone(), cluster);
+                        self.activate(inner, &u.name, cluster);
                     } else if inner.gave_up.contains(&ResourceType::ClusterLoadAssignment) {
-                        inner.active_clusters.insert(u.name.clone(), cluster);
+                        // No host set will come to health check: Envoy's cluster initializes
+                        // empty after the initial fetch timeout.
+                        self.make_active(inner, &u.name, cluster);
                     } else {
                         // Warming: the previous version (if any) keeps serving meanwhile.
-                        inner.warming_clusters.insert(u.name.clone(), cluster);
+                        if let Some(old) = inner.warming_clusters.insert(u.name.clone(), cluster) {
+                            old.stop_health_checks();
+                        }
                     }
                 }
                 model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => {
                     dns::spawn_refresher(&cluster);
-                    inner.warming_clusters.remove(&u.name);
-                    inner.active_clusters.insert(u.name.clone(), cluster);
+                    self.activate(inner, &u.name, cluster);
                 }
                 model::DiscoveryType::Static => {
-                    inner.warming_clusters.remove(&u.name);
-                    inner.active_clusters.insert(u.name.clone(), cluster);
+                    self.activate(inner, &u.name, cluster);
                 }
             }
         }
@@ -331,10 +349,57 @@ impl ConfigStore {
             for n in warm {
                 if let Some(c) = inner.warming_clusters.remove(&n) {
                     install_endpoints(&c, &cla);
-                    inner.active_clusters.insert(n, c);
+                    self.activate(inner, &n, c);
                 }
             }
         }
+    }
+
+    /// Make a cluster whose hosts are known active, once its initial health checks are done
+    /// (Envoy warms a cluster with health checks until every host had its first check);
+    /// until then it waits in `warming_clusters` and the version it replaces keeps serving.
+    fn activate(&self, inner: &mut Inner, name: &str, cluster: Arc<Cluster>) {
+        if cluster.is_health_check_initialized() {
+            self.make_active(inner, name, cluster);
+            return;
+        }
+        let mut done = cluster.health_checks_initialized();
+        let (me, id, n) = (self.me.clone(), cluster.id, name.to_string());
+        if let Some(old) = inner.warming_clusters.insert(name.to_string(), cluster) {
+            if old.id != id {
+                old.stop_health_checks();
+            }
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if done.wait_for(|d| *d).await.is_ok() {
+                    if let Some(store) = me.upgrade() {
+                        store.health_checks_initialized(&n, id);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Move a cluster to active; the version it replaces stops health checking.
+    fn make_active(&self, inner: &mut Inner, name: &str, cluster: Arc<Cluster>) {
+        if let Some(w) = inner.warming_clusters.remove(name) {
+            if w.id != cluster.id {
+                w.stop_health_checks();
+            }
+        }
+        if let Some(old) = inner.active_clusters.insert(name.to_string(), cluster) {
+            old.stop_health_checks();
+        }
+    }
+
+    /// The initial health checks of warming cluster `name` (generation `id`) are done.
+    fn health_checks_initialized(&self, name: &str, id: u64) {
+        let mut inner = self.lock();
+        let Some(c) = inner.warming_clusters.get(name).filter(|c| c.id == id).cloned() else { return };
+        self.make_active(&mut inner, name, c);
+        self.publish(&mut inner);
+        self.check_initialized(&inner);
     }
 
     fn apply_routes(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) -> Vec<Rejected> {
@@ -767,9 +832,17 @@ impl ConfigSink for ConfigStore {
             ResourceType::ClusterLoadAssignment => {
                 inner.gave_up.insert(type_);
                 inner.static_eds_waiting.clear();
+                // EDS clusters still without endpoints initialize empty, as in Envoy: there is
+                // no first host set for their health checks to wait for (the server's
+                // readiness waits on the static ones).
+                for c in inner.static_clusters.values().chain(inner.warming_clusters.values()) {
+                    if !c.has_host_set() {
+                        c.set_health_check_initialized();
+                    }
+                }
                 let warming: Vec<(String, Arc<Cluster>)> = inner.warming_clusters.drain().collect();
                 for (n, c) in warming {
-                    inner.active_clusters.insert(n, c);
+                    self.make_active(&mut inner, &n, c);
                 }
             }
             ResourceType::RouteConfiguration => {
@@ -895,6 +968,7 @@ mod tests {
                 weight,
                 health_status: model::HealthStatus::Healthy,
                 hostname: String::new(),
+                health_check: Default::default(),
             })
             .collect();
         let cla = model::LoadAssignment {
@@ -955,5 +1029,51 @@ mod tests {
         assert!(!snapshot.load().clusters.contains_key("svc"));
         store.apply(cds("4", "1s"));
         assert!(!Arc::ptr_eq(&host(&snapshot, 1).unwrap(), &h1));
+    }
+
+    /// A CDS cluster with health checks warms until every host had its first check, then
+    /// becomes active (Envoy's cluster warming); removing it stops its checker.
+    #[tokio::test]
+    async fn cds_clusters_with_health_checks_warm_until_the_first_checks() {
+        let (store, snapshot) = store();
+        // A port nothing listens on: the first check fails fast (connection refused).
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let yaml = format!(
+            "name: svc\ntype: STATIC\nconnect_timeout: 1s\nload_assignment:\n  cluster_name: svc\n  endpoints:\n  - lb_endpoints:\n    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\nhealth_checks: [{{ timeout: 1s, interval: 60s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {{}} }}]\n"
+        );
+        let proto: ClusterProto = message_from_str(&yaml, Format::Yaml, &DecodeOptions::default()).unwrap();
+        let cfg = pinion_xds::translate::cluster(&proto).unwrap();
+        let u = ResourceUpdate {
+            name: "svc".into(),
+            version: "1".into(),
+            resource: Resource::Cluster(Arc::new(cfg)),
+            raw: bytes::Bytes::from(yaml),
+        };
+        store.apply(Update {
+            type_: ResourceType::Cluster,
+            updated: vec![u],
+            removed: Vec::new(),
+            version: "1".into(),
+        });
+        assert!(!snapshot.load().clusters.contains_key("svc"), "warming until the first checks");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !snapshot.load().clusters.contains_key("svc") {
+            assert!(std::time::Instant::now() < deadline, "never warmed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let c = snapshot.load().clusters["svc"].clone();
+        assert_eq!(c.hosts().all().next().unwrap().health_flags_text(), "/failed_active_hc");
+        let stats = c.hc_stats.clone().unwrap();
+        assert_eq!((stats.attempt.value(), stats.network_failure.value()), (1, 1));
+        store.apply(Update {
+            type_: ResourceType::Cluster,
+            updated: Vec::new(),
+            removed: vec!["svc".into()],
+            version: "2".into(),
+        });
+        assert!(c.health_checks_stopped());
     }
 }

@@ -227,6 +227,13 @@ fn render_command(name: &str, arg: Option<&str>, ctx: &Context<'_>, out: &mut St
             let _ = write!(out, "{}", info.downstream_local.port());
             true
         }
+        "UPSTREAM_REQUEST_ATTEMPT_COUNT" => {
+            if info.attempt_count == 0 {
+                return false;
+            }
+            let _ = write!(out, "{}", info.attempt_count);
+            true
+        }
         "HOSTNAME" => {
             out.push_str(&hostname());
             true

@@ -23,7 +23,8 @@ use crate::logging::LogHandle;
 use crate::server_state::{ServerState, ServerStateKind};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
-use crate::upstream::{dns, Cluster};
+use crate::upstream::outlier_detector::{self, EventLog};
+use crate::upstream::{dns, health_check, Cluster};
 use crate::worker::{self, WorkerHandle};
 
 /// Deep-merge `over` into `base` (Envoy merges `--config-yaml` over `-c`: messages merge,
@@ -299,13 +300,27 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             return 1;
         }
     };
+    let outlier_events = match outlier_event_log(&bootstrap, &access_logs) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("error initializing configuration: {e}");
+            eprintln!("error initializing configuration: {e}");
+            return 1;
+        }
+    };
     // DNS clusters resolve once before we report ready, then keep refreshing.
     for c in snapshot.clusters.values() {
         if dns::is_dns(c) {
             dns::refresh(c).await;
             dns::spawn_refresher(c);
         }
+        outlier_detector::spawn(c, outlier_events.as_ref());
+        health_check::start(c);
     }
+    // Envoy initializes a cluster with health checks only once each of its hosts had a first
+    // check: the server is not LIVE before that.
+    let hc_initialized: Vec<watch::Receiver<bool>> =
+        snapshot.clusters.values().map(|c| c.health_checks_initialized()).collect();
     let (drain_tx, drain_rx) = watch::channel(false);
     let listeners = snapshot.listeners.clone();
     shared.store(Arc::new(snapshot));
@@ -371,6 +386,9 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
                 access_logs.clone(),
                 cfg.mode == pinion_xds::client::Mode::Delta,
             );
+            if let Some(log) = &outlier_events {
+                store.set_outlier_event_log(log.clone());
+            }
             let deferred: Vec<_> = state.bootstrap.listeners.iter().filter(|l| needs_xds_routes(l)).cloned().collect();
             if let Err(e) = store.add_static_listeners(&deferred) {
                 eprintln!("error: {e}");
@@ -394,14 +412,21 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             }
         }
     }
-    // Envoy's init manager: LIVE only once the initial xDS fetches (and warming) are done.
-    if let Some(mut init) = initialized {
+    // Envoy's init manager: LIVE only once the static clusters' initial health checks and the
+    // initial xDS fetches (and warming) are done.
+    if initialized.is_some() || hc_initialized.iter().any(|r| !*r.borrow()) {
         let state = state.clone();
         tokio::spawn(async move {
-            let _ = init.wait_for(|done| *done).await;
+            for mut r in hc_initialized {
+                let _ = r.wait_for(|done| *done).await;
+            }
+            if let Some(mut init) = initialized {
+                let _ = init.wait_for(|done| *done).await;
+                tracing::info!("initial xDS configuration received");
+            }
             if state.state() == ServerStateKind::Initializing {
                 state.set_state(ServerStateKind::Live);
-                tracing::info!("initial xDS configuration received; server is live");
+                tracing::info!("server is live");
             }
         });
     } else {
@@ -441,6 +466,15 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
     access_logs.flush_all();
     tracing::info!("exiting");
     0
+}
+
+/// The outlier detection event log (`cluster_manager.outlier_detection.event_log_path`),
+/// opened at startup: a path that cannot be opened fails startup, as in Envoy.
+fn outlier_event_log(b: &model::Bootstrap, logs: &AccessLogManager) -> Result<Option<EventLog>, String> {
+    if b.outlier_event_log_path.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(EventLog::new(logs.file_writer(&b.outlier_event_log_path)?)))
 }
 
 /// The xDS client config from the bootstrap's `dynamic_resources` (None: static only).

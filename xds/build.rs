@@ -44,6 +44,7 @@ const FILES: &[&str] = &[
     "envoy/extensions/load_balancing_policies/ring_hash/v3/ring_hash.proto",
     "envoy/extensions/load_balancing_policies/maglev/v3/maglev.proto",
     "envoy/extensions/regex_engines/v3/google_re2.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
     "envoy/config/route/v3/scoped_route.proto",
     "envoy/service/discovery/v3/ads.proto",
     "envoy/service/discovery/v3/discovery.proto",

@@ -2,6 +2,7 @@
 //! request or response does not allocate. The upstream h2 response body lives here too (the
 //! h2 client builds it): the client depends on these types, not the other way round.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,6 +10,8 @@ use bytes::Bytes;
 use h2::RecvStream;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use super::replay_body::ReplayBody;
 
 /// Error type of proxy bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -40,6 +43,9 @@ pub enum RequestBody {
     Tracked(Incoming, std::rc::Rc<Activity>),
     /// A buffered body (or none).
     Full(Option<Bytes>),
+    /// Streamed from downstream and kept for retries (only on routes that may retry); the
+    /// inner body is `Incoming` or `Tracked`.
+    Replay(ReplayBody<RequestBody>),
 }
 
 impl RequestBody {
@@ -71,6 +77,7 @@ impl Body for RequestBody {
                 res
             }
             RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RequestBody::Replay(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -78,6 +85,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) | RequestBody::Tracked(b, _) => b.is_end_stream(),
             RequestBody::Full(b) => b.is_none(),
+            RequestBody::Replay(b) => b.is_end_stream(),
         }
     }
 
@@ -85,6 +93,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Incoming(b) | RequestBody::Tracked(b, _) => b.size_hint(),
             RequestBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+            RequestBody::Replay(b) => b.size_hint(),
         }
     }
 }
@@ -109,7 +118,23 @@ pub struct ResponseBody {
     inner: Inner,
     bytes: u64,
     on_complete: Option<Box<dyn OnComplete>>,
+    /// The retry policy's `per_try_idle_timeout` while the body streams (boxed: only routes
+    /// that set one pay for the timer).
+    idle: Option<Box<IdleTimer>>,
 }
+
+/// Ends a response body that stalls for `after` (Envoy's per-try idle timer, which keeps
+/// running once the response has started and then resets the stream).
+struct IdleTimer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    after: std::time::Duration,
+    on_timeout: Option<Box<dyn FnOnce()>>,
+}
+
+/// The error a stalled response body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream per try idle timeout")]
+pub struct IdleTimeout;
 
 enum Inner {
     Full(Option<Bytes>),
@@ -121,12 +146,17 @@ impl ResponseBody {
     /// A local reply body.
     pub fn full(b: impl Into<Bytes>) -> Self {
         let b = b.into();
-        ResponseBody { inner: Inner::Full(if b.is_empty() { None } else { Some(b) }), bytes: 0, on_complete: None }
+        ResponseBody {
+            inner: Inner::Full(if b.is_empty() { None } else { Some(b) }),
+            bytes: 0,
+            on_complete: None,
+            idle: None,
+        }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        ResponseBody { inner: Inner::Full(None), bytes: 0, on_complete: None }
+        ResponseBody { inner: Inner::Full(None), bytes: 0, on_complete: None, idle: None }
     }
 
     /// Stream an upstream body.
@@ -135,7 +165,13 @@ impl ResponseBody {
             UpstreamBody::H1(b) => Inner::Upstream(b),
             UpstreamBody::H2(b) => Inner::UpstreamH2(b),
         };
-        ResponseBody { inner, bytes: 0, on_complete: None }
+        ResponseBody { inner, bytes: 0, on_complete: None, idle: None }
+    }
+
+    /// End the body with an error if no frame arrives for `after`, calling `on_timeout` then.
+    pub fn set_idle_timeout(&mut self, after: std::time::Duration, on_timeout: Box<dyn FnOnce()>) {
+        let sleep = Box::pin(tokio::time::sleep(after));
+        self.idle = Some(Box::new(IdleTimer { sleep, after, on_timeout: Some(on_timeout) }));
     }
 
     /// Run `f` when the body ends.
@@ -180,7 +216,24 @@ impl Body for ResponseBody {
             }
             Poll::Ready(Some(Err(_))) => this.finish(false),
             Poll::Ready(None) => this.finish(true),
-            Poll::Pending => {}
+            Poll::Pending => {
+                if let Some(t) = this.idle.as_mut() {
+                    if t.sleep.as_mut().poll(cx).is_ready() {
+                        if let Some(f) = t.on_timeout.take() {
+                            f();
+                        }
+                        this.idle = None;
+                        this.finish(false);
+                        return Poll::Ready(Some(Err(IdleTimeout.into())));
+                    }
+                }
+                return Poll::Pending;
+            }
+        }
+        if let Some(t) = this.idle.as_mut() {
+            // Any frame is activity (Envoy resets the timer on response data).
+            let at = tokio::time::Instant::now() + t.after;
+            t.sleep.as_mut().reset(at);
         }
         res
     }

@@ -28,9 +28,11 @@ pub fn local_reply(status: u16, body: &str) -> Response<ResponseBody> {
     resp
 }
 
-/// Envoy's body for an upstream connect failure or reset before headers.
-pub fn upstream_reset_body(reason: &str) -> String {
-    format!("upstream connect error or disconnect/reset before headers. reset reason: {reason}")
+/// Envoy's body for an upstream connect failure or reset before headers (`retried`: the
+/// request was retried before, and this is the latest attempt's reason).
+pub fn upstream_reset_body(reason: &str, retried: bool) -> String {
+    let retried = if retried { "retried and the latest " } else { "" };
+    format!("upstream connect error or disconnect/reset before headers. {retried}reset reason: {reason}")
 }
 
 /// A local reply, converted to a gRPC trailers-only response for gRPC requests (as Envoy

@@ -11,6 +11,7 @@ pub mod local_reply;
 pub mod on_demand;
 pub mod path;
 pub mod redirect;
+pub mod replay_body;
 pub mod request_headers;
 pub mod route_table;
 pub mod router;

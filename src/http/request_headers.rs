@@ -20,23 +20,35 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// `x-envoy-*` request headers Envoy removes from external requests.
-const ENVOY_INTERNAL_REQUEST_HEADERS: [&str; 14] = [
-    "x-envoy-decorator-operation",
-    "x-envoy-downstream-service-cluster",
-    "x-envoy-downstream-service-node",
-    "x-envoy-expected-rq-timeout-ms",
-    "x-envoy-external-address",
-    "x-envoy-force-trace",
-    "x-envoy-internal",
-    "x-envoy-ip-tags",
-    "x-envoy-retriable-status-codes",
-    "x-envoy-retry-grpc-on",
-    "x-envoy-retry-on",
-    "x-envoy-upstream-alt-stat-name",
-    "x-envoy-upstream-rq-per-try-timeout-ms",
-    "x-envoy-upstream-rq-timeout-ms",
+/// `x-envoy-*` request headers Envoy removes from requests of external clients at the edge
+/// (`use_remote_address`) only.
+const EDGE_ONLY_INTERNAL_REQUEST_HEADERS: [HeaderName; 3] = [
+    HeaderName::from_static("x-envoy-decorator-operation"),
+    HeaderName::from_static("x-envoy-downstream-service-cluster"),
+    HeaderName::from_static("x-envoy-downstream-service-node"),
 ];
+
+/// `x-envoy-*` request headers Envoy removes from every request of an external client, edge
+/// or not (`cleanInternalHeaders`): the retry and timeout controls among them, so a client
+/// cannot ask for retries or longer timeouts; only filters and route header mutations can.
+const INTERNAL_REQUEST_HEADERS: [HeaderName; 14] = [
+    HeaderName::from_static("x-envoy-retriable-status-codes"),
+    HeaderName::from_static("x-envoy-retriable-header-names"),
+    HeaderName::from_static("x-envoy-retry-on"),
+    HeaderName::from_static("x-envoy-retry-grpc-on"),
+    HeaderName::from_static("x-envoy-max-retries"),
+    HeaderName::from_static("x-envoy-upstream-alt-stat-name"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms"),
+    HeaderName::from_static("x-envoy-upstream-rq-timeout-alt-response"),
+    HeaderName::from_static("x-envoy-expected-rq-timeout-ms"),
+    HeaderName::from_static("x-envoy-force-trace"),
+    HeaderName::from_static("x-envoy-ip-tags"),
+    HeaderName::from_static("x-envoy-original-url"),
+    HeaderName::from_static("x-envoy-hedge-on-per-try-timeout"),
+];
+
+const X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
 
 /// Remove hop-by-hop headers, including those named in `Connection`. `keep_upgrade` keeps
 /// `Connection: upgrade`/`Upgrade` for an allowed upgrade. `te` survives only as `trailers`.
@@ -132,17 +144,27 @@ pub fn mutate(
     if internal {
         headers.insert(X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
     } else {
-        // Envoy strips a client's x-envoy-internal from every external request, edge or not
-        // (it would otherwise spare the request from `require_tls: EXTERNAL_ONLY`); the other
-        // x-envoy-* headers only at the edge.
-        headers.remove(X_ENVOY_INTERNAL);
-        if cfg.use_remote_address {
-            for h in ENVOY_INTERNAL_REQUEST_HEADERS {
+        // Envoy strips a client's x-envoy-internal (it would otherwise spare the request from
+        // `require_tls: EXTERNAL_ONLY`) and the retry/timeout controls from every external
+        // request, edge or not (verified against Envoy 1.40 with `use_remote_address: false`);
+        // the decorator and service-cluster/node headers only at the edge.
+        // One pass over the names first: most requests carry no `x-envoy-*` header at all, and
+        // that is cheaper to see than seventeen hashed lookups.
+        if headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+            headers.remove(X_ENVOY_INTERNAL);
+            for h in &INTERNAL_REQUEST_HEADERS {
                 headers.remove(h);
             }
+            if cfg.use_remote_address {
+                for h in &EDGE_ONLY_INTERNAL_REQUEST_HEADERS {
+                    headers.remove(h);
+                }
+            }
+        }
+        if cfg.use_remote_address {
             if let Some(ip) = trusted_client {
                 if let Ok(v) = HeaderValue::from_str(&ip.to_string()) {
-                    headers.insert(HeaderName::from_static("x-envoy-external-address"), v);
+                    headers.insert(X_ENVOY_EXTERNAL_ADDRESS, v);
                 }
             }
         }

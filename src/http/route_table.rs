@@ -269,24 +269,30 @@ fn starts_with(path: &str, prefix: &str, case_sensitive: bool) -> bool {
 
 /// Envoy's header matcher: multiple values of a header are joined with `,` before matching.
 pub fn header_matches(h: &HeaderMatcher, req: &RequestView<'_>) -> bool {
-    let joined;
-    let value: Option<&str> = match h.name.as_str() {
-        ":authority" | "host" => Some(req.authority),
-        ":path" => Some(req.path),
-        ":method" => Some(req.method.as_str()),
-        name => {
-            let mut it = req.headers.get_all(name).iter();
-            match (it.next(), it.next()) {
-                (None, _) => None,
-                (Some(v), None) => v.to_str().ok(),
-                (Some(_), Some(_)) => {
-                    joined =
-                        req.headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
-                    Some(joined.as_str())
-                }
-            }
+    match h.name.as_str() {
+        ":authority" | "host" => value_matches(h, Some(req.authority)),
+        ":path" => value_matches(h, Some(req.path)),
+        ":method" => value_matches(h, Some(req.method.as_str())),
+        name => header_map_matches(h, name, req.headers),
+    }
+}
+
+/// A header matcher against the header `name` of `headers` (no pseudo-headers), multiple
+/// values joined with `,` as Envoy joins them.
+pub fn header_map_matches(h: &HeaderMatcher, name: &str, headers: &HeaderMap) -> bool {
+    let mut it = headers.get_all(name).iter();
+    match (it.next(), it.next()) {
+        (None, _) => value_matches(h, None),
+        (Some(v), None) => value_matches(h, v.to_str().ok()),
+        (Some(_), Some(_)) => {
+            let joined = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(",");
+            value_matches(h, Some(&joined))
         }
-    };
+    }
+}
+
+/// A header matcher against a header's value (`None`: the header is absent).
+pub fn value_matches(h: &HeaderMatcher, value: Option<&str>) -> bool {
     let value = match value {
         Some(v) => Some(v),
         None if h.treat_missing_header_as_empty => Some(""),
@@ -334,6 +340,8 @@ mod tests {
             require_tls: RequireTls::None,
             retry_policy: None,
             include_request_attempt_count: false,
+            include_attempt_count_in_response: false,
+            per_request_buffer_limit_bytes: None,
             per_filter_config: vec![],
             legacy_cors: None,
         })
@@ -385,6 +393,7 @@ mod tests {
             action: RouteAction::NonForwarding,
             headers: HeaderMutations::default(),
             per_filter_config: vec![],
+            per_request_buffer_limit_bytes: None,
         })
     }
 

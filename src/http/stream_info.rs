@@ -36,14 +36,18 @@ bitflags::bitflags! {
         const FAULT_INJECTED = 1 << 12;
         /// `RL`: rate limited (local rate limit filter).
         const RATE_LIMITED = 1 << 13;
+        /// `URX`: the response was retriable but the retries were used up.
+        const UPSTREAM_RETRY_LIMIT_EXCEEDED = 1 << 14;
     }
 }
 
 impl ResponseFlags {
     /// Envoy's short string: `-` when none, else codes joined by `,`.
     pub fn to_short_string(self) -> String {
-        const NAMES: [(ResponseFlags, &str); 14] = [
+        // URX before UT, UF and UC, as Envoy 1.40 prints them (`URX,UT`).
+        const NAMES: [(ResponseFlags, &str); 15] = [
             (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
+            (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
             (ResponseFlags::NO_HEALTHY_UPSTREAM, "UH"),
             (ResponseFlags::UPSTREAM_REQUEST_TIMEOUT, "UT"),
             (ResponseFlags::UPSTREAM_CONNECTION_FAILURE, "UF"),
@@ -97,6 +101,8 @@ pub struct StreamInfo {
     pub captured_request_headers: Vec<Option<String>>,
     /// Response details (`%RESPONSE_CODE_DETAILS%`).
     pub response_code_details: &'static str,
+    /// Upstream attempts made (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`; 0: none was routed upstream).
+    pub attempt_count: u32,
 }
 
 impl StreamInfo {
@@ -117,6 +123,7 @@ impl StreamInfo {
             route_name: None,
             captured_request_headers: Vec::new(),
             response_code_details: "via_upstream",
+            attempt_count: 0,
         }
     }
 }

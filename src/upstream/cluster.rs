@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use pinion_xds::model;
 
-use super::cluster_stats::ClusterStats;
+use super::cluster_stats::{ClusterStats, HealthCheckStats};
 use super::host::{HealthFlags, Host, HostSet};
 use super::lb::{LbContext, LoadBalancer};
+use super::outlier_detector::{DetectorTarget, OutlierDetector};
 use super::resource_manager::{ResourceManager, RetryGuard};
 use crate::stats::Store;
 
@@ -53,6 +54,23 @@ pub struct Cluster {
     /// shared by all workers. A CDS update builds new ones, as Envoy's new `ClusterInfo`
     /// does: requests in flight keep counting against the managers they started with.
     resources: [Arc<ResourceManager>; 2],
+    /// The outlier detector (`outlier_detection` configured); its task is started with
+    /// [`super::outlier_detector::spawn`] by whoever activates the cluster.
+    outlier: Option<Arc<OutlierDetector>>,
+    /// `health_check.*` stats (clusters with `health_checks` only).
+    pub hc_stats: Option<HealthCheckStats>,
+    /// Bumped on every host-set install, so the health checker sees membership changes
+    /// without polling.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Whether a host set was ever installed (an EDS cluster has none until its first
+    /// assignment): the initial health-check round covers the hosts of the first set.
+    has_host_set: AtomicBool,
+    /// Set when the config no longer uses this cluster (removed, or its replacement is
+    /// active): its health checker stops.
+    hc_stopped: AtomicBool,
+    /// True once every host of the first host set had its first check (at once for
+    /// clusters without health checks): until then the cluster warms, as in Envoy.
+    hc_initialized: tokio::sync::watch::Sender<bool>,
 }
 
 impl Cluster {
@@ -88,6 +106,15 @@ impl Cluster {
             rm.register_stats(store, &config.stat_name, thresholds.track_remaining);
             rm
         });
+        let outlier = config
+            .outlier_detection
+            .as_ref()
+            .map(|od| OutlierDetector::new(od, &config.name, &config.stat_name, store));
+        let hc_stats = config
+            .health_check
+            .as_ref()
+            .map(|_| HealthCheckStats::new(store, "cluster", "envoy_cluster_name", &config.stat_name));
+        let hc_initialized = tokio::sync::watch::Sender::new(config.health_check.is_none());
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             lb: LoadBalancer::new(config.lb_policy, store.slots()),
@@ -98,6 +125,12 @@ impl Cluster {
             retired: Arc::new(AtomicBool::new(false)),
             tls,
             resources,
+            outlier,
+            hc_stats,
+            changes: tokio::sync::watch::Sender::new(0),
+            has_host_set: AtomicBool::new(false),
+            hc_stopped: AtomicBool::new(false),
+            hc_initialized,
         });
         if cluster.config.discovery == model::DiscoveryType::Static {
             cluster.set_load_assignment(&cluster.config.load_assignment);
@@ -169,15 +202,28 @@ impl Cluster {
             } else {
                 ep.hostname.clone()
             };
-            let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status);
+            let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status)
+                .with_health_check(&ep.health_check);
+            let checked = self.config.health_check.is_some() && !ep.health_check.disabled;
             // `remove`: the first listing of an address takes the existing host; a duplicate
             // listing gets a host of its own, as every listing did before.
             let host = match known.remove(&addr) {
                 Some(existing) => {
                     existing.update_from(&fresh);
+                    if !checked {
+                        // Active-HC verdicts of a checker this cluster no longer has (or that
+                        // no longer checks this host) would stick forever.
+                        existing.set_flags_masked(HealthFlags::ACTIVE_HC, HealthFlags::empty());
+                    }
                     existing.clone()
                 }
-                None => Arc::new(fresh),
+                None => {
+                    if checked {
+                        // As Envoy: a host starts failed until its first check passes.
+                        fresh.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+                    }
+                    Arc::new(fresh)
+                }
             };
             priorities[p].push(host);
         }
@@ -196,6 +242,33 @@ impl Cluster {
         }
     }
 
+    /// Set or clear `flag` on several hosts, recomputing the host set once if any changed.
+    pub fn set_host_health_flags(&self, flag: HealthFlags, changes: &[(Arc<Host>, bool)]) {
+        let _writer = self.lock_writer();
+        let mut changed = false;
+        for (host, on) in changes {
+            changed |= host.set_flag(flag, *on);
+        }
+        if changed {
+            let set = self.hosts.load().recompute();
+            self.install(set);
+        }
+    }
+
+    /// The outlier detector, if `outlier_detection` is configured.
+    pub fn outlier(&self) -> Option<&Arc<OutlierDetector>> {
+        self.outlier.as_ref()
+    }
+
+    /// Active health checking saw `host` pass: with outlier detection (and
+    /// `successful_active_health_check_uneject_host`, its default), an ejected host that is
+    /// not failing active health checks comes back at once, as in Envoy. Main thread.
+    pub fn on_active_health_check_success(&self, host: &Host) {
+        if let Some(od) = &self.outlier {
+            od.on_active_health_check_success(self, host);
+        }
+    }
+
     /// Recompute the host set's health-derived lists from the hosts' current flags, after
     /// flags were changed with `Host::set_flag` directly (e.g. a batch).
     pub fn recompute_health(&self) {
@@ -207,10 +280,52 @@ impl Cluster {
     /// Publish a set (caller holds the writer lock): LB state first, so picks from the new
     /// set find it.
     fn install(&self, set: HostSet) {
+        let (healthy, degraded, excluded) = set.membership();
         self.stats.membership_total.set(set.len() as i64);
-        self.stats.membership_healthy.set(set.healthy_len() as i64);
+        self.stats.membership_healthy.set(healthy as i64);
+        self.stats.membership_degraded.set(degraded as i64);
+        self.stats.membership_excluded.set(excluded as i64);
         self.lb.on_hosts_changed(&set);
         self.hosts.store(Arc::new(set));
+        self.has_host_set.store(true, Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Whether a host set was ever installed.
+    pub fn has_host_set(&self) -> bool {
+        self.has_host_set.load(Ordering::Relaxed)
+    }
+
+    /// Host-set changes (the value is a change counter).
+    pub fn host_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Stop this cluster's health checker (the config no longer uses the cluster).
+    pub fn stop_health_checks(&self) {
+        self.hc_stopped.store(true, Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Becomes true once the initial health-check round is done (already true without
+    /// health checks).
+    pub fn health_checks_initialized(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.hc_initialized.subscribe()
+    }
+
+    /// Whether the initial health-check round is done.
+    pub fn is_health_check_initialized(&self) -> bool {
+        *self.hc_initialized.borrow()
+    }
+
+    /// The health checker finished its initial round.
+    pub fn set_health_check_initialized(&self) {
+        self.hc_initialized.send_replace(true);
+    }
+
+    /// Whether the health checker should stop: told so, or the cluster was replaced.
+    pub fn health_checks_stopped(&self) -> bool {
+        self.hc_stopped.load(Ordering::Relaxed) || self.is_retired()
     }
 
     /// The circuit breakers of `priority`.
@@ -244,6 +359,24 @@ impl Cluster {
     pub fn choose_host_with(&self, ctx: &LbContext) -> Option<Arc<Host>> {
         let hosts = self.hosts.load();
         self.lb.choose(&hosts, ctx, &self.stats)
+    }
+}
+
+impl DetectorTarget for Cluster {
+    fn outlier_detector(&self) -> Option<&Arc<OutlierDetector>> {
+        self.outlier.as_ref()
+    }
+
+    fn current_hosts(&self) -> Arc<HostSet> {
+        self.hosts.load_full()
+    }
+
+    fn set_outlier_flags(&self, changes: &[(Arc<Host>, bool)]) {
+        self.set_host_health_flags(HealthFlags::FAILED_OUTLIER_CHECK, changes);
+    }
+
+    fn is_retired(&self) -> bool {
+        Cluster::is_retired(self)
     }
 }
 
@@ -315,6 +448,7 @@ mod tests {
                     weight: e.weight,
                     health_status: e.health,
                     hostname: e.hostname.into(),
+                    health_check: Default::default(),
                 }],
             })
             .collect();
@@ -382,23 +516,25 @@ mod tests {
 
     #[test]
     fn eds_health_update_changes_the_healthy_list() {
-        // (health of host 1 in the second update, healthy hosts after it)
+        // (health of host 1 in the second update, routable hosts after it, Envoy's
+        // membership_healthy / _degraded / _excluded)
         let cases = [
-            (HealthStatus::Healthy, 2),
-            (HealthStatus::Unknown, 2),
-            (HealthStatus::Degraded, 2),
-            (HealthStatus::Unhealthy, 1),
-            (HealthStatus::Draining, 1),
-            (HealthStatus::Timeout, 1),
+            (HealthStatus::Healthy, 2, (2, 0, 0)),
+            (HealthStatus::Degraded, 2, (1, 1, 0)),
+            (HealthStatus::Unhealthy, 1, (1, 0, 0)),
+            (HealthStatus::Draining, 1, (1, 0, 1)),
+            (HealthStatus::Timeout, 1, (1, 0, 0)),
         ];
-        for (health, healthy) in cases {
+        for (health, healthy, (m_healthy, m_degraded, m_excluded)) in cases {
             let c = Cluster::new(eds_config(), &Store::new(1)).unwrap();
             c.set_load_assignment(&assignment(&[ep(1), ep(2)]));
             let h1 = find(&c, 1).unwrap();
             c.set_load_assignment(&assignment(&[Ep { health, ..ep(1) }, ep(2)]));
             assert!(Arc::ptr_eq(&find(&c, 1).unwrap(), &h1));
             assert_eq!(c.hosts().healthy_len(), healthy, "{health:?}");
-            assert_eq!(c.stats.membership_healthy.value(), healthy as i64, "{health:?}");
+            let s = &c.stats;
+            let got = (s.membership_healthy.value(), s.membership_degraded.value(), s.membership_excluded.value());
+            assert_eq!(got, (m_healthy, m_degraded, m_excluded), "{health:?}");
         }
     }
 
@@ -449,7 +585,7 @@ mod tests {
         old.set_load_assignment(&assignment(&[ep(1), ep(2)]));
         let (h1, h2) = (find(&old, 1).unwrap(), find(&old, 2).unwrap());
         serve(&h1, 5);
-        h2.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+        h2.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, true);
         let warming = Cluster::new_replacing(eds_config(), &store, Some(&old)).unwrap();
         assert!(warming.hosts().is_empty());
         assert!(warming.choose_host().is_none());
@@ -461,7 +597,7 @@ mod tests {
         assert!(Arc::ptr_eq(&find(&newest, 2).unwrap(), &h2));
         assert!(old.is_retired());
         assert_eq!(h1.stats.rq_total.load(Ordering::Relaxed), 5);
-        assert_eq!(newest.hosts().healthy_len(), 2, "host 2 keeps its failed active HC");
+        assert_eq!(newest.hosts().healthy_len(), 2, "host 2 keeps its outlier ejection");
 
         // Adoption happens once: an address that comes back later is a new host.
         newest.set_load_assignment(&assignment(&[ep(1)]));
@@ -505,5 +641,118 @@ mod tests {
         let c = Cluster::new(static_config(&[1, 2], "1s"), &Store::new(1)).unwrap();
         assert!(c.choose_host_with(&LbContext::with_hash(42)).is_some());
         assert!(c.choose_host().is_some());
+    }
+
+    fn with_outlier(cfg: Arc<model::Cluster>, od: model::OutlierDetection) -> Arc<model::Cluster> {
+        let mut c = (*cfg).clone();
+        c.outlier_detection = Some(od);
+        Arc::new(c)
+    }
+
+    #[test]
+    fn outlier_ejection_reaches_the_load_balancer_and_survives_replacement() {
+        let store = Store::new(1);
+        let od = model::OutlierDetection { consecutive_5xx: 2, max_ejection_percent: 100, ..Default::default() };
+        let c = Cluster::new(with_outlier(static_config(&[1, 2, 3], "1s"), od.clone()), &store).unwrap();
+        let det = c.outlier().expect("a detector").clone();
+        let h3 = find(&c, 3).unwrap();
+        // Workers report; nothing changes until the detector handles the crossing.
+        det.put_http_status(&h3, 503);
+        det.put_http_status(&h3, 500);
+        assert!(h3.healthy());
+        det.handle_crossings(&*c);
+        assert!(h3.health_flags().contains(HealthFlags::FAILED_OUTLIER_CHECK));
+        assert!((0..30).all(|_| c.choose_host().unwrap().address.port() != 3), "the LB skips it");
+        assert_eq!(c.stats.membership_healthy.value(), 2);
+        let stat = |name: &str| store.value(&format!("cluster.svc.outlier_detection.{name}"));
+        assert_eq!(stat("ejections_active"), Some(1));
+        assert_eq!(stat("ejections_enforced_consecutive_5xx"), Some(1));
+        assert_eq!(h3.outlier_state().num_ejections, 1);
+        assert_eq!(h3.outlier.consecutive(super::super::outlier_detection::Consecutive::Status5xx), 0);
+
+        // A CDS update keeps the host, its ejection and the detector's memory of it; the
+        // new detector counts the ejection as active.
+        let new = Cluster::new_replacing(with_outlier(static_config(&[1, 2, 3], "2s"), od), &store, Some(&c)).unwrap();
+        assert!(c.is_retired());
+        let kept = find(&new, 3).unwrap();
+        assert!(Arc::ptr_eq(&kept, &h3));
+        assert_eq!(new.hosts().healthy_len(), 2);
+        let det2 = new.outlier().unwrap().clone();
+        det2.sweep(&*new);
+        assert!(kept.health_flags().contains(HealthFlags::FAILED_OUTLIER_CHECK), "30s are not over");
+        assert_eq!(stat("ejections_active"), Some(1));
+        assert_eq!(kept.outlier_state().backoff, 1);
+
+        // Active health checking brings it back at once.
+        new.on_active_health_check_success(&kept);
+        assert!(kept.healthy());
+        assert_eq!(new.hosts().healthy_len(), 3);
+        assert_eq!(stat("ejections_active"), Some(0));
+        // Not while active health checking itself fails the host.
+        det2.put_http_status(&kept, 503);
+        det2.put_http_status(&kept, 503);
+        det2.handle_crossings(&*new);
+        kept.set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
+        new.on_active_health_check_success(&kept);
+        assert!(kept.health_flags().contains(HealthFlags::FAILED_OUTLIER_CHECK));
+
+        // A removed ejected host no longer counts.
+        new.set_load_assignment(&LoadAssignment {
+            cluster_name: "svc".into(),
+            localities: vec![LocalityEndpoints {
+                endpoints: vec![Endpoint {
+                    address: EndpointAddress::Socket(addr(1)),
+                    weight: 1,
+                    health_status: HealthStatus::Healthy,
+                    hostname: String::new(),
+                    health_check: Default::default(),
+                }],
+                ..Default::default()
+            }],
+            overprovisioning_factor: 140,
+        });
+        det2.sweep(&*new);
+        assert_eq!(stat("ejections_active"), Some(0));
+    }
+
+    #[test]
+    fn no_outlier_detection_no_detector_and_no_stats() {
+        let store = Store::new(1);
+        let c = Cluster::new(static_config(&[1], "1s"), &store).unwrap();
+        assert!(c.outlier().is_none());
+        assert_eq!(store.value("cluster.svc.outlier_detection.ejections_active"), None);
+    }
+
+    fn hc_config(extra: &str) -> Arc<model::Cluster> {
+        config(&format!(
+            "name: svc\ntype: EDS\nconnect_timeout: 1s\neds_cluster_config: {{ eds_config: {{ ads: {{}} }} }}\n{extra}"
+        ))
+    }
+
+    #[test]
+    fn health_checked_hosts_start_failed_and_unchecked_clusters_drop_active_hc_flags() {
+        let store = Store::new(1);
+        let hc = "health_checks: [{ timeout: 1s, interval: 1s, unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {} }]\n";
+        let c = Cluster::new(hc_config(hc), &store).unwrap();
+        assert!(!c.is_health_check_initialized());
+        let mut disabled = assignment(&[ep(1), ep(2)]);
+        disabled.localities[1].endpoints[0].health_check.disabled = true;
+        c.set_load_assignment(&disabled);
+        let (h1, h2) = (find(&c, 1).unwrap(), find(&c, 2).unwrap());
+        assert_eq!(h1.health_flags(), HealthFlags::FAILED_ACTIVE_HC, "new hosts wait for their first check");
+        assert_eq!(h2.health_flags(), HealthFlags::empty(), "disable_active_health_check");
+        assert_eq!(c.hosts().healthy_len(), 1);
+        // A host that passed keeps its state across updates (no new FAILED_ACTIVE_HC).
+        h1.set_flag(HealthFlags::FAILED_ACTIVE_HC, false);
+        c.set_load_assignment(&disabled);
+        assert_eq!(h1.health_flags(), HealthFlags::empty());
+        h1.set_flag(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::ACTIVE_HC_TIMEOUT, true);
+
+        // A replacement without health checks adopts the host without its active-HC verdict.
+        let plain = Cluster::new_replacing(eds_config(), &store, Some(&c)).unwrap();
+        assert!(plain.is_health_check_initialized());
+        plain.set_load_assignment(&assignment(&[ep(1)]));
+        assert!(Arc::ptr_eq(&find(&plain, 1).unwrap(), &h1));
+        assert_eq!(h1.health_flags(), HealthFlags::empty());
     }
 }

@@ -40,6 +40,16 @@ const CLUSTER_STATS: &[(&str, bool)] = &[
     ("upstream_cx_overflow", false),
     ("upstream_cx_pool_overflow", false),
     ("upstream_rq_retry_overflow", false),
+    ("membership_degraded", true),
+    ("membership_excluded", true),
+    ("upstream_rq_retry", false),
+    ("upstream_rq_retry_success", false),
+    ("upstream_rq_retry_limit_exceeded", false),
+    ("upstream_rq_retry_backoff_exponential", false),
+    ("upstream_rq_retry_backoff_ratelimited", false),
+    ("upstream_rq_per_try_timeout", false),
+    ("upstream_rq_per_try_idle_timeout", false),
+    ("retry_or_shadow_abandoned", false),
 ];
 
 /// Envoy's cluster stats (`cluster.<name>.*`).
@@ -102,8 +112,31 @@ pub struct ClusterStats {
     pub upstream_cx_pool_overflow: Counter,
     /// `upstream_rq_retry_overflow`: a retry refused by `max_retries` or the retry budget.
     pub upstream_rq_retry_overflow: Counter,
+    /// `membership_degraded`.
+    pub membership_degraded: Gauge,
+    /// `membership_excluded`.
+    pub membership_excluded: Gauge,
+    /// `upstream_rq_retry`: retries granted.
+    pub upstream_rq_retry: Counter,
+    /// `upstream_rq_retry_success`: requests answered after a retry.
+    pub upstream_rq_retry_success: Counter,
+    /// `upstream_rq_retry_limit_exceeded`: retriable outcomes with no retries left.
+    pub upstream_rq_retry_limit_exceeded: Counter,
+    /// `upstream_rq_retry_backoff_exponential`.
+    pub upstream_rq_retry_backoff_exponential: Counter,
+    /// `upstream_rq_retry_backoff_ratelimited`.
+    pub upstream_rq_retry_backoff_ratelimited: Counter,
+    /// `upstream_rq_per_try_timeout`.
+    pub upstream_rq_per_try_timeout: Counter,
+    /// `upstream_rq_per_try_idle_timeout`.
+    pub upstream_rq_per_try_idle_timeout: Counter,
+    /// `retry_or_shadow_abandoned`: request bodies too large to keep for a retry.
+    pub retry_or_shadow_abandoned: Counter,
     /// `upstream_rq_<code>`, created on first use.
     codes: Arc<OnceLock<Box<[OnceLock<Counter>]>>>,
+    /// `retry.upstream_rq_completed`, `retry.upstream_rq_<class>xx`, `retry.upstream_rq_<code>`:
+    /// responses that were retried, created on first use (Envoy's are dynamic too).
+    retry_codes: Arc<OnceLock<RetryCodeStats>>,
     store: Store,
     stat_name: Arc<str>,
 }
@@ -140,8 +173,19 @@ impl ClusterStats {
             upstream_cx_overflow: g.counter(29),
             upstream_cx_pool_overflow: g.counter(30),
             upstream_rq_retry_overflow: g.counter(31),
+            membership_degraded: g.gauge(32),
+            membership_excluded: g.gauge(33),
+            upstream_rq_retry: g.counter(34),
+            upstream_rq_retry_success: g.counter(35),
+            upstream_rq_retry_limit_exceeded: g.counter(36),
+            upstream_rq_retry_backoff_exponential: g.counter(37),
+            upstream_rq_retry_backoff_ratelimited: g.counter(38),
+            upstream_rq_per_try_timeout: g.counter(39),
+            upstream_rq_per_try_idle_timeout: g.counter(40),
+            retry_or_shadow_abandoned: g.counter(41),
             upstream_rq_xx: [g.counter(17), g.counter(18), g.counter(19), g.counter(20), g.counter(21)],
             codes: Arc::new(OnceLock::new()),
+            retry_codes: Arc::new(OnceLock::new()),
             store: store.clone(),
             stat_name: stat_name.into(),
         }
@@ -168,5 +212,75 @@ impl ClusterStats {
                 )
             })
             .inc();
+    }
+
+    /// Count a response that was retried (Envoy's `chargeBasicResponseStat` under the
+    /// cluster's `retry.` prefix): `retry.upstream_rq_completed`, `retry.upstream_rq_<class>xx`,
+    /// `retry.upstream_rq_<code>`. Not in `upstream_rq_<code>`: only final answers are.
+    pub fn record_retried_status(&self, status: u16) {
+        let name = &self.stat_name;
+        let stats = self.retry_codes.get_or_init(|| RetryCodeStats {
+            completed: self.store.counter(
+                &format!("cluster.{name}.retry.upstream_rq_completed"),
+                Prom::tagged("cluster", "envoy_cluster_name", name, "retry.upstream_rq_completed"),
+            ),
+            classes: Default::default(),
+            codes: (0..500).map(|_| OnceLock::new()).collect(),
+        });
+        stats.completed.inc();
+        let class = (status / 100) as usize;
+        if (1..=5).contains(&class) {
+            stats.classes[class - 1]
+                .get_or_init(|| {
+                    self.store.counter(
+                        &format!("cluster.{name}.retry.upstream_rq_{class}xx"),
+                        Prom::tagged("cluster", "envoy_cluster_name", name, "retry.upstream_rq_xx")
+                            .with_tag("envoy_response_code_class", &class.to_string()),
+                    )
+                })
+                .inc();
+        }
+        if (100..600).contains(&status) {
+            stats.codes[(status - 100) as usize]
+                .get_or_init(|| {
+                    self.store.counter(
+                        &format!("cluster.{name}.retry.upstream_rq_{status}"),
+                        Prom::tagged("cluster", "envoy_cluster_name", name, "retry.upstream_rq")
+                            .with_tag("envoy_response_code", &status.to_string()),
+                    )
+                })
+                .inc();
+        }
+    }
+}
+
+/// The dynamic `retry.*` response stats of a cluster.
+struct RetryCodeStats {
+    completed: Counter,
+    classes: [OnceLock<Counter>; 5],
+    codes: Box<[OnceLock<Counter>]>,
+}
+
+crate::stats_struct! {
+    /// Active health checking stats of a cluster (`cluster.<name>.health_check.*`), registered
+    /// only for clusters with `health_checks`, as in Envoy.
+    #[derive(Clone)]
+    pub struct HealthCheckStats {
+        /// `health_check.attempt`.
+        attempt: Counter = "health_check.attempt",
+        /// `health_check.success`.
+        success: Counter = "health_check.success",
+        /// `health_check.failure`.
+        failure: Counter = "health_check.failure",
+        /// `health_check.passive_failure`.
+        passive_failure: Counter = "health_check.passive_failure",
+        /// `health_check.network_failure`.
+        network_failure: Counter = "health_check.network_failure",
+        /// `health_check.verify_cluster`.
+        verify_cluster: Counter = "health_check.verify_cluster",
+        /// `health_check.healthy`: checked hosts not failing active HC.
+        healthy: Gauge = "health_check.healthy",
+        /// `health_check.degraded`: checked hosts degraded by active HC.
+        degraded: Gauge = "health_check.degraded",
     }
 }

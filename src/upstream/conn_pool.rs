@@ -736,7 +736,9 @@ impl ConnPools {
 
     /// Send `req` to `host` of `cluster` over `protocol` at `priority`: on a ready
     /// connection, or after waiting for one. Returns the response (headers; the body
-    /// streams) and the stream slot to finish when the body is done.
+    /// streams) and the stream slot to finish when the body is done. `connected` is set once
+    /// the request has a connection (Envoy's "pool ready": per-try timers start then, and a
+    /// reset after it is no longer one "before request").
     pub async fn send(
         &self,
         cluster: &Arc<Cluster>,
@@ -744,6 +746,7 @@ impl ConnPools {
         protocol: Protocol,
         priority: RoutingPriority,
         mut req: Request<RequestBody>,
+        connected: &Cell<bool>,
     ) -> Result<(http::Response<UpstreamBody>, StreamSlot), UpstreamError> {
         let pool = self.pool(cluster, host, protocol, priority)?;
         // One retry when a pooled connection turns out dead before the request was written
@@ -759,6 +762,8 @@ impl ConnPools {
                 // The rarer path, boxed so its state stays out of the common future.
                 Checkout::Pending(p) => Box::pin(async move { p.wait().await }).await?,
             };
+            // The pool is ready for this request (Envoy's `onPoolReady`).
+            connected.set(true);
             match &mut slot.conn {
                 SlotConn::H1(c) => {
                     // A connection whose previous response just ended may not take the next

@@ -63,7 +63,9 @@ pub async fn refresh(cluster: &Arc<Cluster>) {
     }
     let current: Vec<SocketAddr> = cluster.hosts().all().map(|h| h.address).collect();
     let new: Vec<SocketAddr> = resolved.iter().map(|r| r.2).collect();
-    if current != new {
+    // The first answer is installed even when empty: it completes the cluster's first host
+    // set (the initial health-check round waits for one).
+    if current != new || !cluster.has_host_set() {
         cluster.update_hosts(resolved);
     }
 }

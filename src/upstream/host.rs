@@ -6,57 +6,116 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use bitflags::bitflags;
-use pinion_xds::model::{HealthStatus, Locality};
+use pinion_xds::model::{EndpointHealthCheck, HealthStatus, Locality};
+
+use super::outlier_detection::{HostMonitor, HostState};
 
 bitflags! {
-    /// Host health flags, as shown in `/clusters` (`health_flags::`). Any flag but
-    /// `DEGRADED_EDS_HEALTH` takes the host out of normal (non-panic) load balancing.
+    /// Host health flags, as shown in `/clusters` (`health_flags::`), in Envoy's order and with
+    /// Envoy's bit values. `FAILED_*` make a host unhealthy, `DEGRADED_*` degraded (still
+    /// routable here), and the excluding flags (see [`HealthFlags::EXCLUDING`]) take it out of
+    /// load balancing without making it unhealthy.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     pub struct HealthFlags: u32 {
         /// `/failed_active_hc`.
-        const FAILED_ACTIVE_HC = 1 << 0;
+        const FAILED_ACTIVE_HC = 0x1;
         /// `/failed_outlier_check`.
-        const FAILED_OUTLIER_CHECK = 1 << 1;
+        const FAILED_OUTLIER_CHECK = 0x2;
         /// `/failed_eds_health`.
-        const FAILED_EDS_HEALTH = 1 << 2;
+        const FAILED_EDS_HEALTH = 0x4;
+        /// `/degraded_active_hc`: the last check answered with `x-envoy-degraded`.
+        const DEGRADED_ACTIVE_HC = 0x8;
         /// `/degraded_eds_health`.
-        const DEGRADED_EDS_HEALTH = 1 << 3;
+        const DEGRADED_EDS_HEALTH = 0x10;
         /// `/pending_dynamic_removal`.
-        const PENDING_DYNAMIC_REMOVAL = 1 << 4;
+        const PENDING_DYNAMIC_REMOVAL = 0x20;
+        /// `/pending_active_hc`: excluded until its first check (`ignore_new_hosts_until_first_hc`).
+        const PENDING_ACTIVE_HC = 0x40;
+        /// `/excluded_via_immediate_hc_fail`: a failed check carried
+        /// `x-envoy-immediate-health-check-fail`.
+        const EXCLUDED_VIA_IMMEDIATE_HC_FAIL = 0x80;
+        /// `/active_hc_timeout`: failed active HC, last by a timeout.
+        const ACTIVE_HC_TIMEOUT = 0x100;
+        /// `/eds_status_draining`: EDS `health_status: DRAINING`.
+        const EDS_STATUS_DRAINING = 0x200;
     }
 }
 
 impl HealthFlags {
     /// The flags config/EDS `health_status` owns; an update rewrites these and leaves the
     /// others (active HC, outlier detection) alone.
-    pub const EDS: HealthFlags = HealthFlags::FAILED_EDS_HEALTH.union(HealthFlags::DEGRADED_EDS_HEALTH);
+    pub const EDS: HealthFlags =
+        HealthFlags::FAILED_EDS_HEALTH.union(HealthFlags::DEGRADED_EDS_HEALTH).union(HealthFlags::EDS_STATUS_DRAINING);
 
-    /// The flags a config/EDS `health_status` sets.
+    /// The flags active health checking owns.
+    pub const ACTIVE_HC: HealthFlags = HealthFlags::FAILED_ACTIVE_HC
+        .union(HealthFlags::DEGRADED_ACTIVE_HC)
+        .union(HealthFlags::PENDING_ACTIVE_HC)
+        .union(HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL)
+        .union(HealthFlags::ACTIVE_HC_TIMEOUT);
+
+    /// Flags that make a host unhealthy (Envoy's `Host::Health::Unhealthy`).
+    pub const FAILED: HealthFlags =
+        HealthFlags::FAILED_ACTIVE_HC.union(HealthFlags::FAILED_OUTLIER_CHECK).union(HealthFlags::FAILED_EDS_HEALTH);
+
+    /// Flags that make a host degraded.
+    pub const DEGRADED: HealthFlags = HealthFlags::DEGRADED_ACTIVE_HC.union(HealthFlags::DEGRADED_EDS_HEALTH);
+
+    /// Flags that exclude a host from load balancing (Envoy's excluded host list).
+    pub const EXCLUDING: HealthFlags = HealthFlags::PENDING_DYNAMIC_REMOVAL
+        .union(HealthFlags::PENDING_ACTIVE_HC)
+        .union(HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL)
+        .union(HealthFlags::EDS_STATUS_DRAINING);
+
+    /// The flags a config/EDS `health_status` sets: UNHEALTHY and TIMEOUT fail the host,
+    /// DRAINING excludes it (Envoy 1.40 shows `/eds_status_draining`, not a failure), DEGRADED
+    /// degrades it.
     pub fn from_eds(health: HealthStatus) -> HealthFlags {
         match health {
-            HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout => HealthFlags::FAILED_EDS_HEALTH,
+            HealthStatus::Unhealthy | HealthStatus::Timeout => HealthFlags::FAILED_EDS_HEALTH,
+            HealthStatus::Draining => HealthFlags::EDS_STATUS_DRAINING,
             HealthStatus::Degraded => HealthFlags::DEGRADED_EDS_HEALTH,
             HealthStatus::Unknown | HealthStatus::Healthy => HealthFlags::empty(),
         }
     }
 
-    /// Whether a host with these flags is routable outside panic mode.
+    /// Whether a host with these flags is routable outside panic mode (healthy or degraded,
+    /// and not excluded).
     pub fn is_healthy(self) -> bool {
-        self.difference(HealthFlags::DEGRADED_EDS_HEALTH).is_empty()
+        !self.intersects(HealthFlags::FAILED.union(HealthFlags::EXCLUDING))
+    }
+
+    /// The EDS status `/clusters?format=json` reports (`eds_health_status`): Envoy rebuilds it
+    /// from the flags, so TIMEOUT reads as UNHEALTHY and UNKNOWN as HEALTHY.
+    pub fn eds_status_name(self) -> &'static str {
+        if self.contains(HealthFlags::FAILED_EDS_HEALTH) {
+            "UNHEALTHY"
+        } else if self.contains(HealthFlags::EDS_STATUS_DRAINING) {
+            "DRAINING"
+        } else if self.contains(HealthFlags::DEGRADED_EDS_HEALTH) {
+            "DEGRADED"
+        } else {
+            "HEALTHY"
+        }
     }
 }
 
 /// `/clusters` spelling of each flag, in Envoy's order.
-const FLAG_TEXT: [(HealthFlags, &str); 5] = [
+const FLAG_TEXT: [(HealthFlags, &str); 10] = [
     (HealthFlags::FAILED_ACTIVE_HC, "/failed_active_hc"),
     (HealthFlags::FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
     (HealthFlags::FAILED_EDS_HEALTH, "/failed_eds_health"),
+    (HealthFlags::DEGRADED_ACTIVE_HC, "/degraded_active_hc"),
     (HealthFlags::DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
     (HealthFlags::PENDING_DYNAMIC_REMOVAL, "/pending_dynamic_removal"),
+    (HealthFlags::PENDING_ACTIVE_HC, "/pending_active_hc"),
+    (HealthFlags::EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "/excluded_via_immediate_hc_fail"),
+    (HealthFlags::ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
+    (HealthFlags::EDS_STATUS_DRAINING, "/eds_status_draining"),
 ];
 
 /// Per-host counters (Envoy's host stats in `/clusters`). Plain atomics, not sharded: there
@@ -103,6 +162,8 @@ impl HostStats {
 struct HostMeta {
     hostname: String,
     locality: Option<Locality>,
+    /// `health_check_config`: port override, Host for checks, opt-out.
+    health_check: EndpointHealthCheck,
 }
 
 /// One upstream endpoint. Shared by all workers; everything but the address is updatable in
@@ -116,6 +177,12 @@ pub struct Host {
     health_flags: AtomicU32,
     /// Host stats.
     pub stats: HostStats,
+    /// Outlier detection results, written by workers (atomics only).
+    pub outlier: HostMonitor,
+    /// The outlier detector's memory of this host (ejection count, backoff, times); only
+    /// the main thread takes the lock. On the host, not the detector, so that it stays with
+    /// the host across cluster updates, like the ejection flag itself.
+    outlier_state: Mutex<HostState>,
 }
 
 impl Host {
@@ -132,10 +199,51 @@ impl Host {
             address,
             weight: AtomicU32::new(weight.max(1)),
             priority: AtomicU32::new(priority),
-            meta: ArcSwap::from_pointee(HostMeta { hostname, locality }),
+            meta: ArcSwap::from_pointee(HostMeta { hostname, locality, health_check: EndpointHealthCheck::default() }),
             health_flags: AtomicU32::new(HealthFlags::from_eds(health).bits()),
             stats: HostStats::default(),
+            outlier: HostMonitor::default(),
+            outlier_state: Mutex::new(HostState::default()),
         }
+    }
+
+    /// The outlier detector's state of this host.
+    pub fn outlier_state(&self) -> HostState {
+        *self.outlier_state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replace the outlier detector's state of this host (main thread).
+    pub fn set_outlier_state(&self, state: HostState) {
+        *self.outlier_state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
+
+    /// This host with the endpoint's `health_check_config`.
+    pub fn with_health_check(self, hc: &EndpointHealthCheck) -> Self {
+        if *hc != EndpointHealthCheck::default() {
+            let meta = self.meta.load();
+            self.meta.store(Arc::new(HostMeta {
+                hostname: meta.hostname.clone(),
+                locality: meta.locality.clone(),
+                health_check: hc.clone(),
+            }));
+        }
+        self
+    }
+
+    /// The endpoint's `health_check_config`.
+    pub fn health_check_config(&self) -> EndpointHealthCheck {
+        self.meta.load().health_check.clone()
+    }
+
+    /// Where active health checks connect: the address, with `health_check_config.port_value`
+    /// when set.
+    pub fn health_check_address(&self) -> SocketAddr {
+        let port = self.meta.load().health_check.port;
+        let mut a = self.address;
+        if port != 0 {
+            a.set_port(port);
+        }
+        a
     }
 
     /// LB weight (at least 1).
@@ -177,6 +285,16 @@ impl Host {
     /// Current health flags.
     pub fn health_flags(&self) -> HealthFlags {
         HealthFlags::from_bits_retain(self.health_flags.load(Ordering::Relaxed))
+    }
+
+    /// Replace the flags in `mask` with `value & mask`; returns whether anything changed.
+    pub fn set_flags_masked(&self, mask: HealthFlags, value: HealthFlags) -> bool {
+        let value = value & mask;
+        let old = self.health_flags.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| {
+            Some(((HealthFlags::from_bits_retain(f) - mask) | value).bits())
+        });
+        let old = HealthFlags::from_bits_retain(old.unwrap_or_else(|v| v));
+        old & mask != value
     }
 
     /// Set or clear health flags; returns whether anything changed. The host set's
@@ -278,13 +396,29 @@ pub struct HostSet {
     generation: u64,
     len: usize,
     healthy_len: usize,
+    /// Envoy's membership gauges: (healthy, degraded, excluded).
+    membership: (usize, usize, usize),
 }
 
 impl HostSet {
     /// A set over these priority levels.
     pub fn new(priorities: Vec<Vec<Arc<Host>>>) -> Self {
         let priorities: Vec<PriorityHosts> = priorities.into_iter().map(PriorityHosts::new).collect();
+        let mut membership = (0, 0, 0);
+        for h in priorities.iter().flat_map(|p| p.hosts.iter()) {
+            let f = h.health_flags();
+            if f.intersects(HealthFlags::EXCLUDING) {
+                membership.2 += 1;
+            } else if !f.intersects(HealthFlags::FAILED) {
+                if f.intersects(HealthFlags::DEGRADED) {
+                    membership.1 += 1;
+                } else {
+                    membership.0 += 1;
+                }
+            }
+        }
         HostSet {
+            membership,
             len: priorities.iter().map(|p| p.hosts.len()).sum(),
             healthy_len: priorities.iter().map(|p| p.healthy.len()).sum(),
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
@@ -322,6 +456,12 @@ impl HostSet {
         self.healthy_len
     }
 
+    /// Envoy's `membership_healthy`, `membership_degraded` and `membership_excluded`: hosts
+    /// neither failed, degraded nor excluded; degraded and not failed or excluded; excluded.
+    pub fn membership(&self) -> (usize, usize, usize) {
+        self.membership
+    }
+
     /// True when there are no hosts.
     pub fn is_empty(&self) -> bool {
         self.len == 0
@@ -348,8 +488,11 @@ mod tests {
             ),
             (
                 HealthFlags::all(),
-                "/failed_active_hc/failed_outlier_check/failed_eds_health/degraded_eds_health/pending_dynamic_removal",
+                "/failed_active_hc/failed_outlier_check/failed_eds_health/degraded_active_hc/degraded_eds_health\
+                 /pending_dynamic_removal/pending_active_hc/excluded_via_immediate_hc_fail/active_hc_timeout\
+                 /eds_status_draining",
             ),
+            (HealthFlags::FAILED_ACTIVE_HC | HealthFlags::ACTIVE_HC_TIMEOUT, "/failed_active_hc/active_hc_timeout"),
         ];
         for (flags, text) in cases {
             let h = host(1, 1, HealthStatus::Healthy);
@@ -365,7 +508,7 @@ mod tests {
             (HealthStatus::Healthy, HealthFlags::empty(), true),
             (HealthStatus::Degraded, HealthFlags::DEGRADED_EDS_HEALTH, true),
             (HealthStatus::Unhealthy, HealthFlags::FAILED_EDS_HEALTH, false),
-            (HealthStatus::Draining, HealthFlags::FAILED_EDS_HEALTH, false),
+            (HealthStatus::Draining, HealthFlags::EDS_STATUS_DRAINING, false),
             (HealthStatus::Timeout, HealthFlags::FAILED_EDS_HEALTH, false),
         ];
         for (status, flags, healthy) in cases {

@@ -121,6 +121,8 @@ pub struct Backend {
     pub name: String,
     /// Number of requests received (all endpoints).
     pub hits: Arc<AtomicU64>,
+    /// A status every request gets instead of its path's answer (0: none).
+    forced_status: Arc<AtomicU64>,
     server: ServerThread,
 }
 
@@ -138,6 +140,12 @@ impl Backend {
     /// Requests received so far.
     pub fn hit_count(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Answer every request (any path) with `status` from now on, or behave normally again
+    /// with `None`: a backend that fails on command.
+    pub fn force_status(&self, status: Option<u16>) {
+        self.forced_status.store(status.map_or(0, u64::from), Ordering::SeqCst);
     }
 
     /// Stops the backend and waits (at most 5 s) for its thread to exit.
@@ -167,14 +175,16 @@ pub fn spawn_http_backend_named(kind: BackendKind, name: &str) -> Backend {
     std_listener.set_nonblocking(true).expect("nonblocking backend listener");
     let addr = std_listener.local_addr().expect("backend local addr");
     let hits = Arc::new(AtomicU64::new(0));
-    let state = Arc::new(State { name: name.to_string(), hits: hits.clone() });
+    let forced_status = Arc::new(AtomicU64::new(0));
+    let state = Arc::new(State { name: name.to_string(), hits: hits.clone(), forced_status: forced_status.clone() });
     let server = ServerThread::start(name, move |shutdown| serve(std_listener, kind, state, shutdown));
-    Backend { addr, name: name.to_string(), hits, server }
+    Backend { addr, name: name.to_string(), hits, forced_status, server }
 }
 
 struct State {
     name: String,
     hits: Arc<AtomicU64>,
+    forced_status: Arc<AtomicU64>,
 }
 
 async fn serve(
@@ -245,6 +255,10 @@ async fn route(req: Request<Incoming>, st: &State) -> Response<RespBody> {
     let (parts, body) = req.into_parts();
     let body_len = drain(body).await;
     let desc = || describe(&st.name, &parts, body_len);
+    let forced = st.forced_status.load(Ordering::SeqCst);
+    if let Some(status) = u16::try_from(forced).ok().and_then(|c| StatusCode::from_u16(c).ok()) {
+        return json_response(status, &desc());
+    }
     if path == "/trailers" {
         let mut trailers = HeaderMap::new();
         trailers.insert("x-trailer", HeaderValue::from_static("yes"));

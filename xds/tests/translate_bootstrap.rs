@@ -713,3 +713,20 @@ fn wrong_type_url_for_hcm_is_reported() {
     let err = listener(&li).unwrap_err();
     assert_eq!(err.path, "filter_chains[0].filters[0].typed_config");
 }
+
+#[test]
+fn cluster_manager_outlier_event_log() {
+    let mut b = bs(vec![], vec![static_cluster("svc")]);
+    assert_eq!(bootstrap(&b, &NodeOverrides::default()).unwrap().outlier_event_log_path, "");
+    b.cluster_manager = Some(b::ClusterManager {
+        outlier_detection: Some(b::cluster_manager::OutlierDetection {
+            event_log_path: "/tmp/outlier.log".into(),
+            event_service: None,
+        }),
+        ..Default::default()
+    });
+    assert_eq!(bootstrap(&b, &NodeOverrides::default()).unwrap().outlier_event_log_path, "/tmp/outlier.log");
+    b.cluster_manager.as_mut().unwrap().local_cluster_name = "svc".into();
+    let err = bootstrap(&b, &NodeOverrides::default()).unwrap_err();
+    assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "cluster_manager.local_cluster_name"));
+}

@@ -216,11 +216,6 @@ fn unsupported_cluster_features() {
     assert!(err.reason.contains("RING_HASH"), "{err}");
 
     let mut cl = static_cluster("svc", vec![]);
-    cl.health_checks = vec![core::HealthCheck::default()];
-    let err = cluster(&cl).unwrap_err();
-    assert_eq!(err.to_string(), "health_checks: unsupported: health_checks is not supported by pinion");
-
-    let mut cl = static_cluster("svc", vec![]);
     // A TLS socket without typed_config is an empty UpstreamTlsContext, as in Envoy: TLS with
     // no client certificate and no peer verification.
     cl.transport_socket = Some(core::TransportSocket { name: "envoy.transport_sockets.tls".into(), config_type: None });
@@ -473,4 +468,123 @@ fn unknown_enum_values_are_errors_not_panics() {
     let mut cl = static_cluster("svc", vec![]);
     cl.connect_timeout = Some(pbuf::Duration { seconds: -5, nanos: 0 });
     assert_eq!(cluster(&cl).unwrap_err().path, "connect_timeout");
+}
+
+#[test]
+fn outlier_detection_defaults_are_envoys() {
+    let m = cluster(&static_cluster("svc", vec![])).unwrap();
+    assert_eq!(m.outlier_detection, None, "no detector unless configured");
+    let mut cl = static_cluster("svc", vec![]);
+    cl.outlier_detection = Some(c::OutlierDetection::default());
+    let od = cluster(&cl).unwrap().outlier_detection.expect("a detector");
+    assert_eq!(od, model::OutlierDetection::default());
+    // The defaults spelled out (Envoy's DetectorConfig and the proto docs).
+    assert_eq!((od.consecutive_5xx, od.consecutive_gateway_failure, od.consecutive_local_origin_failure), (5, 5, 5));
+    assert_eq!((od.interval, od.base_ejection_time), (Duration::from_secs(10), Duration::from_secs(30)));
+    assert_eq!((od.max_ejection_time, od.max_ejection_time_jitter), (Duration::from_secs(300), Duration::ZERO));
+    assert_eq!(od.max_ejection_percent, 10);
+    assert_eq!(
+        (
+            od.enforcing_consecutive_5xx,
+            od.enforcing_consecutive_gateway_failure,
+            od.enforcing_consecutive_local_origin_failure,
+            od.enforcing_success_rate,
+            od.enforcing_local_origin_success_rate,
+            od.enforcing_failure_percentage,
+            od.enforcing_failure_percentage_local_origin,
+        ),
+        (100, 0, 100, 100, 100, 0, 0)
+    );
+    assert_eq!(
+        (od.success_rate_minimum_hosts, od.success_rate_request_volume, od.success_rate_stdev_factor),
+        (5, 100, 1900)
+    );
+    assert_eq!(
+        (od.failure_percentage_threshold, od.failure_percentage_minimum_hosts, od.failure_percentage_request_volume),
+        (85, 5, 50)
+    );
+    assert!(od.successful_active_health_check_uneject_host);
+    assert!(!od.split_external_local_origin_errors && !od.always_eject_one_host);
+}
+
+#[test]
+fn outlier_detection_settings_and_checks() {
+    let secs = |s: i64| Some(pbuf::Duration { seconds: s, nanos: 0 });
+    let u = |v: u32| Some(pbuf::UInt32Value { value: v });
+    let mut cl = static_cluster("svc", vec![]);
+    cl.outlier_detection = Some(c::OutlierDetection {
+        consecutive_5xx: u(3),
+        interval: Some(pbuf::Duration { seconds: 0, nanos: 200_000_000 }),
+        base_ejection_time: secs(400),
+        max_ejection_percent: u(100),
+        enforcing_consecutive_gateway_failure: u(100),
+        split_external_local_origin_errors: true,
+        failure_percentage_threshold: u(60),
+        max_ejection_time_jitter: secs(2),
+        successful_active_health_check_uneject_host: Some(pbuf::BoolValue { value: false }),
+        always_eject_one_host: Some(pbuf::BoolValue { value: true }),
+        ..Default::default()
+    });
+    let od = cluster(&cl).unwrap().outlier_detection.unwrap();
+    assert_eq!((od.consecutive_5xx, od.interval), (3, Duration::from_millis(200)));
+    // Unset max_ejection_time: the larger of 300s and the base time.
+    assert_eq!((od.base_ejection_time, od.max_ejection_time), (Duration::from_secs(400), Duration::from_secs(400)));
+    assert_eq!((od.max_ejection_percent, od.enforcing_consecutive_gateway_failure), (100, 100));
+    assert_eq!((od.failure_percentage_threshold, od.max_ejection_time_jitter), (60, Duration::from_secs(2)));
+    assert!(od.split_external_local_origin_errors && od.always_eject_one_host);
+    assert!(!od.successful_active_health_check_uneject_host);
+
+    // (change, error path, kind)
+    type Case = (fn(&mut c::OutlierDetection), &'static str, ErrorKind);
+    let bad: Vec<Case> = vec![
+        (
+            |o| {
+                o.base_ejection_time = Some(pbuf::Duration { seconds: 10, nanos: 0 });
+                o.max_ejection_time = Some(pbuf::Duration { seconds: 5, nanos: 0 });
+            },
+            "outlier_detection.max_ejection_time",
+            ErrorKind::Invalid,
+        ),
+        (
+            |o| o.monitors = vec![core::TypedExtensionConfig { name: "m".into(), typed_config: None }],
+            "outlier_detection.monitors",
+            ErrorKind::Unsupported,
+        ),
+        (
+            |o| o.detect_degraded_hosts = Some(pbuf::BoolValue { value: true }),
+            "outlier_detection.detect_degraded_hosts",
+            ErrorKind::Unsupported,
+        ),
+    ];
+    for (change, path, kind) in bad {
+        let mut cl = static_cluster("svc", vec![]);
+        let mut od = c::OutlierDetection::default();
+        change(&mut od);
+        cl.outlier_detection = Some(od);
+        let err = cluster(&cl).unwrap_err();
+        assert_eq!((err.kind, err.path.as_str()), (kind, path), "{err}");
+    }
+    // detect_degraded_hosts: false is the default, accepted.
+    let mut cl = static_cluster("svc", vec![]);
+    cl.outlier_detection = Some(c::OutlierDetection {
+        detect_degraded_hosts: Some(pbuf::BoolValue { value: false }),
+        ..Default::default()
+    });
+    assert!(cluster(&cl).is_ok());
+}
+
+#[test]
+fn http_protocol_options_outlier_detection_stays_refused() {
+    // The upstream HTTP protocol options' own `outlier_detection` (error matchers) is not the
+    // cluster's detector.
+    let mut cl = static_cluster("svc", vec![]);
+    let opts = up::HttpProtocolOptions {
+        outlier_detection: Some(up::http_protocol_options::OutlierDetection::default()),
+        ..Default::default()
+    };
+    cl.typed_extension_protocol_options
+        .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(opts));
+    let err = cluster(&cl).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unsupported);
+    assert!(err.path.ends_with("outlier_detection"), "{err}");
 }

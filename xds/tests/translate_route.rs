@@ -87,13 +87,17 @@ fn route_timeout_zero_disables() {
     let cfg = route_configuration(&one_route(route.clone())).unwrap();
     let f = forward_action(&cfg);
     assert_eq!(f.timeout, None);
-    // A per-route idle_timeout is not wired to the stream timer yet: refused, not ignored.
+    // A per-route idle_timeout replaces the HCM's stream_idle_timeout; 0 disables it.
     if let Some(r::route::Action::Route(a)) = &mut route.action {
         a.idle_timeout = Some(pbuf::Duration { seconds: 0, nanos: 0 });
     }
-    let err = route_configuration(&one_route(route)).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Unsupported);
-    assert!(err.path.ends_with("route.idle_timeout"), "{err}");
+    let cfg = route_configuration(&one_route(route.clone())).unwrap();
+    assert_eq!(forward_action(&cfg).idle_timeout, Some(None));
+    if let Some(r::route::Action::Route(a)) = &mut route.action {
+        a.idle_timeout = Some(pbuf::Duration { seconds: 2, nanos: 0 });
+    }
+    let cfg = route_configuration(&one_route(route)).unwrap();
+    assert_eq!(forward_action(&cfg).idle_timeout, Some(Some(Duration::from_secs(2))));
 }
 
 #[test]
@@ -488,10 +492,17 @@ fn retry_policy_and_host_rewrite() {
         a.upgrade_configs =
             vec![r::route_action::UpgradeConfig { upgrade_type: "WebSocket".into(), ..Default::default() }];
     }
-    // Retries are not implemented yet: a retry_policy is refused, never silently ignored.
-    let err = route_configuration(&one_route(route.clone())).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Unsupported);
-    assert!(err.path.ends_with("route.retry_policy"), "{err}");
+    let cfg = route_configuration(&one_route(route.clone())).unwrap();
+    let p = forward_action(&cfg).retry_policy.as_ref().expect("retry policy");
+    assert_eq!(
+        p.retry_on,
+        model::RetryOn::FIVE_XX.union(model::RetryOn::CONNECT_FAILURE).union(model::RetryOn::RETRIABLE_STATUS_CODES)
+    );
+    assert_eq!(p.num_retries, 1);
+    assert_eq!(p.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(p.retriable_status_codes, vec![503, 504]);
+    assert_eq!(p.host_selection_max_attempts, 1);
+    assert!(!p.previous_hosts && p.back_off.is_none() && p.rate_limited_back_off.is_none());
     if let Some(r::route::Action::Route(a)) = &mut route.action {
         a.retry_policy = None;
     }
@@ -589,4 +600,152 @@ fn runtime_fraction_and_vhds() {
         }),
     });
     assert!(route_configuration(&cfg).unwrap().vhds.is_some());
+}
+
+fn retry_route(p: r::RetryPolicy) -> r::RouteConfiguration {
+    let mut route = prefix_route("/", forward("svc"));
+    if let Some(r::route::Action::Route(a)) = &mut route.action {
+        a.retry_policy = Some(p);
+    }
+    one_route(route)
+}
+
+fn ms(n: i32) -> Option<pbuf::Duration> {
+    Some(pbuf::Duration { seconds: 0, nanos: n * 1_000_000 })
+}
+
+#[test]
+fn retry_policy_in_full() {
+    use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+    use prost::Message;
+    let any = pbuf::Any {
+        type_url: "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate".into(),
+        value: PreviousHostsPredicate {}.encode_to_vec(),
+    };
+    let matcher = |name: &str| r::HeaderMatcher { name: name.into(), ..Default::default() };
+    let p = r::RetryPolicy {
+        retry_on: "gateway-error,reset-before-request,unavailable,internal,bogus".into(),
+        num_retries: Some(pbuf::UInt32Value { value: 4 }),
+        per_try_timeout: ms(250),
+        per_try_idle_timeout: ms(100),
+        retry_host_predicate: vec![r::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(r::retry_policy::retry_host_predicate::ConfigType::TypedConfig(any)),
+        }],
+        host_selection_retry_max_attempts: 3,
+        retriable_status_codes: vec![418, 99999],
+        retry_back_off: Some(r::retry_policy::RetryBackOff { base_interval: ms(10), max_interval: None }),
+        rate_limited_retry_back_off: Some(r::retry_policy::RateLimitedRetryBackOff {
+            reset_headers: vec![
+                r::retry_policy::ResetHeader { name: "Retry-After".into(), format: 0 },
+                r::retry_policy::ResetHeader { name: "x-ratelimit-reset".into(), format: 1 },
+            ],
+            max_interval: None,
+        }),
+        retriable_headers: vec![matcher("x-retry")],
+        retriable_request_headers: vec![matcher(":method")],
+        refresh_cluster_on_retry: true,
+        ..Default::default()
+    };
+    let cfg = route_configuration(&retry_route(p)).unwrap();
+    let p = forward_action(&cfg).retry_policy.as_ref().unwrap();
+    let on = model::RetryOn::GATEWAY_ERROR
+        .union(model::RetryOn::RESET_BEFORE_REQUEST)
+        .union(model::RetryOn::GRPC_UNAVAILABLE)
+        .union(model::RetryOn::GRPC_INTERNAL);
+    assert_eq!(p.retry_on, on, "unknown names are ignored, as Envoy ignores them");
+    assert_eq!(p.num_retries, 4);
+    assert_eq!(
+        (p.per_try_timeout, p.per_try_idle_timeout),
+        (Some(Duration::from_millis(250)), Some(Duration::from_millis(100)))
+    );
+    assert!(p.previous_hosts);
+    assert_eq!(p.host_selection_max_attempts, 3);
+    assert_eq!(p.retriable_status_codes, vec![418, 99999], "Envoy does not range-check them");
+    assert_eq!(p.back_off, Some(model::RetryBackOff { base: Duration::from_millis(10), max: None }));
+    let rl = p.rate_limited_back_off.as_ref().unwrap();
+    assert_eq!(rl.max_interval, Duration::from_secs(300));
+    assert_eq!(rl.reset_headers[0].name, "retry-after");
+    assert_eq!(rl.reset_headers[1].format, model::ResetHeaderFormat::UnixTimestamp);
+    assert_eq!(p.retriable_headers[0].name, "x-retry");
+    assert_eq!(p.retriable_request_headers[0].name, ":method");
+
+    // A virtual host's policy is translated too (the router uses it when the route has none).
+    let mut rcfg = one_route(prefix_route("/", forward("svc")));
+    rcfg.virtual_hosts[0].retry_policy = Some(r::RetryPolicy { retry_on: "5xx".into(), ..Default::default() });
+    rcfg.virtual_hosts[0].include_attempt_count_in_response = true;
+    rcfg.virtual_hosts[0].per_request_buffer_limit_bytes = Some(pbuf::UInt32Value { value: 10 });
+    let cfg = route_configuration(&rcfg).unwrap();
+    let vh = &cfg.virtual_hosts[0];
+    assert_eq!(vh.retry_policy.as_ref().unwrap().retry_on, model::RetryOn::FIVE_XX);
+    assert!(vh.include_attempt_count_in_response);
+    assert_eq!(vh.per_request_buffer_limit_bytes, Some(10));
+}
+
+#[test]
+fn retry_policy_errors() {
+    let base = || r::RetryPolicy { retry_on: "5xx".into(), ..Default::default() };
+    // (policy, error path suffix, unsupported?)
+    let cases: Vec<(r::RetryPolicy, &str, bool)> = vec![
+        (
+            r::RetryPolicy {
+                retry_back_off: Some(r::retry_policy::RetryBackOff { base_interval: ms(100), max_interval: ms(50) }),
+                ..base()
+            },
+            "retry_policy.retry_back_off.max_interval",
+            false,
+        ),
+        (
+            r::RetryPolicy {
+                retry_priority: Some(r::retry_policy::RetryPriority {
+                    name: "envoy.retry_priorities.previous_priorities".into(),
+                    ..Default::default()
+                }),
+                ..base()
+            },
+            "retry_policy.retry_priority",
+            true,
+        ),
+        (
+            r::RetryPolicy {
+                retry_host_predicate: vec![r::retry_policy::RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.omit_canary_hosts".into(),
+                    config_type: None,
+                }],
+                ..base()
+            },
+            "retry_policy.retry_host_predicate[0].name",
+            true,
+        ),
+        (
+            r::RetryPolicy { retry_options_predicates: vec![core::TypedExtensionConfig::default()], ..base() },
+            "retry_policy.retry_options_predicates",
+            true,
+        ),
+    ];
+    for (p, path, unsupported) in cases {
+        let err = route_configuration(&retry_route(p)).unwrap_err();
+        assert!(err.path.ends_with(path), "{err}");
+        assert_eq!(err.kind == ErrorKind::Unsupported, unsupported, "{err}");
+    }
+    // A predicate named without a config is found by name, as Envoy finds its factory.
+    let p = r::RetryPolicy {
+        retry_host_predicate: vec![r::retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: None,
+        }],
+        ..base()
+    };
+    assert!(
+        forward_action(&route_configuration(&retry_route(p)).unwrap()).retry_policy.as_ref().unwrap().previous_hosts
+    );
+    // Per-route stream durations are not implemented: refused by name.
+    let mut route = prefix_route("/", forward("svc"));
+    if let Some(r::route::Action::Route(a)) = &mut route.action {
+        a.max_stream_duration =
+            Some(r::route_action::MaxStreamDuration { grpc_timeout_header_max: ms(100), ..Default::default() });
+    }
+    let err = route_configuration(&one_route(route)).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Unsupported);
+    assert!(err.path.ends_with("route.max_stream_duration.grpc_timeout_header_max"), "{err}");
 }

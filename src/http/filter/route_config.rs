@@ -168,6 +168,7 @@ mod tests {
             action: RouteAction::NonForwarding,
             headers: HeaderMutations::default(),
             per_filter_config: pfc,
+            per_request_buffer_limit_bytes: None,
         })
     }
 
@@ -182,6 +183,8 @@ mod tests {
                 require_tls: RequireTls::None,
                 retry_policy: None,
                 include_request_attempt_count: false,
+                include_attempt_count_in_response: false,
+                per_request_buffer_limit_bytes: None,
                 per_filter_config: vh,
                 legacy_cors: None,
             })],

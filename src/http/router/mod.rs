@@ -11,14 +11,17 @@ pub mod retry_state;
 pub mod route_decision;
 pub mod upstream_request;
 
+use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use pinion_xds::model::{ForwardAction, HeaderMutations, HostRewrite, RouteAction, UpstreamProtocol};
+use pinion_xds::model::{ForwardAction, HeaderMutations, HostRewrite, RouteAction, RoutingPriority, UpstreamProtocol};
 
 use super::body::{Activity, RequestBody, ResponseBody};
 use super::connection_context::ConnCtx;
@@ -26,18 +29,21 @@ use super::header_mutation;
 use super::local_reply::{reply, upstream_reset_body, NO_HEALTHY_UPSTREAM, UPSTREAM_TIMEOUT};
 use super::path::set_path;
 use super::redirect;
+use super::replay_body::ReplayBody;
 use super::request_headers::remove_hop_by_hop;
-use super::route_table::Matched;
+use super::route_table::{header_matches, Matched, RequestView};
 use super::stream_info::{ResponseFlags, StreamInfo};
 use crate::formatter::Context;
+use crate::listener::HcmConfig;
 use crate::upstream::conn_pool::{Overflow, Protocol, UpstreamError};
-use crate::upstream::Cluster;
-use retry_state::{RetryDecision, RetryState};
-use route_decision::{ClusterChoice, Rewrites};
-use upstream_request::{AttemptFailure, AttemptTimeouts, Target, UpstreamGuard};
+use crate::upstream::outlier_detection::LocalResult;
+use crate::upstream::{Cluster, Host, HostStats, RetryGuard};
+use retry_state::{Outcome, ResetReason, RetryDecision, RetryState, DEFAULT_BASE_BACKOFF_MS};
+use route_decision::{ClusterChoice, Rewrites, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS};
+use upstream_request::{AttemptFailure, AttemptTimeouts, StreamTimeout, Target, UpstreamGuard};
 
 // Names used on every request, built at compile time instead of validated per use.
-const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 const X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
@@ -182,7 +188,7 @@ async fn forward(
 
     // Phase: upstream_cluster.
     let snapshot = ctx.worker.snapshot.load();
-    let Some(cluster) = snapshot.clusters.get(choice.name.as_ref()).cloned() else {
+    let Some(mut cluster) = snapshot.clusters.get(choice.name.as_ref()).cloned() else {
         hcm.stats.no_cluster.inc();
         info.flags.insert(ResponseFlags::NO_CLUSTER);
         let mut resp = reply(action.cluster_not_found_response_code, "", grpc, info, "cluster_not_found");
@@ -195,14 +201,33 @@ async fn forward(
     }
 
     // Phase: upstream_peer.
-    let Some(host) = cluster.choose_host() else {
+    let Some(mut host) = cluster.choose_host() else {
         let mut resp = no_healthy_upstream(&cluster, info, grpc);
         levels.apply_to_response(&mut resp, info, req.headers());
         return Err(resp);
     };
     info.upstream_host = Some(host.address);
 
-    // Phase: upstream_request (rewrites and headers).
+    // Phase: upstream_request (timeouts, rewrites and headers, retry state), in Envoy's order:
+    // the timeout headers are read before the route's header mutations, the retry headers
+    // after them (so a route can add `x-envoy-retry-on`, and a client cannot: the HCM strips
+    // them from external requests).
+    let policy = route_decision::retry_policy(action, matched.vhost);
+    let timeouts = route_decision::final_timeouts(
+        action.timeout,
+        policy,
+        req.headers_mut(),
+        hcm.router.respect_expected_rq_timeout,
+    );
+    if !hcm.router.suppress_envoy_headers {
+        if let Some(ms) = route_decision::expected_timeout_ms(&timeouts, Duration::ZERO) {
+            req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, crate::http::numeric_header(ms));
+        }
+    }
+    let vhost = matched.vhost;
+    if vhost.include_request_attempt_count {
+        req.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT, crate::http::numeric_header(1));
+    }
     // Header values with `%REQ(..)%`-style commands read the downstream request headers as
     // received; copy them only when some mutation level actually formats.
     let formats = levels
@@ -233,93 +258,259 @@ async fn forward(
             );
         }
     }
-    if let Some(t) = action.timeout {
-        if !hcm.router.suppress_envoy_headers {
-            req.headers_mut().insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, crate::http::numeric_header(t.as_millis() as u64));
-        }
-    }
+    let mut retry = if is_upgrade {
+        // An upgraded stream cannot be replayed: no retries (the headers are consumed all the same).
+        retry_state::consume_retry_headers(req.headers_mut());
+        None
+    } else {
+        // The pseudo-headers `retriable_request_headers` may match (copied only for them).
+        let pseudo = policy
+            .filter(|p| !p.retriable_request_headers.is_empty())
+            .map(|_| (req.method().clone(), req.uri().clone()));
+        RetryState::create(
+            policy,
+            req.headers_mut(),
+            |m, headers| {
+                let Some((method, uri)) = &pseudo else { return false };
+                let authority = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let view = RequestView {
+                    authority,
+                    path: uri.path(),
+                    query: uri.query(),
+                    method,
+                    headers,
+                    is_grpc: grpc,
+                    random: Default::default(),
+                };
+                header_matches(m, &view)
+            },
+            || crate::runtime::snapshot().get_integer("upstream.base_retry_backoff_ms", DEFAULT_BASE_BACKOFF_MS),
+            rand::rng,
+        )
+    };
     let protocol = upstream_protocol(cluster.config.protocol, req.version(), is_upgrade);
     let downstream_version = req.version();
     let on_downstream_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     // Stream timeouts watch the request body's progress; a bodyless request is done already.
+    // A route's `idle_timeout` replaces the HCM's `stream_idle_timeout` (0 disables it).
     let cfg = &hcm.config;
-    let timeouts = cfg.stream_idle_timeout.is_some() || cfg.request_timeout.is_some();
+    let stream_idle = action.idle_timeout.unwrap_or(cfg.stream_idle_timeout);
+    let stream_timeouts = stream_idle.is_some() || cfg.request_timeout.is_some();
     // Only a streaming body needs shared progress tracking (and its allocation).
-    let tracked = (timeouts && !http_body::Body::is_end_stream(req.body())).then(|| Rc::new(Activity::new(false)));
+    let tracked =
+        (stream_timeouts && !http_body::Body::is_end_stream(req.body())).then(|| Rc::new(Activity::new(false)));
     let bodyless = Activity::new(true);
-    let upstream_req = to_upstream_request(req, protocol, tracked.clone());
+    let mut upstream_req = Some(to_upstream_request(req, protocol, tracked.clone()));
     let activity: &Activity = tracked.as_deref().unwrap_or(&bodyless);
 
-    // Exchange: one attempt (the request body streams, so it cannot be replayed yet).
-    let mut retry = RetryState::none();
+    // With retries possible, the request head is kept for the next attempts and the body made
+    // replayable. Without, the request goes out as it is: nothing is copied or kept.
+    let mut replay: Option<ReplayBody<RequestBody>> = None;
+    let mut head: Option<http::request::Parts> = None;
+    if retry.as_ref().is_some_and(|r| r.enabled()) {
+        if let Some(r) = upstream_req.take() {
+            let (parts, body) = r.into_parts();
+            if !http_body::Body::is_end_stream(&body) {
+                let limit = route_decision::retry_buffer_limit(
+                    ctx.listener.config.per_connection_buffer_limit_bytes,
+                    matched.route,
+                    vhost,
+                );
+                // The router keeps this first handle for `retry()`; attempts get the others.
+                replay = Some(ReplayBody::new(body, limit, Some(cluster.stats.retry_or_shadow_abandoned.clone())));
+            }
+            head = Some(parts);
+        }
+    }
+
+    // Exchange: attempts until one is final (Envoy's `UpstreamRequest`s, one at a time).
     let started = std::time::Instant::now();
-    let target = Target { cluster: &cluster, host: &host, protocol, priority: action.priority };
-    let attempt = upstream_request::send(
-        &ctx.worker.pools,
-        target,
-        is_upgrade,
-        upstream_req,
-        AttemptTimeouts {
-            route: action.timeout,
-            stream_idle: cfg.stream_idle_timeout,
-            request: cfg.request_timeout,
-            started: info.start,
-            activity,
-        },
-    )
-    .await;
-    let (mut resp, guard) = match attempt {
-        Ok(r) => r,
-        Err(failure) => {
-            let RetryDecision::NoRetry = retry.on_failure(&failure);
-            let mut resp = match failure {
-                AttemptFailure::StreamTimeout(t) => {
-                    if t.is_request_timeout {
-                        hcm.stats.downstream_rq_timeout.inc();
-                    } else {
-                        hcm.stats.downstream_rq_idle_timeout.inc();
+    let route_deadline = timeouts.global.map(|t| tokio::time::Instant::now() + t);
+    let mut attempt: u32 = 1;
+    // Some attempt got a connection (Envoy keeps `upstream_request_started_` sticky).
+    let mut request_started = false;
+    let attempt_count_in_response = vhost.include_attempt_count_in_response;
+    // The retry circuit breaker's slot of the retry under way, from the decision to retry
+    // until the next decision (or the request's end), as Envoy's `RetryStateImpl` holds it.
+    let mut retry_slot: Option<RetryGuard> = None;
+    let (mut resp, mut guard) = loop {
+        info.attempt_count = attempt;
+        info.upstream_host = Some(host.address);
+        if let Some(r) = retry.as_mut() {
+            r.on_host_attempted(host.address);
+        }
+        let req = match (upstream_req.take(), &head) {
+            (Some(r), _) => r,
+            (None, Some(parts)) => {
+                let mut parts = parts.clone();
+                if attempt > 1 {
+                    if vhost.include_request_attempt_count {
+                        parts.headers.insert(X_ENVOY_ATTEMPT_COUNT, crate::http::numeric_header(attempt.into()));
                     }
-                    let mut resp = reply(t.status, t.body, grpc, info, t.details);
-                    if t.status == 408 {
-                        // Envoy closes the connection after a downstream timeout.
-                        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    if !hcm.router.suppress_envoy_headers {
+                        if let Some(ms) = route_decision::expected_timeout_ms(&timeouts, started.elapsed()) {
+                            parts.headers.insert(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS, crate::http::numeric_header(ms));
+                        }
                     }
-                    resp
                 }
-                AttemptFailure::RouteTimeout => {
+                let body = match &replay {
+                    Some(r) => match r.retry() {
+                        Some(b) => RequestBody::Replay(b),
+                        // Checked before every retry: only reachable for the first attempt,
+                        // which has read nothing yet.
+                        None => RequestBody::empty(),
+                    },
+                    None => RequestBody::empty(),
+                };
+                Request::from_parts(parts, body)
+            }
+            (None, None) => unreachable!("each attempt has a request"),
+        };
+        let connected = Cell::new(false);
+        let target = Target { cluster: &cluster, host: &host, protocol, priority: action.priority };
+        let outcome = upstream_request::send(
+            &ctx.worker.pools,
+            target,
+            is_upgrade,
+            req,
+            AttemptTimeouts {
+                route_deadline,
+                per_try: timeouts.per_try,
+                per_try_idle: timeouts.per_try_idle,
+                connected: &connected,
+                replay: replay.as_ref(),
+                stream_idle,
+                request: cfg.request_timeout,
+                started: info.start,
+                activity,
+            },
+        )
+        .await;
+        request_started |= connected.get();
+        // A body that outgrew the replay limit ends the retries (Envoy drops the retry state).
+        if replay.as_ref().is_some_and(|r| r.is_capped()) {
+            retry = None;
+        }
+        // The retry this attempt was (if any) is over: its circuit breaker slot goes before
+        // the next one is asked for (Envoy's `resetRetry` at the top of `shouldRetry`).
+        drop(retry_slot.take());
+        let admit = || admit_retry(&cluster, action.priority, &mut retry_slot);
+        let decision = match (&outcome, retry.as_mut()) {
+            (_, None) => RetryDecision::No { after_retry: false },
+            (Ok((resp, _)), Some(r)) => {
+                r.should_retry(&Outcome::Response { status: resp.status().as_u16(), headers: resp.headers() }, admit)
+            }
+            (Err(f), Some(r)) => match reset_reason(f) {
+                Some(reason) => r.should_retry(&Outcome::Reset { reason, request_started }, admit),
+                // The route timeout and the HCM's stream timeouts end the request.
+                None => RetryDecision::No { after_retry: false },
+            },
+        };
+        let backoff = match decision {
+            RetryDecision::Retry(b) => b,
+            RetryDecision::No { after_retry } => {
+                if after_retry {
+                    cluster.stats.upstream_rq_retry_success.inc();
+                }
+                match outcome {
+                    Ok(r) => break r,
+                    Err(failure) => {
+                        return Err(attempt_failed(
+                            ctx,
+                            info,
+                            grpc,
+                            levels,
+                            &downstream_headers,
+                            &cluster,
+                            &host,
+                            failure,
+                            attempt,
+                            attempt_count_in_response,
+                        ));
+                    }
+                }
+            }
+            RetryDecision::LimitExceeded | RetryDecision::Overflow => {
+                if decision == RetryDecision::LimitExceeded {
+                    cluster.stats.upstream_rq_retry_limit_exceeded.inc();
+                    info.flags.insert(ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+                } else {
+                    // `upstream_rq_retry_overflow` was counted by `Cluster::try_retry`.
+                    info.flags.insert(ResponseFlags::UPSTREAM_OVERFLOW);
+                }
+                match outcome {
+                    Ok(r) => break r,
+                    Err(failure) => {
+                        return Err(attempt_failed(
+                            ctx,
+                            info,
+                            grpc,
+                            levels,
+                            &downstream_headers,
+                            &cluster,
+                            &host,
+                            failure,
+                            attempt,
+                            attempt_count_in_response,
+                        ));
+                    }
+                }
+            }
+        };
+        // Retry: settle this attempt, wait, pick a host, go again.
+        match outcome {
+            Ok((resp, guard)) => {
+                // The response and its unread body are dropped: the stream is reset, as Envoy
+                // resets it, and a retried response counts under `retry.` only.
+                cluster.stats.record_retried_status(resp.status().as_u16());
+                guard.retried();
+                drop(resp);
+            }
+            Err(failure) => {
+                HostStats::inc(&host.stats.rq_error);
+                tracing::debug!(cluster = %cluster.config.name, host = %host.address, ?failure, "retrying");
+            }
+        }
+        if let Err(stop) =
+            backoff_wait(backoff.delay, route_deadline, activity, stream_idle, cfg.request_timeout, info.start).await
+        {
+            let mut resp = match stop {
+                Some(t) => stream_timeout_reply(hcm, info, grpc, t),
+                // The route timeout ran out between attempts: no attempt to charge.
+                None => {
                     info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
-                    cluster.stats.record_status(504);
                     reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout")
                 }
-                // No pool for the host (max_connection_pools): Envoy's router finds no
-                // connection pool and answers as for no healthy upstream.
-                AttemptFailure::Upstream(UpstreamError::PoolOverflow) => no_healthy_upstream(&cluster, info, grpc),
-                AttemptFailure::Upstream(e) => {
-                    let (flag, details) = reset_flag_and_details(&e);
-                    tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = ?e, "upstream request failed");
-                    info.flags.insert(flag);
-                    cluster.stats.record_status(503);
-                    let mut resp = reply(503, &upstream_reset_body(&e.to_string()), grpc, info, details);
-                    if let UpstreamError::Overflow(kind) = e {
-                        // A request refused while pending never had a host (Envoy logs `-`).
-                        if kind == Overflow::Pending {
-                            info.upstream_host = None;
-                        }
-                        // A circuit breaker's refusal is "dropped": Envoy says so downstream.
-                        if !hcm.router.suppress_envoy_headers {
-                            resp.headers_mut().insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
-                        }
-                    }
-                    resp
-                }
             };
-            levels.apply_to_response(&mut resp, info, &downstream_headers);
+            finish_local_reply(&mut resp, info, levels, &downstream_headers, attempt, attempt_count_in_response);
             return Err(resp);
         }
+        // Envoy 1.40 counts the retry and its backoff kind when the backoff is over and the
+        // retry goes out (a retry cut short by a timeout while it waits counts neither); the
+        // retry circuit breaker's slot is held from the decision on.
+        cluster.stats.upstream_rq_retry.inc();
+        if backoff.rate_limited {
+            cluster.stats.upstream_rq_retry_backoff_ratelimited.inc();
+        } else {
+            cluster.stats.upstream_rq_retry_backoff_exponential.inc();
+        }
+        // The cluster may have changed or gone (CDS) while waiting, as Envoy rechecks.
+        let current = ctx.worker.snapshot.load().clusters.get(cluster.config.name.as_str()).cloned();
+        let next = current.and_then(|c| {
+            let h = retry.as_ref().and_then(|r| pick_retry_host(&c, r));
+            h.map(|h| (c, h))
+        });
+        let Some((c, h)) = next else {
+            let mut resp = no_healthy_upstream(&cluster, info, grpc);
+            finish_local_reply(&mut resp, info, levels, &downstream_headers, attempt, attempt_count_in_response);
+            return Err(resp);
+        };
+        cluster = c;
+        host = h;
+        attempt += 1;
     };
     let service_time = started.elapsed();
     info.upstream_service_time = Some(service_time);
-    let RetryDecision::NoRetry = retry.on_response(resp.status().as_u16());
 
     // Phase: upstream_response.
     let status = resp.status();
@@ -330,6 +521,10 @@ async fn forward(
     if !hcm.router.suppress_envoy_headers && !switching {
         resp.headers_mut()
             .insert(X_ENVOY_UPSTREAM_SERVICE_TIME, crate::http::numeric_header(service_time.as_millis() as u64));
+    }
+    if attempt_count_in_response {
+        // Not subject to `suppress_envoy_headers`, as in Envoy.
+        resp.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT, crate::http::numeric_header(attempt.into()));
     }
     if switching {
         if let Some(down) = on_downstream_upgrade {
@@ -349,8 +544,192 @@ async fn forward(
     let (mut parts, body) = resp.into_parts();
     parts.version = if downstream_version == Version::HTTP_2 { Version::HTTP_2 } else { Version::HTTP_11 };
     let mut resp = Response::from_parts(parts, ResponseBody::upstream(body));
+    if let Some(after) = timeouts.per_try_idle {
+        // The per-try idle timer keeps running while the body streams; it then ends the stream.
+        // Like before the headers, the timeout is reported to outlier detection (Envoy's
+        // `onPerTryTimeoutCommon`: a local origin timeout with the 504 timeout status).
+        let counter = cluster.stats.upstream_rq_per_try_idle_timeout.clone();
+        let outlier = cluster.outlier().cloned();
+        let host = host.clone();
+        let local_reset = guard.local_reset_flag();
+        resp.body_mut().set_idle_timeout(
+            after,
+            Box::new(move || {
+                local_reset.set(true);
+                counter.inc();
+                HostStats::inc(&host.stats.rq_timeout);
+                if let Some(od) = outlier {
+                    od.put_local(&host, LocalResult::Timeout, Some(504));
+                }
+            }),
+        );
+    }
     levels.apply_to_response(&mut resp, info, &downstream_headers);
     Ok((resp, Some(guard)))
+}
+
+/// The single place a retry is admitted, after the retry limit check: the cluster's retry
+/// circuit breaker at the route's priority (`max_retries`, or the retry budget) reserves a
+/// slot into `slot` (Envoy's `retries().canCreate()` then `inc()`), or refuses, and then
+/// [`Cluster::try_retry`] counts `upstream_rq_retry_overflow` (once: the router does not).
+/// The caller holds the slot while the retry waits out its backoff and runs, and drops it
+/// at the next retry decision or when the request ends.
+fn admit_retry(cluster: &Cluster, priority: RoutingPriority, slot: &mut Option<RetryGuard>) -> bool {
+    *slot = cluster.try_retry(priority);
+    slot.is_some()
+}
+
+/// The reset reason a failed attempt gives the retry conditions; `None` for the failures
+/// that end the request whatever the policy (the route timeout, the HCM's stream timeouts).
+fn reset_reason(f: &AttemptFailure) -> Option<ResetReason> {
+    match f {
+        AttemptFailure::Upstream(
+            UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_),
+        ) => Some(ResetReason::ConnectionFailure),
+        AttemptFailure::Upstream(UpstreamError::Reset(e)) => {
+            let refused = e.downcast_ref::<h2::Error>().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM);
+            Some(if refused { ResetReason::RefusedStream } else { ResetReason::Other })
+        }
+        AttemptFailure::Upstream(UpstreamError::Handshake(_)) => Some(ResetReason::Other),
+        // A circuit breaker's refusal (Envoy's `Overflow` reset) is never retried, and a
+        // host without a pool is answered as no healthy upstream at once.
+        AttemptFailure::Upstream(UpstreamError::Overflow(_) | UpstreamError::PoolOverflow) => None,
+        // Envoy resets the attempt itself (a local reset).
+        AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => Some(ResetReason::Other),
+        AttemptFailure::RouteTimeout | AttemptFailure::StreamTimeout(_) => None,
+    }
+}
+
+/// A retry's host: up to `host_selection_retry_max_attempts` more picks while the retry host
+/// predicate rejects the pick, then the last pick (Envoy's `LoadBalancerBase::chooseHost`).
+fn pick_retry_host<R: rand::RngCore>(cluster: &Cluster, retry: &RetryState<'_, R>) -> Option<Arc<Host>> {
+    let mut last = None;
+    for _ in 0..retry.host_selection_picks() {
+        let h = cluster.choose_host()?;
+        if !retry.should_select_another_host(h.address) {
+            return Some(h);
+        }
+        last = Some(h);
+    }
+    last
+}
+
+/// Wait out a retry's backoff, unless the route timeout (`Err(None)`) or an HCM stream
+/// timeout (`Err(Some)`) ends the request first.
+async fn backoff_wait(
+    delay: Duration,
+    route_deadline: Option<tokio::time::Instant>,
+    activity: &Activity,
+    stream_idle: Option<Duration>,
+    request: Option<Duration>,
+    started: std::time::Instant,
+) -> Result<(), Option<StreamTimeout>> {
+    let wake = tokio::time::Instant::now() + delay;
+    let (until, timed_out) = match route_deadline {
+        Some(d) if d <= wake => (d, true),
+        _ => (wake, false),
+    };
+    let watchdog = upstream_request::stream_watchdog(activity, stream_idle, request, started);
+    tokio::select! {
+        biased;
+        t = watchdog => Err(Some(t)),
+        _ = tokio::time::sleep_until(until) => if timed_out { Err(None) } else { Ok(()) },
+    }
+}
+
+/// The local reply of an HCM stream timeout (408 while the request is still arriving, else
+/// 504), with its counter.
+fn stream_timeout_reply(
+    hcm: &HcmConfig,
+    info: &mut StreamInfo,
+    grpc: bool,
+    t: StreamTimeout,
+) -> Response<ResponseBody> {
+    if t.is_request_timeout {
+        hcm.stats.downstream_rq_timeout.inc();
+    } else {
+        hcm.stats.downstream_rq_idle_timeout.inc();
+    }
+    let mut resp = reply(t.status, t.body, grpc, info, t.details);
+    if t.status == 408 {
+        // Envoy closes the connection after a downstream timeout.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// What every local reply of the upstream phase gets: `x-envoy-attempt-count` when the
+/// virtual host asks for it (before the response mutations, as Envoy's `modify_headers`),
+/// then the response header mutations.
+fn finish_local_reply(
+    resp: &mut Response<ResponseBody>,
+    info: &StreamInfo,
+    levels: &MutationLevels<'_>,
+    downstream_headers: &HeaderMap,
+    attempt: u32,
+    attempt_count_in_response: bool,
+) {
+    if attempt_count_in_response {
+        resp.headers_mut().insert(X_ENVOY_ATTEMPT_COUNT, crate::http::numeric_header(attempt.into()));
+    }
+    levels.apply_to_response(resp, info, downstream_headers);
+}
+
+/// The local reply for the final attempt's failure (Envoy's `onUpstreamAbort` and friends).
+#[allow(clippy::too_many_arguments)]
+fn attempt_failed(
+    ctx: &ConnCtx,
+    info: &mut StreamInfo,
+    grpc: bool,
+    levels: &MutationLevels<'_>,
+    downstream_headers: &HeaderMap,
+    cluster: &Cluster,
+    host: &Host,
+    failure: AttemptFailure,
+    attempt: u32,
+    attempt_count_in_response: bool,
+) -> Response<ResponseBody> {
+    let mut resp = match failure {
+        AttemptFailure::StreamTimeout(t) => stream_timeout_reply(&ctx.hcm, info, grpc, t),
+        AttemptFailure::RouteTimeout => {
+            info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+            cluster.stats.record_status(504);
+            reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout")
+        }
+        AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => {
+            info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
+            cluster.stats.record_status(504);
+            let details = if matches!(failure, AttemptFailure::PerTryTimeout) {
+                "upstream_per_try_timeout"
+            } else {
+                "upstream_per_try_idle_timeout"
+            };
+            reply(504, UPSTREAM_TIMEOUT, grpc, info, details)
+        }
+        // No pool for the host (max_connection_pools): Envoy's router finds no connection
+        // pool and answers as for no healthy upstream.
+        AttemptFailure::Upstream(UpstreamError::PoolOverflow) => no_healthy_upstream(cluster, info, grpc),
+        AttemptFailure::Upstream(e) => {
+            let (flag, details) = reset_flag_and_details(&e);
+            tracing::debug!(cluster = %cluster.config.name, host = %host.address, error = ?e, "upstream request failed");
+            info.flags.insert(flag);
+            cluster.stats.record_status(503);
+            let mut resp = reply(503, &upstream_reset_body(&e.to_string(), attempt > 1), grpc, info, details);
+            if let UpstreamError::Overflow(kind) = e {
+                // A request refused while pending never had a host (Envoy logs `-`).
+                if kind == Overflow::Pending {
+                    info.upstream_host = None;
+                }
+                // A circuit breaker's refusal is "dropped": Envoy says so downstream.
+                if !ctx.hcm.router.suppress_envoy_headers {
+                    resp.headers_mut().insert(X_ENVOY_OVERLOADED, HeaderValue::from_static("true"));
+                }
+            }
+            resp
+        }
+    };
+    finish_local_reply(&mut resp, info, levels, downstream_headers, attempt, attempt_count_in_response);
+    resp
 }
 
 /// Envoy's `sendNoHealthyUpstreamResponse`: 503 `UH`, counted as the cluster's 503.

@@ -6,9 +6,112 @@
 //! socket.
 
 use std::borrow::Cow;
+use std::time::Duration;
 
-use http::HeaderMap;
-use pinion_xds::model::{ClusterSpecifier, ForwardAction, HostRewrite, PathMatch, Route, WeightedCluster};
+use http::{HeaderMap, HeaderName};
+use pinion_xds::model::{
+    ClusterSpecifier, ForwardAction, HostRewrite, PathMatch, RetryPolicy, Route, VirtualHost, WeightedCluster,
+};
+
+/// Asks for a route timeout (consumed).
+pub const X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-upstream-rq-timeout-ms");
+/// Asks for a per-try timeout (consumed).
+pub const X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS: HeaderName =
+    HeaderName::from_static("x-envoy-upstream-rq-per-try-timeout-ms");
+/// The timeout a downstream Envoy expects (read with `respect_expected_rq_timeout`).
+pub const X_ENVOY_EXPECTED_RQ_TIMEOUT_MS: HeaderName = HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
+
+/// The retry policy in effect: the route's, else its virtual host's (Envoy never merges them).
+pub fn retry_policy<'a>(action: &'a ForwardAction, vhost: &'a VirtualHost) -> Option<&'a RetryPolicy> {
+    action.retry_policy.as_ref().or(vhost.retry_policy.as_ref())
+}
+
+/// A request's timeouts (Envoy's `TimeoutData`); `None` is disabled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The route timeout over all attempts.
+    pub global: Option<Duration>,
+    /// Each attempt's timeout.
+    pub per_try: Option<Duration>,
+    /// Each attempt's idle timeout.
+    pub per_try_idle: Option<Duration>,
+}
+
+/// Envoy's `FilterUtility::finalTimeout`: the route's timeout and its retry policy's per-try
+/// timeouts, overridden by `x-envoy-upstream-rq-timeout-ms` and
+/// `x-envoy-upstream-rq-per-try-timeout-ms` (both consumed; values in ms, 0 disables), or with
+/// `respect_expected_rq_timeout` by a downstream Envoy's `x-envoy-expected-rq-timeout-ms`
+/// (kept). A per-try timeout not below the global one is dropped.
+pub fn final_timeouts(
+    route: Option<Duration>,
+    policy: Option<&RetryPolicy>,
+    headers: &mut HeaderMap,
+    respect_expected_rq_timeout: bool,
+) -> Timeouts {
+    let mut t = Timeouts {
+        global: route,
+        per_try: policy.and_then(|p| p.per_try_timeout),
+        per_try_idle: policy.and_then(|p| p.per_try_idle_timeout),
+    };
+    // None of the headers: one pass over the names instead of three lookups (the common case).
+    if headers.keys().any(|k| k.as_str().starts_with("x-envoy-")) {
+        let ms = |headers: &HeaderMap, name: &HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .map(|ms| (ms > 0).then(|| Duration::from_millis(ms)))
+        };
+        if respect_expected_rq_timeout && headers.contains_key(X_ENVOY_EXPECTED_RQ_TIMEOUT_MS) {
+            if let Some(g) = ms(headers, &X_ENVOY_EXPECTED_RQ_TIMEOUT_MS) {
+                t.global = g;
+            }
+        } else if headers.contains_key(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+            if let Some(g) = ms(headers, &X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS) {
+                t.global = g;
+            }
+            headers.remove(X_ENVOY_UPSTREAM_RQ_TIMEOUT_MS);
+        }
+        if headers.contains_key(X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+            if let Some(p) = ms(headers, &X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS) {
+                t.per_try = p;
+            }
+            headers.remove(X_ENVOY_UPSTREAM_RQ_PER_TRY_TIMEOUT_MS);
+        }
+    }
+    if let (Some(p), Some(g)) = (t.per_try, t.global) {
+        if p >= g {
+            t.per_try = None;
+        }
+    }
+    t
+}
+
+/// Envoy's `setTimeoutHeaders`: the `x-envoy-expected-rq-timeout-ms` an attempt carries, in
+/// ms, `elapsed` into the request: the per-try timeout (else the global one), never past what
+/// is left of the global one (1 when nothing is). `None`: no timeout at all.
+pub fn expected_timeout_ms(t: &Timeouts, elapsed: Duration) -> Option<u64> {
+    let global = t.global.map_or(0, |g| g.as_millis() as u64);
+    let mut expected = t.per_try.map_or(global, |p| p.as_millis() as u64);
+    if expected == 0 {
+        return None;
+    }
+    if global > 0 {
+        let elapsed = elapsed.as_millis() as u64;
+        expected = if elapsed >= global { 1 } else { expected.min(global - elapsed) };
+    }
+    Some(expected)
+}
+
+/// The most request body kept for retries (Envoy's `retry_shadow_buffer_limit_`): the
+/// listener's `per_connection_buffer_limit_bytes` (0: no limit), lowered by the route's
+/// `per_request_buffer_limit_bytes`, else the virtual host's.
+pub fn retry_buffer_limit(listener_limit: u32, route: &Route, vhost: &VirtualHost) -> usize {
+    let listener = if listener_limit == 0 { usize::MAX } else { listener_limit as usize };
+    match route.per_request_buffer_limit_bytes.or(vhost.per_request_buffer_limit_bytes) {
+        Some(r) => listener.min(r as usize),
+        None => listener,
+    }
+}
 
 /// The cluster a forwarding route picked, decided when the route is matched (as Envoy picks a
 /// weighted cluster during route resolution), so HTTP filters see it before the router runs.
@@ -200,6 +303,7 @@ mod tests {
             action: RouteAction::Forward(Arc::new(a.clone())),
             headers: HeaderMutations::default(),
             per_filter_config: vec![],
+            per_request_buffer_limit_bytes: None,
         }
     }
 
@@ -362,5 +466,117 @@ mod tests {
         for (sub, want) in [("\\1", "${1}"), ("/a/\\2/b", "/a/${2}/b"), ("$x", "$$x"), ("\\x", "\\x")] {
             assert_eq!(regex_substitution(sub), want);
         }
+    }
+
+    #[test]
+    fn final_timeouts_table() {
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        let policy = RetryPolicy { per_try_timeout: ms(300), per_try_idle_timeout: ms(100), ..RetryPolicy::default() };
+        // (route timeout, policy?, request headers, respect_expected, want, headers left)
+        #[rustfmt::skip]
+        type Row = (Option<Duration>, bool, Vec<(&'static str, &'static str)>, bool, Timeouts, usize);
+        let rows: Vec<Row> = vec![
+            (ms(15000), false, vec![], false, Timeouts { global: ms(15000), per_try: None, per_try_idle: None }, 0),
+            (
+                ms(15000),
+                true,
+                vec![],
+                false,
+                Timeouts { global: ms(15000), per_try: ms(300), per_try_idle: ms(100) },
+                0,
+            ),
+            // Per try at or above the global timeout: dropped (the idle one stays).
+            (ms(300), true, vec![], false, Timeouts { global: ms(300), per_try: None, per_try_idle: ms(100) }, 0),
+            (None, true, vec![], false, Timeouts { global: None, per_try: ms(300), per_try_idle: ms(100) }, 0),
+            (
+                ms(15000),
+                false,
+                vec![("x-envoy-upstream-rq-timeout-ms", "2000")],
+                false,
+                Timeouts { global: ms(2000), ..Timeouts::default() },
+                0,
+            ),
+            (ms(15000), false, vec![("x-envoy-upstream-rq-timeout-ms", "0")], false, Timeouts::default(), 0),
+            (
+                ms(15000),
+                false,
+                vec![("x-envoy-upstream-rq-timeout-ms", "soon")],
+                false,
+                Timeouts { global: ms(15000), ..Timeouts::default() },
+                0,
+            ),
+            (
+                ms(15000),
+                true,
+                vec![("x-envoy-upstream-rq-per-try-timeout-ms", "50")],
+                false,
+                Timeouts { global: ms(15000), per_try: ms(50), per_try_idle: ms(100) },
+                0,
+            ),
+            (
+                ms(1000),
+                false,
+                vec![("x-envoy-upstream-rq-per-try-timeout-ms", "5000")],
+                false,
+                Timeouts { global: ms(1000), ..Timeouts::default() },
+                0,
+            ),
+            // Without respect_expected_rq_timeout the expected timeout is not read (nor removed).
+            (
+                ms(15000),
+                false,
+                vec![("x-envoy-expected-rq-timeout-ms", "10")],
+                false,
+                Timeouts { global: ms(15000), ..Timeouts::default() },
+                1,
+            ),
+            (
+                ms(15000),
+                false,
+                vec![("x-envoy-expected-rq-timeout-ms", "10"), ("x-envoy-upstream-rq-timeout-ms", "20")],
+                true,
+                Timeouts { global: ms(10), ..Timeouts::default() },
+                2,
+            ),
+            (
+                ms(15000),
+                false,
+                vec![("x-envoy-upstream-rq-timeout-ms", "20")],
+                true,
+                Timeouts { global: ms(20), ..Timeouts::default() },
+                0,
+            ),
+            (
+                ms(15000),
+                false,
+                vec![("x-envoy-other", "1")],
+                false,
+                Timeouts { global: ms(15000), ..Timeouts::default() },
+                1,
+            ),
+        ];
+        for (i, (route, with_policy, hs, respect, want, left)) in rows.into_iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            for (k, v) in hs {
+                headers.insert(HeaderName::from_static(k), v.parse().unwrap());
+            }
+            let got = final_timeouts(route, with_policy.then_some(&policy), &mut headers, respect);
+            assert_eq!(got, want, "row {i}");
+            assert_eq!(headers.len(), left, "row {i}: {headers:?}");
+        }
+    }
+
+    #[test]
+    fn expected_timeout_header() {
+        let ms = |n: u64| Some(Duration::from_millis(n));
+        let t = |global, per_try| Timeouts { global, per_try, per_try_idle: None };
+        let d = Duration::from_millis;
+        assert_eq!(expected_timeout_ms(&t(ms(15000), None), d(0)), Some(15000));
+        assert_eq!(expected_timeout_ms(&t(ms(15000), None), d(21)), Some(14979));
+        assert_eq!(expected_timeout_ms(&t(ms(5000), ms(300)), d(400)), Some(300));
+        assert_eq!(expected_timeout_ms(&t(ms(5000), ms(300)), d(4800)), Some(200));
+        assert_eq!(expected_timeout_ms(&t(ms(5000), ms(300)), d(6000)), Some(1));
+        assert_eq!(expected_timeout_ms(&t(None, ms(300)), d(6000)), Some(300));
+        assert_eq!(expected_timeout_ms(&t(None, None), d(0)), None);
     }
 }

@@ -3,8 +3,10 @@
 //! route timeout, with the cluster's and host's accounting for it. The router decides what to
 //! do with the outcome (answer, or, with a retry policy, try again).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::{pin, Pin};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -13,7 +15,9 @@ use http::{Request, Response};
 use pinion_xds::model::RoutingPriority;
 
 use crate::http::body::{Activity, RequestBody, UpstreamBody};
+use crate::http::replay_body::ReplayBody;
 use crate::upstream::conn_pool::{ConnPools, Overflow, Protocol, StreamSlot, UpstreamError};
+use crate::upstream::outlier_detection::LocalResult;
 use crate::upstream::{Cluster, Host, HostStats};
 
 /// Holds an attempt's accounting (the pool's stream: active request gauges, the
@@ -22,9 +26,27 @@ use crate::upstream::{Cluster, Host, HostStats};
 /// [`UpstreamGuard::finish`] when it does.
 pub struct UpstreamGuard {
     slot: StreamSlot,
+    /// Set when Pinion itself ended the response body (the per-try idle timer): not a reset
+    /// received from the upstream. Only routes with that timer have one.
+    local_reset: Option<Rc<Cell<bool>>>,
 }
 
 impl UpstreamGuard {
+    /// The response was retried (its body is dropped unread, resetting the stream): the
+    /// attempt is over and, as in Envoy, an error for the host.
+    pub fn retried(self) {
+        if let Some((_, host)) = self.slot.target() {
+            HostStats::inc(&host.stats.rq_error);
+        }
+        self.slot.finish(false);
+    }
+
+    /// A flag that, once set, makes a cut-short body count as Pinion's own reset rather than
+    /// the upstream's (`upstream_rq_rx_reset`).
+    pub fn local_reset_flag(&mut self) -> Rc<Cell<bool>> {
+        self.local_reset.get_or_insert_with(Default::default).clone()
+    }
+
     /// The response body ended (`ok`) or was cut short.
     pub fn finish(self, ok: bool) {
         if let Some((cluster, host)) = self.slot.target() {
@@ -32,7 +54,9 @@ impl UpstreamGuard {
                 HostStats::inc(&host.stats.rq_success);
             } else {
                 HostStats::inc(&host.stats.rq_error);
-                cluster.stats.upstream_rq_rx_reset.inc();
+                if !self.local_reset.is_some_and(|f| f.get()) {
+                    cluster.stats.upstream_rq_rx_reset.inc();
+                }
             }
         }
         self.slot.finish(ok);
@@ -46,6 +70,10 @@ pub enum AttemptFailure {
     Upstream(UpstreamError),
     /// The route `timeout` fired first (504 UT).
     RouteTimeout,
+    /// The retry policy's `per_try_timeout` fired first.
+    PerTryTimeout,
+    /// The retry policy's `per_try_idle_timeout` fired first.
+    PerTryIdleTimeout,
     /// An HCM stream timeout fired first (408 or 504, with Envoy's body and details).
     StreamTimeout(StreamTimeout),
 }
@@ -65,8 +93,18 @@ pub struct StreamTimeout {
 
 /// The timeouts an attempt runs under.
 pub struct AttemptTimeouts<'a> {
-    /// The route's `timeout` (None: disabled).
-    pub route: Option<Duration>,
+    /// When the route's `timeout` runs out, for all attempts together (None: disabled).
+    pub route_deadline: Option<tokio::time::Instant>,
+    /// The retry policy's `per_try_timeout` and `per_try_idle_timeout` (None: disabled),
+    /// started once the attempt has a connection and the downstream body is complete.
+    pub per_try: Option<Duration>,
+    /// See `per_try`: before response headers there is no activity to reset it.
+    pub per_try_idle: Option<Duration>,
+    /// Set by the pool when the attempt has a connection.
+    pub connected: &'a Cell<bool>,
+    /// The replayable request body, when the route may retry: the per-try timers wait for
+    /// it to end (without one, the body is empty or nobody waits on it).
+    pub replay: Option<&'a ReplayBody<RequestBody>>,
     /// HCM `stream_idle_timeout`.
     pub stream_idle: Option<Duration>,
     /// HCM `request_timeout`.
@@ -94,7 +132,7 @@ pub struct Target<'a> {
 /// an [`UpstreamGuard`]; on failure it is already settled. The pool counts the request
 /// (`upstream_rq_total`, active gauges) once it is attached to a connection, as Envoy's does:
 /// a request refused by a circuit breaker or failing while it waited for a connection is
-/// not an upstream request.
+/// not an upstream request. Each attempt's outcome is reported to outlier detection here.
 pub async fn send(
     pools: &ConnPools,
     target: Target<'_>,
@@ -103,31 +141,44 @@ pub async fn send(
     timeouts: AttemptTimeouts<'_>,
 ) -> Result<(Response<UpstreamBody>, UpstreamGuard), AttemptFailure> {
     let Target { cluster, host, protocol, priority } = target;
-    // The exchange, raced against the stream timeouts and bounded by the route timeout. The
-    // futures are pinned here and polled in place: each `async { x.await }` layer around a
-    // moved future would keep its own copy of the exchange's state (it was 7.5 KiB for a
-    // 1.7 KiB exchange), and hyper moves the request future around.
+    // Only outlier detection reads it, and a gRPC status in the response headers replaces
+    // the HTTP status only for gRPC requests.
+    let grpc = cluster.outlier().is_some() && is_grpc(req.headers());
+    // The exchange, raced against the stream timeouts, the route timeout and the per-try
+    // timers. The futures are pinned here and polled in place: each `async { x.await }` layer
+    // around a moved future would keep its own copy of the exchange's state (it was 7.5 KiB
+    // for a 1.7 KiB exchange), and hyper moves the request future around. The timers exist
+    // only when configured.
     let outcome = {
         let exchange = pin!(async {
             if upgrade {
                 // Boxed: a dial and handshake are large states, and upgrades are rare.
                 let (mut sender, slot) = Box::pin(pools.upgrade_connection(cluster, host, priority)).await?;
+                timeouts.connected.set(true);
                 let resp = sender.send_request(req).await.map_err(|e| UpstreamError::Reset(e.into()))?;
                 Ok((resp.map(UpstreamBody::H1), slot))
             } else {
-                pools.send(cluster, host, protocol, priority, req).await
+                pools.send(cluster, host, protocol, priority, req, timeouts.connected).await
             }
         });
         let watchdog =
             pin!(stream_watchdog(timeouts.activity, timeouts.stream_idle, timeouts.request, timeouts.started));
-        match timeouts.route {
-            Some(t) => tokio::time::timeout(t, race(exchange, watchdog)).await.ok(),
-            None => Some(race(exchange, watchdog).await),
-        }
+        let route = pin!(timeouts.route_deadline.map(tokio::time::sleep_until));
+        // Per try: the earlier of the two timers decides which one fires (the per-try
+        // timeout on a tie, as Envoy arms it first).
+        let per_try = match (timeouts.per_try, timeouts.per_try_idle) {
+            (Some(t), Some(i)) if i < t => Some((i, true)),
+            (Some(t), _) => Some((t, false)),
+            (None, Some(i)) => Some((i, true)),
+            (None, None) => None,
+        };
+        let per_try_timer = pin!(per_try.map(|_| tokio::time::sleep_until(far_future())));
+        race(exchange, watchdog, route, per_try_timer, per_try, timeouts.connected, timeouts.replay).await
     };
+    report_outlier(cluster, host, &outcome, grpc, timeouts.connected.get());
     let failure = match outcome {
-        Some(Ok(Ok((resp, slot)))) => return Ok((resp, UpstreamGuard { slot })),
-        Some(Ok(Err(e))) => {
+        Raced::Exchange(Ok((resp, slot))) => return Ok((resp, UpstreamGuard { slot, local_reset: None })),
+        Raced::Exchange(Err(e)) => {
             // Envoy charges the host only when the failure came with it: not for a request
             // refused before it had a connection (pending overflow, no pool).
             if !matches!(e, UpstreamError::Overflow(Overflow::Pending) | UpstreamError::PoolOverflow) {
@@ -135,34 +186,151 @@ pub async fn send(
             }
             AttemptFailure::Upstream(e)
         }
-        Some(Err(t)) => AttemptFailure::StreamTimeout(t),
-        None => {
+        Raced::Stream(t) => AttemptFailure::StreamTimeout(t),
+        Raced::Route => {
             cluster.stats.upstream_rq_timeout.inc();
             HostStats::inc(&host.stats.rq_timeout);
             AttemptFailure::RouteTimeout
+        }
+        Raced::PerTry(f) => {
+            match f {
+                AttemptFailure::PerTryIdleTimeout => cluster.stats.upstream_rq_per_try_idle_timeout.inc(),
+                _ => cluster.stats.upstream_rq_per_try_timeout.inc(),
+            }
+            HostStats::inc(&host.stats.rq_timeout);
+            f
         }
     };
     Err(failure)
 }
 
-/// Polls `a`, then `b`, until one is ready (`Ok` for `a`): a `select!` that moves neither
-/// future.
-fn race<'a, A: Future, B: Future>(
-    mut a: Pin<&'a mut A>,
-    mut b: Pin<&'a mut B>,
-) -> impl Future<Output = Result<A::Output, B::Output>> + 'a {
-    std::future::poll_fn(move |cx| {
-        if let Poll::Ready(r) = a.as_mut().poll(cx) {
-            return Poll::Ready(Ok(r));
+/// What the raced exchange ended with.
+type AttemptOutcome = Raced<Result<(Response<UpstreamBody>, StreamSlot), UpstreamError>>;
+
+/// The attempt's outcome as the router reports it to outlier detection (Envoy's
+/// `onPoolReady`, `onUpstreamHeaders`, `onUpstreamReset`, `onResponseTimeout`,
+/// `onPerTryTimeout`): a response status (a gRPC status in the headers mapped to HTTP for gRPC
+/// requests), a connect failure or a reset (503 without the local/external split), a route or
+/// per-try timeout (504). Every attempt reports, a retried one included, so with a retry
+/// policy one request can report several failures for one host or one for each of several
+/// hosts. An attempt that had a connection (`connected`: the pool was ready) first reports a
+/// connect success, as Envoy's `onPoolReady` does, also when it then times out. An HCM stream
+/// timeout resets the downstream stream and reports nothing more, as in Envoy.
+fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc: bool, connected: bool) {
+    let Some(od) = cluster.outlier() else { return };
+    match outcome {
+        Raced::Exchange(Ok((resp, _))) => {
+            od.put_local(host, LocalResult::ConnectSuccess, None);
+            let status = match resp.headers().get("grpc-status") {
+                Some(v) if grpc => grpc_to_http_status(v.as_bytes()),
+                _ => resp.status().as_u16(),
+            };
+            od.put_http_status(host, status);
         }
-        b.as_mut().poll(cx).map(Err)
+        // A circuit breaker's refusal (or no pool for the host) says nothing about the
+        // host: Envoy skips outlier detection for the `Overflow` reset reason.
+        Raced::Exchange(Err(UpstreamError::Overflow(_) | UpstreamError::PoolOverflow)) => {}
+        Raced::Exchange(Err(e)) => {
+            let connected =
+                !matches!(e, UpstreamError::ConnectFailure(_) | UpstreamError::ConnectTimeout | UpstreamError::Tls(_));
+            if connected {
+                od.put_local(host, LocalResult::ConnectSuccess, None);
+            }
+            od.put_local(host, LocalResult::ConnectFailed, None);
+        }
+        Raced::Stream(_) | Raced::Route | Raced::PerTry(_) => {
+            if connected {
+                od.put_local(host, LocalResult::ConnectSuccess, None);
+            }
+            if !matches!(outcome, Raced::Stream(_)) {
+                od.put_local(host, LocalResult::Timeout, Some(504));
+            }
+        }
+    }
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc*`).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Envoy's `Grpc::Utility::grpcToHttpStatus` (an unparsable status counts as 500).
+fn grpc_to_http_status(v: &[u8]) -> u16 {
+    let code = std::str::from_utf8(v).ok().and_then(|s| s.parse::<u32>().ok());
+    match code {
+        Some(0) => 200,
+        Some(1) => 499,
+        Some(3 | 9 | 11) => 400,
+        Some(4) => 504,
+        Some(5) => 404,
+        Some(6 | 10) => 409,
+        Some(7) => 403,
+        Some(8) => 429,
+        Some(12) => 501,
+        Some(14) => 503,
+        Some(16) => 401,
+        _ => 500,
+    }
+}
+
+/// A deadline no request reaches (the per-try timer's until it is armed).
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Which of the raced futures finished first.
+enum Raced<T> {
+    Exchange(T),
+    Stream(StreamTimeout),
+    Route,
+    PerTry(AttemptFailure),
+}
+
+/// Polls the exchange, then the stream watchdog, the route timer and the per-try timer,
+/// until one is ready: a `select!` that moves none of them. The per-try timer is armed
+/// once the attempt has a connection and the request body is complete (Envoy's
+/// `setupPerTryTimeout` at pool ready or request end): both happen while the exchange is
+/// polled, or wake this future (the replay body does), so they are checked after it.
+fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
+    mut exchange: Pin<&'a mut A>,
+    mut watchdog: Pin<&'a mut B>,
+    mut route: Pin<&'a mut Option<tokio::time::Sleep>>,
+    mut per_try_timer: Pin<&'a mut Option<tokio::time::Sleep>>,
+    per_try: Option<(Duration, bool)>,
+    connected: &'a Cell<bool>,
+    replay: Option<&'a ReplayBody<RequestBody>>,
+) -> impl Future<Output = Raced<A::Output>> + 'a {
+    let mut armed = false;
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
+            return Poll::Ready(Raced::Exchange(r));
+        }
+        if let Poll::Ready(t) = watchdog.as_mut().poll(cx) {
+            return Poll::Ready(Raced::Stream(t));
+        }
+        if let Some(r) = route.as_mut().as_pin_mut() {
+            if r.poll(cx).is_ready() {
+                return Poll::Ready(Raced::Route);
+            }
+        }
+        if let (Some((after, idle)), Some(mut timer)) = (per_try, per_try_timer.as_mut().as_pin_mut()) {
+            if !armed && connected.get() && replay.is_none_or(|r| r.poll_request_done(cx)) {
+                timer.as_mut().reset(tokio::time::Instant::now() + after);
+                armed = true;
+            }
+            if armed && timer.poll(cx).is_ready() {
+                let failure = if idle { AttemptFailure::PerTryIdleTimeout } else { AttemptFailure::PerTryTimeout };
+                return Poll::Ready(Raced::PerTry(failure));
+            }
+        }
+        Poll::Pending
     })
 }
 
 /// Resolves when a stream timeout fires before the upstream answers: `request_timeout`
 /// while the request body is incomplete (408), or `stream_idle_timeout` with no body
 /// progress (408 while the request is incomplete, else 504), with Envoy's bodies.
-async fn stream_watchdog(
+pub async fn stream_watchdog(
     activity: &Activity,
     stream_idle: Option<Duration>,
     request: Option<Duration>,

@@ -20,6 +20,8 @@ pub struct Bootstrap {
     pub dynamic_resources: Option<super::DynamicResources>,
     /// `layered_runtime` (empty when not set).
     pub layered_runtime: super::LayeredRuntime,
+    /// `cluster_manager.outlier_detection.event_log_path` (empty: no outlier event log).
+    pub outlier_event_log_path: String,
     /// The bootstrap as proto3 JSON, for `/config_dump`.
     pub config_dump_json: serde_json::Value,
 }

@@ -42,6 +42,207 @@ pub struct Cluster {
     pub close_connections_on_host_health_failure: bool,
     /// Upstream TLS (`transport_socket` `envoy.transport_sockets.tls`); `None` = plaintext.
     pub transport_socket: Option<std::sync::Arc<super::UpstreamTlsContext>>,
+    /// `outlier_detection` (`None`: no detector, as in Envoy).
+    pub outlier_detection: Option<OutlierDetection>,
+    /// `health_checks` (at most one): active health checking.
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `envoy.config.cluster.v3.OutlierDetection` with Envoy's defaults applied (the
+/// `outlier_detection_impl.cc` `DetectorConfig` values). Durations are kept as configured;
+/// the detector works in whole milliseconds, as Envoy does. Percentages are 0..=100 (PGV).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// `consecutive_5xx` (default 5).
+    pub consecutive_5xx: u32,
+    /// `interval` (default 10s).
+    pub interval: Duration,
+    /// `base_ejection_time` (default 30s).
+    pub base_ejection_time: Duration,
+    /// `max_ejection_percent` (default 10).
+    pub max_ejection_percent: u32,
+    /// `enforcing_consecutive_5xx` (default 100).
+    pub enforcing_consecutive_5xx: u32,
+    /// `enforcing_success_rate` (default 100).
+    pub enforcing_success_rate: u32,
+    /// `success_rate_minimum_hosts` (default 5).
+    pub success_rate_minimum_hosts: u32,
+    /// `success_rate_request_volume` (default 100).
+    pub success_rate_request_volume: u32,
+    /// `success_rate_stdev_factor` in thousandths (default 1900, i.e. 1.9).
+    pub success_rate_stdev_factor: u32,
+    /// `consecutive_gateway_failure` (default 5).
+    pub consecutive_gateway_failure: u32,
+    /// `enforcing_consecutive_gateway_failure` (default 0).
+    pub enforcing_consecutive_gateway_failure: u32,
+    /// `split_external_local_origin_errors` (default false).
+    pub split_external_local_origin_errors: bool,
+    /// `consecutive_local_origin_failure` (default 5).
+    pub consecutive_local_origin_failure: u32,
+    /// `enforcing_consecutive_local_origin_failure` (default 100).
+    pub enforcing_consecutive_local_origin_failure: u32,
+    /// `enforcing_local_origin_success_rate` (default 100).
+    pub enforcing_local_origin_success_rate: u32,
+    /// `failure_percentage_threshold` (default 85).
+    pub failure_percentage_threshold: u32,
+    /// `enforcing_failure_percentage` (default 0).
+    pub enforcing_failure_percentage: u32,
+    /// `enforcing_failure_percentage_local_origin` (default 0).
+    pub enforcing_failure_percentage_local_origin: u32,
+    /// `failure_percentage_minimum_hosts` (default 5).
+    pub failure_percentage_minimum_hosts: u32,
+    /// `failure_percentage_request_volume` (default 50).
+    pub failure_percentage_request_volume: u32,
+    /// `max_ejection_time` (default: the larger of 300s and `base_ejection_time`).
+    pub max_ejection_time: Duration,
+    /// `max_ejection_time_jitter` (default 0).
+    pub max_ejection_time_jitter: Duration,
+    /// `successful_active_health_check_uneject_host` (default true).
+    pub successful_active_health_check_uneject_host: bool,
+    /// `always_eject_one_host` (default false): the first ejection ignores
+    /// `max_ejection_percent`.
+    pub always_eject_one_host: bool,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: 5,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+            enforcing_consecutive_5xx: 100,
+            enforcing_success_rate: 100,
+            success_rate_minimum_hosts: 5,
+            success_rate_request_volume: 100,
+            success_rate_stdev_factor: 1900,
+            consecutive_gateway_failure: 5,
+            enforcing_consecutive_gateway_failure: 0,
+            split_external_local_origin_errors: false,
+            consecutive_local_origin_failure: 5,
+            enforcing_consecutive_local_origin_failure: 100,
+            enforcing_local_origin_success_rate: 100,
+            failure_percentage_threshold: 85,
+            enforcing_failure_percentage: 0,
+            enforcing_failure_percentage_local_origin: 0,
+            failure_percentage_minimum_hosts: 5,
+            failure_percentage_request_volume: 50,
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_time_jitter: Duration::ZERO,
+            successful_active_health_check_uneject_host: true,
+            always_eject_one_host: false,
+        }
+    }
+}
+
+/// `envoy.config.core.v3.HealthCheck`, with Envoy's defaults resolved.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    /// `timeout` of one check (connect included).
+    pub timeout: Duration,
+    /// `interval` between checks of a host.
+    pub interval: Duration,
+    /// `initial_jitter` (0 = the first check runs at once).
+    pub initial_jitter: Duration,
+    /// `interval_jitter` (added at random, up to this).
+    pub interval_jitter: Duration,
+    /// `interval_jitter_percent` (of the base interval, added at random).
+    pub interval_jitter_percent: u32,
+    /// `unhealthy_threshold`: network failures (or retriable ones) in a row that fail a host.
+    pub unhealthy_threshold: u32,
+    /// `healthy_threshold`: successes in a row that bring a failed host back.
+    pub healthy_threshold: u32,
+    /// `reuse_connection` (default true).
+    pub reuse_connection: bool,
+    /// `no_traffic_interval` (default 60s): the interval while the cluster has had no traffic.
+    pub no_traffic_interval: Duration,
+    /// `no_traffic_healthy_interval` (default: `no_traffic_interval`).
+    pub no_traffic_healthy_interval: Duration,
+    /// `unhealthy_interval` (default: `interval`).
+    pub unhealthy_interval: Duration,
+    /// `unhealthy_edge_interval` (default: `unhealthy_interval`).
+    pub unhealthy_edge_interval: Duration,
+    /// `healthy_edge_interval` (default: `interval`).
+    pub healthy_edge_interval: Duration,
+    /// `always_log_health_check_failures` (only changes the log level of failures).
+    pub always_log_health_check_failures: bool,
+    /// What a check sends and expects.
+    pub checker: HealthChecker,
+}
+
+/// `HealthCheck.health_checker`.
+#[derive(Debug, Clone)]
+pub enum HealthChecker {
+    /// `http_health_check`.
+    Http(HttpHealthCheck),
+    /// `tcp_health_check`.
+    Tcp(TcpHealthCheck),
+    /// `grpc_health_check`.
+    Grpc(GrpcHealthCheck),
+}
+
+/// `HealthCheck.HttpHealthCheck`.
+#[derive(Debug, Clone)]
+pub struct HttpHealthCheck {
+    /// `host` (empty: the endpoint's `health_check_config.hostname`, else the cluster name).
+    pub host: String,
+    /// `path`.
+    pub path: String,
+    /// `method` (default GET).
+    pub method: http::Method,
+    /// `request_headers_to_add` (plain values only).
+    pub request_headers_to_add: Vec<super::HeaderValueOption>,
+    /// `request_headers_to_remove` (lowercased).
+    pub request_headers_to_remove: Vec<String>,
+    /// `expected_statuses` as half-open `[start, end)` ranges (default `[200, 201)`).
+    pub expected_statuses: Vec<(u16, u16)>,
+    /// `retriable_statuses` as half-open ranges.
+    pub retriable_statuses: Vec<(u16, u16)>,
+    /// `codec_client_type`.
+    pub codec: HealthCheckCodec,
+    /// `service_name_matcher`: matched against `x-envoy-upstream-healthchecked-cluster`.
+    pub service_name_matcher: Option<super::StringMatcher>,
+}
+
+/// `envoy.type.v3.CodecClientType` of an HTTP health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheckCodec {
+    /// `HTTP1` (default).
+    Http1,
+    /// `HTTP2` (prior knowledge on plaintext).
+    Http2,
+}
+
+/// `HealthCheck.TcpHealthCheck`.
+#[derive(Debug, Clone, Default)]
+pub struct TcpHealthCheck {
+    /// Bytes written after connecting (decoded `send.text`); only sent when `receive` is set.
+    pub send: Vec<u8>,
+    /// Segments that must appear in order in what the host sends back (empty: connecting is
+    /// the check).
+    pub receive: Vec<Vec<u8>>,
+}
+
+/// `HealthCheck.GrpcHealthCheck`: `grpc.health.v1.Health/Check`.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcHealthCheck {
+    /// `service_name` (None: the field is left out of the request).
+    pub service_name: Option<String>,
+    /// `authority` (empty: as the HTTP check's host).
+    pub authority: String,
+    /// `initial_metadata` (plain values only).
+    pub initial_metadata: Vec<super::HeaderValueOption>,
+}
+
+/// `Endpoint.health_check_config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EndpointHealthCheck {
+    /// `port_value` (0: the endpoint's port).
+    pub port: u16,
+    /// `hostname`: the Host/authority of HTTP and gRPC checks of this endpoint.
+    pub hostname: String,
+    /// `disable_active_health_check`.
+    pub disabled: bool,
 }
 
 /// `Cluster.DiscoveryType`.
@@ -129,6 +330,8 @@ pub struct Endpoint {
     pub health_status: HealthStatus,
     /// `endpoint.hostname` (used by `auto_host_rewrite`).
     pub hostname: String,
+    /// `endpoint.health_check_config`.
+    pub health_check: EndpointHealthCheck,
 }
 
 /// An endpoint address: resolved, or a DNS name for STRICT_DNS/LOGICAL_DNS.

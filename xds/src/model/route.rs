@@ -110,8 +110,13 @@ pub struct VirtualHost {
     pub require_tls: RequireTls,
     /// `retry_policy` at vhost level (used when the route has none).
     pub retry_policy: Option<RetryPolicy>,
-    /// `include_request_attempt_count`.
+    /// `include_request_attempt_count`: `x-envoy-attempt-count` on upstream requests.
     pub include_request_attempt_count: bool,
+    /// `include_attempt_count_in_response`: `x-envoy-attempt-count` on responses.
+    pub include_attempt_count_in_response: bool,
+    /// `per_request_buffer_limit_bytes`: the most request body buffered for retries (None:
+    /// the listener's `per_connection_buffer_limit_bytes` alone bounds it).
+    pub per_request_buffer_limit_bytes: Option<u32>,
     /// `typed_per_filter_config` at virtual host level.
     pub per_filter_config: PerFilterConfig,
     /// The deprecated `cors`: used by the CORS filter only when no level has a typed
@@ -143,6 +148,8 @@ pub struct Route {
     pub headers: HeaderMutations,
     /// `typed_per_filter_config` at route level.
     pub per_filter_config: PerFilterConfig,
+    /// `per_request_buffer_limit_bytes` (wins over the virtual host's).
+    pub per_request_buffer_limit_bytes: Option<u32>,
 }
 
 /// `envoy.config.route.v3.RouteMatch`.
@@ -215,14 +222,15 @@ pub struct ForwardAction {
     pub append_x_forwarded_host: bool,
     /// Upstream timeout for the whole exchange; `None` = disabled. Default 15s.
     pub timeout: Option<Duration>,
-    /// Per-route stream idle timeout override.
+    /// `idle_timeout`: replaces the HCM's `stream_idle_timeout` for this route (`Some(None)`:
+    /// 0, which disables it).
     pub idle_timeout: Option<Option<Duration>>,
     /// Retry policy (route level wins over vhost).
     pub retry_policy: Option<RetryPolicy>,
     /// `priority`: which of the cluster's resource managers (circuit breakers, pools) the
     /// request uses.
     pub priority: super::RoutingPriority,
-    /// `max_stream_duration.grpc_timeout_header_max` etc. are not supported yet.
+    /// WebSocket upgrades enabled (`Some(false)`: disabled) by `upgrade_configs`.
     pub upgrade_websocket: Option<bool>,
     /// The deprecated `route.cors`: used by the CORS filter only when no level has a typed
     /// `CorsPolicy` for it; it takes precedence over the virtual host's `legacy_cors`.
@@ -275,17 +283,193 @@ pub enum HostRewrite {
     PathRegex(Regex, String),
 }
 
-/// `envoy.config.route.v3.RetryPolicy` (applied by the retries issue; parsed now).
+/// `envoy.config.route.v3.RetryPolicy`, as the router's retry state uses it.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// `retry_on` conditions, comma separated in config.
-    pub retry_on: Vec<String>,
+    /// `retry_on`: the HTTP and gRPC conditions, parsed once (unknown names are ignored, as
+    /// Envoy ignores them).
+    pub retry_on: RetryOn,
     /// `num_retries` (default 1).
     pub num_retries: u32,
-    /// `per_try_timeout`.
+    /// `per_try_timeout` (None: disabled).
     pub per_try_timeout: Option<Duration>,
-    /// `retriable_status_codes`.
-    pub retriable_status_codes: Vec<u16>,
+    /// `per_try_idle_timeout` (None: disabled).
+    pub per_try_idle_timeout: Option<Duration>,
+    /// `retriable_status_codes` (any number: Envoy does not range-check them).
+    pub retriable_status_codes: Vec<u32>,
+    /// `retriable_headers`: response headers that make a response retriable.
+    pub retriable_headers: Vec<HeaderMatcher>,
+    /// `retriable_request_headers`: retries only for requests matching one of these.
+    pub retriable_request_headers: Vec<HeaderMatcher>,
+    /// `retry_back_off`: `base_interval` (None: the runtime's `upstream.base_retry_backoff_ms`,
+    /// default 25 ms) and `max_interval` (None: 10 times the base).
+    pub back_off: Option<RetryBackOff>,
+    /// `rate_limited_retry_back_off`.
+    pub rate_limited_back_off: Option<RateLimitedBackOff>,
+    /// `retry_host_predicate` has `envoy.retry_host_predicates.previous_hosts`.
+    pub previous_hosts: bool,
+    /// `host_selection_retry_max_attempts` (Envoy's default 1 when unset or 0).
+    pub host_selection_max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    /// Envoy's default policy (no conditions, one retry): what `x-envoy-retry-on` works with
+    /// on a route without a policy.
+    fn default() -> Self {
+        RetryPolicy {
+            retry_on: RetryOn::NONE,
+            num_retries: 1,
+            per_try_timeout: None,
+            per_try_idle_timeout: None,
+            retriable_status_codes: Vec::new(),
+            retriable_headers: Vec::new(),
+            retriable_request_headers: Vec::new(),
+            back_off: None,
+            rate_limited_back_off: None,
+            previous_hosts: false,
+            host_selection_max_attempts: 1,
+        }
+    }
+}
+
+/// `RetryPolicy.RetryBackOff`, in whole milliseconds as Envoy keeps it (at least 1 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackOff {
+    /// `base_interval`.
+    pub base: Duration,
+    /// `max_interval` (None: 10 times the base).
+    pub max: Option<Duration>,
+}
+
+/// `RetryPolicy.RateLimitedRetryBackOff`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitedBackOff {
+    /// `reset_headers`, in order: the first that parses (within `max_interval`) wins.
+    pub reset_headers: Vec<ResetHeader>,
+    /// `max_interval` (default 300 s).
+    pub max_interval: Duration,
+}
+
+/// `RetryPolicy.ResetHeader`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetHeader {
+    /// Lowercased header name.
+    pub name: http::HeaderName,
+    /// `format`.
+    pub format: ResetHeaderFormat,
+}
+
+/// `RetryPolicy.ResetHeaderFormat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetHeaderFormat {
+    /// `SECONDS`: a number of seconds to wait.
+    Seconds,
+    /// `UNIX_TIMESTAMP`: the time to retry at.
+    UnixTimestamp,
+}
+
+/// Retry conditions (Envoy's `RetryPolicy::RETRY_ON_*` bits): the `retry_on` of a policy, or
+/// what `x-envoy-retry-on` / `x-envoy-retry-grpc-on` ask for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RetryOn(u32);
+
+impl RetryOn {
+    /// No condition.
+    pub const NONE: RetryOn = RetryOn(0);
+    /// `5xx`: any 5xx response, and resets and connect failures (they become a 503).
+    pub const FIVE_XX: RetryOn = RetryOn(1 << 0);
+    /// `gateway-error`: 502, 503, 504, and resets and connect failures.
+    pub const GATEWAY_ERROR: RetryOn = RetryOn(1 << 1);
+    /// `connect-failure`.
+    pub const CONNECT_FAILURE: RetryOn = RetryOn(1 << 2);
+    /// `retriable-4xx`: 409.
+    pub const RETRIABLE_4XX: RetryOn = RetryOn(1 << 3);
+    /// `refused-stream`: an HTTP/2 `REFUSED_STREAM` reset.
+    pub const REFUSED_STREAM: RetryOn = RetryOn(1 << 4);
+    /// `retriable-status-codes`.
+    pub const RETRIABLE_STATUS_CODES: RetryOn = RetryOn(1 << 5);
+    /// `retriable-headers`.
+    pub const RETRIABLE_HEADERS: RetryOn = RetryOn(1 << 6);
+    /// `reset`: any reset or connect failure.
+    pub const RESET: RetryOn = RetryOn(1 << 7);
+    /// `reset-before-request`: a reset before any request byte went upstream.
+    pub const RESET_BEFORE_REQUEST: RetryOn = RetryOn(1 << 8);
+    /// `envoy-ratelimited`: responses carrying `x-envoy-ratelimited`.
+    pub const ENVOY_RATE_LIMITED: RetryOn = RetryOn(1 << 9);
+    /// `http3-post-connect-failure` (HTTP/3 only: never applies to Pinion's upstreams).
+    pub const HTTP3_POST_CONNECT_FAILURE: RetryOn = RetryOn(1 << 10);
+    /// gRPC `cancelled` (status 1).
+    pub const GRPC_CANCELLED: RetryOn = RetryOn(1 << 16);
+    /// gRPC `deadline-exceeded` (status 4).
+    pub const GRPC_DEADLINE_EXCEEDED: RetryOn = RetryOn(1 << 17);
+    /// gRPC `resource-exhausted` (status 8).
+    pub const GRPC_RESOURCE_EXHAUSTED: RetryOn = RetryOn(1 << 18);
+    /// gRPC `unavailable` (status 14).
+    pub const GRPC_UNAVAILABLE: RetryOn = RetryOn(1 << 19);
+    /// gRPC `internal` (status 13).
+    pub const GRPC_INTERNAL: RetryOn = RetryOn(1 << 20);
+    /// All the gRPC conditions.
+    pub const ANY_GRPC: RetryOn = RetryOn(0x1f << 16);
+
+    const HTTP_NAMES: [(&'static str, RetryOn); 11] = [
+        ("5xx", RetryOn::FIVE_XX),
+        ("gateway-error", RetryOn::GATEWAY_ERROR),
+        ("connect-failure", RetryOn::CONNECT_FAILURE),
+        ("envoy-ratelimited", RetryOn::ENVOY_RATE_LIMITED),
+        ("retriable-4xx", RetryOn::RETRIABLE_4XX),
+        ("refused-stream", RetryOn::REFUSED_STREAM),
+        ("retriable-status-codes", RetryOn::RETRIABLE_STATUS_CODES),
+        ("retriable-headers", RetryOn::RETRIABLE_HEADERS),
+        ("reset", RetryOn::RESET),
+        ("reset-before-request", RetryOn::RESET_BEFORE_REQUEST),
+        ("http3-post-connect-failure", RetryOn::HTTP3_POST_CONNECT_FAILURE),
+    ];
+    const GRPC_NAMES: [(&'static str, RetryOn); 5] = [
+        ("cancelled", RetryOn::GRPC_CANCELLED),
+        ("deadline-exceeded", RetryOn::GRPC_DEADLINE_EXCEEDED),
+        ("resource-exhausted", RetryOn::GRPC_RESOURCE_EXHAUSTED),
+        ("unavailable", RetryOn::GRPC_UNAVAILABLE),
+        ("internal", RetryOn::GRPC_INTERNAL),
+    ];
+
+    /// The HTTP conditions in a comma-separated list (`x-envoy-retry-on`); Envoy trims each
+    /// name and skips unknown ones.
+    pub fn parse_http(list: &str) -> RetryOn {
+        Self::parse(list, &Self::HTTP_NAMES)
+    }
+
+    /// The gRPC conditions in a comma-separated list (`x-envoy-retry-grpc-on`).
+    pub fn parse_grpc(list: &str) -> RetryOn {
+        Self::parse(list, &Self::GRPC_NAMES)
+    }
+
+    /// A policy's `retry_on`, which may name both kinds.
+    pub fn parse_policy(list: &str) -> RetryOn {
+        Self::parse_http(list).union(Self::parse_grpc(list))
+    }
+
+    fn parse(list: &str, names: &[(&str, RetryOn)]) -> RetryOn {
+        list.split(',')
+            .map(str::trim)
+            .filter_map(|n| names.iter().find(|(name, _)| *name == n).map(|(_, bit)| *bit))
+            .fold(RetryOn::NONE, RetryOn::union)
+    }
+
+    /// Both sets of conditions.
+    #[must_use]
+    pub const fn union(self, other: RetryOn) -> RetryOn {
+        RetryOn(self.0 | other.0)
+    }
+
+    /// Whether any condition of `other` is in this set.
+    pub const fn intersects(self, other: RetryOn) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// No condition at all.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// `envoy.config.route.v3.RedirectAction`.

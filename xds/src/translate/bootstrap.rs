@@ -86,7 +86,10 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         // Stats memory policy.
         stats_eviction: _,
     } = bs;
-    reject_set(cluster_manager, "cluster_manager")?;
+    let outlier_event_log_path = match cluster_manager {
+        None => String::new(),
+        Some(cm) => cluster_manager_(cm).map_err(at("cluster_manager"))?,
+    };
     reject_set(hds_config, "hds_config")?;
     reject_set(flags_path, "flags_path")?;
     reject_set(stats_sinks, "stats_sinks")?;
@@ -146,8 +149,28 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         clusters,
         dynamic_resources,
         layered_runtime,
+        outlier_event_log_path,
         config_dump_json: serde_json::Value::Null,
     })
+}
+
+/// `cluster_manager`: only the outlier detection event log; returns its path (may be empty).
+fn cluster_manager_(cm: &b::ClusterManager) -> ConfigResult<String> {
+    let b::ClusterManager {
+        local_cluster_name,
+        outlier_detection,
+        upstream_bind_config,
+        load_stats_config,
+        // Only changes when clusters are instantiated on workers, not what they do.
+        enable_deferred_cluster_creation: _,
+    } = cm;
+    reject_set(local_cluster_name, "local_cluster_name")?;
+    reject_set(upstream_bind_config, "upstream_bind_config")?;
+    reject_set(load_stats_config, "load_stats_config")?;
+    let Some(od) = outlier_detection else { return Ok(String::new()) };
+    let b::cluster_manager::OutlierDetection { event_log_path, event_service } = od;
+    reject_set(event_service, "outlier_detection.event_service")?;
+    Ok(event_log_path.clone())
 }
 
 fn translate_node(node: Option<&core::Node>, overrides: &NodeOverrides) -> model::Node {

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3 as up;
 
 use super::endpoint::load_assignment;
 use super::http_connection_manager::{common_options, http1_options, http2_options, CommonOptions, Side};
-use super::{at, duration_or, enum_value, reject_set, u32_or, unpack, unsupported_field, AddressMode};
+use super::{at, bool_or, duration_or, enum_value, reject_set, u32_or, unpack, unsupported_field, AddressMode};
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
 
@@ -64,8 +64,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         protocol_selection,
         upstream_connection_options,
         close_connections_on_host_health_failure,
-        // Only matters with active health checking, which is rejected.
-        ignore_health_on_host_removal: _,
+        ignore_health_on_host_removal,
         filters,
         load_balancing_policy,
         lrs_server,
@@ -85,15 +84,20 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     reject_set(transport_socket_matches, "transport_socket_matches")?;
     reject_set(transport_socket_matcher, "transport_socket_matcher")?;
     reject_set(per_connection_buffer_high_watermark_timeout, "per_connection_buffer_high_watermark_timeout")?;
-    reject_set(health_checks, "health_checks")?;
     reject_set(upstream_http_protocol_options, "upstream_http_protocol_options")?;
     reject_set(dns_jitter, "dns_jitter")?;
     reject_set(respect_dns_ttl, "respect_dns_ttl")?;
     reject_set(dns_resolvers, "dns_resolvers")?;
     reject_set(dns_resolution_config, "dns_resolution_config")?;
     reject_set(typed_dns_resolver_config, "typed_dns_resolver_config")?;
-    reject_set(outlier_detection, "outlier_detection")?;
+    let outlier_detection = match outlier_detection {
+        None => None,
+        Some(od) => Some(outlier(od).map_err(at("outlier_detection"))?),
+    };
     reject_set(upstream_bind_config, "upstream_bind_config")?;
+    // Keeping hosts EDS removed while they pass active health checks
+    // (`/pending_dynamic_removal`) is not implemented.
+    reject_set(ignore_health_on_host_removal, "ignore_health_on_host_removal")?;
     reject_set(lb_subset_config, "lb_subset_config")?;
     reject_set(common_lb_config, "common_lb_config")?;
     reject_set(upstream_connection_options, "upstream_connection_options")?;
@@ -226,6 +230,16 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     {
         protocol = model::UpstreamProtocol::UseDownstream;
     }
+    let health_check =
+        super::health_check::health_checks(health_checks, name, protocol == model::UpstreamProtocol::Http2)?;
+    if health_check.is_some() && *close_connections_on_host_health_failure {
+        // Closing every worker's pooled connections to a host that fails a check is not
+        // implemented: refuse rather than keep using them.
+        return Err(ConfigError::unsupported(
+            "close_connections_on_host_health_failure",
+            "close_connections_on_host_health_failure with health_checks is not supported by pinion",
+        ));
+    }
     let mut max_requests = common.max_requests_per_connection;
     if let Some(m) = max_requests_per_connection {
         if common.max_requests_per_connection != 0 {
@@ -258,6 +272,107 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         },
         close_connections_on_host_health_failure: *close_connections_on_host_health_failure,
         transport_socket,
+        outlier_detection,
+        health_check,
+    })
+}
+
+/// `Cluster.outlier_detection`, with Envoy's defaults (`DetectorConfig`).
+fn outlier(od: &c::OutlierDetection) -> ConfigResult<model::OutlierDetection> {
+    let c::OutlierDetection {
+        consecutive_5xx,
+        interval,
+        base_ejection_time,
+        max_ejection_percent,
+        enforcing_consecutive_5xx,
+        enforcing_success_rate,
+        success_rate_minimum_hosts,
+        success_rate_request_volume,
+        success_rate_stdev_factor,
+        consecutive_gateway_failure,
+        enforcing_consecutive_gateway_failure,
+        split_external_local_origin_errors,
+        consecutive_local_origin_failure,
+        enforcing_consecutive_local_origin_failure,
+        enforcing_local_origin_success_rate,
+        failure_percentage_threshold,
+        enforcing_failure_percentage,
+        enforcing_failure_percentage_local_origin,
+        failure_percentage_minimum_hosts,
+        failure_percentage_request_volume,
+        max_ejection_time,
+        max_ejection_time_jitter,
+        successful_active_health_check_uneject_host,
+        monitors,
+        always_eject_one_host,
+        detect_degraded_hosts,
+    } = od;
+    // The extension monitors (`envoy.outlier_detection_monitors.*`) are not implemented.
+    reject_set(monitors, "monitors")?;
+    // Marking hosts degraded needs DEGRADED_OUTLIER_DETECTION and degraded-aware load
+    // balancing, which Pinion does not have.
+    if bool_or(detect_degraded_hosts, false) {
+        return Err(unsupported_field("detect_degraded_hosts"));
+    }
+    let d = model::OutlierDetection::default();
+    let base_ejection_time = duration_or(base_ejection_time, d.base_ejection_time, "base_ejection_time")?;
+    // Unset: 300s or the base time, whichever is larger (Envoy's DetectorConfig).
+    let max_ejection_time =
+        duration_or(max_ejection_time, d.max_ejection_time.max(base_ejection_time), "max_ejection_time")?;
+    // Envoy compares whole milliseconds (`DetectorImpl::create`).
+    if max_ejection_time.as_millis() < base_ejection_time.as_millis() {
+        return Err(ConfigError::invalid(
+            "max_ejection_time",
+            "outlier detector's max_ejection_time cannot be smaller than base_ejection_time",
+        ));
+    }
+    Ok(model::OutlierDetection {
+        consecutive_5xx: u32_or(consecutive_5xx, d.consecutive_5xx),
+        interval: duration_or(interval, d.interval, "interval")?,
+        base_ejection_time,
+        max_ejection_percent: u32_or(max_ejection_percent, d.max_ejection_percent),
+        enforcing_consecutive_5xx: u32_or(enforcing_consecutive_5xx, d.enforcing_consecutive_5xx),
+        enforcing_success_rate: u32_or(enforcing_success_rate, d.enforcing_success_rate),
+        success_rate_minimum_hosts: u32_or(success_rate_minimum_hosts, d.success_rate_minimum_hosts),
+        success_rate_request_volume: u32_or(success_rate_request_volume, d.success_rate_request_volume),
+        success_rate_stdev_factor: u32_or(success_rate_stdev_factor, d.success_rate_stdev_factor),
+        consecutive_gateway_failure: u32_or(consecutive_gateway_failure, d.consecutive_gateway_failure),
+        enforcing_consecutive_gateway_failure: u32_or(
+            enforcing_consecutive_gateway_failure,
+            d.enforcing_consecutive_gateway_failure,
+        ),
+        split_external_local_origin_errors: *split_external_local_origin_errors,
+        consecutive_local_origin_failure: u32_or(consecutive_local_origin_failure, d.consecutive_local_origin_failure),
+        enforcing_consecutive_local_origin_failure: u32_or(
+            enforcing_consecutive_local_origin_failure,
+            d.enforcing_consecutive_local_origin_failure,
+        ),
+        enforcing_local_origin_success_rate: u32_or(
+            enforcing_local_origin_success_rate,
+            d.enforcing_local_origin_success_rate,
+        ),
+        failure_percentage_threshold: u32_or(failure_percentage_threshold, d.failure_percentage_threshold),
+        enforcing_failure_percentage: u32_or(enforcing_failure_percentage, d.enforcing_failure_percentage),
+        enforcing_failure_percentage_local_origin: u32_or(
+            enforcing_failure_percentage_local_origin,
+            d.enforcing_failure_percentage_local_origin,
+        ),
+        failure_percentage_minimum_hosts: u32_or(failure_percentage_minimum_hosts, d.failure_percentage_minimum_hosts),
+        failure_percentage_request_volume: u32_or(
+            failure_percentage_request_volume,
+            d.failure_percentage_request_volume,
+        ),
+        max_ejection_time,
+        max_ejection_time_jitter: duration_or(
+            max_ejection_time_jitter,
+            d.max_ejection_time_jitter,
+            "max_ejection_time_jitter",
+        )?,
+        successful_active_health_check_uneject_host: bool_or(
+            successful_active_health_check_uneject_host,
+            d.successful_active_health_check_uneject_host,
+        ),
+        always_eject_one_host: bool_or(always_eject_one_host, d.always_eject_one_host),
     })
 }
 

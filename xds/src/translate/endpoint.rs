@@ -94,8 +94,7 @@ fn lb_endpoint(ep: &e::LbEndpoint, mode: AddressMode) -> ConfigResult<model::End
     };
     let e::Endpoint {
         address: addr,
-        // Only used by active health checking, which is not supported yet.
-        health_check_config: _,
+        health_check_config,
         hostname,
         additional_addresses,
         // Only used in logs/stats.
@@ -122,5 +121,20 @@ fn lb_endpoint(ep: &e::LbEndpoint, mode: AddressMode) -> ConfigResult<model::End
         H::Timeout => model::HealthStatus::Timeout,
         H::Degraded => model::HealthStatus::Degraded,
     };
-    Ok(model::Endpoint { address, weight, health_status, hostname: hostname.clone() })
+    let health_check = match health_check_config {
+        None => model::EndpointHealthCheck::default(),
+        Some(c) => endpoint_health_check(c).map_err(at("endpoint.health_check_config"))?,
+    };
+    Ok(model::Endpoint { address, weight, health_status, hostname: hostname.clone(), health_check })
+}
+
+/// `Endpoint.HealthCheckConfig`: where and as whom active health checks reach the endpoint.
+fn endpoint_health_check(c: &e::endpoint::HealthCheckConfig) -> ConfigResult<model::EndpointHealthCheck> {
+    let e::endpoint::HealthCheckConfig { port_value, hostname, address, disable_active_health_check } = c;
+    // A health-check address other than the endpoint's needs a second connection target per
+    // host; not implemented.
+    reject_set(address, "address")?;
+    let port = u16::try_from(*port_value)
+        .map_err(|_| ConfigError::invalid("port_value", "port_value must be at most 65535"))?;
+    Ok(model::EndpointHealthCheck { port, hostname: hostname.clone(), disabled: *disable_active_health_check })
 }

@@ -18,6 +18,7 @@ mod bootstrap;
 mod cluster;
 pub mod config_source;
 mod endpoint;
+mod health_check;
 mod http_connection_manager;
 mod http_filter;
 mod listener;

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::route::v3 as r;
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 
 use super::http_filter::{per_filter_config, route_cors_policy};
 use super::matcher::{header_matcher, query_parameter_matcher, regex_matcher, regex_substitute};
 use super::{
-    at, bool_or, data_source, duration, duration_zero_disables, enum_value, has_formatter, reject_set, u32_or,
-    unsupported_field,
+    at, bool_or, data_source, duration, duration_zero_disables, enum_value, has_formatter, is_type, reject_set,
+    type_name, u32_or, unpack, unsupported_field,
 };
 use crate::error::{ConfigError, ConfigResult};
 use crate::model;
@@ -203,11 +204,10 @@ fn virtual_host(vh: &r::VirtualHost, ctx: Ctx<'_>) -> ConfigResult<model::Virtua
     } = vh;
     reject_set(matcher, "matcher")?;
     reject_set(rate_limits, "rate_limits")?;
-    reject_set(include_attempt_count_in_response, "include_attempt_count_in_response")?;
     reject_set(retry_policy_typed_config, "retry_policy_typed_config")?;
     reject_set(hedge_policy, "hedge_policy")?;
     reject_set(include_is_timeout_retry_header, "include_is_timeout_retry_header")?;
-    reject_set(per_request_buffer_limit_bytes, "per_request_buffer_limit_bytes")?;
+    // The newer limit also bounds the HCM's buffering for filters, which Pinion has none of.
     reject_set(request_body_buffer_limit, "request_body_buffer_limit")?;
     reject_set(request_mirror_policies, "request_mirror_policies")?;
     reject_set(route_specifiers, "route_specifiers")?;
@@ -221,17 +221,7 @@ fn virtual_host(vh: &r::VirtualHost, ctx: Ctx<'_>) -> ConfigResult<model::Virtua
         r::virtual_host::TlsRequirementType::ExternalOnly => model::RequireTls::ExternalOnly,
         r::virtual_host::TlsRequirementType::All => model::RequireTls::All,
     };
-    let retry_policy = match retry_policy {
-        None => None,
-        Some(p) => {
-            // Checked first so malformed policies still get their own error.
-            retry(p).map_err(at("retry_policy"))?;
-            return Err(ConfigError::unsupported(
-                "retry_policy",
-                "retries are not implemented by pinion yet (they arrive with the retries issue)",
-            ));
-        }
-    };
+    let retry_policy = retry_policy.as_ref().map(retry).transpose().map_err(at("retry_policy"))?;
     let mut out_routes = Vec::with_capacity(routes.len());
     for (i, rt) in routes.iter().enumerate() {
         out_routes.push(Arc::new(route(rt, ctx).map_err(at(format!("routes[{i}]")))?));
@@ -252,6 +242,8 @@ fn virtual_host(vh: &r::VirtualHost, ctx: Ctx<'_>) -> ConfigResult<model::Virtua
         require_tls,
         retry_policy,
         include_request_attempt_count: *include_request_attempt_count,
+        include_attempt_count_in_response: *include_attempt_count_in_response,
+        per_request_buffer_limit_bytes: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
         per_filter_config,
         legacy_cors,
     })
@@ -280,7 +272,6 @@ fn route(rt: &r::Route, ctx: Ctx<'_>) -> ConfigResult<model::Route> {
         route_specifiers,
         action,
     } = rt;
-    reject_set(per_request_buffer_limit_bytes, "per_request_buffer_limit_bytes")?;
     reject_set(request_body_buffer_limit, "request_body_buffer_limit")?;
     reject_set(route_specifiers, "route_specifiers")?;
     let Some(m) = r#match else {
@@ -314,6 +305,7 @@ fn route(rt: &r::Route, ctx: Ctx<'_>) -> ConfigResult<model::Route> {
         )?,
         per_filter_config: per_filter_config(typed_per_filter_config, ctx.optional_filters)
             .map_err(at("typed_per_filter_config"))?,
+        per_request_buffer_limit_bytes: per_request_buffer_limit_bytes.as_ref().map(|v| v.value),
     })
 }
 
@@ -447,7 +439,27 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
     reject_set(internal_redirect_action, "internal_redirect_action")?;
     reject_set(max_internal_redirects, "max_internal_redirects")?;
     reject_set(hedge_policy, "hedge_policy")?;
-    reject_set(max_stream_duration, "max_stream_duration")?;
+    if let Some(m) = max_stream_duration {
+        // Any of its fields makes Envoy switch the route to the HCM's stream-duration timers
+        // (and the gRPC `grpc-timeout` header), which Pinion does not have.
+        let r::route_action::MaxStreamDuration {
+            max_stream_duration,
+            grpc_timeout_header_max,
+            grpc_timeout_header_offset,
+        } = m;
+        for (set, field) in [
+            (max_stream_duration.is_some(), "max_stream_duration"),
+            (grpc_timeout_header_max.is_some(), "grpc_timeout_header_max"),
+            (grpc_timeout_header_offset.is_some(), "grpc_timeout_header_offset"),
+        ] {
+            if set {
+                return Err(ConfigError::unsupported(
+                    format!("max_stream_duration.{field}"),
+                    format!("{field} is not supported by pinion (per-route stream duration limits)"),
+                ));
+            }
+        }
+    }
 
     let cluster = match cluster_specifier {
         None => {
@@ -490,28 +502,12 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
         Some(H::HostRewrite(_)) => return Err(unsupported_field("host_rewrite")),
     };
     let timeout = duration_zero_disables(timeout, Some(DEFAULT_ROUTE_TIMEOUT), "timeout")?;
+    // Set (even to 0, which disables it), it replaces the HCM's stream_idle_timeout.
     let idle_timeout = match idle_timeout {
         None => None,
-        Some(d) => {
-            duration(d).map_err(at("idle_timeout"))?;
-            // The HCM's stream_idle_timeout applies; a per-route override is not wired yet.
-            return Err(ConfigError::unsupported(
-                "idle_timeout",
-                "a per-route idle_timeout is not supported by pinion yet",
-            ));
-        }
+        Some(_) => Some(duration_zero_disables(idle_timeout, None, "idle_timeout")?),
     };
-    let retry_policy = match retry_policy {
-        None => None,
-        Some(p) => {
-            // Checked first so malformed policies still get their own error.
-            retry(p).map_err(at("retry_policy"))?;
-            return Err(ConfigError::unsupported(
-                "retry_policy",
-                "retries are not implemented by pinion yet (they arrive with the retries issue)",
-            ));
-        }
-    };
+    let retry_policy = retry_policy.as_ref().map(retry).transpose().map_err(at("retry_policy"))?;
     let mut upgrade_websocket = None;
     for (i, u) in upgrade_configs.iter().enumerate() {
         let r::route_action::UpgradeConfig { upgrade_type, enabled, connect_config } = u;
@@ -614,7 +610,13 @@ pub(crate) fn check_weight_sum(sum: u64) -> ConfigResult<()> {
     Ok(())
 }
 
+/// Envoy's default `rate_limited_retry_back_off.max_interval`.
+const DEFAULT_RESET_MAX_INTERVAL: Duration = Duration::from_secs(300);
+/// The name of the one retry host predicate Pinion has.
+const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
+
 fn retry(p: &r::RetryPolicy) -> ConfigResult<model::RetryPolicy> {
+    use r::retry_policy::retry_host_predicate::ConfigType;
     let r::RetryPolicy {
         retry_on,
         num_retries,
@@ -629,33 +631,113 @@ fn retry(p: &r::RetryPolicy) -> ConfigResult<model::RetryPolicy> {
         rate_limited_retry_back_off,
         retriable_headers,
         retriable_request_headers,
-        refresh_cluster_on_retry,
+        // Envoy refreshes the cluster on a retry only for the matcher and dynamic-module
+        // cluster specifiers, which Pinion refuses: for the others it changes nothing.
+        refresh_cluster_on_retry: _,
     } = p;
-    reject_set(per_try_idle_timeout, "per_try_idle_timeout")?;
+    // `previous_priorities` changes priority loads per retry; not implemented.
     reject_set(retry_priority, "retry_priority")?;
-    reject_set(retry_host_predicate, "retry_host_predicate")?;
     reject_set(retry_options_predicates, "retry_options_predicates")?;
-    // 0 (unset) and 1 both mean a single host selection attempt.
-    if *host_selection_retry_max_attempts > 1 {
-        return Err(unsupported_field("host_selection_retry_max_attempts"));
+    let mut previous_hosts = false;
+    for (i, pred) in retry_host_predicate.iter().enumerate() {
+        let r::retry_policy::RetryHostPredicate { name, config_type } = pred;
+        let at_pred = format!("retry_host_predicate[{i}]");
+        match config_type {
+            Some(ConfigType::TypedConfig(any)) if is_type::<PreviousHostsPredicate>(any) => {
+                let PreviousHostsPredicate {} = unpack(any).map_err(at(format!("{at_pred}.typed_config")))?;
+            }
+            Some(ConfigType::TypedConfig(any)) => {
+                return Err(ConfigError::unsupported(
+                    format!("{at_pred}.typed_config"),
+                    format!(
+                        "retry host predicate '{}' is not supported by pinion (only {PREVIOUS_HOSTS})",
+                        type_name(any)
+                    ),
+                ))
+            }
+            // Without a config Envoy finds the factory by name.
+            None if name == PREVIOUS_HOSTS => {}
+            None => {
+                return Err(ConfigError::unsupported(
+                    format!("{at_pred}.name"),
+                    format!("retry host predicate '{name}' is not supported by pinion (only {PREVIOUS_HOSTS})"),
+                ))
+            }
+        }
+        previous_hosts = true;
     }
-    reject_set(retry_back_off, "retry_back_off")?;
-    reject_set(rate_limited_retry_back_off, "rate_limited_retry_back_off")?;
-    reject_set(retriable_headers, "retriable_headers")?;
-    reject_set(retriable_request_headers, "retriable_request_headers")?;
-    reject_set(refresh_cluster_on_retry, "refresh_cluster_on_retry")?;
-    let mut codes = Vec::with_capacity(retriable_status_codes.len());
-    for (i, c) in retriable_status_codes.iter().enumerate() {
-        let code = u16::try_from(*c).ok().filter(|c| (100..=999).contains(c)).ok_or_else(|| {
-            ConfigError::invalid(format!("retriable_status_codes[{i}]"), format!("invalid status code {c}"))
-        })?;
-        codes.push(code);
-    }
+    let back_off = match retry_back_off {
+        None => None,
+        Some(b) => {
+            let r::retry_policy::RetryBackOff { base_interval, max_interval } = b;
+            // Envoy keeps whole milliseconds, at least one (PGV has required base > 0).
+            let ms = |d: Duration| Duration::from_millis((d.as_millis() as u64).max(1));
+            let base = match base_interval {
+                Some(d) => ms(duration(d).map_err(at("retry_back_off.base_interval"))?),
+                None => return Err(ConfigError::invalid("retry_back_off.base_interval", "must be set")),
+            };
+            let max = match max_interval {
+                None => None,
+                Some(d) => Some(ms(duration(d).map_err(at("retry_back_off.max_interval"))?)),
+            };
+            if max.is_some_and(|m| m < base) {
+                return Err(ConfigError::invalid(
+                    "retry_back_off.max_interval",
+                    "retry_policy.max_interval must greater than or equal to the base_interval",
+                ));
+            }
+            Some(model::RetryBackOff { base, max })
+        }
+    };
+    let rate_limited_back_off = match rate_limited_retry_back_off {
+        None => None,
+        Some(b) => {
+            let r::retry_policy::RateLimitedRetryBackOff { reset_headers, max_interval } = b;
+            let mut headers = Vec::with_capacity(reset_headers.len());
+            for (i, h) in reset_headers.iter().enumerate() {
+                let r::retry_policy::ResetHeader { name, format } = h;
+                let at_h = format!("rate_limited_retry_back_off.reset_headers[{i}]");
+                let format =
+                    match enum_value::<r::retry_policy::ResetHeaderFormat>(*format, "format").map_err(at(&at_h))? {
+                        r::retry_policy::ResetHeaderFormat::Seconds => model::ResetHeaderFormat::Seconds,
+                        r::retry_policy::ResetHeaderFormat::UnixTimestamp => model::ResetHeaderFormat::UnixTimestamp,
+                    };
+                headers
+                    .push(model::ResetHeader { name: header_name(name).map_err(at(format!("{at_h}.name")))?, format });
+            }
+            let max_interval = match max_interval {
+                None => DEFAULT_RESET_MAX_INTERVAL,
+                Some(d) => {
+                    let d = duration(d).map_err(at("rate_limited_retry_back_off.max_interval"))?;
+                    Duration::from_millis((d.as_millis() as u64).max(1))
+                }
+            };
+            Some(model::RateLimitedBackOff { reset_headers: headers, max_interval })
+        }
+    };
+    let matchers = |list: &[r::HeaderMatcher], field: &str| -> ConfigResult<Vec<model::HeaderMatcher>> {
+        list.iter().enumerate().map(|(i, h)| header_matcher(h).map_err(at(format!("{field}[{i}]")))).collect()
+    };
+    // Envoy keeps the per-try timeouts in whole milliseconds; 0 disables them.
+    let whole_ms =
+        |d: Option<Duration>| d.map(|d| Duration::from_millis(d.as_millis() as u64)).filter(|d| !d.is_zero());
     Ok(model::RetryPolicy {
-        retry_on: retry_on.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        retry_on: model::RetryOn::parse_policy(retry_on),
         num_retries: u32_or(num_retries, 1),
-        per_try_timeout: duration_zero_disables(per_try_timeout, None, "per_try_timeout")?,
-        retriable_status_codes: codes,
+        per_try_timeout: whole_ms(duration_zero_disables(per_try_timeout, None, "per_try_timeout")?),
+        per_try_idle_timeout: whole_ms(duration_zero_disables(per_try_idle_timeout, None, "per_try_idle_timeout")?),
+        retriable_status_codes: retriable_status_codes.clone(),
+        retriable_headers: matchers(retriable_headers, "retriable_headers")?,
+        retriable_request_headers: matchers(retriable_request_headers, "retriable_request_headers")?,
+        back_off,
+        rate_limited_back_off,
+        previous_hosts,
+        // Envoy keeps its default of 1 when the field is 0 (unset); PGV has no rule for it, and
+        // a negative value would wrap in Envoy's uint32: Pinion takes 1 for it.
+        host_selection_max_attempts: u32::try_from(*host_selection_retry_max_attempts)
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or(1),
     })
 }
 
@@ -759,7 +841,7 @@ pub(crate) fn header_mutations(
     })
 }
 
-fn headers_to_remove(names: &[String]) -> ConfigResult<Vec<String>> {
+pub(crate) fn headers_to_remove(names: &[String]) -> ConfigResult<Vec<String>> {
     let mut out = Vec::with_capacity(names.len());
     for (i, n) in names.iter().enumerate() {
         let p = format!("[{i}]");
