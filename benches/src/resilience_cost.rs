@@ -86,11 +86,13 @@ pub fn render(sc: &Scenario, r: &ScenarioResults<Key>) -> String {
          priority and `track_remaining: true`, and `outlier_detection` with consecutive 5xx, consecutive gateway failure, \
          success rate and failure percentage, all enforcing, `interval: 1s`, minimum hosts 1). Nothing ever trips: the \
          backend never fails and every limit is far above the load (every request must get a 2xx). Rounds alternate plain, \
-         resilience / resilience, plain; \"paired\" is the resilience ÷ plain ratio of the two runs of one round, whose \
-         median is the figure of the target (at most {TARGET_EXTRA_PCT:.0}% extra CPU per request for Pinion).\n",
+         resilience / resilience, plain ({} rounds); \"paired\" is the resilience ÷ plain ratio of the two runs of one \
+         round, whose median is the figure of the target (at most {TARGET_EXTRA_PCT:.0}% extra CPU per request for \
+         Pinion).\n",
         sc.workers,
         sc.proxy_cpus,
         crate::LOAD_CORE,
+        r.samples.values().flatten().map(|s| s.round + 1).max().unwrap_or(0),
     );
     let _ = writeln!(
         md,
