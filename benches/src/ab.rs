@@ -58,10 +58,18 @@ impl AbArgs {
         let label_b = self.label_b.unwrap_or_else(|| "B".into());
         anyhow::ensure!(label_a != label_b, "--label-a and --label-b must differ");
         let variants = match self.variant.as_deref().unwrap_or("default") {
-            "default" => vec![Variant::Default],
-            "filters" => vec![Variant::Filters],
             "both" => vec![Variant::Default, Variant::Filters],
-            other => anyhow::bail!("--variant default|filters|both, not {other:?}"),
+            list => {
+                let mut v = vec![];
+                for name in list.split(',') {
+                    let variant = Variant::parse(name).with_context(|| {
+                        format!("--variant default|filters|resilience|both or a comma-separated list, not {name:?}")
+                    })?;
+                    anyhow::ensure!(!v.contains(&variant), "--variant {list}: {name} twice");
+                    v.push(variant);
+                }
+                v
+            }
         };
         Ok(AbOpts { a, b, label_a, label_b, variants })
     }
@@ -178,7 +186,7 @@ pub fn run(args: &[String], o: &Opts, ab: &AbOpts) -> anyhow::Result<i32> {
         selected.len() * subjects.len() * o.runs as usize
     );
     let all: Vec<(Scenario, ScenarioResults<Key>)> =
-        selected.iter().map(|sc| (sc.clone(), crate::run_rounds(&env, sc, &subjects))).collect();
+        selected.iter().map(|sc| (sc.clone(), crate::run_rounds(&env, sc, &subjects, o.runs))).collect();
     let _ = std::fs::remove_dir_all(&env.scratch);
     let elapsed = started.elapsed();
     let failed: usize = all.iter().map(|(_, r)| r.failures.values().filter(|f| !f.is_empty()).count()).sum();
@@ -366,7 +374,10 @@ fn render(i: &Render<'_>) -> String {
         "- variants: `default` = the bench bootstrap (HCM with the router only); `filters` = the same with \
          `envoy.filters.http.fault` (abort and delay at 0%), `envoy.filters.http.cors` (policy per virtual host for an origin \
          the load never sends) and `envoy.filters.http.local_ratelimit` (10^9 tokens, 10^9 per second) before the router: \
-         configured, never acting (`pinion-bench bootstrap filters` prints it)\n"
+         configured, never acting (`pinion-bench bootstrap filters` prints it); `resilience` = the same as `default` with \
+         `circuit_breakers` (non-default thresholds, `track_remaining`) and `outlier_detection` (consecutive 5xx and gateway \
+         failures, success rate, failure percentage, every second) on every cluster, never triggering \
+         (`pinion-bench bootstrap resilience`)\n"
     );
 
     let _ = writeln!(md, "## CPU µs/request, B/A\n");
@@ -407,11 +418,17 @@ fn render(i: &Render<'_>) -> String {
         tol = report::AB_TOLERANCE_PCT
     );
 
-    if ab.variants.contains(&Variant::Default) && ab.variants.contains(&Variant::Filters) {
-        let _ = writeln!(md, "## Cost of the filters (filters ÷ default, same binary)\n");
+    // What each extra variant costs over `default`, for every one run next to it.
+    let extras = ab.variants.iter().filter(|&&v| v != Variant::Default);
+    for &extra in extras.filter(|_| ab.variants.contains(&Variant::Default)) {
+        let what = match extra {
+            Variant::Resilience => "circuit breakers and outlier detection",
+            _ => "filters",
+        };
+        let _ = writeln!(md, "## Cost of the {what} ({} ÷ default, same binary)\n", extra.name());
         let _ = writeln!(md, "| Scenario | {} | {} |\n|---|---:|---:|", a.heading(), b.heading());
         for (sc, r) in i.all {
-            let cost = |slot: Slot| match (cpu(r, (Variant::Default, slot)), cpu(r, (Variant::Filters, slot))) {
+            let cost = |slot: Slot| match (cpu(r, (Variant::Default, slot)), cpu(r, (extra, slot))) {
                 (Some(d), Some(f)) if d.median > 0.0 => format!(
                     "{:.3}x ({:+.1}%: {:.1} vs {:.1} µs)",
                     f.median / d.median,
@@ -423,8 +440,7 @@ fn render(i: &Render<'_>) -> String {
                     let why = |s: Option<report::Spread>, v: Variant| {
                         s.is_none().then(|| format!("{}: {}", v.name(), missing(r, (v, slot))))
                     };
-                    let parts: Vec<String> =
-                        [why(d, Variant::Default), why(f, Variant::Filters)].into_iter().flatten().collect();
+                    let parts: Vec<String> = [why(d, Variant::Default), why(f, extra)].into_iter().flatten().collect();
                     format!("— ({})", parts.join(", "))
                 }
             };
@@ -490,4 +506,23 @@ fn render(i: &Render<'_>) -> String {
         let _ = writeln!(md);
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variants(v: &str) -> anyhow::Result<Vec<Variant>> {
+        let args = AbArgs { a: Some("a".into()), b: Some("b".into()), variant: Some(v.into()), ..AbArgs::default() };
+        args.finish().map(|o| o.variants)
+    }
+
+    #[test]
+    fn variant_lists() {
+        assert_eq!(variants("both").unwrap(), vec![Variant::Default, Variant::Filters]);
+        assert_eq!(variants("default,resilience").unwrap(), vec![Variant::Default, Variant::Resilience]);
+        assert_eq!(variants("resilience").unwrap(), vec![Variant::Resilience]);
+        assert!(variants("default,default").is_err());
+        assert!(variants("fast").is_err());
+    }
 }

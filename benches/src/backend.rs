@@ -5,6 +5,10 @@
 //! * `GET /64k` (any path ending in `64k`): a 64 KiB body.
 //! * `POST` with `content-type: application/grpc*`: a gRPC unary reply (one length-prefixed
 //!   message, then the `grpc-status: 0` trailer), exactly what a gRPC server puts on the wire.
+//! * `GET /flaky` (any path ending in `flaky`): `503` for [`FLAKY_FAIL_PERCENT`]% of requests,
+//!   else the small body (the retry storm scenario). Which ones fail is a fixed pseudo-random
+//!   function of the backend's request sequence number, so every attempt (first try or retry)
+//!   fails independently of the others and a run is reproducible for a given arrival order.
 //! * anything else: a small 64-byte body.
 //!
 //! Responses are static `Bytes`, so the backend costs as little per request as hyper allows.
@@ -31,10 +35,14 @@ pub const SMALL_BODY_LEN: usize = 64;
 /// Size of the large response body.
 pub const LARGE_BODY_LEN: usize = 64 * 1024;
 
+/// Percentage of `/flaky` requests answered `503`.
+pub const FLAKY_FAIL_PERCENT: u64 = 50;
+
 static SMALL: [u8; SMALL_BODY_LEN] = *b"pinion-bench backend: a small response body of sixty-four bytes\n";
 static LARGE: [u8; LARGE_BODY_LEN] = [b'x'; LARGE_BODY_LEN];
 /// gRPC reply: uncompressed flag, big-endian length 6, then a 6-byte protobuf message
 /// (field 1, string "hello").
+static UNAVAILABLE: &[u8] = b"pinion-bench backend: flaky 503\n";
 static GRPC_REPLY: [u8; 11] = [0, 0, 0, 0, 6, 0x0a, 4, b'p', b'o', b'n', b'g'];
 
 /// A response body: one data frame, then optional trailers. Concrete and allocation-free.
@@ -194,8 +202,26 @@ async fn serve(listener: std::net::TcpListener, hits: Arc<AtomicU64>, mut shutdo
     }
 }
 
+/// Whether the `/flaky` request with sequence number `seq` fails: splitmix64 of `seq` (a
+/// bijective mixer, so consecutive numbers give unrelated bits) below the failure percentage.
+pub fn flaky_fails(seq: u64) -> bool {
+    let mut z = seq.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    z % 100 < FLAKY_FAIL_PERCENT
+}
+
 async fn handle(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Result<Response<Reply>, Infallible> {
-    hits.fetch_add(1, Ordering::Relaxed);
+    let seq = hits.fetch_add(1, Ordering::Relaxed);
+    if req.uri().path().ends_with("flaky") && flaky_fails(seq) {
+        let _ = req.into_body().collect().await;
+        let mut r = Response::new(Reply { data: Some(Bytes::from_static(UNAVAILABLE)), trailers: None });
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        r.headers_mut().insert("x-backend", HeaderValue::from_static("bench"));
+        return Ok(r);
+    }
     let grpc = req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let large = req.uri().path().ends_with("64k");
     // Read the request body so h2 streams end cleanly (bounded by the peer's body).
@@ -214,4 +240,20 @@ async fn handle(req: Request<Incoming>, hits: Arc<AtomicU64>) -> Result<Response
     };
     resp.headers_mut().insert("x-backend", HeaderValue::from_static("bench"));
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flaky_fails_about_the_configured_share() {
+        let n = 100_000u64;
+        let failed = (0..n).filter(|&s| flaky_fails(s)).count() as u64;
+        let expected = n * FLAKY_FAIL_PERCENT / 100;
+        assert!(failed.abs_diff(expected) < n / 100, "{failed} of {n} failed, expected about {expected}");
+        // Consecutive attempts are independent: about a quarter of pairs fail twice.
+        let both = (0..n).filter(|&s| flaky_fails(2 * s) && flaky_fails(2 * s + 1)).count() as u64;
+        assert!(both.abs_diff(n / 4) < n / 100, "{both} of {n} consecutive pairs both failed");
+    }
 }

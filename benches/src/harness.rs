@@ -15,6 +15,8 @@ mod mesh;
 mod procs;
 mod proxies;
 mod report;
+mod resilience_cost;
+mod retry_storm;
 mod xds_scale;
 
 use std::fmt::Write as _;
@@ -30,6 +32,7 @@ use crate::loadgen::{Amount, LoadGen, LoadResult, LoadSpec, Tool};
 use crate::mesh::Mesh;
 use crate::proxies::{Installed, Kind, Refused, Running, Variant};
 use crate::report::{Sample, ScenarioResults, TargetRow};
+use crate::retry_storm::StormResults;
 use crate::xds_scale::{XdsResults, XdsServer};
 
 const ENVOY_VERSION: &str = "1.40.0";
@@ -50,11 +53,13 @@ fn usage() -> &'static str {
   ab --a BIN --b BIN  two proxy binaries (e.g. Pinion before and after a change) on the same
                       bootstrap, alternating A,B,A,B; prints the B/A table, writes benches/AB.md
     --label-a NAME / --label-b NAME   names in the report (default: A, B)
-    --variant default|filters|both    bootstrap: as is, with fault/CORS/local rate limit
-                      filters before the router (never acting), or both (default: default)
+    --variant default|filters|resilience|both   bootstrap: as is, with fault/CORS/local
+                      rate limit filters before the router (never acting), with circuit
+                      breakers and outlier detection on every cluster (never triggering), or
+                      default,filters (both); any comma-separated list (default: default)
     --smoke           one short run per scenario, variant and binary; asserts 2xx only
                       (defaults for ab: --only a_sat,c --runs 5 --duration 5 --out benches/AB.md)
-  bootstrap [default|filters]   print the bench bootstrap (ports 9901, 10000, backend 8080)
+  bootstrap [default|filters|resilience]   print the bench bootstrap (ports 9901, 10000, backend 8080)
 options:
   --debug             use target/debug/pinion (built with `cargo build -p pinion`)
   --no-build          do not run cargo build for pinion (use the existing binary / PINION_BIN)
@@ -65,7 +70,7 @@ options:
   --loadgen oha|h2load  one load generator for every run (default: h2load for saturation,
                       oha for the fixed rate; smoke: h2load)
   --no-reference      skip nginx and HAProxy
-  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2 e1 e2 e3 f)
+  --only a,b,...      only these scenario ids (a_sat a_rate b c d scale2 e1 e2 e3 r_cost r_retry f)
   --out PATH          results file (all: benches/RESULTS.md; '-' = none)"
 }
 
@@ -169,8 +174,14 @@ fn parse_opts(args: &[String], root: &Path) -> anyhow::Result<Opts> {
     });
     if let Some(args) = ab {
         let ids = o.only.get_or_insert_with(|| ab::DEFAULT_SCENARIOS.iter().map(|s| s.to_string()).collect());
-        let known: Vec<&str> = scenarios().iter().map(|s| s.id).collect();
+        let all = scenarios();
+        let known: Vec<&str> = all.iter().filter(|s| s.resilience.is_none()).map(|s| s.id).collect();
         for id in ids.iter() {
+            anyhow::ensure!(
+                !all.iter().any(|s| s.id == id && s.resilience.is_some()),
+                "ab: {id} compares bootstraps, not binaries, and runs in `all`/`smoke` only \
+                 (for r_cost's comparison of two binaries: --only scale2 --variant default,resilience)"
+            );
             anyhow::ensure!(known.contains(&id.as_str()), "ab: unknown scenario {id:?} (ab runs: {})", known.join(" "));
         }
         o.ab = Some(args.finish()?);
@@ -199,6 +210,22 @@ struct Scenario {
     smoke_requests: u64,
     /// (e): a pair of sidecars with mTLS between them instead of one proxy.
     mesh: Option<Mesh>,
+    /// (r): a resilience scenario, which compares bootstraps rather than proxies alone.
+    resilience: Option<Resilience>,
+    /// Reverse the run order on odd rounds (A B, B A, A B, ...: "ABBA"), so a drift over the
+    /// scenario weighs on every subject alike; for comparisons that look for a few percent.
+    abba: bool,
+}
+
+/// The resilience scenarios (r).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resilience {
+    /// (r1) `r_cost`: the plain bootstrap against the same with circuit breakers and outlier
+    /// detection configured, never triggering ([`resilience_cost`]).
+    Cost,
+    /// (r2) `r_retry`: a backend failing half its requests, retries with and without a retry
+    /// budget ([`retry_storm`]).
+    RetryStorm,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -217,6 +244,8 @@ fn scenarios() -> Vec<Scenario> {
         expect_len: SMALL_BODY_LEN,
         smoke_requests: 2000,
         mesh: None,
+        resilience: None,
+        abba: false,
     };
     vec![
         Scenario { id: "a_sat", label: "(a) HTTP/1.1 small, saturation", ..base.clone() },
@@ -288,6 +317,24 @@ fn scenarios() -> Vec<Scenario> {
             reference: false,
             smoke_requests: 500,
             mesh: Some(Mesh::Terminate),
+            ..base.clone()
+        },
+        Scenario {
+            id: "r_cost",
+            label: "(r1) resilience cost: circuit breakers + outlier detection, never triggering (2 workers)",
+            workers: 2,
+            proxy_cpus: "0,1",
+            reference: false,
+            resilience: Some(Resilience::Cost),
+            abba: true,
+            ..base.clone()
+        },
+        Scenario {
+            id: "r_retry",
+            label: "(r2) retry storm: backend 503s half the requests, retry_on 5xx × 3",
+            path: "/flaky",
+            reference: false,
+            resilience: Some(Resilience::RetryStorm),
             ..base
         },
     ]
@@ -716,6 +763,7 @@ fn run_one(env: &Env, sc: &Scenario, who: &Who<'_>, round: u32) -> anyhow::Resul
         ok: r.ok,
         tls_handshakes: handshakes,
         tls_resumed: resumed,
+        round,
     })
 }
 
@@ -723,10 +771,13 @@ fn run_one(env: &Env, sc: &Scenario, who: &Who<'_>, round: u32) -> anyhow::Resul
 /// run on a fresh proxy. A subject whose proxy exits during start (it refused its bootstrap)
 /// is retried once at once (fresh ports, in case it could not bind one); refused twice with
 /// no successful run, it is left out of the remaining rounds and recorded in `refused`.
-fn run_rounds<K: Ord + Copy>(env: &Env, sc: &Scenario, subjects: &[(K, Who<'_>)]) -> ScenarioResults<K> {
+/// With `sc.abba`, odd rounds run the subjects in reverse order.
+fn run_rounds<K: Ord + Copy>(env: &Env, sc: &Scenario, subjects: &[(K, Who<'_>)], rounds: u32) -> ScenarioResults<K> {
     let mut res = ScenarioResults::default();
-    for round in 0..env.o.runs {
-        for (k, who) in subjects {
+    for round in 0..rounds {
+        let order: Vec<&(K, Who<'_>)> =
+            if sc.abba && round % 2 == 1 { subjects.iter().rev().collect() } else { subjects.iter().collect() };
+        for (k, who) in order {
             if res.refused.contains_key(k) {
                 continue;
             }
@@ -838,11 +889,9 @@ fn main() {
 fn real_main(args: &[String]) -> anyhow::Result<i32> {
     let root = repo_root();
     if args.first().map(String::as_str) == Some("bootstrap") {
-        let variant = match args.get(1).map(String::as_str) {
-            None | Some("default") => Variant::Default,
-            Some("filters") => Variant::Filters,
-            Some(other) => bail!("bootstrap [default|filters], not {other:?}"),
-        };
+        let name = args.get(1).map(String::as_str).unwrap_or("default");
+        let variant =
+            Variant::parse(name).with_context(|| format!("bootstrap [default|filters|resilience], not {name:?}"))?;
         print!("{}", variant.apply(proxies::envoy_bootstrap(9901, 10000, 8080))?);
         return Ok(0);
     }
@@ -873,8 +922,21 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
     let scratch = env.scratch.clone();
 
     let mut all: Vec<(Scenario, ScenarioResults)> = vec![];
+    let mut cost: Option<(Scenario, ScenarioResults<resilience_cost::Key>)> = None;
+    let mut storm: Option<(Scenario, StormResults)> = None;
     // Each scenario: rounds of Pinion, Envoy(, nginx, HAProxy) alternating: A B A B ...
     for sc in &selected {
+        match sc.resilience {
+            Some(Resilience::Cost) => {
+                cost = Some((sc.clone(), resilience_cost::run(&env, sc, &pinion, &envoy)));
+                continue;
+            }
+            Some(Resilience::RetryStorm) => {
+                storm = Some((sc.clone(), retry_storm::run(&env, sc, &pinion, &envoy)));
+                continue;
+            }
+            None => {}
+        }
         let mut order: Vec<&Installed> = vec![&pinion, &envoy];
         if sc.reference && !o.smoke {
             order.extend(references.iter());
@@ -883,7 +945,7 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
             .iter()
             .map(|p| (p.kind, Who { name: p.kind.name().to_string(), proxy: p, variant: Variant::Default }))
             .collect();
-        let mut res = run_rounds(&env, sc, &subjects);
+        let mut res = run_rounds(&env, sc, &subjects, o.runs);
         // (e) sends plaintext load to its outbound sidecar: a_sat's and c's ceilings apply.
         if !o.smoke && sc.workers == 1 && sc.mesh.is_none() {
             match run_direct(&env, sc) {
@@ -932,6 +994,20 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
             }
         }
         let mut total = all.len() * 2;
+        if let Some((sc, r)) = &cost {
+            for line in resilience_cost::smoke_lines(sc, r) {
+                total += 1;
+                failed += usize::from(!line.ok);
+                println!("{line}");
+            }
+        }
+        if let Some((sc, r)) = &storm {
+            for line in retry_storm::smoke_lines(sc, r) {
+                total += 1;
+                failed += usize::from(!line.ok);
+                println!("{line}");
+            }
+        }
         if let Some(x) = &xds {
             total += 2;
             for k in [Kind::Pinion, Kind::Envoy] {
@@ -957,11 +1033,11 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         }
         if failed == 0 {
             println!(
-                "smoke OK: all {total} proxy x scenario runs served every request with a 2xx ({:.0} s)",
+                "smoke OK: all {total} proxy x scenario runs served every request with a 2xx (f: ACKed and routed; r_retry: answered, the budget capping the retries) ({:.0} s)",
                 elapsed.as_secs_f64()
             );
         } else {
-            println!("smoke FAILED: {failed} of {total} proxy x scenario runs did not serve every request with a 2xx (or, in f, ACK and route)");
+            println!("smoke FAILED: {failed} of {total} proxy x scenario runs did not serve every request with a 2xx (or, in f, ACK and route; in r_retry, cap the retries with the budget)");
         }
         return Ok(if failed == 0 { 0 } else { 1 });
     }
@@ -983,6 +1059,8 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         load: format!("{load_at_start} at the start, {} at the end", loadavg()),
         opts: &o,
         all: &all,
+        cost: cost.as_ref(),
+        storm: storm.as_ref(),
         xds: xds.as_ref(),
         elapsed,
         notes: std::fs::read_to_string(root.join("benches/notes.md")).ok(),
@@ -993,6 +1071,8 @@ fn real_main(args: &[String]) -> anyhow::Result<i32> {
         eprintln!("[bench] wrote {}", out.display());
     }
     let failures: usize = all.iter().map(|(_, r)| r.failures.values().map(Vec::len).sum::<usize>()).sum::<usize>()
+        + cost.as_ref().map(|(_, r)| r.failures.values().map(Vec::len).sum::<usize>()).unwrap_or(0)
+        + storm.as_ref().map(|(_, r)| r.failures.values().map(Vec::len).sum::<usize>()).unwrap_or(0)
         + xds.as_ref().map(|x| x.failures.values().map(Vec::len).sum::<usize>()).unwrap_or(0);
     Ok(if failures == 0 { 0 } else { 1 })
 }
@@ -1131,6 +1211,10 @@ struct RenderInput<'a> {
     load: String,
     opts: &'a Opts,
     all: &'a [(Scenario, ScenarioResults)],
+    /// (r1), when selected.
+    cost: Option<&'a (Scenario, ScenarioResults<resilience_cost::Key>)>,
+    /// (r2), when selected.
+    storm: Option<&'a (Scenario, StormResults)>,
     xds: Option<&'a XdsResults>,
     elapsed: Duration,
     notes: Option<String>,
@@ -1192,6 +1276,14 @@ fn render(i: &RenderInput<'_>) -> String {
                 let _ = writeln!(md, "| {} | no proxy (load-side ceiling) | {:.0} | | | | | | | |", sc.label, d.rps);
             }
             (None, _) => {}
+        }
+    }
+    for (sc, what) in [
+        (i.cost.map(|(s, _)| s), "see \"(r1) Resilience cost\" below"),
+        (i.storm.map(|(s, _)| s), "see \"(r2) Retry storm\" below"),
+    ] {
+        if let Some(sc) = sc {
+            let _ = writeln!(md, "| {} | Pinion, Envoy | {what} | | | | | | | |", sc.label);
         }
     }
     if i.xds.is_some() {
@@ -1332,6 +1424,12 @@ fn render(i: &RenderInput<'_>) -> String {
     if let Some(r) = get("e2") {
         md.push_str(&handshake_rate(r));
     }
+    if let Some((sc, r)) = i.cost {
+        md.push_str(&resilience_cost::render(sc, r));
+    }
+    if let Some((sc, r)) = i.storm {
+        md.push_str(&retry_storm::render(sc, r));
+    }
 
     if let (Some(one), Some(two)) = (get("a_sat"), get("scale2")) {
         let _ = writeln!(md, "## Scaling: 2 workers / 1 worker (HTTP/1.1 small, saturation)\n");
@@ -1378,6 +1476,20 @@ fn render(i: &RenderInput<'_>) -> String {
             })
         })
         .collect();
+    if let Some((sc, r)) = i.cost {
+        for ((k, v), f) in &r.failures {
+            failures.extend(
+                f.iter().map(|e| format!("- {} {}/{}: {}", sc.id, k.name(), v.name(), e.lines().next().unwrap_or(""))),
+            );
+        }
+    }
+    if let Some((sc, r)) = i.storm {
+        for ((k, l), f) in &r.failures {
+            failures.extend(
+                f.iter().map(|e| format!("- {} {}/{}: {}", sc.id, k.name(), l.name(), e.lines().next().unwrap_or(""))),
+            );
+        }
+    }
     if let Some(x) = i.xds {
         for (k, v) in &x.failures {
             failures.extend(v.iter().map(|e| format!("- f {}: {}", k.name(), e.lines().next().unwrap_or(""))));

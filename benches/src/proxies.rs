@@ -154,6 +154,8 @@ pub enum Variant {
     Default,
     /// [`with_filters`]: fault, CORS and local rate limit before the router, none of which ever acts.
     Filters,
+    /// [`with_resilience`]: circuit breakers and outlier detection on every cluster, never triggering.
+    Resilience,
 }
 
 impl Variant {
@@ -162,7 +164,13 @@ impl Variant {
         match self {
             Variant::Default => "default",
             Variant::Filters => "filters",
+            Variant::Resilience => "resilience",
         }
+    }
+
+    /// The variant named `name` (`default`, `filters`, `resilience`).
+    pub fn parse(name: &str) -> Option<Variant> {
+        [Variant::Default, Variant::Filters, Variant::Resilience].into_iter().find(|v| v.name() == name)
     }
 
     /// `bootstrap` as this variant: unchanged, or through [`with_filters`].
@@ -170,6 +178,7 @@ impl Variant {
         match self {
             Variant::Default => Ok(bootstrap),
             Variant::Filters => with_filters(&bootstrap),
+            Variant::Resilience => with_resilience(&bootstrap),
         }
     }
 }
@@ -262,6 +271,62 @@ pub fn with_filters(bootstrap: &str) -> anyhow::Result<String> {
         }
     }
     anyhow::ensure!(edited > 0, "no {HCM} in the bootstrap's static listeners");
+    serde_yaml::to_string(&v).context("write the bootstrap")
+}
+
+/// The `circuit_breakers` [`with_resilience`] gives every cluster: non-default thresholds for
+/// both priorities, with `track_remaining` (the `remaining_*` gauges are kept up to date on
+/// every request), all far above what the bench load reaches (50 connections).
+pub fn bench_circuit_breakers() -> Value {
+    let t = |priority: &str, limit: u32, retries: u32| {
+        json!({
+            "priority": priority,
+            "max_connections": limit,
+            "max_pending_requests": limit,
+            "max_requests": limit,
+            "max_retries": retries,
+            "max_connection_pools": limit,
+            "track_remaining": true,
+        })
+    };
+    json!({ "thresholds": [t("DEFAULT", 4096, 64), t("HIGH", 2048, 32)] })
+}
+
+/// The `outlier_detection` [`with_resilience`] gives every cluster: consecutive 5xx and
+/// gateway failures, success rate and failure percentage, all enforcing, evaluated every
+/// second with the minimum host count lowered to 1 so the one bench host is really analysed.
+/// The bench backend never fails, so nothing is ever ejected.
+pub fn bench_outlier_detection() -> Value {
+    json!({
+        "consecutive_5xx": 5,
+        "enforcing_consecutive_5xx": 100,
+        "consecutive_gateway_failure": 5,
+        "enforcing_consecutive_gateway_failure": 100,
+        "interval": "1s",
+        "base_ejection_time": "30s",
+        "max_ejection_percent": 50,
+        "success_rate_minimum_hosts": 1,
+        "success_rate_request_volume": 100,
+        "success_rate_stdev_factor": 1900,
+        "enforcing_success_rate": 100,
+        "failure_percentage_threshold": 50,
+        "failure_percentage_minimum_hosts": 1,
+        "failure_percentage_request_volume": 100,
+        "enforcing_failure_percentage": 100,
+    })
+}
+
+/// `bootstrap` (YAML or JSON) with [`bench_circuit_breakers`] and [`bench_outlier_detection`]
+/// on every static cluster, everything else unchanged. Returns YAML.
+pub fn with_resilience(bootstrap: &str) -> anyhow::Result<String> {
+    let mut v: Value = serde_yaml::from_str(bootstrap).context("parse the bootstrap")?;
+    let clusters = v["static_resources"]["clusters"].as_array_mut().context("no static clusters")?;
+    anyhow::ensure!(!clusters.is_empty(), "no static clusters");
+    for c in clusters {
+        let c = c.as_object_mut().context("cluster")?;
+        c.insert("circuit_breakers".into(), bench_circuit_breakers());
+        c.insert("outlier_detection".into(), bench_outlier_detection());
+    }
     serde_yaml::to_string(&v).context("write the bootstrap")
 }
 
@@ -568,35 +633,56 @@ mod tests {
     }
 
     #[test]
+    fn resilience_variant_is_the_default_bootstrap_plus_breakers_and_outlier_detection() {
+        let default = envoy_bootstrap(9901, 10000, 8080);
+        let mut v: Value = serde_yaml::from_str(&Variant::Resilience.apply(default.clone()).unwrap()).unwrap();
+        let clusters = v["static_resources"]["clusters"].as_array_mut().unwrap();
+        assert_eq!(clusters.len(), 3);
+        for c in clusters {
+            let c = c.as_object_mut().unwrap();
+            assert_eq!(c.remove("circuit_breakers"), Some(bench_circuit_breakers()));
+            assert_eq!(c.remove("outlier_detection"), Some(bench_outlier_detection()));
+        }
+        let original: Value = serde_yaml::from_str(&default).unwrap();
+        assert_eq!(v, original);
+        assert_eq!(Variant::parse("resilience"), Some(Variant::Resilience));
+        assert_eq!(Variant::parse("both"), None);
+    }
+
+    #[test]
     fn a_bootstrap_without_a_router_is_an_error() {
         let b = envoy_bootstrap(1, 2, 3).replace("envoy.filters.http.router", "envoy.filters.http.other");
         assert!(format!("{:#}", with_filters(&b).unwrap_err()).contains("no envoy.filters.http.router"));
     }
 
-    /// Envoy 1.40 accepts the filters bootstrap (`envoy --mode validate`), when an Envoy is at
-    /// hand (ENVOY_BIN, PATH or `<repo>/.venv`, as for the interop tests); skipped otherwise.
+    /// Envoy 1.40 accepts the filters and resilience bootstraps (`envoy --mode validate`), when
+    /// an Envoy is at hand (ENVOY_BIN, PATH or `<repo>/.venv`, as for the interop tests);
+    /// skipped otherwise.
     #[test]
-    fn envoy_validates_the_filters_bootstrap() {
+    fn envoy_validates_the_variant_bootstraps() {
         let Ok(envoy) = pinion_testkit::ProxyKind::Envoy.binary() else {
             eprintln!("skipped: no envoy binary (set ENVOY_BIN)");
             return;
         };
         let dir = std::env::temp_dir().join(format!("pinion-bench-validate-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("filters.yaml");
-        std::fs::write(&path, Variant::Filters.apply(envoy_bootstrap(9901, 10000, 8080)).unwrap()).unwrap();
-        let out = std::process::Command::new(envoy)
-            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        for variant in [Variant::Filters, Variant::Resilience] {
+            let path = dir.join(format!("{}.yaml", variant.name()));
+            std::fs::write(&path, variant.apply(envoy_bootstrap(9901, 10000, 8080)).unwrap()).unwrap();
+            let out = std::process::Command::new(&envoy)
+                .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "envoy --mode validate refused the {} bootstrap:\n{}{}",
+                variant.name(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(
-            out.status.success(),
-            "envoy --mode validate refused the filters bootstrap:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Sample {
     pub tls_handshakes: Option<u64>,
     /// (e) of those, resumed sessions (`ssl.session_reused`), if the proxy has that stat.
     pub tls_resumed: Option<u64>,
+    /// The round (0-based) the run belonged to, to pair runs of one round.
+    pub round: u32,
 }
 
 /// Median, min and max of some values.
@@ -200,6 +202,20 @@ pub fn targets_table(rows: &[TargetRow]) -> String {
         );
     }
     out
+}
+
+/// One line of `smoke`'s verdict: passed or not, and what was seen.
+pub struct SmokeLine {
+    /// Whether the check passed.
+    pub ok: bool,
+    /// `<scenario> <subject>: <what was seen>`.
+    pub text: String,
+}
+
+impl std::fmt::Display for SmokeLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "smoke {} {}", if self.ok { "ok  " } else { "FAIL" }, self.text)
+    }
 }
 
 /// How far B's median is from A's (B/A), within which two builds count as equal.
