@@ -1,0 +1,210 @@
+//! Differential test of load balancing across priorities and localities: the real Envoy and
+//! Pinion get the same bootstrap (`bootstraps/lb.yaml`, only ports differ), one cluster per
+//! scenario with STATIC endpoints in priorities and localities, some with EDS
+//! `health_status` UNHEALTHY or DEGRADED (every host is a real backend, so traffic sent to
+//! a host it should not reach is seen). Each proxy gets `N` sequential requests per
+//! scenario; the share of each backend must be within `TOLERANCE` percentage points of the
+//! expected share (Envoy 1.40's priority load, panic and locality arithmetic) and of the
+//! other proxy's share, and `lb_healthy_panic` must match exactly.
+//!
+//! The expected shares are exact for the deterministic parts (locality and weighted
+//! schedules) and binomial for random ones (the priority draw, random picks): with
+//! N = 1000 a share's standard deviation is at most 1.6 points, the tolerance 6.
+//!
+//! `INTEROP_ONLY=envoy` (or `pinion`) runs a single proxy; `INTEROP_VERBOSE=1` prints the
+//! observed shares.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use pinion_interop_tests::render_bootstrap;
+use pinion_testkit::{
+    empty, free_port, http1_client_to, send_full, spawn_http_backend_named, Backend, BackendKind, ProxyKind,
+    ProxyProcess,
+};
+
+/// Requests per scenario and proxy.
+const N: usize = 1000;
+/// Allowed distance (percentage points) of a host's share from the expected one, and
+/// between the two proxies.
+const TOLERANCE: f64 = 6.0;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Scenario {
+    /// Cluster name and route prefix.
+    name: &'static str,
+    /// Expected share (percent) of each host, by position in the bootstrap.
+    shares: Vec<f64>,
+    /// Whether every request is counted by `lb_healthy_panic`.
+    panic: bool,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    // Locality: zone a (weight 1, two hosts), zone b (weight 3 * min(1, 1.4 * 1/2) = 2.1,
+    // one healthy host), zone c without a weight.
+    let a = 100.0 / 3.1;
+    vec![
+        // P0 2 of 4 healthy: 70% there, 30% to P1.
+        Scenario { name: "priority", shares: vec![35.0, 35.0, 0.0, 0.0, 15.0, 15.0], panic: false },
+        // Factor 1.0: P0 50%, P1 the rest, P2 nothing.
+        Scenario { name: "factor", shares: vec![50.0, 0.0, 50.0, 0.0], panic: false },
+        // 1 of 3 healthy: panic, every host.
+        Scenario { name: "panic", shares: vec![100.0 / 3.0; 3], panic: true },
+        Scenario { name: "nopanic", shares: vec![100.0, 0.0, 0.0], panic: false },
+        Scenario { name: "degraded", shares: vec![70.0, 30.0], panic: false },
+        Scenario { name: "locality", shares: vec![a / 2.0, a / 2.0, 100.0 - a, 0.0, 0.0], panic: false },
+        Scenario { name: "lrweighted", shares: vec![25.0, 75.0], panic: false },
+    ]
+}
+
+/// What one proxy did in one scenario.
+#[derive(Debug, Clone, PartialEq)]
+struct Obs {
+    /// Share (percent) of the requests each host got.
+    shares: Vec<f64>,
+    /// Non-200 answers.
+    errors: usize,
+    /// `cluster.<name>.lb_healthy_panic`.
+    panic: u64,
+    /// `cluster.<name>.upstream_cx_none_healthy`.
+    none_healthy: u64,
+}
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn stat(p: &ProxyProcess, name: &str) -> u64 {
+    let body = p.admin_get("/stats").map(|(_, b)| b).unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn run(kind: ProxyKind, scenarios: &[Scenario]) -> Result<BTreeMap<&'static str, Obs>, String> {
+    let backends: BTreeMap<&str, Vec<Backend>> = scenarios
+        .iter()
+        .map(|s| {
+            let hosts = (0..s.shares.len())
+                .map(|i| spawn_http_backend_named(BackendKind::Http1, &format!("{}-{i}", s.name)))
+                .collect();
+            (s.name, hosts)
+        })
+        .collect();
+    let (admin, port) = (free_port(), free_port());
+    let mut vars: Vec<(String, String)> =
+        vec![("ADMIN_PORT".into(), admin.to_string()), ("LISTEN_PORT".into(), port.to_string())];
+    for (c, hs) in &backends {
+        for (i, b) in hs.iter().enumerate() {
+            vars.push((format!("{}_{i}", c.to_uppercase()), b.port().to_string()));
+        }
+    }
+    let vars: Vec<(&str, String)> = vars.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let yaml = render_bootstrap("lb.yaml", &vars);
+    let p = tokio::task::block_in_place(|| -> Result<ProxyProcess, String> {
+        let mut p =
+            ProxyProcess::try_spawn(kind, &yaml, &[]).map_err(|e| format!("{kind} could not be started: {e:#}"))?;
+        p.wait_ready(admin, Duration::from_secs(20)).map_err(|e| format!("{kind} did not become ready: {e:#}"))?;
+        Ok(p)
+    })?;
+    let client = http1_client_to(local(port));
+    let mut out = BTreeMap::new();
+    for s in scenarios {
+        let mut errors = 0;
+        for _ in 0..N {
+            let req = Request::get(format!("http://{}/{}/", local(port), s.name)).body(empty()).expect("request");
+            match send_full(&client, req, REQUEST_TIMEOUT).await {
+                Ok(r) if r.status == 200 => {}
+                Ok(_) => errors += 1,
+                Err(e) => return Err(format!("{kind} GET /{}/: {e:#}", s.name)),
+            }
+        }
+        let shares = backends[s.name].iter().map(|b| 100.0 * b.hit_count() as f64 / N as f64).collect();
+        let (panic, none_healthy) = tokio::task::block_in_place(|| {
+            (
+                stat(&p, &format!("cluster.{}.lb_healthy_panic", s.name)),
+                stat(&p, &format!("cluster.{}.upstream_cx_none_healthy", s.name)),
+            )
+        });
+        out.insert(s.name, Obs { shares, errors, panic, none_healthy });
+    }
+    Ok(out)
+}
+
+/// Differences between an observation and the scenario's expectations.
+fn check(s: &Scenario, o: &Obs) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, (&got, &want)) in o.shares.iter().zip(&s.shares).enumerate() {
+        // A host that must get nothing gets nothing, exactly.
+        let ok = if want == 0.0 { got == 0.0 } else { (got - want).abs() <= TOLERANCE };
+        if !ok {
+            problems.push(format!("host {i}: {got:.1}% of the requests, want {want:.1}%"));
+        }
+    }
+    if o.errors != 0 || o.none_healthy != 0 {
+        problems.push(format!("{} errors, {} upstream_cx_none_healthy", o.errors, o.none_healthy));
+    }
+    let want_panic = if s.panic { N as u64 } else { 0 };
+    if o.panic != want_panic {
+        problems.push(format!("lb_healthy_panic {} want {want_panic}", o.panic));
+    }
+    problems
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancing_matches_envoy() {
+    let t = Instant::now();
+    let kinds = match std::env::var("INTEROP_ONLY").as_deref() {
+        Err(_) | Ok("") | Ok("both") => vec![ProxyKind::Envoy, ProxyKind::Pinion],
+        Ok("envoy") => vec![ProxyKind::Envoy],
+        Ok("pinion") => vec![ProxyKind::Pinion],
+        Ok(other) => panic!("INTEROP_ONLY must be envoy, pinion or both, not {other:?}"),
+    };
+    let verbose = std::env::var_os("INTEROP_VERBOSE").is_some();
+    let scenarios = scenarios();
+    let mut runs = Vec::new();
+    let mut failures = Vec::new();
+    for kind in kinds {
+        match tokio::time::timeout(Duration::from_secs(240), run(kind, &scenarios)).await {
+            Ok(Ok(obs)) => runs.push((kind, obs)),
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push(format!("{kind}: timed out")),
+        }
+    }
+    for (kind, obs) in &runs {
+        for s in &scenarios {
+            let o = &obs[s.name];
+            if verbose {
+                eprintln!("{kind} {}: {o:?}", s.name);
+            }
+            for p in check(s, o) {
+                failures.push(format!("{kind} {}: {p}", s.name));
+            }
+        }
+    }
+    if let [(ka, a), (kb, b)] = runs.as_slice() {
+        for s in &scenarios {
+            let (x, y) = (&a[s.name], &b[s.name]);
+            let close = x.shares.iter().zip(&y.shares).all(|(p, q)| (p - q).abs() <= TOLERANCE);
+            if !close || x.panic != y.panic {
+                failures.push(format!("{}: {ka} and {kb} differ:\n    {x:?}\n    {y:?}", s.name));
+            }
+        }
+    }
+    eprintln!("lb_differential: {} proxies in {:?}", runs.len(), t.elapsed());
+    assert!(failures.is_empty(), "{} problem(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The checks must notice a wrong observation (guards against a vacuous harness).
+#[test]
+fn check_reports_differences() {
+    let s = Scenario { name: "x", shares: vec![70.0, 30.0, 0.0], panic: true };
+    let o = Obs { shares: vec![50.0, 49.0, 1.0], errors: 1, panic: 0, none_healthy: 0 };
+    let problems = check(&s, &o);
+    assert_eq!(problems.len(), 5, "{problems:?}");
+    let good = Obs { shares: vec![72.0, 28.0, 0.0], errors: 0, panic: N as u64, none_healthy: 0 };
+    assert!(check(&s, &good).is_empty());
+}
