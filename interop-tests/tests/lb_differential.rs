@@ -5,7 +5,8 @@
 //! a host it should not reach is seen). Each proxy gets `N` sequential requests per
 //! scenario; the share of each backend must be within `TOLERANCE` percentage points of the
 //! expected share (Envoy 1.40's priority load, panic and locality arithmetic) and of the
-//! other proxy's share, and `lb_healthy_panic` must match exactly.
+//! other proxy's share (a host expected to get nothing must get nothing), and so must the
+//! share of picks `lb_healthy_panic` counts (exactly, where it is none or all).
 //!
 //! The expected shares are exact for the deterministic parts (locality and weighted
 //! schedules) and binomial for random ones (the priority draw, random picks): with
@@ -38,8 +39,8 @@ struct Scenario {
     name: &'static str,
     /// Expected share (percent) of each host, by position in the bootstrap.
     shares: Vec<f64>,
-    /// Whether every request is counted by `lb_healthy_panic`.
-    panic: bool,
+    /// Expected share (percent) of the requests counted by `lb_healthy_panic`.
+    panic: f64,
 }
 
 fn scenarios() -> Vec<Scenario> {
@@ -48,15 +49,23 @@ fn scenarios() -> Vec<Scenario> {
     let a = 100.0 / 3.1;
     vec![
         // P0 2 of 4 healthy: 70% there, 30% to P1.
-        Scenario { name: "priority", shares: vec![35.0, 35.0, 0.0, 0.0, 15.0, 15.0], panic: false },
+        Scenario { name: "priority", shares: vec![35.0, 35.0, 0.0, 0.0, 15.0, 15.0], panic: 0.0 },
         // Factor 1.0: P0 50%, P1 the rest, P2 nothing.
-        Scenario { name: "factor", shares: vec![50.0, 0.0, 50.0, 0.0], panic: false },
+        Scenario { name: "factor", shares: vec![50.0, 0.0, 50.0, 0.0], panic: 0.0 },
         // 1 of 3 healthy: panic, every host.
-        Scenario { name: "panic", shares: vec![100.0 / 3.0; 3], panic: true },
-        Scenario { name: "nopanic", shares: vec![100.0, 0.0, 0.0], panic: false },
-        Scenario { name: "degraded", shares: vec![70.0, 30.0], panic: false },
-        Scenario { name: "locality", shares: vec![a / 2.0, a / 2.0, 100.0 - a, 0.0, 0.0], panic: false },
-        Scenario { name: "lrweighted", shares: vec![25.0, 75.0], panic: false },
+        Scenario { name: "panic", shares: vec![100.0 / 3.0; 3], panic: 100.0 },
+        Scenario { name: "nopanic", shares: vec![100.0, 0.0, 0.0], panic: 0.0 },
+        Scenario { name: "degraded", shares: vec![70.0, 30.0], panic: 0.0 },
+        Scenario { name: "locality", shares: vec![a / 2.0, a / 2.0, 100.0 - a, 0.0, 0.0], panic: 0.0 },
+        Scenario { name: "lrweighted", shares: vec![25.0, 75.0], panic: 0.0 },
+        {
+            let (p0, p1) = (100.0 * 60.0 / 85.0, 100.0 * 25.0 / 85.0);
+            let mut shares = vec![p0 / 3.0, p0 / 3.0, p0 / 3.0, 0.0, 0.0];
+            shares.extend([p1 / 4.0; 4]);
+            Scenario { name: "partialpanic", shares, panic: p1 }
+        },
+        Scenario { name: "totalpanic", shares: [vec![58.0 / 4.0; 4], vec![42.0 / 3.0; 3]].concat(), panic: 100.0 },
+        Scenario { name: "draining", shares: vec![50.0, 50.0, 0.0, 0.0, 0.0], panic: 0.0 },
     ]
 }
 
@@ -147,9 +156,10 @@ fn check(s: &Scenario, o: &Obs) -> Vec<String> {
     if o.errors != 0 || o.none_healthy != 0 {
         problems.push(format!("{} errors, {} upstream_cx_none_healthy", o.errors, o.none_healthy));
     }
-    let want_panic = if s.panic { N as u64 } else { 0 };
-    if o.panic != want_panic {
-        problems.push(format!("lb_healthy_panic {} want {want_panic}", o.panic));
+    let panic = 100.0 * o.panic as f64 / N as f64;
+    let ok = if s.panic == 0.0 || s.panic == 100.0 { panic == s.panic } else { (panic - s.panic).abs() <= TOLERANCE };
+    if !ok {
+        problems.push(format!("lb_healthy_panic {} ({panic:.1}%), want {:.1}%", o.panic, s.panic));
     }
     problems
 }
@@ -189,7 +199,8 @@ async fn load_balancing_matches_envoy() {
         for s in &scenarios {
             let (x, y) = (&a[s.name], &b[s.name]);
             let close = x.shares.iter().zip(&y.shares).all(|(p, q)| (p - q).abs() <= TOLERANCE);
-            if !close || x.panic != y.panic {
+            let panic_close = (x.panic as f64 - y.panic as f64).abs() <= TOLERANCE * N as f64 / 100.0;
+            if !close || !panic_close {
                 failures.push(format!("{}: {ka} and {kb} differ:\n    {x:?}\n    {y:?}", s.name));
             }
         }
@@ -201,7 +212,7 @@ async fn load_balancing_matches_envoy() {
 /// The checks must notice a wrong observation (guards against a vacuous harness).
 #[test]
 fn check_reports_differences() {
-    let s = Scenario { name: "x", shares: vec![70.0, 30.0, 0.0], panic: true };
+    let s = Scenario { name: "x", shares: vec![70.0, 30.0, 0.0], panic: 100.0 };
     let o = Obs { shares: vec![50.0, 49.0, 1.0], errors: 1, panic: 0, none_healthy: 0 };
     let problems = check(&s, &o);
     assert_eq!(problems.len(), 5, "{problems:?}");

@@ -121,7 +121,7 @@ impl Cluster {
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
             lb: LoadBalancer::with_config(config.lb_policy, &config.lb_config, store.slots()),
-            host_set_settings: host_set_settings(&config, Clock::System),
+            host_set_settings: host_set_settings(&config, Clock::System, store.slots()),
             config,
             stats,
             hosts: ArcSwap::from_pointee(HostSet::default()),
@@ -388,7 +388,7 @@ impl Cluster {
 }
 
 /// The host-set settings of a cluster's config.
-fn host_set_settings(config: &model::Cluster, clock: Clock) -> HostSetSettings {
+fn host_set_settings(config: &model::Cluster, clock: Clock, slots: usize) -> HostSetSettings {
     let lb = &config.lb_config;
     HostSetSettings {
         overprovisioning_factor: config.load_assignment.overprovisioning_factor,
@@ -398,6 +398,7 @@ fn host_set_settings(config: &model::Cluster, clock: Clock) -> HostSetSettings {
         weighted_schedules: config.lb_policy == model::LbPolicy::RoundRobin,
         slow_start_window_ms: lb.slow_start.as_ref().and_then(SlowStartConfig::new).map_or(0, |s| s.window_ms()),
         clock,
+        slots,
     }
 }
 

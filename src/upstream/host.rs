@@ -429,6 +429,8 @@ pub struct HostSetSettings {
     pub slow_start_window_ms: u64,
     /// The load balancer's clock (slow start timestamps).
     pub clock: Clock,
+    /// Worker slots (workers + main): per-worker positions of locality schedules.
+    pub slots: usize,
 }
 
 impl Default for HostSetSettings {
@@ -440,6 +442,7 @@ impl Default for HostSetSettings {
             weighted_schedules: true,
             slow_start_window_ms: 0,
             clock: Clock::System,
+            slots: crate::stats::MAX_WORKERS + 1,
         }
     }
 }
@@ -455,13 +458,13 @@ pub struct HostList {
     /// Smooth weighted schedule (indices into `hosts`) when weights differ and the policy
     /// wants one.
     schedule: Option<Arc<[u32]>>,
-    /// Round-robin positions of this list alone (locality lists: a shared position would
-    /// alias with the periodic locality schedule).
+    /// Round-robin positions of this list alone (as Envoy keeps an index per host source: a
+    /// position shared between lists would skew the split within each).
     cursors: Option<Cursors>,
 }
 
 impl HostList {
-    fn new(hosts: Vec<Arc<Host>>, next_id: &mut u32, schedules: bool, own_cursors: bool) -> Self {
+    fn new(hosts: Vec<Arc<Host>>, next_id: &mut u32, schedules: bool, slots: usize) -> Self {
         let weights: Vec<u64> = hosts.iter().map(|h| u64::from(h.weight())).collect();
         let equal_weights = weights.windows(2).all(|w| w[0] == w[1]);
         let id = *next_id;
@@ -471,7 +474,7 @@ impl HostList {
             schedule: if schedules && !equal_weights { schedule::smooth_schedule(&weights) } else { None },
             equal_weights,
             id,
-            cursors: (own_cursors && hosts.len() > 1).then(Cursors::default),
+            cursors: (hosts.len() > 1).then(|| Cursors::new(slots)),
             hosts,
         }
     }
@@ -532,9 +535,9 @@ impl Split {
         let s = settings.weighted_schedules;
         Split {
             // Panic picks never use a locality's list.
-            all: HostList::new(hosts, next_id, s && !locality, false),
-            healthy: HostList::new(healthy, next_id, s, locality),
-            degraded: HostList::new(degraded, next_id, s, locality),
+            all: HostList::new(hosts, next_id, s && !locality, settings.slots),
+            healthy: HostList::new(healthy, next_id, s, settings.slots),
+            degraded: HostList::new(degraded, next_id, s, settings.slots),
             excluded,
         }
     }
@@ -618,7 +621,7 @@ impl PriorityHosts {
             }
             let weights: Vec<f64> =
                 localities.iter().map(|l| l.effective_weight(eligible(l), settings.overprovisioning_factor)).collect();
-            schedule::fractional_schedule(&weights).map(Rotation::new)
+            schedule::fractional_schedule(&weights).map(|order| Rotation::new(order, settings.slots))
         };
         let healthy_localities = rotation(&|l| l.split.healthy.hosts.len(), !split.healthy.hosts.is_empty());
         let degraded_localities = rotation(&|l| l.split.degraded.hosts.len(), !split.degraded.hosts.is_empty());

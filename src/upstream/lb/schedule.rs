@@ -79,13 +79,21 @@ struct Cursor(AtomicUsize);
 #[derive(Debug)]
 pub struct Cursors(Box<[Cursor]>);
 
-impl Default for Cursors {
-    fn default() -> Self {
-        Cursors((0..=MAX_WORKERS).map(|_| Cursor::default()).collect())
-    }
-}
-
 impl Cursors {
+    /// Positions for `slots` worker slots (workers + main; a slot beyond shares the last),
+    /// each starting at a random place (as Envoy seeds its round-robin indexes), so a list
+    /// rebuilt often does not favour its first entries.
+    pub fn new(slots: usize) -> Self {
+        let start = || Cursor(AtomicUsize::new(rand::random::<u32>() as usize));
+        Cursors((0..slots.clamp(1, MAX_WORKERS + 1)).map(|_| start()).collect())
+    }
+
+    /// Positions starting at 0 (deterministic tests).
+    #[cfg(test)]
+    pub fn from_zero(slots: usize) -> Self {
+        Cursors((0..slots.clamp(1, MAX_WORKERS + 1)).map(|_| Cursor::default()).collect())
+    }
+
     /// This worker's position, then advance it.
     #[inline]
     pub fn next(&self) -> usize {
@@ -101,9 +109,9 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// Walk `order` (non-empty).
-    pub fn new(order: Arc<[u32]>) -> Self {
-        Rotation { order, cursors: Cursors::default() }
+    /// Walk `order` (non-empty) with positions for `slots` worker slots.
+    pub fn new(order: Arc<[u32]>, slots: usize) -> Self {
+        Rotation { order, cursors: Cursors::new(slots) }
     }
 
     /// The next entry for this worker.
@@ -152,8 +160,12 @@ mod tests {
 
     #[test]
     fn rotation_walks_the_schedule() {
-        let r = Rotation::new(vec![0, 1, 0].into());
+        let r = Rotation { order: vec![0, 1, 0].into(), cursors: Cursors::from_zero(1) };
         let got: Vec<u32> = (0..6).map(|_| r.next()).collect();
         assert_eq!(got, [0, 1, 0, 0, 1, 0]);
+        // A random start, then the same cycle.
+        let r = Rotation::new(vec![0, 1, 1].into(), 2);
+        let got: Vec<u32> = (0..300).map(|_| r.next()).collect();
+        assert_eq!(got.iter().filter(|&&i| i == 0).count(), 100);
     }
 }
