@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use http::Request;
 use pinion_interop_tests::render_bootstrap;
 use pinion_testkit::{
-    empty, free_port, http1_client_to, send_full, spawn_http_backend_named, Backend, BackendKind, ProxyKind,
-    ProxyProcess,
+    empty, free_port, http1_client_to, send_full, spawn_http_backend_named, Backend, BackendKind, HealthBackend,
+    ProxyKind, ProxyProcess, TestClient,
 };
 
 /// Requests per scenario and proxy.
@@ -167,12 +167,7 @@ fn check(s: &Scenario, o: &Obs) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_balancing_matches_envoy() {
     let t = Instant::now();
-    let kinds = match std::env::var("INTEROP_ONLY").as_deref() {
-        Err(_) | Ok("") | Ok("both") => vec![ProxyKind::Envoy, ProxyKind::Pinion],
-        Ok("envoy") => vec![ProxyKind::Envoy],
-        Ok("pinion") => vec![ProxyKind::Pinion],
-        Ok(other) => panic!("INTEROP_ONLY must be envoy, pinion or both, not {other:?}"),
-    };
+    let kinds = kinds();
     let verbose = std::env::var_os("INTEROP_VERBOSE").is_some();
     let scenarios = scenarios();
     let mut runs = Vec::new();
@@ -207,6 +202,110 @@ async fn load_balancing_matches_envoy() {
     }
     eprintln!("lb_differential: {} proxies in {:?}", runs.len(), t.elapsed());
     assert!(failures.is_empty(), "{} problem(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The proxies to run (`INTEROP_ONLY`).
+fn kinds() -> Vec<ProxyKind> {
+    match std::env::var("INTEROP_ONLY").as_deref() {
+        Err(_) | Ok("") | Ok("both") => vec![ProxyKind::Envoy, ProxyKind::Pinion],
+        Ok("envoy") => vec![ProxyKind::Envoy],
+        Ok("pinion") => vec![ProxyKind::Pinion],
+        Ok(other) => panic!("INTEROP_ONLY must be envoy, pinion or both, not {other:?}"),
+    }
+}
+
+/// `health_flags` of the host at `port` in `/clusters`.
+fn host_flags(p: &ProxyProcess, port: u16) -> String {
+    let body = p.admin_get("/clusters").map(|(_, b)| b).unwrap_or_default();
+    let prefix = format!("slow::127.0.0.1:{port}::health_flags::");
+    body.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or("").to_string()
+}
+
+fn wait_flags(p: &ProxyProcess, port: u16, want: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let got = host_flags(p, port);
+        if got == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{}: host {port} never became {want} (is {got:?})", p.kind()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Share (percent) of `n` requests host `b` got.
+async fn share_of(client: &TestClient, listen: SocketAddr, b: &HealthBackend, n: usize) -> Result<f64, String> {
+    let before = b.traffic_hits();
+    for _ in 0..n {
+        let req = Request::get(format!("http://{listen}/x")).body(empty()).expect("request");
+        match send_full(client, req, REQUEST_TIMEOUT).await {
+            Ok(r) if r.status == 200 => {}
+            other => return Err(format!("GET /x: {:?}", other.map(|r| r.status))),
+        }
+    }
+    Ok(100.0 * (b.traffic_hits() - before) as f64 / n as f64)
+}
+
+/// Slow start on one proxy: B's share of 100 requests sent right after it passes active
+/// health checking again, and of 400 requests once its window is over.
+async fn slow_start_run(kind: ProxyKind) -> Result<(f64, f64), String> {
+    let (a, b) = (HealthBackend::spawn("a"), HealthBackend::spawn("b"));
+    let (admin, port) = (free_port(), free_port());
+    let yaml = render_bootstrap(
+        "lb_slow_start.yaml",
+        &[
+            ("ADMIN_PORT", admin.to_string()),
+            ("LISTEN_PORT", port.to_string()),
+            ("A_PORT", a.addr.port().to_string()),
+            ("B_PORT", b.addr.port().to_string()),
+        ],
+    );
+    let listen = local(port);
+    let client = http1_client_to(listen);
+    let p = tokio::task::block_in_place(|| -> Result<ProxyProcess, String> {
+        let mut p = ProxyProcess::try_spawn(kind, &yaml, &[]).map_err(|e| format!("{kind}: {e:#}"))?;
+        p.wait_ready(admin, Duration::from_secs(20)).map_err(|e| format!("{kind} not ready: {e:#}"))?;
+        Ok(p)
+    })?;
+    // Both hosts started their window together; let it pass.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    b.set_health(503, &[]);
+    tokio::task::block_in_place(|| wait_flags(&p, b.addr.port(), "/failed_active_hc"))?;
+    b.set_health(200, &[]);
+    tokio::task::block_in_place(|| wait_flags(&p, b.addr.port(), "healthy"))?;
+    // Early in B's window its weight is 10% of A's (the ramp is below min_weight_percent).
+    let early = share_of(&client, listen, &b, 100).await?;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let late = share_of(&client, listen, &b, 400).await?;
+    Ok((early, late))
+}
+
+/// A host that passes active health checking again ramps up over `slow_start_window`
+/// (round robin), in Envoy and in Pinion: right after its return B's weight is
+/// `min_weight_percent` (10%) of A's, far below the 50% plain round robin gives it, and
+/// after the window it is back to 50%.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_matches_envoy() {
+    let mut failures = Vec::new();
+    for kind in kinds() {
+        match tokio::time::timeout(Duration::from_secs(60), slow_start_run(kind)).await {
+            Ok(Ok((early, late))) => {
+                eprintln!("slow start {kind}: B got {early:.1}% early in its window, {late:.1}% after");
+                // Weight 0.1 (min_weight_percent) against A's 1: about 9%.
+                if !(3.0..=18.0).contains(&early) {
+                    failures.push(format!("{kind}: B got {early:.1}% early in its slow-start window, want 3-18%"));
+                }
+                if (late - 50.0).abs() > 5.0 {
+                    failures.push(format!("{kind}: B got {late:.1}% after its window, want 50% +- 5"));
+                }
+            }
+            Ok(Err(e)) => failures.push(e),
+            Err(_) => failures.push(format!("{kind}: timed out")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// The checks must notice a wrong observation (guards against a vacuous harness).
