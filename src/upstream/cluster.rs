@@ -10,7 +10,8 @@ use arc_swap::ArcSwap;
 use pinion_xds::model;
 
 use super::cluster_stats::{ClusterStats, HealthCheckStats};
-use super::host::{HealthFlags, Host, HostSet, HostSetSettings};
+use super::host::{HealthFlags, Host};
+use super::host_set::{HostSet, HostSetSettings};
 use super::lb::{Clock, LbContext, LoadBalancer, SlowStartConfig};
 use super::outlier_detector::{DetectorTarget, OutlierDetector};
 use super::resource_manager::{ResourceManager, RetryGuard};

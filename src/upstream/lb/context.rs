@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::schedule::Cursors;
-use crate::upstream::host::{Host, HostList};
+use crate::upstream::host::Host;
+use crate::upstream::host_set::HostList;
 
 /// Per-request input to a pick. Passed by reference so adding fields costs callers nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -33,7 +33,8 @@ pub use round_robin::RoundRobin;
 pub use slow_start::SlowStartConfig;
 
 use super::cluster_stats::ClusterStats;
-use super::host::{Host, HostSet};
+use super::host::Host;
+use super::host_set::HostSet;
 
 /// A cluster's load balancer.
 pub enum LoadBalancer {

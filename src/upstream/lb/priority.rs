@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use super::priority_load::{Availability, LevelCounts, PriorityLoad};
-use crate::upstream::host::{Host, HostList, HostSet, LbClass};
+use crate::upstream::host::{Host, LbClass};
+use crate::upstream::host_set::{HostList, HostSet};
 
 /// Where a pick goes.
 #[derive(Debug, Clone, Copy)]

@@ -9,7 +9,8 @@ use pinion_xds::model::{HealthStatus, LbConfig, LbPolicy, Locality, SlowStart};
 
 use super::*;
 use crate::stats::Store;
-use crate::upstream::host::{HealthFlags, HostSetSettings};
+use crate::upstream::host::HealthFlags;
+use crate::upstream::host_set::HostSetSettings;
 
 const POLICIES: [LbPolicy; 3] = [LbPolicy::RoundRobin, LbPolicy::LeastRequest, LbPolicy::Random];
 
