@@ -66,6 +66,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario { name: "totalpanic", shares: [vec![58.0 / 4.0; 4], vec![42.0 / 3.0; 3]].concat(), panic: 100.0 },
         Scenario { name: "draining", shares: vec![50.0, 50.0, 0.0, 0.0, 0.0], panic: 0.0 },
+        Scenario { name: "weightedhealth", shares: vec![50.0, 50.0, 0.0, 0.0, 0.0], panic: 0.0 },
         Scenario { name: "localitydegraded", shares: vec![46.0, 54.0 * 0.7 / 1.7, 54.0 / 1.7], panic: 0.0 },
     ]
 }

@@ -171,7 +171,7 @@ impl Cluster {
                 model::EndpointAddress::Dns { .. } | model::EndpointAddress::Pipe(_) => None,
             })
         });
-        self.update_hosts_with_factor(resolved, la.overprovisioning_factor);
+        self.update_hosts_with_policy(resolved, la);
     }
 
     /// Install the host set for these resolved endpoints (STATIC config, an EDS update, a DNS
@@ -180,15 +180,15 @@ impl Cluster {
     /// addresses get new hosts; hosts no longer listed drop out (a request holding one still
     /// finishes on it). A no-op once the cluster is retired.
     pub fn update_hosts<'a>(&self, endpoints: impl IntoIterator<Item = ResolvedEndpoint<'a>>) {
-        let factor = self.config.load_assignment.overprovisioning_factor;
-        self.update_hosts_with_factor(endpoints, factor);
+        self.update_hosts_with_policy(endpoints, &self.config.load_assignment);
     }
 
-    /// `update_hosts` with the assignment's `overprovisioning_factor`.
-    fn update_hosts_with_factor<'a>(
+    /// `update_hosts` with the assignment's `policy` (overprovisioning factor, weighted
+    /// priority health).
+    fn update_hosts_with_policy<'a>(
         &self,
         endpoints: impl IntoIterator<Item = ResolvedEndpoint<'a>>,
-        overprovisioning_factor: u32,
+        policy: &model::LoadAssignment,
     ) {
         let mut writer = self.lock_writer();
         if self.is_retired() {
@@ -244,7 +244,11 @@ impl Cluster {
             priorities[p].push(host);
         }
         drop(known);
-        let settings = HostSetSettings { overprovisioning_factor, ..self.host_set_settings.clone() };
+        let settings = HostSetSettings {
+            overprovisioning_factor: policy.overprovisioning_factor,
+            weighted_priority_health: policy.weighted_priority_health,
+            ..self.host_set_settings.clone()
+        };
         self.install(HostSet::with_settings(priorities, settings));
     }
 
@@ -393,6 +397,7 @@ fn host_set_settings(config: &model::Cluster, clock: Clock, slots: usize) -> Hos
     let lb = &config.lb_config;
     HostSetSettings {
         overprovisioning_factor: config.load_assignment.overprovisioning_factor,
+        weighted_priority_health: config.load_assignment.weighted_priority_health,
         panic_threshold: lb.healthy_panic_threshold,
         locality_weighted: lb.locality_weighted,
         // Only round robin walks precomputed schedules.
@@ -493,7 +498,12 @@ mod tests {
                 }],
             })
             .collect();
-        LoadAssignment { cluster_name: "svc".into(), localities, overprovisioning_factor: 140 }
+        LoadAssignment {
+            cluster_name: "svc".into(),
+            localities,
+            overprovisioning_factor: 140,
+            weighted_priority_health: false,
+        }
     }
 
     fn find(c: &Cluster, port: u16) -> Option<Arc<Host>> {
@@ -752,6 +762,7 @@ mod tests {
                 ..Default::default()
             }],
             overprovisioning_factor: 140,
+            weighted_priority_health: false,
         });
         det2.sweep(&*new);
         assert_eq!(stat("ejections_active"), Some(0));

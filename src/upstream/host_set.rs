@@ -11,7 +11,7 @@ use pinion_xds::model::Locality;
 
 use super::host::{Host, LbClass};
 use super::lb::clock::Clock;
-use super::lb::priority_load::{LevelCounts, PriorityLoad};
+use super::lb::priority_load::{LevelCounts, LevelWeights, PriorityLoad};
 use super::lb::schedule::{self, Cursors, Rotation};
 
 /// Host-set parameters that come from the cluster's config.
@@ -19,6 +19,8 @@ use super::lb::schedule::{self, Cursors, Rotation};
 pub struct HostSetSettings {
     /// EDS `policy.overprovisioning_factor` (percent).
     pub overprovisioning_factor: u32,
+    /// EDS `policy.weighted_priority_health`: priority availability by host weight.
+    pub weighted_priority_health: bool,
     /// `common_lb_config.healthy_panic_threshold` (percent, 0 disables panic).
     pub panic_threshold: u32,
     /// `locality_weighted_lb_config`: group hosts by locality and pick localities by weight.
@@ -37,6 +39,7 @@ impl Default for HostSetSettings {
     fn default() -> Self {
         HostSetSettings {
             overprovisioning_factor: 140,
+            weighted_priority_health: false,
             panic_threshold: 50,
             locality_weighted: false,
             weighted_schedules: true,
@@ -117,6 +120,7 @@ struct Split {
     healthy: HostList,
     degraded: HostList,
     excluded: usize,
+    excluded_weight: u64,
 }
 
 impl Split {
@@ -124,12 +128,16 @@ impl Split {
         let mut healthy = Vec::new();
         let mut degraded = Vec::new();
         let mut excluded = 0;
+        let mut excluded_weight = 0;
         for h in &hosts {
             match h.health_flags().lb_class() {
                 LbClass::Healthy => healthy.push(h.clone()),
                 LbClass::Degraded => degraded.push(h.clone()),
                 LbClass::Unhealthy => {}
-                LbClass::Excluded => excluded += 1,
+                LbClass::Excluded => {
+                    excluded += 1;
+                    excluded_weight += u64::from(h.weight());
+                }
             }
         }
         let s = settings.weighted_schedules;
@@ -139,15 +147,21 @@ impl Split {
             healthy: HostList::new(healthy, next_id, s, settings.slots),
             degraded: HostList::new(degraded, next_id, s, settings.slots),
             excluded,
+            excluded_weight,
         }
     }
 
-    fn counts(&self) -> LevelCounts {
+    fn counts(&self, weighted: bool) -> LevelCounts {
         LevelCounts {
             hosts: self.all.hosts.len(),
             healthy: self.healthy.hosts.len(),
             degraded: self.degraded.hosts.len(),
             excluded: self.excluded,
+            weights: weighted.then(|| LevelWeights {
+                healthy: self.healthy.weight,
+                degraded: self.degraded.weight,
+                total: self.all.weight.saturating_sub(self.excluded_weight),
+            }),
         }
     }
 }
@@ -372,7 +386,8 @@ impl HostSet {
                 LbClass::Unhealthy => {}
             }
         }
-        let counts: Vec<LevelCounts> = priorities.iter().map(|p| p.split.counts()).collect();
+        let counts: Vec<LevelCounts> =
+            priorities.iter().map(|p| p.split.counts(settings.weighted_priority_health)).collect();
         HostSet {
             membership,
             len: priorities.iter().map(|p| p.hosts().len()).sum(),

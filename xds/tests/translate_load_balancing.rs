@@ -100,3 +100,15 @@ fn unsupported_settings_are_refused_with_their_path() {
         }
     }
 }
+
+#[test]
+fn assignment_policy_is_mapped() {
+    let yaml = "name: svc\ntype: STATIC\nload_assignment:\n  cluster_name: svc\n  policy: { overprovisioning_factor: 200, weighted_priority_health: true }\n";
+    let proto: c::Cluster = message_from_str(yaml, Format::Yaml, &DecodeOptions::default()).expect("decodes");
+    let la = cluster(&proto).unwrap().load_assignment;
+    assert_eq!((la.overprovisioning_factor, la.weighted_priority_health), (200, true));
+    let proto: c::Cluster =
+        message_from_str("name: svc\ntype: STATIC\n", Format::Yaml, &DecodeOptions::default()).expect("decodes");
+    let la = cluster(&proto).unwrap().load_assignment;
+    assert_eq!((la.overprovisioning_factor, la.weighted_priority_health), (140, false));
+}

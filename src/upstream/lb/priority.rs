@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use super::priority_load::{Availability, LevelCounts, PriorityLoad};
+use super::priority_load::{Availability, LevelCounts, LevelWeights, PriorityLoad};
 use crate::upstream::host::{Host, LbClass};
 use crate::upstream::host_set::{HostList, HostSet};
 
@@ -59,14 +59,20 @@ pub fn select_live(set: &HostSet) -> Option<(Vec<Arc<Host>>, bool)> {
         .iter()
         .map(|p| {
             let mut c = LevelCounts { hosts: p.hosts().len(), ..LevelCounts::default() };
+            let mut w = LevelWeights::default();
             for h in p.hosts() {
+                let weight = u64::from(h.weight());
                 match h.health_flags().lb_class() {
-                    LbClass::Healthy => c.healthy += 1,
-                    LbClass::Degraded => c.degraded += 1,
+                    LbClass::Healthy => (c.healthy, w.healthy) = (c.healthy + 1, w.healthy + weight),
+                    LbClass::Degraded => (c.degraded, w.degraded) = (c.degraded + 1, w.degraded + weight),
                     LbClass::Excluded => c.excluded += 1,
                     LbClass::Unhealthy => {}
                 }
+                if h.health_flags().lb_class() != LbClass::Excluded {
+                    w.total += weight;
+                }
             }
+            c.weights = set.settings().weighted_priority_health.then_some(w);
             c
         })
         .collect();

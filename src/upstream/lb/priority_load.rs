@@ -22,6 +22,20 @@ pub struct LevelCounts {
     pub degraded: usize,
     /// Excluded hosts (draining, pending their first health check, ...).
     pub excluded: usize,
+    /// EDS `weighted_priority_health`: availability from these host weights instead of the
+    /// counts (the panic check still counts hosts, as in Envoy).
+    pub weights: Option<LevelWeights>,
+}
+
+/// Host weights of one level, for `weighted_priority_health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LevelWeights {
+    /// Sum of the healthy hosts' weights.
+    pub healthy: u64,
+    /// Sum of the degraded hosts' weights.
+    pub degraded: u64,
+    /// Sum of the weights of all hosts but the excluded ones.
+    pub total: u64,
 }
 
 /// Which hosts of a level a pick goes to.
@@ -44,12 +58,12 @@ pub struct PriorityLoad {
     pub panic: Vec<bool>,
 }
 
-/// `min(100, factor * part / hosts)` in Envoy's integer arithmetic (0 for an empty level).
-fn availability(factor: u32, part: usize, hosts: usize) -> u32 {
-    if hosts == 0 {
+/// `min(100, factor * part / total)` in Envoy's integer arithmetic (0 for an empty level).
+fn availability(factor: u32, part: u64, total: u64) -> u32 {
+    if total == 0 {
         return 0;
     }
-    (u64::from(factor) * part as u64 / hosts as u64).min(100) as u32
+    (u64::from(factor) * part / total).min(100) as u32
 }
 
 /// Envoy's `distributeLoad`: each level takes `availability * 100 / total` of what is left.
@@ -76,10 +90,25 @@ impl PriorityLoad {
             return load;
         }
         let counted = |l: &LevelCounts| l.hosts.saturating_sub(l.excluded);
-        let health: Vec<u32> =
-            levels.iter().map(|l| availability(overprovisioning_factor, l.healthy, counted(l))).collect();
-        let degraded: Vec<u32> =
-            levels.iter().map(|l| availability(overprovisioning_factor, l.degraded, counted(l))).collect();
+        // (healthy, degraded, total) by weight or by count.
+        let parts = |l: &LevelCounts| match l.weights {
+            Some(w) => (w.healthy, w.degraded, w.total),
+            None => (l.healthy as u64, l.degraded as u64, counted(l) as u64),
+        };
+        let health: Vec<u32> = levels
+            .iter()
+            .map(|l| {
+                let (h, _, t) = parts(l);
+                availability(overprovisioning_factor, h, t)
+            })
+            .collect();
+        let degraded: Vec<u32> = levels
+            .iter()
+            .map(|l| {
+                let (_, d, t) = parts(l);
+                availability(overprovisioning_factor, d, t)
+            })
+            .collect();
         let total = (health.iter().sum::<u32>() + degraded.iter().sum::<u32>()).min(100);
         if total > 0 {
             let (first_healthy, left) = distribute(&mut load.healthy, &health, 100, total);
@@ -165,7 +194,7 @@ mod tests {
     use super::*;
 
     fn lvl(healthy: usize, degraded: usize, unhealthy: usize) -> LevelCounts {
-        LevelCounts { hosts: healthy + degraded + unhealthy, healthy, degraded, excluded: 0 }
+        LevelCounts { hosts: healthy + degraded + unhealthy, healthy, degraded, excluded: 0, weights: None }
     }
 
     #[test]
@@ -231,11 +260,28 @@ mod tests {
     fn excluded_hosts_do_not_count() {
         // 2 healthy + 2 excluded: fully available.
         let load = PriorityLoad::compute(
-            &[LevelCounts { hosts: 4, healthy: 2, degraded: 0, excluded: 2 }, lvl(1, 0, 0)],
+            &[LevelCounts { hosts: 4, healthy: 2, degraded: 0, excluded: 2, weights: None }, lvl(1, 0, 0)],
             100,
             50,
         );
         assert_eq!(load.healthy, vec![100, 0]);
+    }
+
+    #[test]
+    fn weighted_priority_health_uses_weights() {
+        // P0: 2 of 4 hosts healthy, but they carry 6 of 8 weight: 140 * 6/8 = 105 -> 100.
+        let weights = LevelWeights { healthy: 6, degraded: 0, total: 8 };
+        let p0 = LevelCounts { weights: Some(weights), ..lvl(2, 0, 2) };
+        let load = PriorityLoad::compute(&[p0, lvl(2, 0, 0)], 140, 50);
+        assert_eq!(load.healthy, vec![100, 0]);
+        // By count the same level keeps 70%.
+        let load = PriorityLoad::compute(&[lvl(2, 0, 2), lvl(2, 0, 0)], 140, 50);
+        assert_eq!(load.healthy, vec![70, 30]);
+        // Light healthy hosts: 2 of 8 weight -> 35%, yet no panic (half the hosts count).
+        let weights = LevelWeights { healthy: 2, degraded: 0, total: 8 };
+        let p0 = LevelCounts { weights: Some(weights), ..lvl(2, 0, 2) };
+        let load = PriorityLoad::compute(&[p0, lvl(1, 0, 1)], 140, 50);
+        assert_eq!((load.healthy.clone(), load.panic.clone()), (vec![35, 65], vec![false, false]));
     }
 
     #[test]

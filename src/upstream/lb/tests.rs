@@ -357,6 +357,20 @@ fn priority_load_splits_traffic_across_levels() {
     }
 }
 
+#[test]
+fn weighted_priority_health_uses_host_weights() {
+    use HealthStatus::{Healthy as H, Unhealthy as U};
+    let level0 = || vec![host(1, 3, H), host(2, 3, H), host(3, 1, U), host(4, 1, U)];
+    // Healthy hosts carry 6 of 8 weight: 140 * 6/8 > 100, P1 gets nothing.
+    let weighted = settings(|s| s.weighted_priority_health = true);
+    let set = HostSet::with_settings(vec![level0(), vec![healthy(5)]], weighted);
+    assert_eq!(set.load().healthy, vec![100, 0]);
+    assert_near(&shares(&lb(LbPolicy::RoundRobin, &set), &set, 1000), &[(1, 50.0), (2, 50.0)], 0.0, "weighted");
+    // By count: 2 of 4, 70/30.
+    let set = HostSet::new(vec![level0(), vec![healthy(5)]]);
+    assert_eq!(set.load().healthy, vec![70, 30]);
+}
+
 fn in_zone(port: u16, zone: &str, locality_weight: Option<u32>, health: HealthStatus) -> Arc<Host> {
     let loc = Locality { region: "r".into(), zone: zone.into(), sub_zone: String::new() };
     Arc::new(

@@ -346,6 +346,8 @@ pub struct LoadAssignment {
     pub localities: Vec<LocalityEndpoints>,
     /// `policy.overprovisioning_factor` (default 140).
     pub overprovisioning_factor: u32,
+    /// `policy.weighted_priority_health`: priority health from host weights, not counts.
+    pub weighted_priority_health: bool,
 }
 
 /// `LocalityLbEndpoints`.

@@ -161,9 +161,12 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         model::DiscoveryType::Static | model::DiscoveryType::Eds => AddressMode::RequireIp,
     };
     let load_assignment = match assignment {
-        None => {
-            model::LoadAssignment { cluster_name: name.clone(), localities: Vec::new(), overprovisioning_factor: 140 }
-        }
+        None => model::LoadAssignment {
+            cluster_name: name.clone(),
+            localities: Vec::new(),
+            overprovisioning_factor: 140,
+            weighted_priority_health: false,
+        },
         Some(a) => load_assignment(a, mode).map_err(at("load_assignment"))?,
     };
     if discovery == model::DiscoveryType::LogicalDns {
