@@ -21,7 +21,8 @@ pub struct HostSetSettings {
     pub overprovisioning_factor: u32,
     /// EDS `policy.weighted_priority_health`: priority availability by host weight.
     pub weighted_priority_health: bool,
-    /// `common_lb_config.healthy_panic_threshold` (percent, 0 disables panic).
+    /// `common_lb_config.healthy_panic_threshold` (percent, 0 disables panic); the runtime
+    /// key `upstream.healthy_panic_threshold` overrides it when the set is built.
     pub panic_threshold: u32,
     /// `locality_weighted_lb_config`: group hosts by locality and pick localities by weight.
     pub locality_weighted: bool,
@@ -335,6 +336,13 @@ impl PriorityHosts {
     }
 }
 
+/// Envoy reads `upstream.healthy_panic_threshold` (capped at 100) each time it recomputes
+/// the priority load, with the cluster's configured threshold as the default.
+fn panic_threshold(settings: &HostSetSettings) -> u32 {
+    let rt = crate::runtime::snapshot();
+    rt.get_integer("upstream.healthy_panic_threshold", u64::from(settings.panic_threshold)).min(100) as u32
+}
+
 /// Distinguishes host sets, so per-set LB state (round-robin schedules) is used only with the
 /// set it was computed for.
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -351,6 +359,8 @@ pub struct HostSet {
     membership: (usize, usize, usize),
     /// The traffic split across priorities.
     load: PriorityLoad,
+    /// `settings.panic_threshold` or its runtime override, when the set was built.
+    panic_threshold: u32,
     settings: HostSetSettings,
     /// Slow start: until when (clock ms) some host of the set is in its window (0: none).
     slow_start_until: u64,
@@ -388,12 +398,14 @@ impl HostSet {
         }
         let counts: Vec<LevelCounts> =
             priorities.iter().map(|p| p.split.counts(settings.weighted_priority_health)).collect();
+        let panic_threshold = panic_threshold(&settings);
         HostSet {
             membership,
             len: priorities.iter().map(|p| p.hosts().len()).sum(),
             healthy_len: priorities.iter().map(|p| p.healthy().len()).sum(),
             generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            load: PriorityLoad::compute(&counts, settings.overprovisioning_factor, settings.panic_threshold),
+            load: PriorityLoad::compute(&counts, settings.overprovisioning_factor, panic_threshold),
+            panic_threshold,
             priorities,
             settings,
             slow_start_until: if slow_start_until > now { slow_start_until } else { 0 },
@@ -413,6 +425,11 @@ impl HostSet {
     /// The traffic split across the priority levels.
     pub fn load(&self) -> &PriorityLoad {
         &self.load
+    }
+
+    /// The panic threshold in force when the set was built (runtime override included).
+    pub fn panic_threshold(&self) -> u32 {
+        self.panic_threshold
     }
 
     /// The settings the set was built with.

@@ -77,7 +77,7 @@ pub fn select_live(set: &HostSet) -> Option<(Vec<Arc<Host>>, bool)> {
         })
         .collect();
     let settings = set.settings();
-    let load = PriorityLoad::compute(&counts, settings.overprovisioning_factor, settings.panic_threshold);
+    let load = PriorityLoad::compute(&counts, settings.overprovisioning_factor, set.panic_threshold());
     let (level, availability) = choose_level(&load)?;
     let panic = load.panic.get(level).copied().unwrap_or(false);
     let want = match availability {
