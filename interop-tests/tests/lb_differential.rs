@@ -67,6 +67,8 @@ fn scenarios() -> Vec<Scenario> {
         Scenario { name: "totalpanic", shares: [vec![58.0 / 4.0; 4], vec![42.0 / 3.0; 3]].concat(), panic: 100.0 },
         Scenario { name: "draining", shares: vec![50.0, 50.0, 0.0, 0.0, 0.0], panic: 0.0 },
         Scenario { name: "weightedhealth", shares: vec![50.0, 50.0, 0.0, 0.0, 0.0], panic: 0.0 },
+        // Panic disabled and no healthy host: nothing to pick.
+        Scenario { name: "nonehealthy", shares: vec![0.0, 0.0], panic: 0.0 },
         Scenario { name: "localitydegraded", shares: vec![46.0, 54.0 * 0.7 / 1.7, 54.0 / 1.7], panic: 0.0 },
     ]
 }
@@ -155,8 +157,10 @@ fn check(s: &Scenario, o: &Obs) -> Vec<String> {
             problems.push(format!("host {i}: {got:.1}% of the requests, want {want:.1}%"));
         }
     }
-    if o.errors != 0 || o.none_healthy != 0 {
-        problems.push(format!("{} errors, {} upstream_cx_none_healthy", o.errors, o.none_healthy));
+    // Nothing may be picked (all shares 0): every request is a 503 "no healthy upstream".
+    let want = if s.shares.iter().all(|&x| x == 0.0) { N } else { 0 };
+    if o.errors != want || o.none_healthy != want as u64 {
+        problems.push(format!("{} errors, {} upstream_cx_none_healthy, want {want}", o.errors, o.none_healthy));
     }
     let panic = 100.0 * o.panic as f64 / N as f64;
     let ok = if s.panic == 0.0 || s.panic == 100.0 { panic == s.panic } else { (panic - s.panic).abs() <= TOLERANCE };
