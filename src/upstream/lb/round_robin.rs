@@ -1,8 +1,9 @@
 //! Round robin: plain rotation when weights are equal, else the list's precomputed smooth
-//! weighted schedule (nginx's algorithm; Envoy's EDF gives the same proportions). The
-//! position is kept per worker slot, so picks never share a written cache line across
-//! workers. While hosts are in their slow-start window, picks follow a per-worker EDF over
-//! `weight * slow start factor`, as Envoy's.
+//! weighted schedule (nginx's algorithm; Envoy's EDF gives the same proportions). Positions
+//! are kept per host list (as Envoy's index per host source) and per worker slot, so picks
+//! never share a written cache line across workers; a list filtered on the spot uses the
+//! balancer's own per-worker position. While hosts are in their slow-start window, picks
+//! follow a per-worker EDF over `weight * slow start factor`, as Envoy's.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
