@@ -58,12 +58,13 @@ pub struct PriorityLoad {
     pub panic: Vec<bool>,
 }
 
-/// `min(100, factor * part / total)` in Envoy's integer arithmetic (0 for an empty level).
+/// `min(100, factor * part / total)` in Envoy's integer arithmetic (0 for an empty level);
+/// wide enough that no factor and weight sum from a control plane can overflow it.
 fn availability(factor: u32, part: u64, total: u64) -> u32 {
     if total == 0 {
         return 0;
     }
-    (u64::from(factor) * part / total).min(100) as u32
+    (u128::from(factor) * u128::from(part) / u128::from(total)).min(100) as u32
 }
 
 /// Envoy's `distributeLoad`: each level takes `availability * 100 / total` of what is left.
@@ -282,6 +283,17 @@ mod tests {
         let p0 = LevelCounts { weights: Some(weights), ..lvl(2, 0, 2) };
         let load = PriorityLoad::compute(&[p0, lvl(1, 0, 1)], 140, 50);
         assert_eq!((load.healthy.clone(), load.panic.clone()), (vec![35, 65], vec![false, false]));
+    }
+
+    #[test]
+    fn extreme_factors_and_weights_do_not_overflow() {
+        let weights =
+            LevelWeights { healthy: u64::from(u32::MAX) * 1000, degraded: 0, total: u64::from(u32::MAX) * 1000 };
+        let p0 = LevelCounts { weights: Some(weights), ..lvl(1000, 0, 0) };
+        assert_eq!(PriorityLoad::compute(&[p0], u32::MAX, 50).healthy, vec![100]);
+        assert_eq!(PriorityLoad::compute(&[lvl(1, 0, 1)], u32::MAX, 50).healthy, vec![100]);
+        // Factor 0 (refused by validation): nothing is available, yet a level is chosen.
+        assert!(PriorityLoad::compute(&[lvl(1, 0, 1), lvl(1, 0, 0)], 0, 50).choose(50).is_some());
     }
 
     #[test]
