@@ -38,19 +38,34 @@ fn settings_are_mapped() {
         ("common_lb_config: { update_merge_window: 0s }", LbConfig::default()),
         (
             "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { choice_count: 3, active_request_bias: { default_value: 0.5, runtime_key: k } }",
-            LbConfig { choice_count: 3, active_request_bias: Some(0.5), ..LbConfig::default() },
+            LbConfig {
+                choice_count: 3,
+                active_request_bias: Some(0.5),
+                active_request_bias_key: "k".into(),
+                ..LbConfig::default()
+            },
         ),
         (
             "round_robin_lb_config: { slow_start_config: { slow_start_window: 30s } }",
             LbConfig {
-                slow_start: Some(SlowStart { window: Duration::from_secs(30), aggression: 1.0, min_weight: 0.1 }),
+                slow_start: Some(SlowStart {
+                    window: Duration::from_secs(30),
+                    aggression: 1.0,
+                    aggression_key: String::new(),
+                    min_weight: 0.1,
+                }),
                 ..LbConfig::default()
             },
         ),
         (
             "lb_policy: LEAST_REQUEST\nleast_request_lb_config: { slow_start_config: { slow_start_window: 5s, aggression: { default_value: 2, runtime_key: a }, min_weight_percent: { value: 25 } } }",
             LbConfig {
-                slow_start: Some(SlowStart { window: Duration::from_secs(5), aggression: 2.0, min_weight: 0.25 }),
+                slow_start: Some(SlowStart {
+                    window: Duration::from_secs(5),
+                    aggression: 2.0,
+                    aggression_key: "a".into(),
+                    min_weight: 0.25,
+                }),
                 ..LbConfig::default()
             },
         ),

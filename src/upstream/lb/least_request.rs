@@ -9,47 +9,41 @@ use std::sync::Arc;
 
 use super::context::{Candidates, LbContext};
 use super::edf::EdfSlots;
-use super::slow_start::SlowStartConfig;
+use super::runtime_double::RuntimeDouble;
+use super::slow_start::{Ramp, SlowStartConfig};
 use crate::upstream::host::Host;
 
 /// Least-request state of a cluster.
 pub struct LeastRequest {
     /// Hosts sampled per pick (`least_request_lb_config.choice_count`, at least 2).
     choice_count: u32,
-    /// `active_request_bias` (default 1.0).
-    bias: f64,
+    /// `active_request_bias` (default 1.0; its runtime key read once per host set).
+    bias: RuntimeDouble,
     slow_start: Option<SlowStartConfig>,
     edf: EdfSlots,
 }
 
-impl Default for LeastRequest {
-    fn default() -> Self {
-        LeastRequest::new(2, 1.0, None, 1)
-    }
-}
-
 impl LeastRequest {
     /// A least-request balancer; `slots` as for round robin.
-    pub fn new(choice_count: u32, bias: f64, slow_start: Option<SlowStartConfig>, slots: usize) -> Self {
-        // Envoy logs and uses 1.0 for a negative or NaN bias.
-        let bias = if bias >= 0.0 { bias } else { 1.0 };
+    pub fn new(choice_count: u32, bias: RuntimeDouble, slow_start: Option<SlowStartConfig>, slots: usize) -> Self {
         LeastRequest { choice_count: choice_count.max(2), bias, slow_start, edf: EdfSlots::new(slots) }
     }
 
-    /// Envoy's `LeastRequestLoadBalancer::hostWeight`.
-    fn weight(&self, h: &Host, slow_start_now: Option<u64>) -> f64 {
+    /// Envoy's `LeastRequestLoadBalancer::hostWeight`, with the bias and slow-start ramp in
+    /// force for the pick's host set.
+    fn weight(h: &Host, bias: f64, slow_start: Option<(Ramp, u64)>) -> f64 {
         let base = f64::from(h.weight());
         let active = h.stats.rq_active.load(Ordering::Relaxed).max(0) as f64 + 1.0;
-        let w = if self.bias == 1.0 {
+        let w = if bias == 1.0 {
             base / active
-        } else if self.bias == 0.0 {
+        } else if bias == 0.0 {
             base
         } else {
-            base / active.powf(self.bias)
+            base / active.powf(bias)
         };
-        match (slow_start_now, &self.slow_start) {
-            (Some(now), Some(ss)) => w * ss.factor(h, now),
-            _ => w,
+        match slow_start {
+            Some((ramp, now)) => w * ramp.factor(h, now),
+            None => w,
         }
     }
 
@@ -61,7 +55,14 @@ impl LeastRequest {
         }
         let slow_start = c.slow_start_now.filter(|_| self.slow_start.is_some());
         if let (true, Some(list)) = (!c.equal_weights || slow_start.is_some(), c.list) {
-            let weight = |i: usize| self.weight(&c.hosts[i], slow_start);
+            let b = self.bias.get(list.generation);
+            // Envoy logs and uses 1.0 for a negative or NaN bias.
+            let bias = if b >= 0.0 { b } else { 1.0 };
+            let ramp = match (slow_start, &self.slow_start) {
+                (Some(now), Some(ss)) => Some((ss.ramp(list.generation), now)),
+                _ => None,
+            };
+            let weight = |i: usize| Self::weight(&c.hosts[i], bias, ramp);
             return self.edf.pick(list, n, &weight).and_then(|i| c.hosts.get(i));
         }
         // Sample with replacement, as Envoy: with two hosts the busier one still wins 1/4.

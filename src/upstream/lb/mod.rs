@@ -17,6 +17,7 @@ mod priority;
 pub mod priority_load;
 mod random;
 mod round_robin;
+mod runtime_double;
 pub mod schedule;
 mod slow_start;
 
@@ -30,7 +31,8 @@ pub use least_request::LeastRequest;
 pub use priority::{select, select_live, Selection};
 pub use random::Random;
 pub use round_robin::RoundRobin;
-pub use slow_start::SlowStartConfig;
+pub use runtime_double::RuntimeDouble;
+pub use slow_start::{Ramp, SlowStartConfig};
 
 use super::cluster_stats::ClusterStats;
 use super::host::Host;
@@ -60,7 +62,7 @@ impl LoadBalancer {
             LbPolicy::RoundRobin => LoadBalancer::RoundRobin(RoundRobin::new(slots, slow_start)),
             LbPolicy::LeastRequest => LoadBalancer::LeastRequest(LeastRequest::new(
                 config.choice_count,
-                config.active_request_bias.unwrap_or(1.0),
+                RuntimeDouble::new(&config.active_request_bias_key, config.active_request_bias.unwrap_or(1.0)),
                 slow_start,
                 slots,
             )),

@@ -38,7 +38,8 @@ impl RoundRobin {
     /// Next host of this worker's rotation.
     pub(super) fn pick<'a>(&self, c: Candidates<'a>, _ctx: &LbContext) -> Option<&'a Arc<Host>> {
         if let (Some(now), Some(ss), Some(list)) = (c.slow_start_now, &self.slow_start, c.list) {
-            let weight = |i: usize| f64::from(c.hosts[i].weight()) * ss.factor(&c.hosts[i], now);
+            let ramp = ss.ramp(list.generation);
+            let weight = |i: usize| f64::from(c.hosts[i].weight()) * ramp.factor(&c.hosts[i], now);
             return self.edf.pick(list, c.hosts.len(), &weight).and_then(|i| c.hosts.get(i));
         }
         let pos = match c.cursors {

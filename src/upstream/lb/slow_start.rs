@@ -7,13 +7,15 @@
 
 use pinion_xds::model::SlowStart;
 
+use super::runtime_double::RuntimeDouble;
 use crate::upstream::host::{Host, LbClass};
 
 /// A cluster's slow-start parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 pub struct SlowStartConfig {
     window_ms: u64,
-    aggression: f64,
+    /// `aggression` (its runtime key read once per host set).
+    aggression: RuntimeDouble,
     min_weight: f64,
 }
 
@@ -21,9 +23,11 @@ impl SlowStartConfig {
     /// From the translated config; `None` when the window is zero (disabled, as in Envoy).
     pub fn new(s: &SlowStart) -> Option<Self> {
         let window_ms = s.window.as_millis() as u64;
-        // Envoy logs and uses 1.0 for an aggression that is not positive.
-        let aggression = if s.aggression > 0.0 && s.aggression.is_finite() { s.aggression } else { 1.0 };
-        (window_ms > 0).then_some(SlowStartConfig { window_ms, aggression, min_weight: s.min_weight })
+        (window_ms > 0).then(|| SlowStartConfig {
+            window_ms,
+            aggression: RuntimeDouble::new(&s.aggression_key, s.aggression),
+            min_weight: s.min_weight,
+        })
     }
 
     /// The window in milliseconds.
@@ -31,6 +35,25 @@ impl SlowStartConfig {
         self.window_ms
     }
 
+    /// The ramp in force for the host set `generation`.
+    #[inline]
+    pub fn ramp(&self, generation: u64) -> Ramp {
+        let a = self.aggression.get(generation);
+        // Envoy logs and uses 1.0 for an aggression that is not positive.
+        let aggression = if a > 0.0 && a.is_finite() { a } else { 1.0 };
+        Ramp { window_ms: self.window_ms, aggression, min_weight: self.min_weight }
+    }
+}
+
+/// Slow start with its aggression resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ramp {
+    window_ms: u64,
+    aggression: f64,
+    min_weight: f64,
+}
+
+impl Ramp {
     /// The factor (0..=1] `host`'s weight is scaled by at `now` (clock ms).
     pub fn factor(&self, host: &Host, now: u64) -> f64 {
         let since = host.healthy_since();
@@ -59,7 +82,9 @@ mod tests {
     #[test]
     fn factor_ramps_over_the_window() {
         let cfg = |aggression, min_weight| {
-            SlowStartConfig::new(&SlowStart { window: Duration::from_secs(10), aggression, min_weight }).unwrap()
+            let s =
+                SlowStart { window: Duration::from_secs(10), aggression, aggression_key: String::new(), min_weight };
+            SlowStartConfig::new(&s).unwrap().ramp(1)
         };
         let h = Host::new(([127, 0, 0, 1], 1).into(), String::new(), 1, None, 0, HealthStatus::Healthy);
         assert_eq!(cfg(1.0, 0.1).factor(&h, 5000), 1.0, "never seen healthy: full weight");
@@ -82,6 +107,8 @@ mod tests {
         // Degraded or failed hosts are not ramped.
         h.set_flag(HealthFlags::DEGRADED_EDS_HEALTH, true);
         assert_eq!(cfg(1.0, 0.1).factor(&h, 2000), 1.0);
-        assert!(SlowStartConfig::new(&SlowStart { window: Duration::ZERO, aggression: 1.0, min_weight: 0.1 }).is_none());
+        let zero =
+            SlowStart { window: Duration::ZERO, aggression: 1.0, aggression_key: String::new(), min_weight: 0.1 };
+        assert!(SlowStartConfig::new(&zero).is_none());
     }
 }

@@ -466,7 +466,7 @@ fn slow_start_ramps_new_hosts_up_over_the_window() {
             s.clock = clock.clone();
         });
         let cfg = LbConfig {
-            slow_start: Some(SlowStart { window, aggression: 1.0, min_weight: 0.1 }),
+            slow_start: Some(SlowStart { window, aggression: 1.0, aggression_key: String::new(), min_weight: 0.1 }),
             ..LbConfig::default()
         };
         let lb = LoadBalancer::with_config(policy, &cfg, 2);

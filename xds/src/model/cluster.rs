@@ -282,8 +282,11 @@ pub struct LbConfig {
     pub locality_weighted: bool,
     /// `least_request_lb_config.choice_count` (default 2).
     pub choice_count: u32,
-    /// `least_request_lb_config.active_request_bias` (`None`: not set, 1.0 applies).
+    /// `least_request_lb_config.active_request_bias.default_value` (`None`: not set, 1.0
+    /// applies).
     pub active_request_bias: Option<f64>,
+    /// `least_request_lb_config.active_request_bias.runtime_key` (empty: none).
+    pub active_request_bias_key: String,
     /// `slow_start_config` of the round robin or least request config.
     pub slow_start: Option<SlowStart>,
 }
@@ -295,18 +298,21 @@ impl Default for LbConfig {
             locality_weighted: false,
             choice_count: 2,
             active_request_bias: None,
+            active_request_bias_key: String::new(),
             slow_start: None,
         }
     }
 }
 
 /// `Cluster.SlowStartConfig`: a host that becomes healthy ramps its weight up over `window`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SlowStart {
     /// `slow_start_window` (non-zero: a zero window disables slow start, as in Envoy).
     pub window: Duration,
     /// `aggression.default_value` (default 1.0; the ramp is `time_factor ^ (1 / aggression)`).
     pub aggression: f64,
+    /// `aggression.runtime_key` (empty: none).
+    pub aggression_key: String,
     /// `min_weight_percent` as a fraction (default 0.1).
     pub min_weight: f64,
 }

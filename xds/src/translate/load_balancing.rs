@@ -44,17 +44,21 @@ pub(crate) fn lb_config(
                     "value must be greater than or equal to 2",
                 ));
             }
-            // The runtime key's override is not consulted: the default value applies.
-            out.active_request_bias = active_request_bias.as_ref().map(runtime_double);
+            if let Some(b) = active_request_bias {
+                let (value, key) = runtime_double(b);
+                out.active_request_bias = Some(value);
+                out.active_request_bias_key = key;
+            }
             out.slow_start = slow_start(slow_start_config.as_ref()).map_err(at(p))?;
         }
     }
     Ok(out)
 }
 
-fn runtime_double(d: &core::RuntimeDouble) -> f64 {
-    let core::RuntimeDouble { default_value, runtime_key: _ } = d;
-    *default_value
+/// `RuntimeDouble` as (default value, runtime key).
+fn runtime_double(d: &core::RuntimeDouble) -> (f64, String) {
+    let core::RuntimeDouble { default_value, runtime_key } = d;
+    (*default_value, runtime_key.clone())
 }
 
 fn common_lb_config(common: &c::cluster::CommonLbConfig, out: &mut model::LbConfig) -> ConfigResult<()> {
@@ -121,9 +125,6 @@ fn slow_start(s: Option<&c::cluster::SlowStartConfig>) -> ConfigResult<Option<mo
             *value
         }
     };
-    Ok(Some(model::SlowStart {
-        window,
-        aggression: aggression.as_ref().map_or(1.0, runtime_double),
-        min_weight: min_weight / 100.0,
-    }))
+    let (aggression, aggression_key) = aggression.as_ref().map_or((1.0, String::new()), runtime_double);
+    Ok(Some(model::SlowStart { window, aggression, aggression_key, min_weight: min_weight / 100.0 }))
 }
