@@ -4,13 +4,16 @@
 //! `health_status` UNHEALTHY or DEGRADED (every host is a real backend, so traffic sent to
 //! a host it should not reach is seen). Each proxy gets `N` sequential requests per
 //! scenario; the share of each backend must be within `TOLERANCE` percentage points of the
-//! expected share (Envoy 1.40's priority load, panic and locality arithmetic) and of the
-//! other proxy's share (a host expected to get nothing must get nothing), and so must the
-//! share of picks `lb_healthy_panic` counts (exactly, where it is none or all).
+//! expected share (Envoy 1.40's priority load, panic and locality arithmetic) and within
+//! `PAIR_TOLERANCE` of the other proxy's share (a host expected to get nothing must get
+//! nothing), and so must the share of picks `lb_healthy_panic` counts (exactly, where it is
+//! none or all).
 //!
 //! The expected shares are exact for the deterministic parts (locality and weighted
 //! schedules) and binomial for random ones (the priority draw, random picks): with
-//! N = 1000 a share's standard deviation is at most 1.6 points, the tolerance 6.
+//! N = 1000 a share's standard deviation is at most 1.6 points, so the tolerance 7 is 4.4
+//! standard deviations, and 10 for the difference of two proxies' shares (deviation at most
+//! 2.2). A wrong split (say 50/50 for 70/30) is far outside either.
 //!
 //! `INTEROP_ONLY=envoy` (or `pinion`) runs a single proxy; `INTEROP_VERBOSE=1` prints the
 //! observed shares.
@@ -29,9 +32,10 @@ use pinion_testkit::{
 
 /// Requests per scenario and proxy.
 const N: usize = 1000;
-/// Allowed distance (percentage points) of a host's share from the expected one, and
-/// between the two proxies.
-const TOLERANCE: f64 = 6.0;
+/// Allowed distance (percentage points) of a host's share from the expected one.
+const TOLERANCE: f64 = 7.0;
+/// Allowed distance (percentage points) between the two proxies' shares.
+const PAIR_TOLERANCE: f64 = 10.0;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Scenario {
@@ -199,8 +203,8 @@ async fn load_balancing_matches_envoy() {
     if let [(ka, a), (kb, b)] = runs.as_slice() {
         for s in &scenarios {
             let (x, y) = (&a[s.name], &b[s.name]);
-            let close = x.shares.iter().zip(&y.shares).all(|(p, q)| (p - q).abs() <= TOLERANCE);
-            let panic_close = (x.panic as f64 - y.panic as f64).abs() <= TOLERANCE * N as f64 / 100.0;
+            let close = x.shares.iter().zip(&y.shares).all(|(p, q)| (p - q).abs() <= PAIR_TOLERANCE);
+            let panic_close = (x.panic as f64 - y.panic as f64).abs() <= PAIR_TOLERANCE * N as f64 / 100.0;
             if !close || !panic_close {
                 failures.push(format!("{}: {ka} and {kb} differ:\n    {x:?}\n    {y:?}", s.name));
             }

@@ -497,7 +497,8 @@ fn slow_start_ramps_new_hosts_up_over_the_window() {
         }
         // Past the window: plain round robin / least request again.
         time.store(31_000, Ordering::Relaxed);
-        assert_near(&shares(&lb, &set, 3000), &[(1, 33.3), (2, 33.3), (3, 33.3)], 3.0, "after the window");
+        // Least request samples at random again: 3000 picks, standard deviation 0.9 points.
+        assert_near(&shares(&lb, &set, 3000), &[(1, 33.3), (2, 33.3), (3, 33.3)], 4.0, "after the window");
     }
 }
 
