@@ -975,6 +975,7 @@ mod tests {
             cluster_name: "svc".into(),
             localities: vec![model::LocalityEndpoints { endpoints, ..Default::default() }],
             overprovisioning_factor: 140,
+            weighted_priority_health: false,
         };
         let u = ResourceUpdate {
             name: "svc".into(),

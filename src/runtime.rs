@@ -34,6 +34,11 @@ impl RuntimeSnapshot {
         percent.evaluate(random)
     }
 
+    /// Envoy's `getDouble(key, default)`: the key's value if it is a number, else `default`.
+    pub fn get_double(&self, key: &str, default: f64) -> f64 {
+        self.values.get(key).and_then(|v| v.raw.trim().parse::<f64>().ok()).unwrap_or(default)
+    }
+
     /// Envoy's `getInteger(key, default)`: the key's integer value, else `default`.
     pub fn get_integer(&self, key: &str, default: u64) -> u64 {
         self.values.get(key).and_then(|v| v.uint).unwrap_or(default)

@@ -10,8 +10,9 @@ use arc_swap::ArcSwap;
 use pinion_xds::model;
 
 use super::cluster_stats::{ClusterStats, HealthCheckStats};
-use super::host::{HealthFlags, Host, HostSet};
-use super::lb::{LbContext, LoadBalancer};
+use super::host::{HealthFlags, Host};
+use super::host_set::{HostSet, HostSetSettings};
+use super::lb::{Clock, LbContext, LoadBalancer, SlowStartConfig};
 use super::outlier_detector::{DetectorTarget, OutlierDetector};
 use super::resource_manager::{ResourceManager, RetryGuard};
 use crate::stats::Store;
@@ -48,6 +49,9 @@ pub struct Cluster {
     retired: Arc<AtomicBool>,
     /// Load balancer state.
     pub lb: LoadBalancer,
+    /// How host sets are built for the load balancer (panic threshold, localities, ...);
+    /// the overprovisioning factor is taken from each load assignment.
+    host_set_settings: HostSetSettings,
     /// Upstream TLS (`None`: plaintext).
     pub tls: Option<crate::tls::ClientContext>,
     /// Circuit breakers, one resource manager per routing priority (`DEFAULT`, `HIGH`),
@@ -117,7 +121,8 @@ impl Cluster {
         let hc_initialized = tokio::sync::watch::Sender::new(config.health_check.is_none());
         let cluster = Arc::new(Cluster {
             id: NEXT_CLUSTER_ID.fetch_add(1, Ordering::Relaxed),
-            lb: LoadBalancer::new(config.lb_policy, store.slots()),
+            lb: LoadBalancer::with_config(config.lb_policy, &config.lb_config, store.slots()),
+            host_set_settings: host_set_settings(&config, Clock::System, store.slots()),
             config,
             stats,
             hosts: ArcSwap::from_pointee(HostSet::default()),
@@ -166,7 +171,7 @@ impl Cluster {
                 model::EndpointAddress::Dns { .. } | model::EndpointAddress::Pipe(_) => None,
             })
         });
-        self.update_hosts(resolved);
+        self.update_hosts_with_policy(resolved, la);
     }
 
     /// Install the host set for these resolved endpoints (STATIC config, an EDS update, a DNS
@@ -175,6 +180,16 @@ impl Cluster {
     /// addresses get new hosts; hosts no longer listed drop out (a request holding one still
     /// finishes on it). A no-op once the cluster is retired.
     pub fn update_hosts<'a>(&self, endpoints: impl IntoIterator<Item = ResolvedEndpoint<'a>>) {
+        self.update_hosts_with_policy(endpoints, &self.config.load_assignment);
+    }
+
+    /// `update_hosts` with the assignment's `policy` (overprovisioning factor, weighted
+    /// priority health).
+    fn update_hosts_with_policy<'a>(
+        &self,
+        endpoints: impl IntoIterator<Item = ResolvedEndpoint<'a>>,
+        policy: &model::LoadAssignment,
+    ) {
         let mut writer = self.lock_writer();
         if self.is_retired() {
             return;
@@ -203,7 +218,8 @@ impl Cluster {
                 ep.hostname.clone()
             };
             let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status)
-                .with_health_check(&ep.health_check);
+                .with_health_check(&ep.health_check)
+                .with_locality_weight(loc.load_balancing_weight);
             let checked = self.config.health_check.is_some() && !ep.health_check.disabled;
             // `remove`: the first listing of an address takes the existing host; a duplicate
             // listing gets a host of its own, as every listing did before.
@@ -228,7 +244,12 @@ impl Cluster {
             priorities[p].push(host);
         }
         drop(known);
-        self.install(HostSet::new(priorities));
+        let settings = HostSetSettings {
+            overprovisioning_factor: policy.overprovisioning_factor,
+            weighted_priority_health: policy.weighted_priority_health,
+            ..self.host_set_settings.clone()
+        };
+        self.install(HostSet::with_settings(priorities, settings));
     }
 
     /// Set or clear a health flag of one of this cluster's hosts (active health checking,
@@ -237,9 +258,18 @@ impl Cluster {
     pub fn set_host_health_flag(&self, host: &Host, flag: HealthFlags, on: bool) {
         let _writer = self.lock_writer();
         if host.set_flag(flag, on) {
+            if flag.contains(HealthFlags::FAILED_ACTIVE_HC) && !on {
+                self.note_active_hc_pass(host);
+            }
             let set = self.hosts.load().recompute();
             self.install(set);
         }
+    }
+
+    /// A host passed active health checking after failing it: its slow-start window starts
+    /// now (Envoy's `setLastHcPassTime`). Call before the set is recomputed.
+    pub fn note_active_hc_pass(&self, host: &Host) {
+        host.set_healthy_since(self.host_set_settings.clock.now_ms());
     }
 
     /// Set or clear `flag` on several hosts, recomputing the host set once if any changed.
@@ -362,6 +392,22 @@ impl Cluster {
     }
 }
 
+/// The host-set settings of a cluster's config.
+fn host_set_settings(config: &model::Cluster, clock: Clock, slots: usize) -> HostSetSettings {
+    let lb = &config.lb_config;
+    HostSetSettings {
+        overprovisioning_factor: config.load_assignment.overprovisioning_factor,
+        weighted_priority_health: config.load_assignment.weighted_priority_health,
+        panic_threshold: lb.healthy_panic_threshold,
+        locality_weighted: lb.locality_weighted,
+        // Only round robin walks precomputed schedules.
+        weighted_schedules: config.lb_policy == model::LbPolicy::RoundRobin,
+        slow_start_window_ms: lb.slow_start.as_ref().and_then(SlowStartConfig::new).map_or(0, |s| s.window_ms()),
+        clock,
+        slots,
+    }
+}
+
 impl DetectorTarget for Cluster {
     fn outlier_detector(&self) -> Option<&Arc<OutlierDetector>> {
         self.outlier.as_ref()
@@ -452,7 +498,12 @@ mod tests {
                 }],
             })
             .collect();
-        LoadAssignment { cluster_name: "svc".into(), localities, overprovisioning_factor: 140 }
+        LoadAssignment {
+            cluster_name: "svc".into(),
+            localities,
+            overprovisioning_factor: 140,
+            weighted_priority_health: false,
+        }
     }
 
     fn find(c: &Cluster, port: u16) -> Option<Arc<Host>> {
@@ -520,7 +571,8 @@ mod tests {
         // membership_healthy / _degraded / _excluded)
         let cases = [
             (HealthStatus::Healthy, 2, (2, 0, 0)),
-            (HealthStatus::Degraded, 2, (1, 1, 0)),
+            // Degraded: not in the healthy list (Envoy's degraded host list).
+            (HealthStatus::Degraded, 1, (1, 1, 0)),
             (HealthStatus::Unhealthy, 1, (1, 0, 0)),
             (HealthStatus::Draining, 1, (1, 0, 1)),
             (HealthStatus::Timeout, 1, (1, 0, 0)),
@@ -710,6 +762,7 @@ mod tests {
                 ..Default::default()
             }],
             overprovisioning_factor: 140,
+            weighted_priority_health: false,
         });
         det2.sweep(&*new);
         assert_eq!(stat("ejections_active"), Some(0));

@@ -1,4 +1,5 @@
-//! Hosts (`Upstream::Host` in Envoy) and the host set a cluster balances over.
+//! Hosts (`Upstream::Host` in Envoy) and how the load balancer classes them (the host set a
+//! cluster balances over is `host_set.rs`).
 //!
 //! A host is identified by its address: a host-set update (EDS, DNS refresh, a CDS update
 //! replacing the cluster) keeps the `Arc<Host>` of every address that stays, so its stats,
@@ -162,6 +163,8 @@ impl HostStats {
 struct HostMeta {
     hostname: String,
     locality: Option<Locality>,
+    /// The `load_balancing_weight` of the locality entry the endpoint came from.
+    locality_weight: Option<u32>,
     /// `health_check_config`: port override, Host for checks, opt-out.
     health_check: EndpointHealthCheck,
 }
@@ -175,6 +178,9 @@ pub struct Host {
     priority: AtomicU32,
     meta: ArcSwap<HostMeta>,
     health_flags: AtomicU32,
+    /// Slow start: when (LB clock ms) the host last became healthy, Envoy's `lastHcPassTime`
+    /// (0: not yet).
+    healthy_since: AtomicU64,
     /// Host stats.
     pub stats: HostStats,
     /// Outlier detection results, written by workers (atomics only).
@@ -199,8 +205,14 @@ impl Host {
             address,
             weight: AtomicU32::new(weight.max(1)),
             priority: AtomicU32::new(priority),
-            meta: ArcSwap::from_pointee(HostMeta { hostname, locality, health_check: EndpointHealthCheck::default() }),
+            meta: ArcSwap::from_pointee(HostMeta {
+                hostname,
+                locality,
+                locality_weight: None,
+                health_check: EndpointHealthCheck::default(),
+            }),
             health_flags: AtomicU32::new(HealthFlags::from_eds(health).bits()),
+            healthy_since: AtomicU64::new(0),
             stats: HostStats::default(),
             outlier: HostMonitor::default(),
             outlier_state: Mutex::new(HostState::default()),
@@ -224,10 +236,49 @@ impl Host {
             self.meta.store(Arc::new(HostMeta {
                 hostname: meta.hostname.clone(),
                 locality: meta.locality.clone(),
+                locality_weight: meta.locality_weight,
                 health_check: hc.clone(),
             }));
         }
         self
+    }
+
+    /// This host with the `load_balancing_weight` of its locality entry.
+    pub fn with_locality_weight(self, weight: Option<u32>) -> Self {
+        if weight.is_some() {
+            let meta = self.meta.load();
+            self.meta.store(Arc::new(HostMeta {
+                hostname: meta.hostname.clone(),
+                locality: meta.locality.clone(),
+                locality_weight: weight,
+                health_check: meta.health_check.clone(),
+            }));
+        }
+        self
+    }
+
+    /// The `load_balancing_weight` of the host's locality entry.
+    pub fn locality_weight(&self) -> Option<u32> {
+        self.meta.load().locality_weight
+    }
+
+    /// When (LB clock ms) the host became healthy; set to `now` if it never was.
+    pub fn healthy_since_or(&self, now: u64) -> u64 {
+        match self.healthy_since.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => now,
+            Err(since) => since,
+        }
+    }
+
+    /// When (LB clock ms) the host became healthy (0: not seen healthy yet).
+    pub fn healthy_since(&self) -> u64 {
+        self.healthy_since.load(Ordering::Relaxed)
+    }
+
+    /// The host passed an active health check and became healthy at `now` (starts its slow
+    /// start window again, as Envoy's `setLastHcPassTime`).
+    pub fn set_healthy_since(&self, now: u64) {
+        self.healthy_since.store(now, Ordering::Relaxed);
     }
 
     /// The endpoint's `health_check_config`.
@@ -310,7 +361,7 @@ impl Host {
         old.contains(flag) != on
     }
 
-    /// Whether the LB may pick this host in normal (non-panic) mode.
+    /// Whether the LB may pick this host in normal (non-panic) mode: healthy or degraded.
     #[inline]
     pub fn healthy(&self) -> bool {
         self.health_flags().is_healthy()
@@ -332,139 +383,31 @@ impl std::fmt::Debug for Host {
     }
 }
 
-/// One priority level of a host set with what load balancing needs, computed once when the
-/// set is built so a pick never scans the hosts.
-#[derive(Debug, Default)]
-pub struct PriorityHosts {
-    hosts: Vec<Arc<Host>>,
-    healthy: Vec<Arc<Host>>,
-    total_weight: u64,
-    healthy_weight: u64,
-    equal_weights: bool,
+/// How the load balancer sees a host (Envoy's healthy, degraded and excluded host lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LbClass {
+    /// Routable, neither degraded nor excluded.
+    Healthy,
+    /// Routable, but only used for the load healthy hosts cannot take.
+    Degraded,
+    /// Failed: only picked in panic mode.
+    Unhealthy,
+    /// Excluded from the healthy and degraded lists and from the availability counts.
+    Excluded,
 }
 
-impl PriorityHosts {
-    fn new(hosts: Vec<Arc<Host>>) -> Self {
-        let healthy: Vec<Arc<Host>> = hosts.iter().filter(|h| h.healthy()).cloned().collect();
-        let sum = |hs: &[Arc<Host>]| hs.iter().map(|h| u64::from(h.weight())).sum();
-        let first = hosts.first().map(|h| h.weight());
-        PriorityHosts {
-            total_weight: sum(&hosts),
-            healthy_weight: sum(&healthy),
-            equal_weights: hosts.iter().all(|h| Some(h.weight()) == first),
-            hosts,
-            healthy,
+impl HealthFlags {
+    /// The list the load balancer puts a host with these flags in.
+    pub fn lb_class(self) -> LbClass {
+        if self.intersects(HealthFlags::EXCLUDING) {
+            LbClass::Excluded
+        } else if self.intersects(HealthFlags::FAILED) {
+            LbClass::Unhealthy
+        } else if self.intersects(HealthFlags::DEGRADED) {
+            LbClass::Degraded
+        } else {
+            LbClass::Healthy
         }
-    }
-
-    /// Every host of this level.
-    pub fn hosts(&self) -> &[Arc<Host>] {
-        &self.hosts
-    }
-
-    /// The hosts that were healthy when the set was built, in `hosts` order (Envoy's healthy
-    /// host list).
-    pub fn healthy(&self) -> &[Arc<Host>] {
-        &self.healthy
-    }
-
-    /// Sum of the weights of all hosts.
-    pub fn total_weight(&self) -> u64 {
-        self.total_weight
-    }
-
-    /// Sum of the weights of the healthy hosts.
-    pub fn healthy_weight(&self) -> u64 {
-        self.healthy_weight
-    }
-
-    /// All hosts of this level (so also the healthy ones) have the same weight.
-    pub fn equal_weights(&self) -> bool {
-        self.equal_weights
-    }
-}
-
-/// Distinguishes host sets, so per-set LB state (round-robin schedules) is used only with the
-/// set it was computed for.
-static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
-
-/// The hosts of a cluster, grouped by priority (index 0 = highest). Immutable: swapped whole
-/// on change (hosts that stay are shared with the previous set).
-#[derive(Debug, Default)]
-pub struct HostSet {
-    priorities: Vec<PriorityHosts>,
-    generation: u64,
-    len: usize,
-    healthy_len: usize,
-    /// Envoy's membership gauges: (healthy, degraded, excluded).
-    membership: (usize, usize, usize),
-}
-
-impl HostSet {
-    /// A set over these priority levels.
-    pub fn new(priorities: Vec<Vec<Arc<Host>>>) -> Self {
-        let priorities: Vec<PriorityHosts> = priorities.into_iter().map(PriorityHosts::new).collect();
-        let mut membership = (0, 0, 0);
-        for h in priorities.iter().flat_map(|p| p.hosts.iter()) {
-            let f = h.health_flags();
-            if f.intersects(HealthFlags::EXCLUDING) {
-                membership.2 += 1;
-            } else if !f.intersects(HealthFlags::FAILED) {
-                if f.intersects(HealthFlags::DEGRADED) {
-                    membership.1 += 1;
-                } else {
-                    membership.0 += 1;
-                }
-            }
-        }
-        HostSet {
-            membership,
-            len: priorities.iter().map(|p| p.hosts.len()).sum(),
-            healthy_len: priorities.iter().map(|p| p.healthy.len()).sum(),
-            generation: NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
-            priorities,
-        }
-    }
-
-    /// The same hosts with the health-derived lists recomputed from the hosts' current flags.
-    pub fn recompute(&self) -> HostSet {
-        HostSet::new(self.priorities.iter().map(|p| p.hosts.clone()).collect())
-    }
-
-    /// The priority levels (index 0 = highest).
-    pub fn priorities(&self) -> &[PriorityHosts] {
-        &self.priorities
-    }
-
-    /// Unique id of this set (0 for the empty default set).
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// All hosts, across priorities.
-    pub fn all(&self) -> impl Iterator<Item = &Arc<Host>> {
-        self.priorities.iter().flat_map(|p| p.hosts.iter())
-    }
-
-    /// Number of hosts.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Number of hosts that were healthy when the set was built.
-    pub fn healthy_len(&self) -> usize {
-        self.healthy_len
-    }
-
-    /// Envoy's `membership_healthy`, `membership_degraded` and `membership_excluded`: hosts
-    /// neither failed, degraded nor excluded; degraded and not failed or excluded; excluded.
-    pub fn membership(&self) -> (usize, usize, usize) {
-        self.membership
-    }
-
-    /// True when there are no hosts.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 
@@ -539,36 +482,5 @@ mod tests {
         assert_eq!((h.weight(), h.priority(), h.hostname(), h.locality()), (7, 2, "svc.local".into(), Some(loc)));
         assert_eq!(h.health_flags(), HealthFlags::FAILED_ACTIVE_HC | HealthFlags::FAILED_EDS_HEALTH);
         assert_eq!(h.stats.rq_total.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn host_set_precomputes_healthy_lists_and_weights() {
-        let set = HostSet::new(vec![
-            vec![
-                host(1, 2, HealthStatus::Healthy),
-                host(2, 3, HealthStatus::Unhealthy),
-                host(3, 5, HealthStatus::Degraded),
-            ],
-            vec![host(4, 1, HealthStatus::Healthy), host(5, 1, HealthStatus::Healthy)],
-        ]);
-        assert_eq!((set.len(), set.healthy_len()), (5, 4));
-        let p0 = &set.priorities()[0];
-        let ports: Vec<u16> = p0.healthy().iter().map(|h| h.address.port()).collect();
-        assert_eq!(ports, [1, 3]);
-        assert_eq!((p0.total_weight(), p0.healthy_weight(), p0.equal_weights()), (10, 7, false));
-        let p1 = &set.priorities()[1];
-        assert_eq!((p1.total_weight(), p1.healthy_weight(), p1.equal_weights()), (2, 2, true));
-        assert_ne!(set.generation(), HostSet::new(Vec::new()).generation());
-    }
-
-    #[test]
-    fn recompute_follows_flag_changes() {
-        let set = HostSet::new(vec![vec![host(1, 1, HealthStatus::Healthy), host(2, 1, HealthStatus::Healthy)]]);
-        set.priorities()[0].hosts()[1].set_flag(HealthFlags::FAILED_ACTIVE_HC, true);
-        assert_eq!(set.healthy_len(), 2, "a built set does not change");
-        let again = set.recompute();
-        assert_eq!(again.healthy_len(), 1);
-        assert!(Arc::ptr_eq(&again.priorities()[0].healthy()[0], &set.priorities()[0].hosts()[0]));
-        assert_ne!(again.generation(), set.generation());
     }
 }

@@ -8,6 +8,7 @@ pub mod h2_client;
 pub mod health_check;
 pub mod health_checker;
 pub mod host;
+pub mod host_set;
 pub mod lb;
 pub mod outlier_detection;
 pub mod outlier_detector;
@@ -15,6 +16,7 @@ pub mod resource_manager;
 
 pub use cluster::{Cluster, ResolvedEndpoint};
 pub use cluster_stats::{ClusterStats, HealthCheckStats};
-pub use host::{HealthFlags, Host, HostSet, HostStats, PriorityHosts};
+pub use host::{HealthFlags, Host, HostStats};
+pub use host_set::{HostSet, PriorityHosts};
 pub use lb::{LbContext, LoadBalancer};
 pub use resource_manager::{Resource, ResourceGuard, ResourceManager, RetryGuard};

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant, SystemTime};
 use pinion_xds::model;
 use tokio::sync::Notify;
 
-use super::host::{HealthFlags, Host, HostSet};
+use super::host::{HealthFlags, Host};
+use super::host_set::HostSet;
 use super::outlier_detection::{
     Action, Consecutive, Detector, EjectionType, HostView, LocalResult, Origin, Settings, SuccessRateNums, Tally,
 };

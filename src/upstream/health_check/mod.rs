@@ -277,6 +277,9 @@ impl SessionTask {
         let passed = matches!(verdict.result, CheckResult::Success { .. });
         self.stats.healthy.add(out.healthy_delta);
         self.stats.degraded.add(out.degraded_delta);
+        if before.contains(HealthFlags::FAILED_ACTIVE_HC) && !out.flags.contains(HealthFlags::FAILED_ACTIVE_HC) {
+            cluster.note_active_hc_pass(&self.host);
+        }
         if self.host.set_flags_masked(HealthFlags::ACTIVE_HC, out.flags) {
             cluster.recompute_health();
             if before.contains(HealthFlags::FAILED_ACTIVE_HC) != out.flags.contains(HealthFlags::FAILED_ACTIVE_HC) {

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
+use super::schedule::Cursors;
 use crate::upstream::host::Host;
+use crate::upstream::host_set::HostList;
 
 /// Per-request input to a pick. Passed by reference so adding fields costs callers nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -20,26 +22,43 @@ impl LbContext {
     }
 }
 
-/// The hosts one pick chooses among.
+/// The hosts one pick chooses among: the result of priority (and locality) selection.
 #[derive(Clone, Copy)]
-pub(super) struct Candidates<'a> {
-    /// Non-empty list to pick from.
-    pub(super) hosts: &'a [Arc<Host>],
-    /// Which precomputed list of which set `hosts` is, so per-set state (round-robin
-    /// schedules) can be looked up; `None` for a list filtered on the spot.
-    pub(super) list: Option<ListId>,
+pub struct Candidates<'a> {
+    /// The list to pick from (may be empty: nothing to pick).
+    pub hosts: &'a [Arc<Host>],
+    /// Precomputed smooth weighted round-robin schedule of `hosts` (unequal weights).
+    pub schedule: Option<&'a [u32]>,
+    /// Round-robin positions of this list alone (`None`: the policy's shared positions).
+    pub cursors: Option<&'a Cursors>,
+    /// Which list of which set `hosts` is, so per-list state (EDF schedulers) can be kept;
+    /// `None` for a list filtered on the spot.
+    pub list: Option<ListId>,
     /// All candidates have the same weight (lets weighted policies take their fast path).
-    pub(super) equal_weights: bool,
+    pub equal_weights: bool,
+    /// Slow start is in effect for this pick: the LB clock's now (ms).
+    pub slow_start_now: Option<u64>,
 }
 
-/// Identifies a precomputed host list: set generation, priority level, and whether it is the
-/// all-hosts list (panic mode) rather than the healthy list.
+impl<'a> Candidates<'a> {
+    /// A precomputed list of the set `generation`.
+    pub fn from_list(list: &'a HostList, generation: u64, slow_start_now: Option<u64>) -> Self {
+        Candidates {
+            hosts: list.hosts(),
+            schedule: list.schedule(),
+            cursors: list.cursors(),
+            list: Some(ListId { generation, id: list.id() }),
+            equal_weights: list.equal_weights(),
+            slow_start_now,
+        }
+    }
+}
+
+/// Identifies a precomputed host list: set generation and the list's id within the set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ListId {
+pub struct ListId {
     /// `HostSet::generation`.
-    pub(super) generation: u64,
-    /// Priority level.
-    pub(super) level: usize,
-    /// The all-hosts list (panic mode) instead of the healthy one.
-    pub(super) panic: bool,
+    pub generation: u64,
+    /// `HostList::id`.
+    pub id: u32,
 }

@@ -1,31 +1,42 @@
 //! Load balancers (Envoy's `LoadBalancer`), one file per policy: round robin (smooth weighted
-//! schedule), least request (power of two choices) and random. The `LoadBalancer` enum
-//! dispatches with a match, so a pick is a direct call with no allocation. Priority selection
-//! and the panic threshold are shared by all policies (`priority.rs`).
+//! schedule), least request (power of two choices, EDF with unequal weights) and random. The
+//! `LoadBalancer` enum dispatches with a match, so a pick is a direct call with no
+//! allocation. Host selection (priority load, panic, degraded hosts, locality weights) comes
+//! first and is shared by all policies (`priority.rs`, over what the host set precomputed:
+//! `priority_load.rs`, `schedule.rs`); slow start is `slow_start.rs`.
 //!
-//! Picks read the host set's precomputed healthy lists. Those are from when the set was
-//! built; a host whose flags changed since (before the owner rebuilt the set) is caught by
-//! checking the picked host, and the pick is redone from the hosts' live flags.
+//! Picks read the host set's precomputed lists. Those are from when the set was built; a
+//! host whose flags changed since (before the owner rebuilt the set) is caught by checking
+//! the picked host, and the pick is redone from the hosts' live flags.
 
+pub mod clock;
 mod context;
+mod edf;
 mod least_request;
 mod priority;
+pub mod priority_load;
 mod random;
 mod round_robin;
+mod runtime_double;
+pub mod schedule;
+mod slow_start;
 
 use std::sync::Arc;
 
-use pinion_xds::model::LbPolicy;
+use pinion_xds::model::{LbConfig, LbPolicy};
 
-pub use context::LbContext;
-use context::{Candidates, ListId};
+pub use clock::Clock;
+pub use context::{Candidates, LbContext, ListId};
 pub use least_request::LeastRequest;
-pub use priority::{select, select_live, PrioritySelection, DEFAULT_PANIC_THRESHOLD_PERCENT};
+pub use priority::{select, select_live, Selection};
 pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use runtime_double::RuntimeDouble;
+pub use slow_start::{Ramp, SlowStartConfig};
 
 use super::cluster_stats::ClusterStats;
-use super::host::{Host, HostSet};
+use super::host::Host;
+use super::host_set::HostSet;
 
 /// A cluster's load balancer.
 pub enum LoadBalancer {
@@ -38,44 +49,59 @@ pub enum LoadBalancer {
 }
 
 impl LoadBalancer {
-    /// A balancer for `policy`; `slots` is the number of stats slots (workers + main), one
-    /// round-robin position each.
+    /// A balancer for `policy` with default settings; `slots` is the number of stats slots
+    /// (workers + main), one round-robin position each.
     pub fn new(policy: LbPolicy, slots: usize) -> Self {
+        LoadBalancer::with_config(policy, &LbConfig::default(), slots)
+    }
+
+    /// A balancer for `policy` with the cluster's LB settings.
+    pub fn with_config(policy: LbPolicy, config: &LbConfig, slots: usize) -> Self {
+        let slow_start = config.slow_start.as_ref().and_then(SlowStartConfig::new);
         match policy {
-            LbPolicy::RoundRobin => LoadBalancer::RoundRobin(RoundRobin::new(slots)),
-            LbPolicy::LeastRequest => LoadBalancer::LeastRequest(LeastRequest::default()),
+            LbPolicy::RoundRobin => LoadBalancer::RoundRobin(RoundRobin::new(slots, slow_start)),
+            LbPolicy::LeastRequest => LoadBalancer::LeastRequest(LeastRequest::new(
+                config.choice_count,
+                RuntimeDouble::new(&config.active_request_bias_key, config.active_request_bias.unwrap_or(1.0)),
+                slow_start,
+                slots,
+            )),
             LbPolicy::Random => LoadBalancer::Random(Random),
         }
     }
 
-    /// Recompute per-set state (round-robin schedules) for a new host set. Call before the set
-    /// is published, so picks from it find its state.
-    pub fn on_hosts_changed(&self, set: &HostSet) {
+    /// Recompute per-set state for a new host set. Call before the set is published, so picks
+    /// from it find its state. (The current policies keep theirs in the set itself.)
+    pub fn on_hosts_changed(&self, _set: &HostSet) {
         match self {
-            LoadBalancer::RoundRobin(rr) => rr.on_hosts_changed(set),
-            LoadBalancer::LeastRequest(_) | LoadBalancer::Random(_) => {}
+            LoadBalancer::RoundRobin(_) | LoadBalancer::LeastRequest(_) | LoadBalancer::Random(_) => {}
         }
     }
 
-    /// Pick a host for a request: the highest priority with healthy hosts, or panic mode (all
-    /// hosts of the first non-empty priority) when fewer than the panic threshold are healthy.
-    /// `None` (and `upstream_cx_none_healthy`) when there is nothing to pick.
-    pub fn choose(&self, set: &HostSet, ctx: &LbContext, stats: &ClusterStats) -> Option<Arc<Host>> {
-        let Some(sel) = select(set, DEFAULT_PANIC_THRESHOLD_PERCENT) else {
-            stats.upstream_cx_none_healthy.inc();
-            return None;
-        };
+    /// The selection step: the hosts a pick for this request chooses among (priority by
+    /// load, panic, healthy or degraded, locality). `None` when the set has no priority level.
+    /// Counts `lb_healthy_panic` for a selection in panic.
+    pub fn candidates<'a>(&self, set: &'a HostSet, stats: &ClusterStats) -> Option<(Candidates<'a>, bool)> {
+        let sel = select(set)?;
         if sel.panic {
             stats.lb_healthy_panic.inc();
         }
-        let level = &set.priorities()[sel.level];
-        let candidates = Candidates {
-            hosts: if sel.panic { level.hosts() } else { level.healthy() },
-            list: Some(ListId { generation: set.generation(), level: sel.level, panic: sel.panic }),
-            equal_weights: level.equal_weights(),
+        Some((Candidates::from_list(sel.list, set.generation(), slow_start_now(set)), sel.panic))
+    }
+
+    /// Pick a host for a request. `None` (and `upstream_cx_none_healthy`) when there is
+    /// nothing to pick.
+    pub fn choose(&self, set: &HostSet, ctx: &LbContext, stats: &ClusterStats) -> Option<Arc<Host>> {
+        let Some((candidates, panic)) = self.candidates(set, stats) else {
+            stats.upstream_cx_none_healthy.inc();
+            return None;
         };
+        if candidates.hosts.is_empty() {
+            stats.upstream_cx_none_healthy.inc();
+            return None;
+        }
         match self.pick(candidates, ctx) {
-            Some(h) if sel.panic || h.healthy() => Some(h.clone()),
+            Some(h) if panic || h.healthy() => Some(h.clone()),
             _ => self.choose_live(set, ctx, stats),
         }
     }
@@ -83,17 +109,25 @@ impl LoadBalancer {
     /// The slow path: select and pick from the hosts' current flags (some flag changed after
     /// the set was built). Allocates; only taken until the set is rebuilt.
     fn choose_live(&self, set: &HostSet, ctx: &LbContext, stats: &ClusterStats) -> Option<Arc<Host>> {
-        let Some(sel) = select_live(set, DEFAULT_PANIC_THRESHOLD_PERCENT) else {
+        let Some((hosts, panic)) = select_live(set) else {
             stats.upstream_cx_none_healthy.inc();
             return None;
         };
-        if sel.panic {
+        if panic {
             stats.lb_healthy_panic.inc();
         }
-        let level = &set.priorities()[sel.level];
-        let hosts: Vec<Arc<Host>> = level.hosts().iter().filter(|h| sel.panic || h.healthy()).cloned().collect();
-        // Unweighted until the rebuild: the schedules belong to the precomputed lists.
-        self.pick(Candidates { hosts: &hosts, list: None, equal_weights: level.equal_weights() }, ctx).cloned()
+        let first = hosts[0].weight();
+        let equal_weights = hosts.iter().all(|h| h.weight() == first);
+        // No per-list state on this path: the schedules belong to the precomputed lists.
+        let c = Candidates {
+            hosts: &hosts,
+            schedule: None,
+            cursors: None,
+            list: None,
+            equal_weights,
+            slow_start_now: None,
+        };
+        self.pick(c, ctx).cloned()
     }
 
     fn pick<'a>(&self, candidates: Candidates<'a>, ctx: &LbContext) -> Option<&'a Arc<Host>> {
@@ -106,6 +140,17 @@ impl LoadBalancer {
             LoadBalancer::Random(r) => r.pick(candidates, ctx),
         }
     }
+}
+
+/// Now on the set's clock if some host of the set is in its slow-start window.
+#[inline]
+fn slow_start_now(set: &HostSet) -> Option<u64> {
+    let until = set.slow_start_until();
+    if until == 0 {
+        return None;
+    }
+    let now = set.settings().clock.now_ms();
+    (now < until).then_some(now)
 }
 
 #[cfg(test)]

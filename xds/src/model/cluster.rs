@@ -20,6 +20,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Load-balancing policy.
     pub lb_policy: LbPolicy,
+    /// `common_lb_config` and the policy's `*_lb_config` settings.
+    pub lb_config: LbConfig,
     /// Endpoints by priority/locality (`load_assignment`).
     pub load_assignment: LoadAssignment,
     /// Upstream HTTP protocol selection.
@@ -269,6 +271,52 @@ pub enum LbPolicy {
     Random,
 }
 
+/// Load-balancer settings: `common_lb_config` plus `round_robin_lb_config` /
+/// `least_request_lb_config`, with Envoy's defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LbConfig {
+    /// `common_lb_config.healthy_panic_threshold`, rounded to a whole percent (default 50, 0
+    /// disables panic mode).
+    pub healthy_panic_threshold: u32,
+    /// `common_lb_config.locality_weighted_lb_config` is set.
+    pub locality_weighted: bool,
+    /// `least_request_lb_config.choice_count` (default 2).
+    pub choice_count: u32,
+    /// `least_request_lb_config.active_request_bias.default_value` (`None`: not set, 1.0
+    /// applies).
+    pub active_request_bias: Option<f64>,
+    /// `least_request_lb_config.active_request_bias.runtime_key` (empty: none).
+    pub active_request_bias_key: String,
+    /// `slow_start_config` of the round robin or least request config.
+    pub slow_start: Option<SlowStart>,
+}
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            healthy_panic_threshold: 50,
+            locality_weighted: false,
+            choice_count: 2,
+            active_request_bias: None,
+            active_request_bias_key: String::new(),
+            slow_start: None,
+        }
+    }
+}
+
+/// `Cluster.SlowStartConfig`: a host that becomes healthy ramps its weight up over `window`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlowStart {
+    /// `slow_start_window` (non-zero: a zero window disables slow start, as in Envoy).
+    pub window: Duration,
+    /// `aggression.default_value` (default 1.0; the ramp is `time_factor ^ (1 / aggression)`).
+    pub aggression: f64,
+    /// `aggression.runtime_key` (empty: none).
+    pub aggression_key: String,
+    /// `min_weight_percent` as a fraction (default 0.1).
+    pub min_weight: f64,
+}
+
 /// Which HTTP version to speak upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
@@ -304,6 +352,8 @@ pub struct LoadAssignment {
     pub localities: Vec<LocalityEndpoints>,
     /// `policy.overprovisioning_factor` (default 140).
     pub overprovisioning_factor: u32,
+    /// `policy.weighted_priority_health`: priority health from host weights, not counts.
+    pub weighted_priority_health: bool,
 }
 
 /// `LocalityLbEndpoints`.

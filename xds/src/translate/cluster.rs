@@ -99,7 +99,6 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     // (`/pending_dynamic_removal`) is not implemented.
     reject_set(ignore_health_on_host_removal, "ignore_health_on_host_removal")?;
     reject_set(lb_subset_config, "lb_subset_config")?;
-    reject_set(common_lb_config, "common_lb_config")?;
     reject_set(upstream_connection_options, "upstream_connection_options")?;
     reject_set(filters, "filters")?;
     reject_set(load_balancing_policy, "load_balancing_policy")?;
@@ -108,16 +107,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     reject_set(preconnect_policy, "preconnect_policy")?;
     reject_set(connection_pool_per_downstream_connection, "connection_pool_per_downstream_connection")?;
     reject_set(queuing_policies, "queuing_policies")?;
-    if let Some(cfg) = lb_config {
-        use c::cluster::LbConfig;
-        return Err(unsupported_field(match cfg {
-            LbConfig::RingHashLbConfig(_) => "ring_hash_lb_config",
-            LbConfig::MaglevLbConfig(_) => "maglev_lb_config",
-            LbConfig::OriginalDstLbConfig(_) => "original_dst_lb_config",
-            LbConfig::LeastRequestLbConfig(_) => "least_request_lb_config",
-            LbConfig::RoundRobinLbConfig(_) => "round_robin_lb_config",
-        }));
-    }
+    let lb_config = super::load_balancing::lb_config(common_lb_config.as_ref(), lb_config.as_ref())?;
     let transport_socket = super::tls::upstream(transport_socket).map_err(at("transport_socket"))?;
 
     let discovery = match cluster_discovery_type {
@@ -171,9 +161,12 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         model::DiscoveryType::Static | model::DiscoveryType::Eds => AddressMode::RequireIp,
     };
     let load_assignment = match assignment {
-        None => {
-            model::LoadAssignment { cluster_name: name.clone(), localities: Vec::new(), overprovisioning_factor: 140 }
-        }
+        None => model::LoadAssignment {
+            cluster_name: name.clone(),
+            localities: Vec::new(),
+            overprovisioning_factor: 140,
+            weighted_priority_health: false,
+        },
         Some(a) => load_assignment(a, mode).map_err(at("load_assignment"))?,
     };
     if discovery == model::DiscoveryType::LogicalDns {
@@ -258,6 +251,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         eds_service_name,
         connect_timeout: duration_or(connect_timeout, Duration::from_secs(5), "connect_timeout")?,
         lb_policy,
+        lb_config,
         load_assignment,
         protocol,
         http2,

@@ -21,6 +21,7 @@ pub(crate) fn load_assignment(c: &e::ClusterLoadAssignment, mode: AddressMode) -
     let e::ClusterLoadAssignment { cluster_name, endpoints, named_endpoints, policy } = c;
     reject_set(named_endpoints, "named_endpoints")?;
     let mut overprovisioning_factor = DEFAULT_OVERPROVISIONING_FACTOR;
+    let mut weighted = false;
     if let Some(p) = policy {
         let e::cluster_load_assignment::Policy {
             drop_overloads,
@@ -28,16 +29,21 @@ pub(crate) fn load_assignment(c: &e::ClusterLoadAssignment, mode: AddressMode) -
             endpoint_stale_after,
             weighted_priority_health,
         } = p;
+        weighted = *weighted_priority_health;
         reject_set(drop_overloads, "policy.drop_overloads")?;
         reject_set(endpoint_stale_after, "policy.endpoint_stale_after")?;
-        reject_set(weighted_priority_health, "policy.weighted_priority_health")?;
         overprovisioning_factor = u32_or(factor, DEFAULT_OVERPROVISIONING_FACTOR);
     }
     let mut localities = Vec::with_capacity(endpoints.len());
     for (i, l) in endpoints.iter().enumerate() {
         localities.push(locality_endpoints(l, mode).map_err(at(format!("endpoints[{i}]")))?);
     }
-    Ok(model::LoadAssignment { cluster_name: cluster_name.clone(), localities, overprovisioning_factor })
+    Ok(model::LoadAssignment {
+        cluster_name: cluster_name.clone(),
+        localities,
+        overprovisioning_factor,
+        weighted_priority_health: weighted,
+    })
 }
 
 /// `core.Locality` -> model.

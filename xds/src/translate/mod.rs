@@ -22,6 +22,7 @@ mod health_check;
 mod http_connection_manager;
 mod http_filter;
 mod listener;
+mod load_balancing;
 mod matcher;
 mod route;
 mod runtime;
