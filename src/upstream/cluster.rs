@@ -203,7 +203,8 @@ impl Cluster {
                 ep.hostname.clone()
             };
             let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status)
-                .with_health_check(&ep.health_check);
+                .with_health_check(&ep.health_check)
+                .with_lb_hash_key(&ep.lb_hash_key);
             let checked = self.config.health_check.is_some() && !ep.health_check.disabled;
             // `remove`: the first listing of an address takes the existing host; a duplicate
             // listing gets a host of its own, as every listing did before.
@@ -449,6 +450,7 @@ mod tests {
                     health_status: e.health,
                     hostname: e.hostname.into(),
                     health_check: Default::default(),
+                    lb_hash_key: String::new(),
                 }],
             })
             .collect();
@@ -706,6 +708,7 @@ mod tests {
                     health_status: HealthStatus::Healthy,
                     hostname: String::new(),
                     health_check: Default::default(),
+                    lb_hash_key: String::new(),
                 }],
                 ..Default::default()
             }],

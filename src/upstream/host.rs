@@ -164,6 +164,8 @@ struct HostMeta {
     locality: Option<Locality>,
     /// `health_check_config`: port override, Host for checks, opt-out.
     health_check: EndpointHealthCheck,
+    /// The endpoint's `envoy.lb` `hash_key` metadata (empty: none).
+    lb_hash_key: String,
 }
 
 /// One upstream endpoint. Shared by all workers; everything but the address is updatable in
@@ -199,7 +201,12 @@ impl Host {
             address,
             weight: AtomicU32::new(weight.max(1)),
             priority: AtomicU32::new(priority),
-            meta: ArcSwap::from_pointee(HostMeta { hostname, locality, health_check: EndpointHealthCheck::default() }),
+            meta: ArcSwap::from_pointee(HostMeta {
+                hostname,
+                locality,
+                health_check: EndpointHealthCheck::default(),
+                lb_hash_key: String::new(),
+            }),
             health_flags: AtomicU32::new(HealthFlags::from_eds(health).bits()),
             stats: HostStats::default(),
             outlier: HostMonitor::default(),
@@ -225,9 +232,37 @@ impl Host {
                 hostname: meta.hostname.clone(),
                 locality: meta.locality.clone(),
                 health_check: hc.clone(),
+                lb_hash_key: meta.lb_hash_key.clone(),
             }));
         }
         self
+    }
+
+    /// This host with the endpoint's `envoy.lb` `hash_key` metadata.
+    pub fn with_lb_hash_key(self, key: &str) -> Self {
+        if !key.is_empty() {
+            let meta = self.meta.load();
+            self.meta.store(Arc::new(HostMeta {
+                hostname: meta.hostname.clone(),
+                locality: meta.locality.clone(),
+                health_check: meta.health_check.clone(),
+                lb_hash_key: key.to_owned(),
+            }));
+        }
+        self
+    }
+
+    /// What hash-based load balancers hash for this host (Envoy's `hashKey`): the
+    /// `envoy.lb` `hash_key` metadata, else the hostname (`use_hostname`) or the address.
+    pub fn lb_hash_key(&self, use_hostname: bool) -> String {
+        let meta = self.meta.load();
+        if !meta.lb_hash_key.is_empty() {
+            meta.lb_hash_key.clone()
+        } else if use_hostname {
+            meta.hostname.clone()
+        } else {
+            self.address.to_string()
+        }
     }
 
     /// The endpoint's `health_check_config`.

@@ -1,5 +1,6 @@
 //! Load balancers (Envoy's `LoadBalancer`), one file per policy: round robin (smooth weighted
-//! schedule), least request (power of two choices) and random. The `LoadBalancer` enum
+//! schedule), least request (power of two choices), random, and the hash-based ring hash and
+//! Maglev (`hashing.rs` has what those two share). The `LoadBalancer` enum
 //! dispatches with a match, so a pick is a direct call with no allocation. Priority selection
 //! and the panic threshold are shared by all policies (`priority.rs`).
 //!
@@ -8,9 +9,12 @@
 //! checking the picked host, and the pick is redone from the hosts' live flags.
 
 mod context;
+mod hashing;
 mod least_request;
+mod maglev;
 mod priority;
 mod random;
+mod ring_hash;
 mod round_robin;
 
 use std::sync::Arc;
@@ -20,8 +24,10 @@ use pinion_xds::model::LbPolicy;
 pub use context::LbContext;
 use context::{Candidates, ListId};
 pub use least_request::LeastRequest;
+pub use maglev::Maglev;
 pub use priority::{select, select_live, PrioritySelection, DEFAULT_PANIC_THRESHOLD_PERCENT};
 pub use random::Random;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 
 use super::cluster_stats::ClusterStats;
@@ -35,6 +41,10 @@ pub enum LoadBalancer {
     LeastRequest(LeastRequest),
     /// `RANDOM`.
     Random(Random),
+    /// `RING_HASH`.
+    RingHash(RingHash),
+    /// `MAGLEV`.
+    Maglev(Maglev),
 }
 
 impl LoadBalancer {
@@ -45,14 +55,24 @@ impl LoadBalancer {
             LbPolicy::RoundRobin => LoadBalancer::RoundRobin(RoundRobin::new(slots)),
             LbPolicy::LeastRequest => LoadBalancer::LeastRequest(LeastRequest::default()),
             LbPolicy::Random => LoadBalancer::Random(Random),
+            LbPolicy::RingHash(cfg) => LoadBalancer::RingHash(RingHash::new(cfg)),
+            LbPolicy::Maglev(cfg) => LoadBalancer::Maglev(Maglev::new(cfg)),
         }
     }
 
-    /// Recompute per-set state (round-robin schedules) for a new host set. Call before the set
-    /// is published, so picks from it find its state.
+    /// Whether picks use the request hash (ring hash, Maglev): only then is a route's hash
+    /// policy evaluated, as Envoy computes the hash only when such a balancer asks for it.
+    pub fn uses_hash(&self) -> bool {
+        matches!(self, LoadBalancer::RingHash(_) | LoadBalancer::Maglev(_))
+    }
+
+    /// Recompute per-set state (round-robin schedules, rings, Maglev tables) for a new host
+    /// set. Call before the set is published, so picks from it find its state.
     pub fn on_hosts_changed(&self, set: &HostSet) {
         match self {
             LoadBalancer::RoundRobin(rr) => rr.on_hosts_changed(set),
+            LoadBalancer::RingHash(rh) => rh.on_hosts_changed(set),
+            LoadBalancer::Maglev(m) => m.on_hosts_changed(set),
             LoadBalancer::LeastRequest(_) | LoadBalancer::Random(_) => {}
         }
     }
@@ -104,9 +124,13 @@ impl LoadBalancer {
             LoadBalancer::RoundRobin(rr) => rr.pick(candidates, ctx),
             LoadBalancer::LeastRequest(lr) => lr.pick(candidates, ctx),
             LoadBalancer::Random(r) => r.pick(candidates, ctx),
+            LoadBalancer::RingHash(rh) => rh.pick(candidates, ctx),
+            LoadBalancer::Maglev(m) => m.pick(candidates, ctx),
         }
     }
 }
 
+#[cfg(test)]
+mod hash_tests;
 #[cfg(test)]
 mod tests;

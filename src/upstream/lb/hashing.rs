@@ -1,0 +1,116 @@
+//! What ring hash and Maglev share (Envoy's `ThreadAwareLoadBalancerBase`): host weights
+//! normalized as Envoy normalizes them, and one lookup table per precomputed host list of a
+//! host set (per priority level: the healthy list, and the all-hosts list for panic mode),
+//! built when the set changes and swapped whole, so a pick only reads.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::context::{Candidates, LbContext};
+use crate::upstream::host::{Host, HostSet};
+
+/// Envoy's `HashUtil::xxHash64` (seed 0 unless given).
+#[inline]
+pub(super) fn xxhash64(bytes: &[u8], seed: u64) -> u64 {
+    xxhash_rust::xxh64::xxh64(bytes, seed)
+}
+
+/// A lookup table over one host list: maps a request hash to an index into that list.
+pub(super) trait HashTable: Send + Sync {
+    /// The index of the host for `hash` at host-selection `attempt` (always in range).
+    fn pick(&self, hash: u64, attempt: u32) -> usize;
+}
+
+/// Weights normalized to sum to 1, in host order, with their extremes (Envoy's
+/// `normalizeHostWeights` without locality weights: `weight / sum`, the minimum starting at
+/// 1.0 and the maximum at 0.0, computed in the same floating-point order so tables match).
+pub(super) struct NormalizedWeights {
+    /// One per host, in host order.
+    pub(super) weights: Vec<f64>,
+    /// Smallest weight.
+    pub(super) min: f64,
+    /// Largest weight.
+    pub(super) max: f64,
+}
+
+impl NormalizedWeights {
+    /// Normalize the weights of `hosts`.
+    pub(super) fn of(hosts: &[Arc<Host>]) -> Self {
+        let sum: u64 = hosts.iter().map(|h| u64::from(h.weight())).sum();
+        let (mut min, mut max) = (1.0f64, 0.0f64);
+        let weights = hosts
+            .iter()
+            .map(|h| {
+                // Envoy's `weight * 1.0 / sum`: the factor 1.0 changes no bit.
+                let w = f64::from(h.weight()) / sum as f64;
+                min = min.min(w);
+                max = max.max(w);
+                w
+            })
+            .collect();
+        NormalizedWeights { weights, min, max }
+    }
+}
+
+/// The tables of one priority level.
+struct LevelTables<T> {
+    /// Over the healthy list.
+    healthy: Option<Arc<T>>,
+    /// Over all hosts (panic mode); shares `healthy`'s when every host is healthy.
+    all: Option<Arc<T>>,
+}
+
+/// The tables of one host set.
+struct SetTables<T> {
+    /// `HostSet::generation` they were built for.
+    generation: u64,
+    per_priority: Vec<LevelTables<T>>,
+}
+
+/// Per-host-set tables of a hash-based policy, swapped whole when the set changes.
+pub(super) struct Tables<T> {
+    current: ArcSwap<SetTables<T>>,
+}
+
+impl<T: HashTable> Tables<T> {
+    /// No tables yet (picks fall back to a modulo until the first set is in).
+    pub(super) fn new() -> Self {
+        Tables { current: ArcSwap::from_pointee(SetTables { generation: 0, per_priority: Vec::new() }) }
+    }
+
+    /// Build the tables of a new host set with `build` (`None` for an empty list). Runs where
+    /// the set is built (the control thread), never on a pick.
+    pub(super) fn rebuild(&self, set: &HostSet, build: impl Fn(&[Arc<Host>]) -> Option<T>) {
+        let per_priority = set
+            .priorities()
+            .iter()
+            .map(|p| {
+                let healthy = build(p.healthy()).map(Arc::new);
+                let all =
+                    if p.healthy().len() == p.hosts().len() { healthy.clone() } else { build(p.hosts()).map(Arc::new) };
+                LevelTables { healthy, all }
+            })
+            .collect();
+        self.current.store(Arc::new(SetTables { generation: set.generation(), per_priority }));
+    }
+
+    /// The candidate for the request's hash (a random one without a hash, as Envoy).
+    /// Without a table for the list (a list filtered on the spot, or a set swapped in between),
+    /// the hash picks by modulo: still sticky per key, until the next set.
+    pub(super) fn pick<'a>(&self, c: Candidates<'a>, ctx: &LbContext) -> Option<&'a Arc<Host>> {
+        let hash = ctx.hash.unwrap_or_else(rand::random);
+        if let Some(id) = c.list {
+            let tables = self.current.load();
+            if tables.generation == id.generation {
+                let level = tables.per_priority.get(id.level);
+                let table = level.and_then(|l| if id.panic { l.all.as_ref() } else { l.healthy.as_ref() });
+                if let Some(t) = table {
+                    return c.hosts.get(t.pick(hash, ctx.attempt));
+                }
+            }
+        }
+        let n = c.hosts.len() as u64;
+        c.hosts.get((hash.wrapping_add(u64::from(ctx.attempt)) % n.max(1)) as usize)
+    }
+}
