@@ -9,7 +9,8 @@
 //!
 //! Each proxy's answers are also checked on their own: every key sticks to its backend when
 //! sent again, keys spread over several backends, and a missing cookie with a `ttl` comes
-//! back as Envoy's `Set-Cookie`.
+//! back as Envoy's `Set-Cookie`. A `tcp_proxy` with a `source_ip` hash policy sends every
+//! connection from 127.0.0.1 to one backend, the same through both proxies.
 //!
 //! `INTEROP_ONLY=envoy` (or `pinion`) runs one proxy; `INTEROP_VERBOSE=1` prints the mappings.
 #![forbid(unsafe_code)]
@@ -114,7 +115,7 @@ fn is_hex16(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-async fn exercise(listen: SocketAddr, kind: ProxyKind) -> Run {
+async fn exercise(listen: SocketAddr, tcp: SocketAddr, kind: ProxyKind) -> Run {
     let client = http1_client_to(listen);
     let mut backends = BTreeMap::new();
     let mut failures = Vec::new();
@@ -169,6 +170,18 @@ async fn exercise(listen: SocketAddr, kind: ProxyKind) -> Run {
     if !cookies.is_empty() {
         failures.push(format!("{kind}: a present cookie was set again: {cookies:?}"));
     }
+    // tcp_proxy hashing by the client IP: every connection (new each time) to one backend.
+    let mut tcp_backends = BTreeSet::new();
+    for _ in 0..5 {
+        let c = http1_client_to(tcp);
+        tcp_backends.insert(get(&c, "/tcp", &[]).await.1);
+    }
+    match tcp_backends.into_iter().collect::<Vec<_>>().as_slice() {
+        [Some(b)] => {
+            backends.insert("tcp_proxy/127.0.0.1".into(), b.clone());
+        }
+        other => failures.push(format!("{kind}: tcp_proxy source_ip reached {other:?}")),
+    }
     // Without a hash policy the hash balancers pick at random: several backends.
     let mut random = BTreeSet::new();
     for _ in 0..60 {
@@ -181,8 +194,9 @@ async fn exercise(listen: SocketAddr, kind: ProxyKind) -> Run {
 }
 
 fn run(kind: ProxyKind, backends: &[Backend]) -> Run {
-    let (admin, listen) = (free_port(), free_port());
-    let mut vars = vec![("ADMIN_PORT", admin.to_string()), ("LISTEN_PORT", listen.to_string())];
+    let (admin, listen, tcp) = (free_port(), free_port(), free_port());
+    let mut vars =
+        vec![("ADMIN_PORT", admin.to_string()), ("LISTEN_PORT", listen.to_string()), ("TCP_PORT", tcp.to_string())];
     let names = ["B0_PORT", "B1_PORT", "B2_PORT", "B3_PORT", "B4_PORT"];
     for (n, b) in names.iter().zip(backends) {
         vars.push((n, b.port().to_string()));
@@ -192,8 +206,11 @@ fn run(kind: ProxyKind, backends: &[Backend]) -> Run {
     p.wait_ready(admin, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e:#}"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let listen = SocketAddr::from(([127, 0, 0, 1], listen));
+    let tcp = SocketAddr::from(([127, 0, 0, 1], tcp));
     let run = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(120), exercise(listen, kind)).await.expect("requests within 120 s")
+        tokio::time::timeout(Duration::from_secs(120), exercise(listen, tcp, kind))
+            .await
+            .expect("requests within 120 s")
     });
     p.kill();
     run
