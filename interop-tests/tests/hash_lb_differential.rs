@@ -9,7 +9,8 @@
 //!
 //! Each proxy's answers are also checked on their own: every key sticks to its backend when
 //! sent again, keys spread over several backends, and a missing cookie with a `ttl` comes
-//! back as Envoy's `Set-Cookie`. A `tcp_proxy` with a `source_ip` hash policy sends every
+//! back as Envoy's `Set-Cookie`. The `ring_hash_lb.*` / `maglev_lb.*` gauges (ring size,
+//! replicas and slots per host) must be equal too. A `tcp_proxy` with a `source_ip` hash policy sends every
 //! connection from 127.0.0.1 to one backend, the same through both proxies.
 //!
 //! `INTEROP_ONLY=envoy` (or `pinion`) runs one proxy; `INTEROP_VERBOSE=1` prints the mappings.
@@ -94,6 +95,8 @@ struct Run {
     backends: BTreeMap<String, String>,
     /// Problems found in this proxy's answers alone.
     failures: Vec<String>,
+    /// The `ring_hash_lb.*` and `maglev_lb.*` gauges (ring sizes, replicas and slots per host).
+    lb_stats: BTreeMap<String, u64>,
 }
 
 async fn get(
@@ -190,7 +193,7 @@ async fn exercise(listen: SocketAddr, tcp: SocketAddr, kind: ProxyKind) -> Run {
     if random.len() < 3 {
         failures.push(format!("{kind}: no hash policy reached only {random:?}"));
     }
-    Run { backends, failures }
+    Run { backends, failures, lb_stats: BTreeMap::new() }
 }
 
 fn run(kind: ProxyKind, backends: &[Backend]) -> Run {
@@ -212,6 +215,16 @@ fn run(kind: ProxyKind, backends: &[Backend]) -> Run {
             .await
             .expect("requests within 120 s")
     });
+    let mut run = run;
+    run.lb_stats = p
+        .stats()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(": ")?;
+            let keep = k.contains(".ring_hash_lb.") || k.contains(".maglev_lb.");
+            Some((k.to_string(), v.trim().parse().ok()?)).filter(|_| keep)
+        })
+        .collect();
     p.kill();
     run
 }
@@ -251,6 +264,10 @@ fn hash_lb_envoy_vs_pinion() {
         }
         if !differ.is_empty() {
             failures.push(format!("keys mapped differently, per group: {differ:?}"));
+        }
+        // 4 ring clusters x 3 gauges, 4 Maglev clusters x 2.
+        if envoy.lb_stats.len() != 20 || envoy.lb_stats != pinion.lb_stats {
+            failures.push(format!("lb gauges:\nenvoy:  {:?}\npinion: {:?}", envoy.lb_stats, pinion.lb_stats));
         }
         if envoy.backends.len() != pinion.backends.len() {
             failures.push(format!("answered: envoy {}, pinion {}", envoy.backends.len(), pinion.backends.len()));

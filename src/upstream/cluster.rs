@@ -132,6 +132,7 @@ impl Cluster {
             hc_stopped: AtomicBool::new(false),
             hc_initialized,
         });
+        cluster.lb.register_stats(store, &cluster.config.stat_name);
         if cluster.config.discovery == model::DiscoveryType::Static {
             cluster.set_load_assignment(&cluster.config.load_assignment);
         }

@@ -95,6 +95,14 @@ impl<T: HashTable> Tables<T> {
         self.current.store(Arc::new(SetTables { generation: set.generation(), per_priority }));
     }
 
+    /// The table the last priority level with hosts balances over (its healthy list, or all
+    /// hosts in panic mode): the one whose numbers Envoy's `*_lb.*` gauges show, as Envoy
+    /// sets them per level in order.
+    pub(super) fn last_used(&self, panic: bool) -> Option<Arc<T>> {
+        let tables = self.current.load();
+        tables.per_priority.iter().rev().find_map(|l| if panic { l.all.clone() } else { l.healthy.clone() })
+    }
+
     /// The candidate for the request's hash (a random one without a hash, as Envoy).
     /// Without a table for the list (a list filtered on the spot, or a set swapped in between),
     /// the hash picks by modulo: still sticky per key, until the next set.

@@ -6,15 +6,31 @@
 
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use pinion_xds::model::MaglevConfig;
 
 use super::context::{Candidates, LbContext};
 use super::hashing::{xxhash64, HashTable, NormalizedWeights, Tables};
+use super::priority::{select, DEFAULT_PANIC_THRESHOLD_PERCENT};
+use crate::stats::Store;
 use crate::upstream::host::{Host, HostSet};
+
+crate::stats_struct! {
+    /// Envoy's `cluster.<name>.maglev_lb.*` gauges, from the last table built.
+    pub struct MaglevStats {
+        /// `maglev_lb.min_entries_per_host`.
+        min_entries_per_host: Gauge = "maglev_lb.min_entries_per_host",
+        /// `maglev_lb.max_entries_per_host`.
+        max_entries_per_host: Gauge = "maglev_lb.max_entries_per_host",
+    }
+}
 
 /// A built table: index into the host list per slot.
 pub(super) struct MaglevTable {
     slots: Box<[u32]>,
+    /// Fewest and most slots of one host.
+    entries_per_host: (u64, u64),
 }
 
 /// One host while the table is filled (Envoy's `TableBuildEntry`).
@@ -25,6 +41,7 @@ struct BuildEntry {
     weight: f64,
     target_weight: f64,
     next: u64,
+    count: u64,
 }
 
 impl MaglevTable {
@@ -53,6 +70,7 @@ impl MaglevTable {
                 weight,
                 target_weight: 0.0,
                 next: 0,
+                count: 0,
             })
             .collect();
         const EMPTY: u32 = u32::MAX;
@@ -78,11 +96,13 @@ impl MaglevTable {
                 }
                 slots[c] = e.index;
                 e.next += 1;
+                e.count += 1;
                 filled += 1;
             }
             iteration = iteration.wrapping_add(1);
         }
-        Some(MaglevTable { slots: slots.into_boxed_slice() })
+        let entries_per_host = entries.iter().fold((size, 0), |(lo, hi), e| (lo.min(e.count), hi.max(e.count)));
+        Some(MaglevTable { slots: slots.into_boxed_slice(), entries_per_host })
     }
 
     /// Slots held by each host index (for tests).
@@ -111,17 +131,28 @@ impl HashTable for MaglevTable {
 pub struct Maglev {
     config: MaglevConfig,
     tables: Tables<MaglevTable>,
+    stats: OnceLock<MaglevStats>,
 }
 
 impl Maglev {
     /// A Maglev balancer with these settings.
     pub fn new(config: MaglevConfig) -> Self {
-        Maglev { config, tables: Tables::new() }
+        Maglev { config, tables: Tables::new(), stats: OnceLock::new() }
+    }
+
+    /// Register the `maglev_lb.*` gauges of cluster `stat_name`.
+    pub fn register_stats(&self, store: &Store, stat_name: &str) {
+        let _ = self.stats.set(MaglevStats::new(store, "cluster", "envoy_cluster_name", stat_name));
     }
 
     /// Build the tables of a new host set.
     pub fn on_hosts_changed(&self, set: &HostSet) {
         self.tables.rebuild(set, |hosts| MaglevTable::build(&self.config, hosts));
+        let (Some(stats), Some(sel)) = (self.stats.get(), select(set, DEFAULT_PANIC_THRESHOLD_PERCENT)) else { return };
+        if let Some(t) = self.tables.last_used(sel.panic) {
+            stats.min_entries_per_host.set(t.entries_per_host.0 as i64);
+            stats.max_entries_per_host.set(t.entries_per_host.1 as i64);
+        }
     }
 
     /// The host for the request's hash.

@@ -60,6 +60,16 @@ impl LoadBalancer {
         }
     }
 
+    /// Register the policy's own stats (Envoy's `ring_hash_lb.*`, `maglev_lb.*` gauges) for
+    /// cluster `stat_name`; before the first host set is installed.
+    pub fn register_stats(&self, store: &crate::stats::Store, stat_name: &str) {
+        match self {
+            LoadBalancer::RingHash(rh) => rh.register_stats(store, stat_name),
+            LoadBalancer::Maglev(m) => m.register_stats(store, stat_name),
+            LoadBalancer::RoundRobin(_) | LoadBalancer::LeastRequest(_) | LoadBalancer::Random(_) => {}
+        }
+    }
+
     /// Whether picks use the request hash (ring hash, Maglev): only then is a route's hash
     /// policy evaluated, as Envoy computes the hash only when such a balancer asks for it.
     pub fn uses_hash(&self) -> bool {

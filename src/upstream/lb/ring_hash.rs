@@ -7,15 +7,35 @@
 use std::fmt::Write;
 use std::sync::Arc;
 
+use std::sync::OnceLock;
+
 use pinion_xds::model::RingHashConfig;
 
 use super::context::{Candidates, LbContext};
 use super::hashing::{xxhash64, HashTable, NormalizedWeights, Tables};
+use super::priority::{select, DEFAULT_PANIC_THRESHOLD_PERCENT};
+use crate::stats::Store;
 use crate::upstream::host::{Host, HostSet};
+
+crate::stats_struct! {
+    /// Envoy's `cluster.<name>.ring_hash_lb.*` gauges, from the last ring built.
+    pub struct RingHashStats {
+        /// `ring_hash_lb.size`.
+        size: Gauge = "ring_hash_lb.size",
+        /// `ring_hash_lb.min_hashes_per_host`.
+        min_hashes_per_host: Gauge = "ring_hash_lb.min_hashes_per_host",
+        /// `ring_hash_lb.max_hashes_per_host`.
+        max_hashes_per_host: Gauge = "ring_hash_lb.max_hashes_per_host",
+    }
+}
 
 /// A built ring: (hash, index into the host list), sorted by hash.
 pub(super) struct Ring {
     entries: Box<[(u64, u32)]>,
+    /// Envoy's `ring_hash_lb.size`: the scaled ring size it reserves (`ceil(scale)`).
+    size: u64,
+    /// Fewest and most replicas of one host.
+    hashes_per_host: (u64, u64),
 }
 
 impl Ring {
@@ -29,7 +49,9 @@ impl Ring {
         // maximum ring size; heavier hosts may get fractional targets, settled by the running
         // sums below.
         let scale = ((w.min * cfg.minimum_ring_size as f64).ceil() / w.min).min(cfg.maximum_ring_size as f64);
-        let mut entries = Vec::with_capacity(scale.ceil() as usize);
+        let size = scale.ceil() as u64;
+        let mut entries = Vec::with_capacity(size as usize);
+        let mut hashes_per_host = (size, 0u64);
         let mut key = String::new();
         let (mut current, mut target) = (0.0f64, 0.0f64);
         for (index, (host, weight)) in hosts.iter().zip(&w.weights).enumerate() {
@@ -46,10 +68,11 @@ impl Ring {
                 i += 1;
                 current += 1.0;
             }
+            hashes_per_host = (hashes_per_host.0.min(i), hashes_per_host.1.max(i));
         }
         // Envoy's sort is not stable; equal 64-bit hashes of different keys are not expected.
         entries.sort_by_key(|e| e.0);
-        Some(Ring { entries: entries.into_boxed_slice() })
+        Some(Ring { entries: entries.into_boxed_slice(), size, hashes_per_host })
     }
 
     /// Number of replicas on the ring.
@@ -100,17 +123,29 @@ impl HashTable for Ring {
 pub struct RingHash {
     config: RingHashConfig,
     rings: Tables<Ring>,
+    stats: OnceLock<RingHashStats>,
 }
 
 impl RingHash {
     /// A ring-hash balancer with these settings.
     pub fn new(config: RingHashConfig) -> Self {
-        RingHash { config, rings: Tables::new() }
+        RingHash { config, rings: Tables::new(), stats: OnceLock::new() }
+    }
+
+    /// Register the `ring_hash_lb.*` gauges of cluster `stat_name`.
+    pub fn register_stats(&self, store: &Store, stat_name: &str) {
+        let _ = self.stats.set(RingHashStats::new(store, "cluster", "envoy_cluster_name", stat_name));
     }
 
     /// Build the rings of a new host set.
     pub fn on_hosts_changed(&self, set: &HostSet) {
         self.rings.rebuild(set, |hosts| Ring::build(&self.config, hosts));
+        let (Some(stats), Some(sel)) = (self.stats.get(), select(set, DEFAULT_PANIC_THRESHOLD_PERCENT)) else { return };
+        if let Some(ring) = self.rings.last_used(sel.panic) {
+            stats.size.set(ring.size as i64);
+            stats.min_hashes_per_host.set(ring.hashes_per_host.0 as i64);
+            stats.max_hashes_per_host.set(ring.hashes_per_host.1 as i64);
+        }
     }
 
     /// The host for the request's hash.
