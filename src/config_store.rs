@@ -969,6 +969,7 @@ mod tests {
                 health_status: model::HealthStatus::Healthy,
                 hostname: String::new(),
                 health_check: Default::default(),
+                lb_hash_key: String::new(),
             })
             .collect();
         let cla = model::LoadAssignment {

@@ -18,6 +18,7 @@ use crate::tls::{Alpn, Io};
 use crate::formatter::Context;
 use crate::http::stream_info::{ResponseFlags, StreamInfo};
 use crate::listener::TcpProxyConfig;
+use crate::upstream::LbContext;
 use crate::worker_context::WorkerCtx;
 
 /// Serve one downstream TCP connection.
@@ -54,9 +55,15 @@ pub async fn serve(
         return;
     };
     info.upstream_cluster = Some(cluster.config.name.as_str().into());
+    // As Envoy, the hash is computed only for a balancer that asks for one.
+    let lb_ctx = if cfg.hash_source_ip && cluster.lb.uses_hash() {
+        LbContext::with_hash(xxhash_rust::xxh64::xxh64(peer.ip().to_string().as_bytes(), 0))
+    } else {
+        LbContext::default()
+    };
     let mut upstream = None;
     for _ in 0..cfg.max_connect_attempts.max(1) {
-        let Some(host) = cluster.choose_host() else {
+        let Some(host) = cluster.choose_host_with(&lb_ctx) else {
             info.flags.insert(ResponseFlags::NO_HEALTHY_UPSTREAM);
             break;
         };

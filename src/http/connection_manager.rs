@@ -612,7 +612,9 @@ fn decode_headers(ctx: &Rc<ConnCtx>, req: &mut Request<Incoming>, info: &mut Str
             req.headers_mut().remove(h.as_str());
         }
     }
-    request_headers::mutate(cfg, req.headers_mut(), ctx.peer, ctx.tls, &mut request_headers::new_request_id);
+    let mutated =
+        request_headers::mutate(cfg, req.headers_mut(), ctx.peer, ctx.tls, &mut request_headers::new_request_id);
+    info.downstream_client_ip = mutated.trusted_client;
     super::forwarded_client_cert::mutate(req.headers_mut(), cfg.forward_client_cert, &ctx.client_cert);
     if let Some(len) =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())

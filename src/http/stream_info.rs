@@ -80,6 +80,9 @@ pub struct StreamInfo {
     pub downstream_remote: SocketAddr,
     /// Local address the connection was accepted on.
     pub downstream_local: SocketAddr,
+    /// The client address the connection manager settled on from `x-forwarded-for`
+    /// (Envoy's stream remote address); `None`: the peer's.
+    pub downstream_client_ip: Option<std::net::IpAddr>,
     /// `HTTP/1.1`, `HTTP/2`, `HTTP/1.0`.
     pub protocol: &'static str,
     /// Response code (0 until known).
@@ -113,6 +116,7 @@ impl StreamInfo {
             start: Instant::now(),
             downstream_remote,
             downstream_local,
+            downstream_client_ip: None,
             protocol,
             response_code: 0,
             flags: ResponseFlags::default(),

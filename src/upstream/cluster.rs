@@ -137,6 +137,7 @@ impl Cluster {
             hc_stopped: AtomicBool::new(false),
             hc_initialized,
         });
+        cluster.lb.register_stats(store, &cluster.config.stat_name);
         if cluster.config.discovery == model::DiscoveryType::Static {
             cluster.set_load_assignment(&cluster.config.load_assignment);
         }
@@ -219,7 +220,8 @@ impl Cluster {
             };
             let fresh = Host::new(addr, hostname, ep.weight, loc.locality.clone(), loc.priority, ep.health_status)
                 .with_health_check(&ep.health_check)
-                .with_locality_weight(loc.load_balancing_weight);
+                .with_locality_weight(loc.load_balancing_weight)
+                .with_lb_hash_key(&ep.lb_hash_key);
             let checked = self.config.health_check.is_some() && !ep.health_check.disabled;
             // `remove`: the first listing of an address takes the existing host; a duplicate
             // listing gets a host of its own, as every listing did before.
@@ -495,6 +497,7 @@ mod tests {
                     health_status: e.health,
                     hostname: e.hostname.into(),
                     health_check: Default::default(),
+                    lb_hash_key: String::new(),
                 }],
             })
             .collect();
@@ -758,6 +761,7 @@ mod tests {
                     health_status: HealthStatus::Healthy,
                     hostname: String::new(),
                     health_check: Default::default(),
+                    lb_hash_key: String::new(),
                 }],
                 ..Default::default()
             }],

@@ -167,6 +167,8 @@ struct HostMeta {
     locality_weight: Option<u32>,
     /// `health_check_config`: port override, Host for checks, opt-out.
     health_check: EndpointHealthCheck,
+    /// The endpoint's `envoy.lb` `hash_key` metadata (empty: none).
+    lb_hash_key: String,
 }
 
 /// One upstream endpoint. Shared by all workers; everything but the address is updatable in
@@ -210,6 +212,7 @@ impl Host {
                 locality,
                 locality_weight: None,
                 health_check: EndpointHealthCheck::default(),
+                lb_hash_key: String::new(),
             }),
             health_flags: AtomicU32::new(HealthFlags::from_eds(health).bits()),
             healthy_since: AtomicU64::new(0),
@@ -238,6 +241,7 @@ impl Host {
                 locality: meta.locality.clone(),
                 locality_weight: meta.locality_weight,
                 health_check: hc.clone(),
+                lb_hash_key: meta.lb_hash_key.clone(),
             }));
         }
         self
@@ -252,6 +256,22 @@ impl Host {
                 locality: meta.locality.clone(),
                 locality_weight: weight,
                 health_check: meta.health_check.clone(),
+                lb_hash_key: meta.lb_hash_key.clone(),
+            }));
+        }
+        self
+    }
+
+    /// This host with the endpoint's `envoy.lb` `hash_key` metadata.
+    pub fn with_lb_hash_key(self, key: &str) -> Self {
+        if !key.is_empty() {
+            let meta = self.meta.load();
+            self.meta.store(Arc::new(HostMeta {
+                hostname: meta.hostname.clone(),
+                locality: meta.locality.clone(),
+                locality_weight: meta.locality_weight,
+                health_check: meta.health_check.clone(),
+                lb_hash_key: key.to_owned(),
             }));
         }
         self
@@ -279,6 +299,19 @@ impl Host {
     /// start window again, as Envoy's `setLastHcPassTime`).
     pub fn set_healthy_since(&self, now: u64) {
         self.healthy_since.store(now, Ordering::Relaxed);
+    }
+
+    /// What hash-based load balancers hash for this host (Envoy's `hashKey`): the
+    /// `envoy.lb` `hash_key` metadata, else the hostname (`use_hostname`) or the address.
+    pub fn lb_hash_key(&self, use_hostname: bool) -> String {
+        let meta = self.meta.load();
+        if !meta.lb_hash_key.is_empty() {
+            meta.lb_hash_key.clone()
+        } else if use_hostname {
+            meta.hostname.clone()
+        } else {
+            self.address.to_string()
+        }
     }
 
     /// The endpoint's `health_check_config`.

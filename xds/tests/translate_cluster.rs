@@ -210,10 +210,10 @@ fn unsupported_cluster_features() {
     assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "type"));
 
     let mut cl = static_cluster("svc", vec![]);
-    cl.lb_policy = c::cluster::LbPolicy::RingHash as i32;
+    cl.lb_policy = c::cluster::LbPolicy::ClusterProvided as i32;
     let err = cluster(&cl).unwrap_err();
     assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "lb_policy"));
-    assert!(err.reason.contains("RING_HASH"), "{err}");
+    assert!(err.reason.contains("CLUSTER_PROVIDED"), "{err}");
 
     let mut cl = static_cluster("svc", vec![]);
     // A TLS socket without typed_config is an empty UpstreamTlsContext, as in Envoy: TLS with

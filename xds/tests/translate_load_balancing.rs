@@ -104,8 +104,6 @@ fn unsupported_settings_are_refused_with_their_path() {
             ErrorKind::Unsupported,
             "common_lb_config.override_host_status",
         ),
-        ("ring_hash_lb_config: {}", ErrorKind::Unsupported, "ring_hash_lb_config"),
-        ("maglev_lb_config: {}", ErrorKind::Unsupported, "maglev_lb_config"),
     ];
     for (yaml, kind, path) in cases {
         let err = translate(yaml).expect_err(yaml);

@@ -518,13 +518,13 @@ fn retry_policy_and_host_rewrite() {
 fn unsupported_route_fields() {
     let mut route = prefix_route("/", forward("svc"));
     if let Some(r::route::Action::Route(a)) = &mut route.action {
-        a.hash_policy = vec![r::route_action::HashPolicy::default()];
+        a.hedge_policy = Some(r::HedgePolicy { hedge_on_per_try_timeout: true, ..Default::default() });
     }
     let err = route_configuration(&one_route(route)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unsupported);
     assert_eq!(
         err.to_string(),
-        "virtual_hosts[0].routes[0].route.hash_policy: unsupported: hash_policy is not supported by pinion"
+        "virtual_hosts[0].routes[0].route.hedge_policy: unsupported: hedge_policy is not supported by pinion"
     );
 
     // runtime_fraction without default_value is invalid (supported otherwise: see below).

@@ -3,10 +3,12 @@
 //! - [`route_decision`]: pure functions from the matched route to a cluster and rewrites;
 //! - [`upstream_request`]: one attempt to one host, with its timeouts and accounting;
 //! - [`retry_state`]: whether to try again after an attempt;
+//! - [`hash_policy`]: the request hash hash-based load balancers pick by;
 //! - this file: the filter itself, which answers routes that need no upstream (no route,
 //!   direct responses, redirects) and otherwise looks up the cluster, picks a host, shapes the
 //!   request, runs the attempt and maps failures to Envoy's local replies.
 
+pub mod hash_policy;
 pub mod retry_state;
 pub mod route_decision;
 pub mod upstream_request;
@@ -37,7 +39,7 @@ use crate::formatter::Context;
 use crate::listener::HcmConfig;
 use crate::upstream::conn_pool::{Overflow, Protocol, UpstreamError};
 use crate::upstream::outlier_detection::LocalResult;
-use crate::upstream::{Cluster, Host, HostStats, RetryGuard};
+use crate::upstream::{Cluster, Host, HostStats, LbContext, RetryGuard};
 use retry_state::{Outcome, ResetReason, RetryDecision, RetryState, DEFAULT_BASE_BACKOFF_MS};
 use route_decision::{ClusterChoice, Rewrites, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS};
 use upstream_request::{AttemptFailure, AttemptTimeouts, StreamTimeout, Target, UpstreamGuard};
@@ -200,8 +202,11 @@ async fn forward(
         info.upstream_cluster = Some(cluster.config.name.as_str().into());
     }
 
-    // Phase: upstream_peer.
-    let Some(mut host) = cluster.choose_host() else {
+    // Phase: upstream_peer. The request hash is computed once, before route mutations and
+    // rewrites (as Envoy picks the host first), and kept for the retries' picks.
+    let mut set_cookies = Vec::new();
+    let lb_ctx = lb_context(ctx, &req, info, action, &cluster, &mut set_cookies);
+    let Some(mut host) = cluster.choose_host_with(&lb_ctx) else {
         let mut resp = no_healthy_upstream(&cluster, info, grpc);
         levels.apply_to_response(&mut resp, info, req.headers());
         return Err(resp);
@@ -497,7 +502,7 @@ async fn forward(
         // The cluster may have changed or gone (CDS) while waiting, as Envoy rechecks.
         let current = ctx.worker.snapshot.load().clusters.get(cluster.config.name.as_str()).cloned();
         let next = current.and_then(|c| {
-            let h = retry.as_ref().and_then(|r| pick_retry_host(&c, r));
+            let h = retry.as_ref().and_then(|r| pick_retry_host(&c, r, lb_ctx));
             h.map(|h| (c, h))
         });
         let Some((c, h)) = next else {
@@ -517,6 +522,11 @@ async fn forward(
     cluster.stats.record_status(status.as_u16());
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(resp.headers_mut(), switching);
+    // Cookies the hash policy generated go on the upstream response (not on local replies),
+    // as Envoy's router adds them.
+    for c in set_cookies {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     // Envoy leaves the service time off upgrade (101) responses.
     if !hcm.router.suppress_envoy_headers && !switching {
         resp.headers_mut()
@@ -602,16 +612,45 @@ fn reset_reason(f: &AttemptFailure) -> Option<ResetReason> {
 
 /// A retry's host: up to `host_selection_retry_max_attempts` more picks while the retry host
 /// predicate rejects the pick, then the last pick (Envoy's `LoadBalancerBase::chooseHost`).
-fn pick_retry_host<R: rand::RngCore>(cluster: &Cluster, retry: &RetryState<'_, R>) -> Option<Arc<Host>> {
+/// Each pick is a new attempt for hash-based balancers, which then move off the key's host.
+fn pick_retry_host<R: rand::RngCore>(
+    cluster: &Cluster,
+    retry: &RetryState<'_, R>,
+    lb_ctx: LbContext,
+) -> Option<Arc<Host>> {
     let mut last = None;
-    for _ in 0..retry.host_selection_picks() {
-        let h = cluster.choose_host()?;
+    for attempt in 0..retry.host_selection_picks() {
+        let h = cluster.choose_host_with(&lb_ctx.at_attempt(attempt))?;
         if !retry.should_select_another_host(h.address) {
             return Some(h);
         }
         last = Some(h);
     }
     last
+}
+
+/// The load-balancing context of a request: its hash, when the cluster balances by hash and
+/// the route has a hash policy (generated cookies go into `set_cookies`).
+fn lb_context(
+    ctx: &ConnCtx,
+    req: &Request<Incoming>,
+    info: &StreamInfo,
+    action: &ForwardAction,
+    cluster: &Cluster,
+    set_cookies: &mut Vec<HeaderValue>,
+) -> LbContext {
+    if action.hash_policy.is_empty() || !cluster.lb.uses_hash() {
+        return LbContext::default();
+    }
+    let input = hash_policy::HashInput {
+        headers: req.headers(),
+        method: req.method(),
+        uri: req.uri(),
+        client_ip: info.downstream_client_ip.unwrap_or(ctx.peer.ip()),
+        peer: ctx.peer,
+        local: ctx.local,
+    };
+    LbContext { hash: hash_policy::generate(&action.hash_policy, &input, set_cookies), attempt: 0 }
 }
 
 /// Wait out a retry's backoff, unless the route timeout (`Err(None)`) or an HCM stream

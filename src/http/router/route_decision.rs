@@ -286,6 +286,7 @@ mod tests {
             priority: Default::default(),
             upgrade_websocket: None,
             legacy_cors: None,
+            hash_policy: Vec::new(),
         }
     }
 

@@ -10,15 +10,24 @@ use crate::upstream::host_set::HostList;
 /// Per-request input to a pick. Passed by reference so adding fields costs callers nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LbContext {
-    /// Request hash from the route's hash policy, for hash-based policies (ring hash, Maglev,
-    /// not implemented yet). `None`: no hash policy produced one.
+    /// Request hash from the route's hash policy, for hash-based policies (ring hash,
+    /// Maglev). `None`: no hash policy produced one (they then pick at random, as Envoy).
     pub hash: Option<u64>,
+    /// Which host-selection attempt this is (Envoy's `chooseHost(hash, attempt)`): 0 for the
+    /// first pick, 1, 2, ... when a retry's host predicate rejected the previous picks, so
+    /// hash-based policies move off the key's host.
+    pub attempt: u32,
 }
 
 impl LbContext {
     /// A context carrying a request hash.
     pub fn with_hash(hash: u64) -> Self {
-        LbContext { hash: Some(hash) }
+        LbContext { hash: Some(hash), attempt: 0 }
+    }
+
+    /// This context for host-selection attempt `attempt`.
+    pub fn at_attempt(self, attempt: u32) -> Self {
+        LbContext { attempt, ..self }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Load balancers (Envoy's `LoadBalancer`), one file per policy: round robin (smooth weighted
-//! schedule), least request (power of two choices, EDF with unequal weights) and random. The
+//! schedule), least request (power of two choices, EDF with unequal weights), random, and the
+//! hash-based ring hash and Maglev (`hashing.rs` has what those two share). The
 //! `LoadBalancer` enum dispatches with a match, so a pick is a direct call with no
 //! allocation. Host selection (priority load, panic, degraded hosts, locality weights) comes
 //! first and is shared by all policies (`priority.rs`, over what the host set precomputed:
@@ -12,10 +13,13 @@
 pub mod clock;
 mod context;
 mod edf;
+mod hashing;
 mod least_request;
+mod maglev;
 mod priority;
 pub mod priority_load;
 mod random;
+mod ring_hash;
 mod round_robin;
 mod runtime_double;
 pub mod schedule;
@@ -28,8 +32,10 @@ use pinion_xds::model::{LbConfig, LbPolicy};
 pub use clock::Clock;
 pub use context::{Candidates, LbContext, ListId};
 pub use least_request::LeastRequest;
+pub use maglev::Maglev;
 pub use priority::{select, select_live, Selection};
 pub use random::Random;
+pub use ring_hash::RingHash;
 pub use round_robin::RoundRobin;
 pub use runtime_double::RuntimeDouble;
 pub use slow_start::{Ramp, SlowStartConfig};
@@ -46,6 +52,10 @@ pub enum LoadBalancer {
     LeastRequest(LeastRequest),
     /// `RANDOM`.
     Random(Random),
+    /// `RING_HASH`.
+    RingHash(RingHash),
+    /// `MAGLEV`.
+    Maglev(Maglev),
 }
 
 impl LoadBalancer {
@@ -67,13 +77,34 @@ impl LoadBalancer {
                 slots,
             )),
             LbPolicy::Random => LoadBalancer::Random(Random),
+            LbPolicy::RingHash(cfg) => LoadBalancer::RingHash(RingHash::new(cfg)),
+            LbPolicy::Maglev(cfg) => LoadBalancer::Maglev(Maglev::new(cfg)),
         }
     }
 
-    /// Recompute per-set state for a new host set. Call before the set is published, so picks
-    /// from it find its state. (The current policies keep theirs in the set itself.)
-    pub fn on_hosts_changed(&self, _set: &HostSet) {
+    /// Register the policy's own stats (Envoy's `ring_hash_lb.*`, `maglev_lb.*` gauges) for
+    /// cluster `stat_name`; before the first host set is installed.
+    pub fn register_stats(&self, store: &crate::stats::Store, stat_name: &str) {
         match self {
+            LoadBalancer::RingHash(rh) => rh.register_stats(store, stat_name),
+            LoadBalancer::Maglev(m) => m.register_stats(store, stat_name),
+            LoadBalancer::RoundRobin(_) | LoadBalancer::LeastRequest(_) | LoadBalancer::Random(_) => {}
+        }
+    }
+
+    /// Whether picks use the request hash (ring hash, Maglev): only then is a route's hash
+    /// policy evaluated, as Envoy computes the hash only when such a balancer asks for it.
+    pub fn uses_hash(&self) -> bool {
+        matches!(self, LoadBalancer::RingHash(_) | LoadBalancer::Maglev(_))
+    }
+
+    /// Recompute per-set state (rings, Maglev tables) for a new host
+    /// set. Call before the set is published, so picks from it find its state.
+    pub fn on_hosts_changed(&self, set: &HostSet) {
+        match self {
+            LoadBalancer::RingHash(rh) => rh.on_hosts_changed(set),
+            LoadBalancer::Maglev(m) => m.on_hosts_changed(set),
+            // Round robin and least request keep their per-list state in the set itself.
             LoadBalancer::RoundRobin(_) | LoadBalancer::LeastRequest(_) | LoadBalancer::Random(_) => {}
         }
     }
@@ -138,6 +169,8 @@ impl LoadBalancer {
             LoadBalancer::RoundRobin(rr) => rr.pick(candidates, ctx),
             LoadBalancer::LeastRequest(lr) => lr.pick(candidates, ctx),
             LoadBalancer::Random(r) => r.pick(candidates, ctx),
+            LoadBalancer::RingHash(rh) => rh.pick(candidates, ctx),
+            LoadBalancer::Maglev(m) => m.pick(candidates, ctx),
         }
     }
 }
@@ -153,5 +186,7 @@ fn slow_start_now(set: &HostSet) -> Option<u64> {
     (now < until).then_some(now)
 }
 
+#[cfg(test)]
+mod hash_tests;
 #[cfg(test)]
 mod tests;

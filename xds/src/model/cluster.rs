@@ -269,6 +269,43 @@ pub enum LbPolicy {
     LeastRequest,
     /// `RANDOM`.
     Random,
+    /// `RING_HASH` (or the `envoy.load_balancing_policies.ring_hash` extension).
+    RingHash(RingHashConfig),
+    /// `MAGLEV` (or the `envoy.load_balancing_policies.maglev` extension).
+    Maglev(MaglevConfig),
+}
+
+/// Ring hash settings (`ring_hash_lb_config`), Envoy's defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingHashConfig {
+    /// `minimum_ring_size` (default 1024).
+    pub minimum_ring_size: u64,
+    /// `maximum_ring_size` (default 8M).
+    pub maximum_ring_size: u64,
+    /// `consistent_hashing_lb_config.use_hostname_for_hashing`: hash hosts by hostname
+    /// instead of address.
+    pub use_hostname_for_hashing: bool,
+}
+
+impl Default for RingHashConfig {
+    fn default() -> Self {
+        RingHashConfig { minimum_ring_size: 1024, maximum_ring_size: 8 * 1024 * 1024, use_hostname_for_hashing: false }
+    }
+}
+
+/// Maglev settings (`maglev_lb_config`), Envoy's defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevConfig {
+    /// `table_size`, a prime (default 65537).
+    pub table_size: u64,
+    /// `consistent_hashing_lb_config.use_hostname_for_hashing`.
+    pub use_hostname_for_hashing: bool,
+}
+
+impl Default for MaglevConfig {
+    fn default() -> Self {
+        MaglevConfig { table_size: 65537, use_hostname_for_hashing: false }
+    }
 }
 
 /// Load-balancer settings: `common_lb_config` plus `round_robin_lb_config` /
@@ -289,6 +326,8 @@ pub struct LbConfig {
     pub active_request_bias_key: String,
     /// `slow_start_config` of the round robin or least request config.
     pub slow_start: Option<SlowStart>,
+    /// `common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing`.
+    pub use_hostname_for_hashing: bool,
 }
 
 impl Default for LbConfig {
@@ -300,6 +339,7 @@ impl Default for LbConfig {
             active_request_bias: None,
             active_request_bias_key: String::new(),
             slow_start: None,
+            use_hostname_for_hashing: false,
         }
     }
 }
@@ -382,6 +422,9 @@ pub struct Endpoint {
     pub hostname: String,
     /// `endpoint.health_check_config`.
     pub health_check: EndpointHealthCheck,
+    /// `metadata.filter_metadata["envoy.lb"].hash_key`: what hash-based load balancers hash
+    /// for this host instead of its address (empty: not set).
+    pub lb_hash_key: String,
 }
 
 /// An endpoint address: resolved, or a DNS name for STRICT_DNS/LOGICAL_DNS.

@@ -124,6 +124,46 @@ pub struct VirtualHost {
     pub legacy_cors: Option<Arc<CorsPolicy>>,
 }
 
+/// One `RouteAction.hash_policy` entry.
+#[derive(Debug, Clone)]
+pub struct HashPolicy {
+    /// What is hashed.
+    pub kind: HashPolicyKind,
+    /// `terminal`: once a hash exists after this entry, the later entries are skipped.
+    pub terminal: bool,
+}
+
+/// What a hash policy hashes.
+#[derive(Debug, Clone)]
+pub enum HashPolicyKind {
+    /// `header`: the values of a request header (lower-case name; `:authority`, `:path`,
+    /// `:method` and `:scheme` address the pseudo-headers), optionally regex-rewritten.
+    Header {
+        /// Lower-case header name.
+        name: String,
+        /// `regex_rewrite` (pattern, substitution with `\1` groups), applied to every value.
+        regex_rewrite: Option<(Regex, String)>,
+    },
+    /// `cookie`: a request cookie's value; with `ttl`, a missing cookie is generated and set.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// `path` of a generated cookie (empty: none).
+        path: String,
+        /// `ttl`: generate the cookie when absent (`Max-Age`; 0 makes a session cookie).
+        ttl: Option<Duration>,
+        /// `attributes` (name, value) of a generated cookie.
+        attributes: Vec<(String, String)>,
+    },
+    /// `connection_properties.source_ip`: the downstream client's IP.
+    SourceIp,
+    /// `query_parameter`: the first value of a query parameter.
+    QueryParameter {
+        /// Parameter name.
+        name: String,
+    },
+}
+
 /// `VirtualHost.TlsRequirementType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequireTls {
@@ -235,6 +275,9 @@ pub struct ForwardAction {
     /// The deprecated `route.cors`: used by the CORS filter only when no level has a typed
     /// `CorsPolicy` for it; it takes precedence over the virtual host's `legacy_cors`.
     pub legacy_cors: Option<Arc<CorsPolicy>>,
+    /// `hash_policy`: how the request hash for hash-based load balancers is computed (empty:
+    /// no hash; ring hash and Maglev then pick at random, as Envoy).
+    pub hash_policy: Vec<HashPolicy>,
 }
 
 /// How to pick the cluster.

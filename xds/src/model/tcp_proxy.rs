@@ -17,6 +17,8 @@ pub struct TcpProxy {
     pub max_connect_attempts: u32,
     /// Access logs.
     pub access_logs: Vec<AccessLog>,
+    /// `hash_policy` `source_ip`: ring hash and Maglev clusters pick by the client's IP.
+    pub hash_source_ip: bool,
 }
 
 /// Where a TCP proxy sends connections.

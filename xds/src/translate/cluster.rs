@@ -17,7 +17,7 @@ const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProt
 
 /// Translate a `Cluster` (errors relative to it).
 pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
-    use c::cluster::{ClusterDiscoveryType as CDT, ClusterProtocolSelection, DiscoveryType as DT, LbPolicy as LB};
+    use c::cluster::{ClusterDiscoveryType as CDT, ClusterProtocolSelection, DiscoveryType as DT};
     let c::Cluster {
         transport_socket_matches,
         transport_socket_matcher,
@@ -101,13 +101,12 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
     reject_set(lb_subset_config, "lb_subset_config")?;
     reject_set(upstream_connection_options, "upstream_connection_options")?;
     reject_set(filters, "filters")?;
-    reject_set(load_balancing_policy, "load_balancing_policy")?;
     reject_set(lrs_server, "lrs_server")?;
     reject_set(upstream_config, "upstream_config")?;
     reject_set(preconnect_policy, "preconnect_policy")?;
     reject_set(connection_pool_per_downstream_connection, "connection_pool_per_downstream_connection")?;
     reject_set(queuing_policies, "queuing_policies")?;
-    let lb_config = super::load_balancing::lb_config(common_lb_config.as_ref(), lb_config.as_ref())?;
+    let lb_settings = super::load_balancing::lb_config(common_lb_config.as_ref(), lb_config.as_ref())?;
     let transport_socket = super::tls::upstream(transport_socket).map_err(at("transport_socket"))?;
 
     let discovery = match cluster_discovery_type {
@@ -134,16 +133,11 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
             service_name.clone()
         }
     };
-    let lb_policy = match enum_value::<LB>(*lb_policy, "lb_policy")? {
-        LB::RoundRobin => model::LbPolicy::RoundRobin,
-        LB::LeastRequest => model::LbPolicy::LeastRequest,
-        LB::Random => model::LbPolicy::Random,
-        other => {
-            return Err(ConfigError::unsupported(
-                "lb_policy",
-                format!("lb_policy {} is not supported by pinion", other.as_str_name()),
-            ))
-        }
+    // As Envoy: the typed `load_balancing_policy`, when set, decides instead of `lb_policy`;
+    // a `ring_hash_lb_config`/`maglev_lb_config` for another policy is unused, as in Envoy.
+    let lb_policy = match load_balancing_policy {
+        Some(p) => super::load_balancing_policy::load_balancing_policy(p).map_err(at("load_balancing_policy"))?,
+        None => legacy_lb_policy(*lb_policy, lb_config.as_ref(), lb_settings.use_hostname_for_hashing)?,
     };
     let dns_lookup_family = {
         use c::cluster::DnsLookupFamily as F;
@@ -251,7 +245,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         eds_service_name,
         connect_timeout: duration_or(connect_timeout, Duration::from_secs(5), "connect_timeout")?,
         lb_policy,
-        lb_config,
+        lb_config: lb_settings,
         load_assignment,
         protocol,
         http2,
@@ -268,6 +262,41 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         transport_socket,
         outlier_detection,
         health_check,
+    })
+}
+
+/// `lb_policy` with its `lb_config` (ring hash and Maglev settings) and `common_lb_config`'s
+/// `use_hostname_for_hashing`.
+fn legacy_lb_policy(
+    lb_policy: i32,
+    lb_config: Option<&c::cluster::LbConfig>,
+    use_hostname_for_hashing: bool,
+) -> ConfigResult<model::LbPolicy> {
+    use c::cluster::{LbConfig, LbPolicy as LB};
+    Ok(match enum_value::<LB>(lb_policy, "lb_policy")? {
+        LB::RoundRobin => model::LbPolicy::RoundRobin,
+        LB::LeastRequest => model::LbPolicy::LeastRequest,
+        LB::Random => model::LbPolicy::Random,
+        LB::RingHash => {
+            let cfg = match lb_config {
+                Some(LbConfig::RingHashLbConfig(r)) => Some(r),
+                _ => None,
+            };
+            model::LbPolicy::RingHash(super::load_balancing_policy::legacy_ring_hash(cfg, use_hostname_for_hashing)?)
+        }
+        LB::Maglev => {
+            let cfg = match lb_config {
+                Some(LbConfig::MaglevLbConfig(m)) => Some(m),
+                _ => None,
+            };
+            model::LbPolicy::Maglev(super::load_balancing_policy::legacy_maglev(cfg, use_hostname_for_hashing)?)
+        }
+        other => {
+            return Err(ConfigError::unsupported(
+                "lb_policy",
+                format!("lb_policy {} is not supported by pinion", other.as_str_name()),
+            ))
+        }
     })
 }
 

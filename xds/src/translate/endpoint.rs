@@ -88,8 +88,8 @@ fn lb_endpoint(ep: &e::LbEndpoint, mode: AddressMode) -> ConfigResult<model::End
     use e::lb_endpoint::HostIdentifier;
     let e::LbEndpoint {
         health_status,
-        // Opaque to the data plane (subset LB is not supported).
-        metadata: _,
+        // Only `envoy.lb` `hash_key` is read (subset LB is not supported).
+        metadata,
         load_balancing_weight,
         host_identifier,
     } = ep;
@@ -131,7 +131,26 @@ fn lb_endpoint(ep: &e::LbEndpoint, mode: AddressMode) -> ConfigResult<model::End
         None => model::EndpointHealthCheck::default(),
         Some(c) => endpoint_health_check(c).map_err(at("endpoint.health_check_config"))?,
     };
-    Ok(model::Endpoint { address, weight, health_status, hostname: hostname.clone(), health_check })
+    Ok(model::Endpoint {
+        address,
+        weight,
+        health_status,
+        hostname: hostname.clone(),
+        health_check,
+        lb_hash_key: metadata.as_ref().map(lb_hash_key).unwrap_or_default(),
+    })
+}
+
+/// The endpoint's `filter_metadata["envoy.lb"].hash_key` string, which hash-based load
+/// balancers hash instead of the address (Envoy's `hashKey`); empty when absent or not a
+/// string, as Envoy then falls back too.
+fn lb_hash_key(m: &core::Metadata) -> String {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let key = m.filter_metadata.get("envoy.lb").and_then(|s| s.fields.get("hash_key")).and_then(|v| v.kind.as_ref());
+    match key {
+        Some(Kind::StringValue(s)) => s.clone(),
+        _ => String::new(),
+    }
 }
 
 /// `Endpoint.HealthCheckConfig`: where and as whom active health checks reach the endpoint.

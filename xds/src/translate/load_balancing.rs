@@ -1,6 +1,6 @@
 //! A cluster's load-balancer settings: `common_lb_config` and the policy's
-//! `round_robin_lb_config` / `least_request_lb_config` (ring hash and Maglev configs are
-//! refused here until those policies exist).
+//! `round_robin_lb_config` / `least_request_lb_config` (ring hash and Maglev configs are read
+//! with `lb_policy`, in `load_balancing_policy`).
 
 use std::time::Duration;
 
@@ -27,8 +27,8 @@ pub(crate) fn lb_config(
     // A config for another policy than `lb_policy` is ignored, as Envoy ignores it.
     match policy_config {
         None => {}
-        Some(LbConfig::RingHashLbConfig(_)) => return Err(unsupported_field("ring_hash_lb_config")),
-        Some(LbConfig::MaglevLbConfig(_)) => return Err(unsupported_field("maglev_lb_config")),
+        // Read with `lb_policy` (see `load_balancing_policy`).
+        Some(LbConfig::RingHashLbConfig(_) | LbConfig::MaglevLbConfig(_)) => {}
         Some(LbConfig::OriginalDstLbConfig(_)) => return Err(unsupported_field("original_dst_lb_config")),
         Some(LbConfig::RoundRobinLbConfig(rr)) => {
             let c::cluster::RoundRobinLbConfig { slow_start_config } = rr;
@@ -88,7 +88,10 @@ fn common_lb_config(common: &c::cluster::CommonLbConfig, out: &mut model::LbConf
     }
     reject_set(ignore_new_hosts_until_first_hc, "ignore_new_hosts_until_first_hc")?;
     reject_set(close_connections_on_host_set_change, "close_connections_on_host_set_change")?;
-    reject_set(consistent_hashing_lb_config, "consistent_hashing_lb_config")?;
+    if let Some(ch) = consistent_hashing_lb_config {
+        out.use_hostname_for_hashing =
+            super::load_balancing_policy::legacy_consistent_hashing(ch).map_err(at("consistent_hashing_lb_config"))?;
+    }
     reject_set(override_host_status, "override_host_status")?;
     match locality_config_specifier {
         None => {}

@@ -432,7 +432,6 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
     reject_set(retry_policy_typed_config, "retry_policy_typed_config")?;
     reject_set(request_mirror_policies, "request_mirror_policies")?;
     reject_set(rate_limits, "rate_limits")?;
-    reject_set(hash_policy, "hash_policy")?;
     reject_set(max_grpc_timeout, "max_grpc_timeout")?;
     reject_set(grpc_timeout_offset, "grpc_timeout_offset")?;
     reject_set(internal_redirect_policy, "internal_redirect_policy")?;
@@ -535,6 +534,7 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
         priority,
         upgrade_websocket,
         legacy_cors: cors.as_ref().map(route_cors_policy).transpose().map_err(at("cors"))?.map(Arc::new),
+        hash_policy: super::hash_policy::hash_policies(hash_policy)?,
     })
 }
 

@@ -45,7 +45,7 @@ pub(crate) fn tcp_proxy(t: &tp::TcpProxy) -> ConfigResult<model::TcpProxy> {
     reject_set(downstream_idle_timeout, "downstream_idle_timeout")?;
     reject_set(upstream_idle_timeout, "upstream_idle_timeout")?;
     reject_set(backoff_options, "backoff_options")?;
-    reject_set(hash_policy, "hash_policy")?;
+    let hash_source_ip = source_ip_hash_policy(hash_policy).map_err(at("hash_policy"))?;
     reject_set(tunneling_config, "tunneling_config")?;
     reject_set(max_downstream_connection_duration, "max_downstream_connection_duration")?;
     reject_set(
@@ -90,5 +90,49 @@ pub(crate) fn tcp_proxy(t: &tp::TcpProxy) -> ConfigResult<model::TcpProxy> {
         idle_timeout: duration_zero_disables(idle_timeout, Some(DEFAULT_IDLE_TIMEOUT), "idle_timeout")?,
         max_connect_attempts: u32_or(max_connect_attempts, 1),
         access_logs: access_logs(access_log).map_err(at("access_log"))?,
+        hash_source_ip,
     })
+}
+
+/// `hash_policy` (at most one entry, PGV): whether connections are hashed by the client IP
+/// for ring hash and Maglev clusters. `filter_state` is refused: Pinion has no filter state.
+fn source_ip_hash_policy(policies: &[envoy_types::pb::envoy::r#type::v3::HashPolicy]) -> ConfigResult<bool> {
+    use envoy_types::pb::envoy::r#type::v3::hash_policy::{PolicySpecifier as S, SourceIp};
+    use envoy_types::pb::envoy::r#type::v3::HashPolicy;
+    let mut source_ip = false;
+    for (i, p) in policies.iter().enumerate() {
+        let HashPolicy { policy_specifier } = p;
+        match policy_specifier {
+            Some(S::SourceIp(SourceIp {})) => source_ip = true,
+            Some(S::FilterState(_)) => {
+                return Err(ConfigError::unsupported(
+                    format!("[{i}].filter_state"),
+                    "filter_state hash policies are not supported by pinion",
+                ))
+            }
+            None => return Err(ConfigError::invalid(format!("[{i}]"), "one of source_ip, filter_state must be set")),
+        }
+    }
+    Ok(source_ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{message_from_str, DecodeOptions, Format};
+    use crate::ErrorKind;
+
+    fn tcp(policy: &str) -> ConfigResult<model::TcpProxy> {
+        let yaml = format!("stat_prefix: t\ncluster: svc\n{policy}");
+        let proto: tp::TcpProxy = message_from_str(&yaml, Format::Yaml, &DecodeOptions::default())?;
+        tcp_proxy(&proto)
+    }
+
+    #[test]
+    fn source_ip_hash_policy() {
+        assert!(!tcp("").unwrap().hash_source_ip);
+        assert!(tcp("hash_policy: [{ source_ip: {} }]\n").unwrap().hash_source_ip);
+        let err = tcp("hash_policy: [{ filter_state: { key: k } }]\n").unwrap_err();
+        assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "hash_policy[0].filter_state"), "{err}");
+    }
 }
