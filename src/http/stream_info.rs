@@ -103,6 +103,9 @@ pub struct StreamInfo {
     pub response_code_details: &'static str,
     /// Upstream attempts made (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`; 0: none was routed upstream).
     pub attempt_count: u32,
+    /// When the HCM's stream duration limit (`max_stream_duration`) ends the stream, as the
+    /// route phase set it (`None`: no limit).
+    pub stream_deadline: Option<Instant>,
 }
 
 impl StreamInfo {
@@ -124,6 +127,7 @@ impl StreamInfo {
             captured_request_headers: Vec::new(),
             response_code_details: "via_upstream",
             attempt_count: 0,
+            stream_deadline: None,
         }
     }
 }

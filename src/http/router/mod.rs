@@ -40,7 +40,9 @@ use crate::upstream::outlier_detection::LocalResult;
 use crate::upstream::{Cluster, Host, HostStats, RetryGuard};
 use retry_state::{Outcome, ResetReason, RetryDecision, RetryState, DEFAULT_BASE_BACKOFF_MS};
 use route_decision::{ClusterChoice, Rewrites, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS};
-use upstream_request::{AttemptFailure, AttemptTimeouts, StreamTimeout, Target, UpstreamGuard};
+use upstream_request::{
+    charges_host, AttemptFailure, AttemptTimeouts, StreamTimeout, StreamTimeoutKind, Target, UpstreamGuard,
+};
 
 // Names used on every request, built at compile time instead of validated per use.
 const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
@@ -295,7 +297,7 @@ async fn forward(
     // A route's `idle_timeout` replaces the HCM's `stream_idle_timeout` (0 disables it).
     let cfg = &hcm.config;
     let stream_idle = action.idle_timeout.unwrap_or(cfg.stream_idle_timeout);
-    let stream_timeouts = stream_idle.is_some() || cfg.request_timeout.is_some();
+    let stream_timeouts = stream_idle.is_some() || cfg.request_timeout.is_some() || info.stream_deadline.is_some();
     // Only a streaming body needs shared progress tracking (and its allocation).
     let tracked =
         (stream_timeouts && !http_body::Body::is_end_stream(req.body())).then(|| Rc::new(Activity::new(false)));
@@ -382,6 +384,7 @@ async fn forward(
                 stream_idle,
                 request: cfg.request_timeout,
                 started: info.start,
+                max_stream: info.stream_deadline,
                 activity,
             },
         )
@@ -467,19 +470,21 @@ async fn forward(
                 drop(resp);
             }
             Err(failure) => {
-                HostStats::inc(&host.stats.rq_error);
+                // Envoy's `maybeRetryReset`: a retried failure is one error for its host.
+                if charges_host(&failure) {
+                    HostStats::inc(&host.stats.rq_error);
+                }
                 tracing::debug!(cluster = %cluster.config.name, host = %host.address, ?failure, "retrying");
             }
         }
-        if let Err(stop) =
-            backoff_wait(backoff.delay, route_deadline, activity, stream_idle, cfg.request_timeout, info.start).await
-        {
+        let stream_timers = (stream_idle, cfg.request_timeout, info.stream_deadline);
+        if let Err(stop) = backoff_wait(backoff.delay, route_deadline, activity, stream_timers, info.start).await {
             let mut resp = match stop {
                 Some(t) => stream_timeout_reply(hcm, info, grpc, t),
                 // The route timeout ran out between attempts: no attempt to charge.
                 None => {
                     info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
-                    reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout")
+                    reply(504, UPSTREAM_TIMEOUT, grpc, info, "response_timeout")
                 }
             };
             finish_local_reply(&mut resp, info, levels, &downstream_headers, attempt, attempt_count_in_response);
@@ -515,6 +520,7 @@ async fn forward(
     // Phase: upstream_response.
     let status = resp.status();
     cluster.stats.record_status(status.as_u16());
+    guard.charge_response(status.as_u16(), grpc, resp.headers());
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(resp.headers_mut(), switching);
     // Envoy leaves the service time off upgrade (101) responses.
@@ -529,12 +535,25 @@ async fn forward(
     if switching {
         if let Some(down) = on_downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
+            // The stream duration limit also ends a tunnel (Envoy resets the stream).
+            let deadline = info.stream_deadline.map(tokio::time::Instant::from_std);
+            let max_duration_reached = hcm.stats.downstream_rq_max_duration_reached.clone();
             tokio::task::spawn_local(async move {
                 match tokio::join!(down, up) {
                     (Ok(d), Ok(u)) => {
                         let mut d = TokioIo::new(d);
                         let mut u = TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                        let copy = tokio::io::copy_bidirectional(&mut d, &mut u);
+                        match deadline {
+                            Some(at) => {
+                                if tokio::time::timeout_at(at, copy).await.is_err() {
+                                    max_duration_reached.inc();
+                                }
+                            }
+                            None => {
+                                let _ = copy.await;
+                            }
+                        }
                     }
                     (d, u) => tracing::debug!(down_ok = d.is_ok(), up_ok = u.is_ok(), "upgrade failed"),
                 }
@@ -615,21 +634,22 @@ fn pick_retry_host<R: rand::RngCore>(cluster: &Cluster, retry: &RetryState<'_, R
 }
 
 /// Wait out a retry's backoff, unless the route timeout (`Err(None)`) or an HCM stream
-/// timeout (`Err(Some)`) ends the request first.
+/// timeout (`Err(Some)`; `stream_timers`: `stream_idle_timeout`, `request_timeout` and the
+/// stream duration deadline) ends the request first.
 async fn backoff_wait(
     delay: Duration,
     route_deadline: Option<tokio::time::Instant>,
     activity: &Activity,
-    stream_idle: Option<Duration>,
-    request: Option<Duration>,
+    stream_timers: (Option<Duration>, Option<Duration>, Option<std::time::Instant>),
     started: std::time::Instant,
 ) -> Result<(), Option<StreamTimeout>> {
+    let (stream_idle, request, max_stream) = stream_timers;
     let wake = tokio::time::Instant::now() + delay;
     let (until, timed_out) = match route_deadline {
         Some(d) if d <= wake => (d, true),
         _ => (wake, false),
     };
-    let watchdog = upstream_request::stream_watchdog(activity, stream_idle, request, started);
+    let watchdog = upstream_request::stream_watchdog(activity, stream_idle, request, started, max_stream);
     tokio::select! {
         biased;
         t = watchdog => Err(Some(t)),
@@ -645,10 +665,12 @@ fn stream_timeout_reply(
     grpc: bool,
     t: StreamTimeout,
 ) -> Response<ResponseBody> {
-    if t.is_request_timeout {
-        hcm.stats.downstream_rq_timeout.inc();
-    } else {
-        hcm.stats.downstream_rq_idle_timeout.inc();
+    match t.kind {
+        StreamTimeoutKind::Request => hcm.stats.downstream_rq_timeout.inc(),
+        StreamTimeoutKind::Idle => hcm.stats.downstream_rq_idle_timeout.inc(),
+        StreamTimeoutKind::MaxDuration => {
+            return crate::http::max_stream_duration::timeout_reply(&hcm.stats, info, grpc, t.status == 504)
+        }
     }
     let mut resp = reply(t.status, t.body, grpc, info, t.details);
     if t.status == 408 {
@@ -689,12 +711,16 @@ fn attempt_failed(
     attempt: u32,
     attempt_count_in_response: bool,
 ) -> Response<ResponseBody> {
+    // Envoy's `chargeUpstreamAbort`: the final failure is one error for its host.
+    if charges_host(&failure) {
+        HostStats::inc(&host.stats.rq_error);
+    }
     let mut resp = match failure {
         AttemptFailure::StreamTimeout(t) => stream_timeout_reply(&ctx.hcm, info, grpc, t),
         AttemptFailure::RouteTimeout => {
             info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
             cluster.stats.record_status(504);
-            reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout")
+            reply(504, UPSTREAM_TIMEOUT, grpc, info, "response_timeout")
         }
         AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => {
             info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);

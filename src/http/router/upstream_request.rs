@@ -29,6 +29,9 @@ pub struct UpstreamGuard {
     /// Set when Pinion itself ended the response body (the per-try idle timer): not a reset
     /// received from the upstream. Only routes with that timer have one.
     local_reset: Option<Rc<Cell<bool>>>,
+    /// A gRPC response whose success is known only at its end (Envoy's
+    /// `grpcRqSuccessDeferred`): the host is charged when the body ends.
+    grpc_deferred: bool,
 }
 
 impl UpstreamGuard {
@@ -47,20 +50,52 @@ impl UpstreamGuard {
         self.local_reset.get_or_insert_with(Default::default).clone()
     }
 
+    /// The final response's headers (Envoy's `chargeUpstreamCode` and
+    /// `handleNon5xxResponseHeaders`): a 5xx is an error for the host, anything else a
+    /// success, counted now (a body cut short later does not change it); a gRPC request's
+    /// response is judged by its `grpc-status`, in the headers (trailers-only) or, without
+    /// one there, when the body ends.
+    pub fn charge_response(&mut self, status: u16, grpc: bool, headers: &http::HeaderMap) {
+        let Some((_, host)) = self.slot.target() else { return };
+        if (500..600).contains(&status) {
+            HostStats::inc(&host.stats.rq_error);
+        } else if !grpc {
+            HostStats::inc(&host.stats.rq_success);
+        } else {
+            match headers.get("grpc-status") {
+                Some(v) if (500..600).contains(&grpc_to_http_status(v.as_bytes())) => {
+                    HostStats::inc(&host.stats.rq_error)
+                }
+                Some(_) => HostStats::inc(&host.stats.rq_success),
+                None => self.grpc_deferred = true,
+            }
+        }
+    }
+
     /// The response body ended (`ok`) or was cut short.
     pub fn finish(self, ok: bool) {
         if let Some((cluster, host)) = self.slot.target() {
-            if ok {
-                HostStats::inc(&host.stats.rq_success);
-            } else {
-                HostStats::inc(&host.stats.rq_error);
-                if !self.local_reset.is_some_and(|f| f.get()) {
-                    cluster.stats.upstream_rq_rx_reset.inc();
-                }
+            if self.grpc_deferred {
+                // The trailers' `grpc-status` is not read: a complete body counts as success.
+                HostStats::inc(if ok { &host.stats.rq_success } else { &host.stats.rq_error });
+            }
+            if !ok && !self.local_reset.is_some_and(|f| f.get()) {
+                cluster.stats.upstream_rq_rx_reset.inc();
             }
         }
         self.slot.finish(ok);
     }
+}
+
+/// Whether a failed attempt is an error for its host (Envoy charges the host only when the
+/// failure came with it: not for a request refused before it had a connection, by a pending
+/// overflow or for want of a pool; nor for an HCM stream timeout, which resets the stream).
+pub fn charges_host(f: &AttemptFailure) -> bool {
+    !matches!(
+        f,
+        AttemptFailure::Upstream(UpstreamError::Overflow(Overflow::Pending) | UpstreamError::PoolOverflow)
+            | AttemptFailure::StreamTimeout(_)
+    )
 }
 
 /// Why an attempt produced no response.
@@ -87,8 +122,19 @@ pub struct StreamTimeout {
     pub body: &'static str,
     /// Envoy's response code details.
     pub details: &'static str,
-    /// `request_timeout` (else `stream_idle_timeout`).
-    pub is_request_timeout: bool,
+    /// Which timer fired.
+    pub kind: StreamTimeoutKind,
+}
+
+/// The HCM timers behind a [`StreamTimeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTimeoutKind {
+    /// `stream_idle_timeout` (or the route's `idle_timeout`).
+    Idle,
+    /// `request_timeout`.
+    Request,
+    /// `max_stream_duration` (the HCM's or the route's).
+    MaxDuration,
 }
 
 /// The timeouts an attempt runs under.
@@ -111,6 +157,8 @@ pub struct AttemptTimeouts<'a> {
     pub request: Option<Duration>,
     /// When the downstream request started.
     pub started: Instant,
+    /// When the HCM's stream duration limit ends the stream.
+    pub max_stream: Option<Instant>,
     /// The request body's progress, watched by the stream timeouts.
     pub activity: &'a Activity,
 }
@@ -161,8 +209,13 @@ pub async fn send(
                 pools.send(cluster, host, protocol, priority, req, timeouts.connected).await
             }
         });
-        let watchdog =
-            pin!(stream_watchdog(timeouts.activity, timeouts.stream_idle, timeouts.request, timeouts.started));
+        let watchdog = pin!(stream_watchdog(
+            timeouts.activity,
+            timeouts.stream_idle,
+            timeouts.request,
+            timeouts.started,
+            timeouts.max_stream
+        ));
         let route = pin!(timeouts.route_deadline.map(tokio::time::sleep_until));
         // Per try: the earlier of the two timers decides which one fires (the per-try
         // timeout on a tie, as Envoy arms it first).
@@ -177,15 +230,12 @@ pub async fn send(
     };
     report_outlier(cluster, host, &outcome, grpc, timeouts.connected.get());
     let failure = match outcome {
-        Raced::Exchange(Ok((resp, slot))) => return Ok((resp, UpstreamGuard { slot, local_reset: None })),
-        Raced::Exchange(Err(e)) => {
-            // Envoy charges the host only when the failure came with it: not for a request
-            // refused before it had a connection (pending overflow, no pool).
-            if !matches!(e, UpstreamError::Overflow(Overflow::Pending) | UpstreamError::PoolOverflow) {
-                HostStats::inc(&host.stats.rq_error);
-            }
-            AttemptFailure::Upstream(e)
+        Raced::Exchange(Ok((resp, slot))) => {
+            return Ok((resp, UpstreamGuard { slot, local_reset: None, grpc_deferred: false }))
         }
+        // The host's `rq_error` is the router's to count: once, whether the failure is
+        // retried or final (Envoy's `maybeRetryReset` or `chargeUpstreamAbort`).
+        Raced::Exchange(Err(e)) => AttemptFailure::Upstream(e),
         Raced::Stream(t) => AttemptFailure::StreamTimeout(t),
         Raced::Route => {
             cluster.stats.upstream_rq_timeout.inc();
@@ -328,20 +378,34 @@ fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
 }
 
 /// Resolves when a stream timeout fires before the upstream answers: `request_timeout`
-/// while the request body is incomplete (408), or `stream_idle_timeout` with no body
-/// progress (408 while the request is incomplete, else 504), with Envoy's bodies.
+/// while the request body is incomplete (408), `stream_idle_timeout` with no body progress
+/// (408 while the request is incomplete, else 504), or the stream duration limit at
+/// `max_stream` (likewise), with Envoy's bodies.
 pub async fn stream_watchdog(
     activity: &Activity,
     stream_idle: Option<Duration>,
     request: Option<Duration>,
     started: Instant,
+    max_stream: Option<Instant>,
 ) -> StreamTimeout {
-    if stream_idle.is_none() && request.is_none() {
+    if stream_idle.is_none() && request.is_none() && max_stream.is_none() {
         return std::future::pending().await;
     }
     loop {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(3600);
+        let timeout_status = if activity.request_done.get() { 504 } else { 408 };
+        if let Some(d) = max_stream {
+            if now >= d {
+                return StreamTimeout {
+                    status: timeout_status,
+                    body: crate::http::max_stream_duration::BODY,
+                    details: crate::http::max_stream_duration::DETAILS,
+                    kind: StreamTimeoutKind::MaxDuration,
+                };
+            }
+            next = next.min(d);
+        }
         if let Some(rt) = request {
             if !activity.request_done.get() {
                 let d = started + rt;
@@ -350,7 +414,7 @@ pub async fn stream_watchdog(
                         status: 408,
                         body: "request timeout",
                         details: "request_overall_timeout",
-                        is_request_timeout: true,
+                        kind: StreamTimeoutKind::Request,
                     };
                 }
                 next = next.min(d);
@@ -359,12 +423,11 @@ pub async fn stream_watchdog(
         if let Some(it) = stream_idle {
             let d = activity.last.get() + it;
             if now >= d {
-                let status = if activity.request_done.get() { 504 } else { 408 };
                 return StreamTimeout {
-                    status,
+                    status: timeout_status,
                     body: "stream timeout",
                     details: "stream_idle_timeout",
-                    is_request_timeout: false,
+                    kind: StreamTimeoutKind::Idle,
                 };
             }
             next = next.min(d);

@@ -380,7 +380,20 @@ fn outlier(od: &c::OutlierDetection) -> ConfigResult<model::OutlierDetection> {
 fn upstream_common_options(o: &core::HttpProtocolOptions) -> ConfigResult<CommonOptions> {
     // The other fields are destructured and checked by common_options.
     reject_set(&o.max_headers_count, "max_headers_count")?;
-    reject_set(&o.max_stream_duration, "max_stream_duration")?;
+    // Upstream connection and stream durations (Envoy's pool draining, `UMSDR`) are not
+    // implemented; the HCM's downstream ones are.
+    for (set, field) in [
+        (o.max_stream_duration.is_some(), "max_stream_duration"),
+        (o.max_connection_duration.is_some(), "max_connection_duration"),
+        (o.max_connection_duration_jitter.is_some(), "max_connection_duration_jitter"),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(
+                field,
+                format!("{field} is not supported by pinion on clusters (upstream connections)"),
+            ));
+        }
+    }
     reject_set(&o.headers_with_underscores_action, "headers_with_underscores_action")?;
     common_options(o)
 }
