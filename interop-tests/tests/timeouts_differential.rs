@@ -43,6 +43,7 @@ enum Proto {
 }
 
 const DURATION_BODY: &str = "downstream duration timeout";
+const UPSTREAM_BODY: &str = "upstream max stream duration reached";
 
 /// One request and what it must produce.
 struct Row {
@@ -61,6 +62,8 @@ struct Row {
     grpc_status: Option<&'static str>,
     /// The `grpc-timeout` the upstream saw (`Some(None)`: none; `None`: not checked).
     upstream_grpc_timeout: Option<Option<&'static str>>,
+    /// Attempts the flaky backend saw (None: not checked).
+    attempts: Option<u64>,
     /// Latency bounds in ms (the lower 10 ms under the timer).
     min_ms: u64,
     max_ms: u64,
@@ -76,6 +79,7 @@ const R: Row = Row {
     body_reset: false,
     grpc_status: None,
     upstream_grpc_timeout: None,
+    attempts: None,
     min_ms: 0,
     max_ms: 4000,
 };
@@ -164,6 +168,36 @@ fn table() -> Vec<Row> {
             headers: &[("x-fail", "1:stall")],
             body_reset: true,
             min_ms: 290,
+            max_ms: 1500,
+            ..R
+        },
+        Row {
+            name: "upstream-limit",
+            path: "/umsdr/hang",
+            headers: &[HANG],
+            status: 504,
+            body_is: Some(UPSTREAM_BODY),
+            min_ms: 290,
+            max_ms: 750,
+            ..R
+        },
+        Row {
+            name: "upstream-limit-body-cut",
+            path: "/umsdr/stall",
+            headers: &[("x-fail", "1:stall")],
+            body_reset: true,
+            min_ms: 290,
+            max_ms: 2500,
+            ..R
+        },
+        Row {
+            name: "upstream-limit-retried",
+            path: "/umsdr-retry/hang",
+            headers: &[("x-fail", "2:hang")],
+            status: 504,
+            body_is: Some(UPSTREAM_BODY),
+            attempts: Some(2),
+            min_ms: 590,
             max_ms: 1500,
             ..R
         },
@@ -322,6 +356,11 @@ fn check(row: &Row, o: &Obs) -> Vec<String> {
             bad.push(format!("upstream grpc-timeout {:?} (want {want:?})", o.upstream_grpc_timeout));
         }
     }
+    if let Some(n) = row.attempts {
+        if o.attempts != n {
+            bad.push(format!("backend saw {} attempts (want {n})", o.attempts));
+        }
+    }
     let ms = o.took.as_millis() as u64;
     if ms < row.min_ms || ms > row.max_ms {
         bad.push(format!("took {ms} ms (want {}..={} ms)", row.min_ms, row.max_ms));
@@ -476,6 +515,8 @@ const COUNTERS: &[(&str, u64)] = &[
     ("http.mcd.downstream_cx_max_duration_reached", 3),
     ("http.safe.downstream_cx_max_duration_reached", 3),
     ("cluster.slow.upstream_rq_timeout", 2),
+    // upstream-limit, the body cut, two attempts of the retried row: x2.
+    ("cluster.flaky_msd.upstream_rq_max_duration_reached", 8),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

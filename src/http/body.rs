@@ -191,8 +191,13 @@ impl ResponseBody {
 
     /// End the body with an error at `at` unless it ended before, calling `on_timeout` then.
     /// A body that is already complete (a local reply) needs none.
+    /// Of two deadlines (the cluster's and the HCM's stream durations) the earlier wins.
     pub fn set_deadline(&mut self, at: std::time::Instant, on_timeout: Box<dyn FnOnce()>) {
         if self.is_end_stream() || matches!(self.inner, Inner::Full(_)) {
+            return;
+        }
+        let at_tokio = tokio::time::Instant::from_std(at);
+        if self.deadline.as_ref().is_some_and(|d| d.sleep.deadline() <= at_tokio) {
             return;
         }
         let sleep = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));

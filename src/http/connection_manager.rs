@@ -267,7 +267,10 @@ impl OnComplete for Completion {
     fn complete(self: Box<Self>, bytes_sent: u64, ok: bool) {
         let mut this = *self;
         let ctx = &this.ctx;
-        if this.duration_cut.as_ref().is_some_and(|c| c.get()) {
+        if this.upstream.as_ref().is_some_and(UpstreamGuard::max_stream_cut) {
+            this.info.flags.insert(ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED);
+            this.info.response_code_details = "upstream_max_stream_duration_reached";
+        } else if this.duration_cut.as_ref().is_some_and(|c| c.get()) {
             // Envoy's local reply after the response started: the details, no flag.
             this.info.response_code_details = max_stream_duration::DETAILS;
         } else if !ok {

@@ -38,6 +38,8 @@ bitflags::bitflags! {
         const RATE_LIMITED = 1 << 13;
         /// `URX`: the response was retriable but the retries were used up.
         const UPSTREAM_RETRY_LIMIT_EXCEEDED = 1 << 14;
+        /// `UMSDR`: the cluster's `max_stream_duration` ended the upstream stream.
+        const UPSTREAM_MAX_STREAM_DURATION_REACHED = 1 << 15;
     }
 }
 
@@ -45,7 +47,7 @@ impl ResponseFlags {
     /// Envoy's short string: `-` when none, else codes joined by `,`.
     pub fn to_short_string(self) -> String {
         // URX before UT, UF and UC, as Envoy 1.40 prints them (`URX,UT`).
-        const NAMES: [(ResponseFlags, &str); 15] = [
+        const NAMES: [(ResponseFlags, &str); 16] = [
             (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
             (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
             (ResponseFlags::NO_HEALTHY_UPSTREAM, "UH"),
@@ -60,6 +62,7 @@ impl ResponseFlags {
             (ResponseFlags::FAULT_INJECTED, "FI"),
             (ResponseFlags::RATE_LIMITED, "RL"),
             (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+            (ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED, "UMSDR"),
             (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
         ];
         if self.is_empty() {

@@ -471,7 +471,7 @@ async fn forward(
             }
             Err(failure) => {
                 // Envoy's `maybeRetryReset`: a retried failure is one error for its host.
-                if charges_host(&failure) {
+                if charges_host(&failure) || matches!(failure, AttemptFailure::UpstreamMaxStreamDuration { .. }) {
                     HostStats::inc(&host.stats.rq_error);
                 }
                 tracing::debug!(cluster = %cluster.config.name, host = %host.address, ?failure, "retrying");
@@ -583,6 +583,20 @@ async fn forward(
             }),
         );
     }
+    if let Some(at) = guard.max_stream_deadline() {
+        // The cluster's `max_stream_duration` keeps running while the body streams.
+        let counter = cluster.stats.upstream_rq_max_duration_reached.clone();
+        let local_reset = guard.local_reset_flag();
+        let cut = guard.max_stream_cut_flag();
+        resp.body_mut().set_deadline(
+            at,
+            Box::new(move || {
+                local_reset.set(true);
+                cut.set(true);
+                counter.inc();
+            }),
+        );
+    }
     levels.apply_to_response(&mut resp, info, &downstream_headers);
     Ok((resp, Some(guard)))
 }
@@ -616,6 +630,8 @@ fn reset_reason(f: &AttemptFailure) -> Option<ResetReason> {
         // Envoy resets the attempt itself (a local reset).
         AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => Some(ResetReason::Other),
         AttemptFailure::RouteTimeout | AttemptFailure::StreamTimeout(_) => None,
+        // Envoy resets the stream itself (a local reset), retried as such.
+        AttemptFailure::UpstreamMaxStreamDuration { .. } => Some(ResetReason::Other),
     }
 }
 
@@ -717,6 +733,22 @@ fn attempt_failed(
     }
     let mut resp = match failure {
         AttemptFailure::StreamTimeout(t) => stream_timeout_reply(&ctx.hcm, info, grpc, t),
+        // Envoy's `onStreamMaxDurationReached`: a local reply, no upstream code charged.
+        AttemptFailure::UpstreamMaxStreamDuration { request_done } => {
+            info.flags.insert(ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED);
+            let status = if request_done { 504 } else { 408 };
+            let mut resp = reply(
+                status,
+                "upstream max stream duration reached",
+                grpc,
+                info,
+                "upstream_max_stream_duration_reached",
+            );
+            if status == 408 {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
         AttemptFailure::RouteTimeout => {
             info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
             cluster.stats.record_status(504);

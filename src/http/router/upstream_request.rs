@@ -32,6 +32,11 @@ pub struct UpstreamGuard {
     /// A gRPC response whose success is known only at its end (Envoy's
     /// `grpcRqSuccessDeferred`): the host is charged when the body ends.
     grpc_deferred: bool,
+    /// When the cluster's `max_stream_duration` ends the stream (counted from the moment it
+    /// had a connection).
+    max_stream_deadline: Option<Instant>,
+    /// Set when that limit cut the response body (for the access log: `UMSDR`).
+    max_stream_cut: Option<Rc<Cell<bool>>>,
 }
 
 impl UpstreamGuard {
@@ -42,6 +47,21 @@ impl UpstreamGuard {
             HostStats::inc(&host.stats.rq_error);
         }
         self.slot.finish(false);
+    }
+
+    /// When the cluster's `max_stream_duration` ends the response body, if it has one.
+    pub fn max_stream_deadline(&self) -> Option<Instant> {
+        self.max_stream_deadline
+    }
+
+    /// A flag to set when the cluster's `max_stream_duration` cuts the response body.
+    pub fn max_stream_cut_flag(&mut self) -> Rc<Cell<bool>> {
+        self.max_stream_cut.get_or_insert_with(Default::default).clone()
+    }
+
+    /// Whether the cluster's `max_stream_duration` cut the response body.
+    pub fn max_stream_cut(&self) -> bool {
+        self.max_stream_cut.as_ref().is_some_and(|f| f.get())
     }
 
     /// A flag that, once set, makes a cut-short body count as Pinion's own reset rather than
@@ -95,6 +115,7 @@ pub fn charges_host(f: &AttemptFailure) -> bool {
         f,
         AttemptFailure::Upstream(UpstreamError::Overflow(Overflow::Pending) | UpstreamError::PoolOverflow)
             | AttemptFailure::StreamTimeout(_)
+            | AttemptFailure::UpstreamMaxStreamDuration { .. }
     )
 }
 
@@ -111,6 +132,12 @@ pub enum AttemptFailure {
     PerTryIdleTimeout,
     /// An HCM stream timeout fired first (408 or 504, with Envoy's body and details).
     StreamTimeout(StreamTimeout),
+    /// The cluster's `max_stream_duration` fired first (`UMSDR`; 504, or 408 while the
+    /// request is still arriving).
+    UpstreamMaxStreamDuration {
+        /// The downstream request was complete.
+        request_done: bool,
+    },
 }
 
 /// An HCM stream timeout that ended the request before the upstream answered.
@@ -197,6 +224,7 @@ pub async fn send(
     // around a moved future would keep its own copy of the exchange's state (it was 7.5 KiB
     // for a 1.7 KiB exchange), and hyper moves the request future around. The timers exist
     // only when configured.
+    let max_stream_armed = Cell::new(None);
     let outcome = {
         let exchange = pin!(async {
             if upgrade {
@@ -226,12 +254,29 @@ pub async fn send(
             (None, None) => None,
         };
         let per_try_timer = pin!(per_try.map(|_| tokio::time::sleep_until(far_future())));
-        race(exchange, watchdog, route, per_try_timer, per_try, timeouts.connected, timeouts.replay).await
+        let max_stream = MaxStreamTimer {
+            after: cluster.config.max_stream_duration,
+            timer: pin!(cluster.config.max_stream_duration.map(|_| tokio::time::sleep_until(far_future()))),
+            armed_at: &max_stream_armed,
+        };
+        race(exchange, watchdog, route, per_try_timer, per_try, timeouts.connected, timeouts.replay, max_stream).await
     };
     report_outlier(cluster, host, &outcome, grpc, timeouts.connected.get());
     let failure = match outcome {
         Raced::Exchange(Ok((resp, slot))) => {
-            return Ok((resp, UpstreamGuard { slot, local_reset: None, grpc_deferred: false }))
+            // A response that came in the poll that connected it never armed the timer.
+            let max_stream_deadline =
+                cluster.config.max_stream_duration.map(|d| max_stream_armed.get().unwrap_or_else(Instant::now) + d);
+            return Ok((
+                resp,
+                UpstreamGuard {
+                    slot,
+                    local_reset: None,
+                    grpc_deferred: false,
+                    max_stream_deadline,
+                    max_stream_cut: None,
+                },
+            ));
         }
         // The host's `rq_error` is the router's to count: once, whether the failure is
         // retried or final (Envoy's `maybeRetryReset` or `chargeUpstreamAbort`).
@@ -241,6 +286,10 @@ pub async fn send(
             cluster.stats.upstream_rq_timeout.inc();
             HostStats::inc(&host.stats.rq_timeout);
             AttemptFailure::RouteTimeout
+        }
+        Raced::MaxStream => {
+            cluster.stats.upstream_rq_max_duration_reached.inc();
+            AttemptFailure::UpstreamMaxStreamDuration { request_done: timeouts.activity.request_done.get() }
         }
         Raced::PerTry(f) => {
             match f {
@@ -288,11 +337,12 @@ fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc
             }
             od.put_local(host, LocalResult::ConnectFailed, None);
         }
-        Raced::Stream(_) | Raced::Route | Raced::PerTry(_) => {
+        Raced::Stream(_) | Raced::Route | Raced::PerTry(_) | Raced::MaxStream => {
             if connected {
                 od.put_local(host, LocalResult::ConnectSuccess, None);
             }
-            if !matches!(outcome, Raced::Stream(_)) {
+            // Envoy reports no timeout for HCM stream timeouts or `max_stream_duration`.
+            if !matches!(outcome, Raced::Stream(_) | Raced::MaxStream) {
                 od.put_local(host, LocalResult::Timeout, Some(504));
             }
         }
@@ -328,12 +378,21 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
+/// The cluster's `max_stream_duration` timer of an attempt, armed once it has a connection.
+struct MaxStreamTimer<'a> {
+    after: Option<Duration>,
+    timer: Pin<&'a mut Option<tokio::time::Sleep>>,
+    /// When it was armed (the attempt got its connection).
+    armed_at: &'a Cell<Option<Instant>>,
+}
+
 /// Which of the raced futures finished first.
 enum Raced<T> {
     Exchange(T),
     Stream(StreamTimeout),
     Route,
     PerTry(AttemptFailure),
+    MaxStream,
 }
 
 /// Polls the exchange, then the stream watchdog, the route timer and the per-try timer,
@@ -341,6 +400,7 @@ enum Raced<T> {
 /// once the attempt has a connection and the request body is complete (Envoy's
 /// `setupPerTryTimeout` at pool ready or request end): both happen while the exchange is
 /// polled, or wake this future (the replay body does), so they are checked after it.
+#[allow(clippy::too_many_arguments)]
 fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
     mut exchange: Pin<&'a mut A>,
     mut watchdog: Pin<&'a mut B>,
@@ -349,6 +409,7 @@ fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
     per_try: Option<(Duration, bool)>,
     connected: &'a Cell<bool>,
     replay: Option<&'a ReplayBody<RequestBody>>,
+    mut max_stream: MaxStreamTimer<'a>,
 ) -> impl Future<Output = Raced<A::Output>> + 'a {
     let mut armed = false;
     std::future::poll_fn(move |cx| {
@@ -371,6 +432,18 @@ fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
             if armed && timer.poll(cx).is_ready() {
                 let failure = if idle { AttemptFailure::PerTryIdleTimeout } else { AttemptFailure::PerTryTimeout };
                 return Poll::Ready(Raced::PerTry(failure));
+            }
+        }
+        // The cluster's `max_stream_duration` runs from the moment the stream has a
+        // connection (Envoy's `onPoolReady`).
+        if let (Some(after), Some(mut timer)) = (max_stream.after, max_stream.timer.as_mut().as_pin_mut()) {
+            if max_stream.armed_at.get().is_none() && connected.get() {
+                let now = Instant::now();
+                timer.as_mut().reset(tokio::time::Instant::from_std(now + after));
+                max_stream.armed_at.set(Some(now));
+            }
+            if max_stream.armed_at.get().is_some() && timer.poll(cx).is_ready() {
+                return Poll::Ready(Raced::MaxStream);
             }
         }
         Poll::Pending

@@ -263,6 +263,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         http2,
         idle_timeout: common.idle_timeout,
         max_requests_per_connection: max_requests,
+        max_stream_duration: common.max_stream_duration,
         per_connection_buffer_limit_bytes: u32_or(per_connection_buffer_limit_bytes, 1024 * 1024),
         dns_refresh_rate: duration_or(dns_refresh_rate, Duration::from_secs(5), "dns_refresh_rate")?,
         dns_lookup_family,
@@ -376,14 +377,14 @@ fn outlier(od: &c::OutlierDetection) -> ConfigResult<model::OutlierDetection> {
     })
 }
 
-/// Upstream `common_http_protocol_options`: only idle_timeout and max_requests_per_connection.
+/// Upstream `common_http_protocol_options`: idle_timeout, max_requests_per_connection and
+/// max_stream_duration.
 fn upstream_common_options(o: &core::HttpProtocolOptions) -> ConfigResult<CommonOptions> {
     // The other fields are destructured and checked by common_options.
     reject_set(&o.max_headers_count, "max_headers_count")?;
-    // Upstream connection and stream durations (Envoy's pool draining, `UMSDR`) are not
-    // implemented; the HCM's downstream ones are.
+    // Upstream connection durations (Envoy's pool draining) are not implemented; the HCM's
+    // downstream ones and upstream stream durations are.
     for (set, field) in [
-        (o.max_stream_duration.is_some(), "max_stream_duration"),
         (o.max_connection_duration.is_some(), "max_connection_duration"),
         (o.max_connection_duration_jitter.is_some(), "max_connection_duration_jitter"),
     ] {
