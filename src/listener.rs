@@ -90,6 +90,8 @@ crate::stats_struct! {
         downstream_cx_destroy: Counter = "downstream_cx_destroy",
         /// `downstream_cx_idle_timeout`.
         downstream_cx_idle_timeout: Counter = "downstream_cx_idle_timeout",
+        /// `downstream_cx_max_duration_reached`.
+        downstream_cx_max_duration_reached: Counter = "downstream_cx_max_duration_reached",
         /// `downstream_rq_total`.
         downstream_rq_total: Counter = "downstream_rq_total",
         /// `downstream_rq_active`.
@@ -114,6 +116,8 @@ crate::stats_struct! {
         downstream_rq_timeout: Counter = "downstream_rq_timeout",
         /// `downstream_rq_idle_timeout`.
         downstream_rq_idle_timeout: Counter = "downstream_rq_idle_timeout",
+        /// `downstream_rq_max_duration_reached`.
+        downstream_rq_max_duration_reached: Counter = "downstream_rq_max_duration_reached",
         /// `downstream_rq_ws_on_non_ws_route`.
         downstream_rq_ws_on_non_ws_route: Counter = "downstream_rq_ws_on_non_ws_route",
         /// `no_route`.

@@ -535,6 +535,35 @@ fn retry_stats(p: &ProxyProcess) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// The per-host request outcomes of `/clusters` (`rq_error`, `rq_success`, `rq_timeout`,
+/// `rq_total`) of the clusters with one host, as `<cluster>::<stat>`: a retried failure is
+/// one error for its host, a final one too, a 5xx response an error at its headers.
+fn host_stats(p: &ProxyProcess) -> BTreeMap<String, u64> {
+    let (_, text) = p.admin_get("/clusters").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split("::");
+            let (cluster, _host, stat, v) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            let wanted = ["flaky", "flaky_h2", "dead"].contains(&cluster)
+                && ["rq_error", "rq_success", "rq_timeout", "rq_total"].contains(&stat);
+            let v = v.trim().parse::<u64>().ok()?;
+            (wanted && v > 0).then(|| (format!("{cluster}::{stat}"), v))
+        })
+        .collect()
+}
+
+/// What Envoy 1.40's `/clusters` shows per host for the table (both protocols).
+const EXPECTED_HOST_STATS: &[(&str, u64)] = &[
+    ("dead::rq_error", 6),
+    ("flaky::rq_error", 66),
+    ("flaky::rq_success", 34),
+    ("flaky::rq_timeout", 10),
+    ("flaky::rq_total", 100),
+    ("flaky_h2::rq_error", 6),
+    ("flaky_h2::rq_success", 4),
+    ("flaky_h2::rq_total", 10),
+];
+
 /// What Envoy 1.40 counts for the table (both protocols), read from its `/stats`.
 const EXPECTED_STATS: &[(&str, u64)] = &[
     ("cluster.dead.upstream_rq_503", 2),
@@ -658,6 +687,22 @@ async fn retries_envoy_vs_pinion() {
         for (name, v) in &s {
             if !EXPECTED_STATS.iter().any(|(n, _)| n == name) {
                 bad.push(format!("unexpected {name} = {v}"));
+            }
+        }
+        let hs = host_stats(&t.proc);
+        if verbose {
+            for (k, v) in &hs {
+                eprintln!("host stat {}: {k}: {v}", t.kind);
+            }
+        }
+        for (name, want) in EXPECTED_HOST_STATS {
+            if hs.get(*name) != Some(want) {
+                bad.push(format!("/clusters {name} = {:?} (want {want})", hs.get(*name)));
+            }
+        }
+        for (name, v) in &hs {
+            if !EXPECTED_HOST_STATS.iter().any(|(n, _)| n == name) {
+                bad.push(format!("unexpected /clusters {name} = {v}"));
             }
         }
         // `two` picks at random: only bounds, and no request may run out of retries.

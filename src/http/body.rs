@@ -121,7 +121,21 @@ pub struct ResponseBody {
     /// The retry policy's `per_try_idle_timeout` while the body streams (boxed: only routes
     /// that set one pay for the timer).
     idle: Option<Box<IdleTimer>>,
+    /// The HCM's stream duration limit (boxed: only streams with a limit pay for the timer).
+    deadline: Option<Box<Deadline>>,
 }
+
+/// Ends a response body at a fixed time (the HCM's `max_stream_duration`: Envoy resets a
+/// stream whose response has started).
+struct Deadline {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    on_timeout: Option<Box<dyn FnOnce()>>,
+}
+
+/// The error a body cut by the stream duration limit ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("max stream duration reached")]
+pub struct MaxStreamDuration;
 
 /// Ends a response body that stalls for `after` (Envoy's per-try idle timer, which keeps
 /// running once the response has started and then resets the stream).
@@ -151,12 +165,13 @@ impl ResponseBody {
             bytes: 0,
             on_complete: None,
             idle: None,
+            deadline: None,
         }
     }
 
     /// An empty body.
     pub fn empty() -> Self {
-        ResponseBody { inner: Inner::Full(None), bytes: 0, on_complete: None, idle: None }
+        ResponseBody { inner: Inner::Full(None), bytes: 0, on_complete: None, idle: None, deadline: None }
     }
 
     /// Stream an upstream body.
@@ -165,13 +180,28 @@ impl ResponseBody {
             UpstreamBody::H1(b) => Inner::Upstream(b),
             UpstreamBody::H2(b) => Inner::UpstreamH2(b),
         };
-        ResponseBody { inner, bytes: 0, on_complete: None, idle: None }
+        ResponseBody { inner, bytes: 0, on_complete: None, idle: None, deadline: None }
     }
 
     /// End the body with an error if no frame arrives for `after`, calling `on_timeout` then.
     pub fn set_idle_timeout(&mut self, after: std::time::Duration, on_timeout: Box<dyn FnOnce()>) {
         let sleep = Box::pin(tokio::time::sleep(after));
         self.idle = Some(Box::new(IdleTimer { sleep, after, on_timeout: Some(on_timeout) }));
+    }
+
+    /// End the body with an error at `at` unless it ended before, calling `on_timeout` then.
+    /// A body that is already complete (a local reply) needs none.
+    /// Of two deadlines (the cluster's and the HCM's stream durations) the earlier wins.
+    pub fn set_deadline(&mut self, at: std::time::Instant, on_timeout: Box<dyn FnOnce()>) {
+        if self.is_end_stream() || matches!(self.inner, Inner::Full(_)) {
+            return;
+        }
+        let at_tokio = tokio::time::Instant::from_std(at);
+        if self.deadline.as_ref().is_some_and(|d| d.sleep.deadline() <= at_tokio) {
+            return;
+        }
+        let sleep = Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(at)));
+        self.deadline = Some(Box::new(Deadline { sleep, on_timeout: Some(on_timeout) }));
     }
 
     /// Run `f` when the body ends.
@@ -200,6 +230,18 @@ impl Body for ResponseBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        // Checked on every poll, so a body that never stalls is cut on time too.
+        if let Some(d) = this.deadline.as_mut() {
+            if d.sleep.as_mut().poll(cx).is_ready() {
+                if let Some(f) = d.on_timeout.take() {
+                    f();
+                }
+                this.deadline = None;
+                this.idle = None;
+                this.finish(false);
+                return Poll::Ready(Some(Err(MaxStreamDuration.into())));
+            }
+        }
         let res = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),

@@ -40,6 +40,9 @@ pub struct ConnCtx {
     pub draining: Cell<bool>,
     /// The connection speaks HTTP/2 (known after its first request).
     pub saw_h2: Cell<bool>,
+    /// A request has started on this connection (Envoy creates its codec on the first
+    /// bytes; a connection closed by a timer before that is closed at once, not drained).
+    pub saw_request: Cell<bool>,
     /// The `server` header value, built once per connection: cloning it shares the bytes,
     /// where building it per response allocated.
     pub server_header: Option<HeaderValue>,

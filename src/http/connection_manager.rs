@@ -30,6 +30,7 @@ use super::filter::route_config::RouteFilterConfigs;
 use super::filter::{Applies, DecodeCx, EncodeCx, FilterStatus};
 use super::h1_framing::FramingCheck;
 use super::local_reply::reply;
+use super::max_stream_duration;
 use super::path::{self, set_path, PathOutcome};
 use super::redirect;
 use super::request_headers;
@@ -77,6 +78,7 @@ pub async fn serve_connection(
         framing: Default::default(),
         draining: std::cell::Cell::new(false),
         saw_h2: std::cell::Cell::new(false),
+        saw_request: std::cell::Cell::new(false),
         server_header: HeaderValue::from_str(&cfg.server_name).ok(),
     });
     let svc_ctx = ctx.clone();
@@ -128,6 +130,7 @@ pub async fn serve_connection(
         CodecType::Http1 => builder.http1_only(),
         CodecType::Http2 => builder.http2_only(),
     };
+    let is_h2 = codec == CodecType::Http2;
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut drain = worker.drain.clone();
@@ -142,8 +145,15 @@ pub async fn serve_connection(
     // Returns whether graceful shutdown started now (HTTP/2); otherwise the HTTP/1 deadline.
     let start_drain = || -> Option<tokio::time::Instant> {
         ctx.draining.set(true);
-        (!ctx.saw_h2.get()).then(|| tokio::time::Instant::now() + cfg.drain_timeout)
+        (!is_h2 && !ctx.saw_h2.get()).then(|| tokio::time::Instant::now() + cfg.drain_timeout)
     };
+    // `max_connection_duration` (plus its jitter) from now, when the connection drains as
+    // above; with `http1_safe_max_connection_duration` an HTTP/1 connection is only marked,
+    // so its next response carries `Connection: close` and it closes after that.
+    let mut max_duration_deadline = cfg.max_connection_duration.map(|d| {
+        let jitter = d.mul_f64(cfg.max_connection_duration_jitter_percent / 100.0 * rand::random::<f64>());
+        tokio::time::Instant::now() + d + jitter
+    });
     if *drain.borrow() || *listener_drain.borrow() {
         drain_deadline = start_drain();
         if drain_deadline.is_none() {
@@ -158,6 +168,8 @@ pub async fn serve_connection(
             (a, b) => a.or(b),
         };
         let draining = ctx.draining.get();
+        // A soft (HTTP/1-safe) drain still gives way to a real one.
+        let drain_started = drain_deadline.is_some();
         tokio::select! {
             res = conn.as_mut() => {
                 if let Err(e) = res {
@@ -165,18 +177,35 @@ pub async fn serve_connection(
                 }
                 break;
             }
-            _ = drain.changed(), if !draining && !closing => {
+            _ = drain.changed(), if !drain_started && !closing => {
                 drain_deadline = start_drain();
                 if drain_deadline.is_none() {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
             }
-            _ = listener_drain.changed(), if !draining && !closing => {
+            _ = listener_drain.changed(), if !drain_started && !closing => {
                 drain_deadline = start_drain();
                 if drain_deadline.is_none() {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                }
+            }
+            _ = sleep_until(max_duration_deadline), if max_duration_deadline.is_some() && !closing => {
+                max_duration_deadline = None;
+                stats.downstream_cx_max_duration_reached.inc();
+                if !ctx.saw_request.get() {
+                    // Nothing to drain (Envoy has no codec yet): closed at once.
+                    break;
+                }
+                if cfg.http1_safe_max_connection_duration && !is_h2 && !ctx.saw_h2.get() {
+                    ctx.draining.set(true);
+                } else if !drain_started {
+                    drain_deadline = start_drain();
+                    if drain_deadline.is_none() {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
                 }
             }
             _ = sleep_until(deadline), if !closing => {
@@ -230,13 +259,21 @@ struct Completion {
     log_request_headers: Option<HeaderMap>,
     log_response_headers: Option<HeaderMap>,
     upstream: Option<UpstreamGuard>,
+    /// Set when the stream duration limit cut the response body.
+    duration_cut: Option<Rc<std::cell::Cell<bool>>>,
 }
 
 impl OnComplete for Completion {
     fn complete(self: Box<Self>, bytes_sent: u64, ok: bool) {
         let mut this = *self;
         let ctx = &this.ctx;
-        if !ok {
+        if this.upstream.as_ref().is_some_and(UpstreamGuard::max_stream_cut) {
+            this.info.flags.insert(ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED);
+            this.info.response_code_details = "upstream_max_stream_duration_reached";
+        } else if this.duration_cut.as_ref().is_some_and(|c| c.get()) {
+            // Envoy's local reply after the response started: the details, no flag.
+            this.info.response_code_details = max_stream_duration::DETAILS;
+        } else if !ok {
             this.info.flags.insert(ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION);
         }
         if let Some(up) = this.upstream.take() {
@@ -274,6 +311,7 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBo
         stats.downstream_rq_http1_total.inc();
     }
     ctx.active_streams.set(ctx.active_streams.get() + 1);
+    ctx.saw_request.set(true);
     ctx.last_activity.set(Instant::now());
     let mut info = StreamInfo::new(ctx.peer, ctx.local, protocol_str(req.version()));
     let log_request_headers = (!hcm.access_logs.is_empty()).then(|| {
@@ -295,15 +333,35 @@ async fn handle(ctx: Rc<ConnCtx>, req: Request<Incoming>) -> Response<ResponseBo
     });
     let grpc = is_grpc(req.headers());
     let mut log_request_headers = log_request_headers;
-    let (mut resp, upstream) = match process(&ctx, req, &mut info, grpc, &mut log_request_headers).await {
+    let (mut resp, mut upstream) = match process(&ctx, req, &mut info, grpc, &mut log_request_headers).await {
         Ok((resp, up)) => (resp, up),
         Err(resp) => (resp, None),
     };
+    let mut duration_cut = None;
+    if let Some(at) = info.stream_deadline {
+        // The limit still runs while the response streams: it then resets the stream, a
+        // reset of Pinion's own (not `upstream_rq_rx_reset`).
+        let counter = stats.downstream_rq_max_duration_reached.clone();
+        let local_reset = upstream.as_mut().map(UpstreamGuard::local_reset_flag);
+        let cut = Rc::new(std::cell::Cell::new(false));
+        duration_cut = Some(cut.clone());
+        resp.body_mut().set_deadline(
+            at,
+            Box::new(move || {
+                counter.inc();
+                cut.set(true);
+                if let Some(f) = local_reset {
+                    f.set(true);
+                }
+            }),
+        );
+    }
     encode_headers(&ctx, &mut resp);
     info.response_code = resp.status().as_u16();
     stats.record_status(info.response_code);
     let log_response_headers = (!hcm.access_logs.is_empty()).then(|| resp.headers().clone());
-    let completion = Completion { ctx: ctx.clone(), info, log_request_headers, log_response_headers, upstream };
+    let completion =
+        Completion { ctx: ctx.clone(), info, log_request_headers, log_response_headers, upstream, duration_cut };
     resp.body_mut().set_on_complete(Box::new(completion));
     resp
 }
@@ -397,6 +455,8 @@ async fn process(
     log_headers: &mut Option<HeaderMap>,
 ) -> Phase<Routed> {
     let hcm = &ctx.hcm;
+    // The HCM's stream duration limit runs from the stream's start; a route can change it.
+    info.stream_deadline = max_stream_duration::deadline(info.start, hcm.config.max_stream_duration);
 
     // Phase: decode_headers. Its local replies come before any filter, as the HCM's own.
     decode_headers(ctx, &mut req, info, grpc)?;
@@ -414,6 +474,7 @@ async fn process(
     let mut table = hcm.routes.table_for(&head.headers);
     let mut routing = route(table.as_deref(), &head, grpc);
     let mut cluster = choose_cluster(&routing, &head);
+    refresh_stream_deadline(hcm, &routing, &mut head, grpc, info);
     if !check_upgrade(ctx, &routing, upgrade.as_deref()) {
         return Err(reply(403, "", grpc, info, "upgrade_failed"));
     }
@@ -429,6 +490,7 @@ async fn process(
             Routing::Route(m) => Some(m),
             _ => None,
         };
+        let deadline = info.stream_deadline;
         let mut cx = DecodeCx {
             info,
             grpc,
@@ -438,12 +500,27 @@ async fn process(
             per_route,
             route_configs: configs.map(|c| (c, weighted)),
         };
-        match chain.decode_headers(i, state, &mut head, &mut cx).await {
+        // A filter that holds the request (a fault delay, an on-demand lookup) is cut short
+        // by the stream duration limit too.
+        let status = match deadline {
+            None => Some(chain.decode_headers(i, state, &mut head, &mut cx).await),
+            Some(at) => {
+                let at = tokio::time::Instant::from_std(at);
+                tokio::time::timeout_at(at, chain.decode_headers(i, state, &mut head, &mut cx)).await.ok()
+            }
+        };
+        let Some(status) = status else {
+            let complete = http_body::Body::is_end_stream(&body);
+            stopped = Some(max_stream_duration::timeout_reply(&hcm.stats, info, grpc, complete));
+            break;
+        };
+        match status {
             FilterStatus::Continue => {}
             FilterStatus::ClearRouteCache => {
                 table = hcm.routes.table_for(&head.headers);
                 routing = route(table.as_deref(), &head, grpc);
                 cluster = choose_cluster(&routing, &head);
+                refresh_stream_deadline(hcm, &routing, &mut head, grpc, info);
                 if !check_upgrade(ctx, &routing, upgrade.as_deref()) {
                     return Err(reply(403, "", grpc, info, "upgrade_failed"));
                 }
@@ -503,6 +580,28 @@ async fn process(
         }
     }
     result
+}
+
+/// Phase `route`, continued: the stream duration limit for the route found (Envoy's
+/// `refreshDurationTimeout`), from the stream's start. Only a forwarding route changes it.
+fn refresh_stream_deadline(
+    hcm: &HcmConfig,
+    routing: &Routing<'_>,
+    head: &mut Parts,
+    grpc: bool,
+    info: &mut StreamInfo,
+) {
+    let hcm_limit = hcm.config.max_stream_duration;
+    let limit = match routing {
+        Routing::Route(m) => match &m.route.action {
+            RouteAction::Forward(a) => {
+                max_stream_duration::for_route(hcm_limit, a.max_stream_duration.as_ref(), &mut head.headers, grpc)
+            }
+            _ => hcm_limit,
+        },
+        _ => hcm_limit,
+    };
+    info.stream_deadline = max_stream_duration::deadline(info.start, limit);
 }
 
 /// The matched route's per-filter overrides and the weighted cluster chosen, if any.

@@ -8,6 +8,7 @@ pub mod forwarded_client_cert;
 pub mod h1_framing;
 pub mod header_mutation;
 pub mod local_reply;
+pub mod max_stream_duration;
 pub mod on_demand;
 pub mod path;
 pub mod redirect;

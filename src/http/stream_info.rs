@@ -38,6 +38,8 @@ bitflags::bitflags! {
         const RATE_LIMITED = 1 << 13;
         /// `URX`: the response was retriable but the retries were used up.
         const UPSTREAM_RETRY_LIMIT_EXCEEDED = 1 << 14;
+        /// `UMSDR`: the cluster's `max_stream_duration` ended the upstream stream.
+        const UPSTREAM_MAX_STREAM_DURATION_REACHED = 1 << 15;
     }
 }
 
@@ -45,7 +47,7 @@ impl ResponseFlags {
     /// Envoy's short string: `-` when none, else codes joined by `,`.
     pub fn to_short_string(self) -> String {
         // URX before UT, UF and UC, as Envoy 1.40 prints them (`URX,UT`).
-        const NAMES: [(ResponseFlags, &str); 15] = [
+        const NAMES: [(ResponseFlags, &str); 16] = [
             (ResponseFlags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
             (ResponseFlags::UPSTREAM_RETRY_LIMIT_EXCEEDED, "URX"),
             (ResponseFlags::NO_HEALTHY_UPSTREAM, "UH"),
@@ -60,6 +62,7 @@ impl ResponseFlags {
             (ResponseFlags::FAULT_INJECTED, "FI"),
             (ResponseFlags::RATE_LIMITED, "RL"),
             (ResponseFlags::DOWNSTREAM_PROTOCOL_ERROR, "DPE"),
+            (ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED, "UMSDR"),
             (ResponseFlags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
         ];
         if self.is_empty() {
@@ -106,6 +109,9 @@ pub struct StreamInfo {
     pub response_code_details: &'static str,
     /// Upstream attempts made (`%UPSTREAM_REQUEST_ATTEMPT_COUNT%`; 0: none was routed upstream).
     pub attempt_count: u32,
+    /// When the HCM's stream duration limit (`max_stream_duration`) ends the stream, as the
+    /// route phase set it (`None`: no limit).
+    pub stream_deadline: Option<Instant>,
 }
 
 impl StreamInfo {
@@ -128,6 +134,7 @@ impl StreamInfo {
             captured_request_headers: Vec::new(),
             response_code_details: "via_upstream",
             attempt_count: 0,
+            stream_deadline: None,
         }
     }
 }

@@ -50,6 +50,7 @@ const CLUSTER_STATS: &[(&str, bool)] = &[
     ("upstream_rq_per_try_timeout", false),
     ("upstream_rq_per_try_idle_timeout", false),
     ("retry_or_shadow_abandoned", false),
+    ("upstream_rq_max_duration_reached", false),
 ];
 
 /// Envoy's cluster stats (`cluster.<name>.*`).
@@ -132,6 +133,9 @@ pub struct ClusterStats {
     pub upstream_rq_per_try_idle_timeout: Counter,
     /// `retry_or_shadow_abandoned`: request bodies too large to keep for a retry.
     pub retry_or_shadow_abandoned: Counter,
+    /// `upstream_rq_max_duration_reached`: streams ended by the cluster's
+    /// `max_stream_duration`.
+    pub upstream_rq_max_duration_reached: Counter,
     /// `upstream_rq_<code>`, created on first use.
     codes: Arc<OnceLock<Box<[OnceLock<Counter>]>>>,
     /// `retry.upstream_rq_completed`, `retry.upstream_rq_<class>xx`, `retry.upstream_rq_<code>`:
@@ -183,6 +187,7 @@ impl ClusterStats {
             upstream_rq_per_try_timeout: g.counter(39),
             upstream_rq_per_try_idle_timeout: g.counter(40),
             retry_or_shadow_abandoned: g.counter(41),
+            upstream_rq_max_duration_reached: g.counter(42),
             upstream_rq_xx: [g.counter(17), g.counter(18), g.counter(19), g.counter(20), g.counter(21)],
             codes: Arc::new(OnceLock::new()),
             retry_codes: Arc::new(OnceLock::new()),

@@ -505,15 +505,30 @@ fn hcm_unsupported_fields() {
     let err = listener(&http_listener("l", 80, h)).unwrap_err();
     assert_eq!(err.kind, ErrorKind::Unsupported);
 
+    // Connection and stream durations are translated (0 disables them, as in Envoy).
     let mut h = hcm_proto("svc");
+    h.http1_safe_max_connection_duration = true;
     h.common_http_protocol_options = Some(core::HttpProtocolOptions {
         max_connection_duration: Some(pbuf::Duration { seconds: 60, nanos: 0 }),
+        max_connection_duration_jitter: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 10.0 }),
+        max_stream_duration: Some(pbuf::Duration { seconds: 0, nanos: 0 }),
+        ..Default::default()
+    });
+    let l = listener(&http_listener("l", 80, h)).unwrap();
+    let t = the_hcm(&l);
+    assert_eq!(t.max_connection_duration, Some(Duration::from_secs(60)));
+    assert_eq!(t.max_connection_duration_jitter_percent, 10.0);
+    assert!(t.http1_safe_max_connection_duration);
+    assert_eq!(t.max_stream_duration, None);
+    let mut h = hcm_proto("svc");
+    h.common_http_protocol_options = Some(core::HttpProtocolOptions {
+        max_connection_duration_jitter: Some(envoy_types::pb::envoy::r#type::v3::Percent { value: 150.0 }),
         ..Default::default()
     });
     let err = listener(&http_listener("l", 80, h)).unwrap_err();
     assert_eq!(
         err.path,
-        "filter_chains[0].filters[0].typed_config.common_http_protocol_options.max_connection_duration"
+        "filter_chains[0].filters[0].typed_config.common_http_protocol_options.max_connection_duration_jitter.value"
     );
 }
 

@@ -116,6 +116,7 @@ fn typed_http_protocol_options_http2() {
         common_http_protocol_options: Some(core::HttpProtocolOptions {
             idle_timeout: Some(pbuf::Duration { seconds: 30, nanos: 0 }),
             max_requests_per_connection: Some(pbuf::UInt32Value { value: 100 }),
+            max_stream_duration: Some(pbuf::Duration { seconds: 2, nanos: 0 }),
             ..Default::default()
         }),
         upstream_protocol_options: Some(up::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
@@ -148,6 +149,21 @@ fn typed_http_protocol_options_http2() {
     assert_eq!(m.http2.keepalive_timeout, Some(Duration::from_secs(3)));
     assert_eq!(m.idle_timeout, Some(Duration::from_secs(30)));
     assert_eq!(m.max_requests_per_connection, 100);
+    assert_eq!(m.max_stream_duration, Some(Duration::from_secs(2)));
+    // Upstream connection durations are refused by name.
+    let opts = up::HttpProtocolOptions {
+        common_http_protocol_options: Some(core::HttpProtocolOptions {
+            max_connection_duration: Some(pbuf::Duration { seconds: 2, nanos: 0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut cl = static_cluster("svc", vec![lb_endpoint("127.0.0.1", 8080)]);
+    cl.typed_extension_protocol_options
+        .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(), pack_any(opts));
+    let err = cluster(&cl).unwrap_err();
+    assert!(err.path.ends_with("common_http_protocol_options.max_connection_duration"), "{err}");
+    assert!(err.to_string().contains("not supported by pinion"), "{err}");
 }
 
 #[test]

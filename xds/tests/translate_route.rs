@@ -739,13 +739,26 @@ fn retry_policy_errors() {
     assert!(
         forward_action(&route_configuration(&retry_route(p)).unwrap()).retry_policy.as_ref().unwrap().previous_hosts
     );
-    // Per-route stream durations are not implemented: refused by name.
+    // A route's max_stream_duration is translated, and (Envoy's "new timeouts") turns the
+    // route timeout off.
     let mut route = prefix_route("/", forward("svc"));
     if let Some(r::route::Action::Route(a)) = &mut route.action {
-        a.max_stream_duration =
-            Some(r::route_action::MaxStreamDuration { grpc_timeout_header_max: ms(100), ..Default::default() });
+        a.timeout = ms(300);
+        a.max_stream_duration = Some(r::route_action::MaxStreamDuration {
+            max_stream_duration: ms(0),
+            grpc_timeout_header_max: ms(100),
+            grpc_timeout_header_offset: ms(10),
+        });
     }
-    let err = route_configuration(&one_route(route)).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Unsupported);
-    assert!(err.path.ends_with("route.max_stream_duration.grpc_timeout_header_max"), "{err}");
+    let rc = route_configuration(&one_route(route)).unwrap();
+    let a = forward_action(&rc);
+    assert_eq!(a.timeout, None);
+    assert_eq!(
+        a.max_stream_duration,
+        Some(model::RouteMaxStreamDuration {
+            max_stream_duration: Some(Duration::ZERO),
+            grpc_timeout_header_max: Some(Duration::from_millis(100)),
+            grpc_timeout_header_offset: Some(Duration::from_millis(10)),
+        })
+    );
 }

@@ -42,7 +42,9 @@ use crate::upstream::outlier_detection::LocalResult;
 use crate::upstream::{Cluster, Host, HostStats, LbContext, RetryGuard};
 use retry_state::{Outcome, ResetReason, RetryDecision, RetryState, DEFAULT_BASE_BACKOFF_MS};
 use route_decision::{ClusterChoice, Rewrites, X_ENVOY_EXPECTED_RQ_TIMEOUT_MS};
-use upstream_request::{AttemptFailure, AttemptTimeouts, StreamTimeout, Target, UpstreamGuard};
+use upstream_request::{
+    charges_host, AttemptFailure, AttemptTimeouts, StreamTimeout, StreamTimeoutKind, Target, UpstreamGuard,
+};
 
 // Names used on every request, built at compile time instead of validated per use.
 const X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
@@ -300,7 +302,7 @@ async fn forward(
     // A route's `idle_timeout` replaces the HCM's `stream_idle_timeout` (0 disables it).
     let cfg = &hcm.config;
     let stream_idle = action.idle_timeout.unwrap_or(cfg.stream_idle_timeout);
-    let stream_timeouts = stream_idle.is_some() || cfg.request_timeout.is_some();
+    let stream_timeouts = stream_idle.is_some() || cfg.request_timeout.is_some() || info.stream_deadline.is_some();
     // Only a streaming body needs shared progress tracking (and its allocation).
     let tracked =
         (stream_timeouts && !http_body::Body::is_end_stream(req.body())).then(|| Rc::new(Activity::new(false)));
@@ -387,6 +389,7 @@ async fn forward(
                 stream_idle,
                 request: cfg.request_timeout,
                 started: info.start,
+                max_stream: info.stream_deadline,
                 activity,
             },
         )
@@ -472,19 +475,21 @@ async fn forward(
                 drop(resp);
             }
             Err(failure) => {
-                HostStats::inc(&host.stats.rq_error);
+                // Envoy's `maybeRetryReset`: a retried failure is one error for its host.
+                if charges_host(&failure) || matches!(failure, AttemptFailure::UpstreamMaxStreamDuration { .. }) {
+                    HostStats::inc(&host.stats.rq_error);
+                }
                 tracing::debug!(cluster = %cluster.config.name, host = %host.address, ?failure, "retrying");
             }
         }
-        if let Err(stop) =
-            backoff_wait(backoff.delay, route_deadline, activity, stream_idle, cfg.request_timeout, info.start).await
-        {
+        let stream_timers = (stream_idle, cfg.request_timeout, info.stream_deadline);
+        if let Err(stop) = backoff_wait(backoff.delay, route_deadline, activity, stream_timers, info.start).await {
             let mut resp = match stop {
                 Some(t) => stream_timeout_reply(hcm, info, grpc, t),
                 // The route timeout ran out between attempts: no attempt to charge.
                 None => {
                     info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
-                    reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout")
+                    reply(504, UPSTREAM_TIMEOUT, grpc, info, "response_timeout")
                 }
             };
             finish_local_reply(&mut resp, info, levels, &downstream_headers, attempt, attempt_count_in_response);
@@ -520,6 +525,7 @@ async fn forward(
     // Phase: upstream_response.
     let status = resp.status();
     cluster.stats.record_status(status.as_u16());
+    guard.charge_response(status.as_u16(), grpc, resp.headers());
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     remove_hop_by_hop(resp.headers_mut(), switching);
     // Cookies the hash policy generated go on the upstream response (not on local replies),
@@ -539,12 +545,25 @@ async fn forward(
     if switching {
         if let Some(down) = on_downstream_upgrade {
             let up = hyper::upgrade::on(&mut resp);
+            // The stream duration limit also ends a tunnel (Envoy resets the stream).
+            let deadline = info.stream_deadline.map(tokio::time::Instant::from_std);
+            let max_duration_reached = hcm.stats.downstream_rq_max_duration_reached.clone();
             tokio::task::spawn_local(async move {
                 match tokio::join!(down, up) {
                     (Ok(d), Ok(u)) => {
                         let mut d = TokioIo::new(d);
                         let mut u = TokioIo::new(u);
-                        let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                        let copy = tokio::io::copy_bidirectional(&mut d, &mut u);
+                        match deadline {
+                            Some(at) => {
+                                if tokio::time::timeout_at(at, copy).await.is_err() {
+                                    max_duration_reached.inc();
+                                }
+                            }
+                            None => {
+                                let _ = copy.await;
+                            }
+                        }
                     }
                     (d, u) => tracing::debug!(down_ok = d.is_ok(), up_ok = u.is_ok(), "upgrade failed"),
                 }
@@ -571,6 +590,20 @@ async fn forward(
                 if let Some(od) = outlier {
                     od.put_local(&host, LocalResult::Timeout, Some(504));
                 }
+            }),
+        );
+    }
+    if let Some(at) = guard.max_stream_deadline() {
+        // The cluster's `max_stream_duration` keeps running while the body streams.
+        let counter = cluster.stats.upstream_rq_max_duration_reached.clone();
+        let local_reset = guard.local_reset_flag();
+        let cut = guard.max_stream_cut_flag();
+        resp.body_mut().set_deadline(
+            at,
+            Box::new(move || {
+                local_reset.set(true);
+                cut.set(true);
+                counter.inc();
             }),
         );
     }
@@ -607,6 +640,8 @@ fn reset_reason(f: &AttemptFailure) -> Option<ResetReason> {
         // Envoy resets the attempt itself (a local reset).
         AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => Some(ResetReason::Other),
         AttemptFailure::RouteTimeout | AttemptFailure::StreamTimeout(_) => None,
+        // Envoy resets the stream itself (a local reset), retried as such.
+        AttemptFailure::UpstreamMaxStreamDuration { .. } => Some(ResetReason::Other),
     }
 }
 
@@ -654,21 +689,22 @@ fn lb_context(
 }
 
 /// Wait out a retry's backoff, unless the route timeout (`Err(None)`) or an HCM stream
-/// timeout (`Err(Some)`) ends the request first.
+/// timeout (`Err(Some)`; `stream_timers`: `stream_idle_timeout`, `request_timeout` and the
+/// stream duration deadline) ends the request first.
 async fn backoff_wait(
     delay: Duration,
     route_deadline: Option<tokio::time::Instant>,
     activity: &Activity,
-    stream_idle: Option<Duration>,
-    request: Option<Duration>,
+    stream_timers: (Option<Duration>, Option<Duration>, Option<std::time::Instant>),
     started: std::time::Instant,
 ) -> Result<(), Option<StreamTimeout>> {
+    let (stream_idle, request, max_stream) = stream_timers;
     let wake = tokio::time::Instant::now() + delay;
     let (until, timed_out) = match route_deadline {
         Some(d) if d <= wake => (d, true),
         _ => (wake, false),
     };
-    let watchdog = upstream_request::stream_watchdog(activity, stream_idle, request, started);
+    let watchdog = upstream_request::stream_watchdog(activity, stream_idle, request, started, max_stream);
     tokio::select! {
         biased;
         t = watchdog => Err(Some(t)),
@@ -684,10 +720,12 @@ fn stream_timeout_reply(
     grpc: bool,
     t: StreamTimeout,
 ) -> Response<ResponseBody> {
-    if t.is_request_timeout {
-        hcm.stats.downstream_rq_timeout.inc();
-    } else {
-        hcm.stats.downstream_rq_idle_timeout.inc();
+    match t.kind {
+        StreamTimeoutKind::Request => hcm.stats.downstream_rq_timeout.inc(),
+        StreamTimeoutKind::Idle => hcm.stats.downstream_rq_idle_timeout.inc(),
+        StreamTimeoutKind::MaxDuration => {
+            return crate::http::max_stream_duration::timeout_reply(&hcm.stats, info, grpc, t.status == 504)
+        }
     }
     let mut resp = reply(t.status, t.body, grpc, info, t.details);
     if t.status == 408 {
@@ -728,12 +766,32 @@ fn attempt_failed(
     attempt: u32,
     attempt_count_in_response: bool,
 ) -> Response<ResponseBody> {
+    // Envoy's `chargeUpstreamAbort`: the final failure is one error for its host.
+    if charges_host(&failure) {
+        HostStats::inc(&host.stats.rq_error);
+    }
     let mut resp = match failure {
         AttemptFailure::StreamTimeout(t) => stream_timeout_reply(&ctx.hcm, info, grpc, t),
+        // Envoy's `onStreamMaxDurationReached`: a local reply, no upstream code charged.
+        AttemptFailure::UpstreamMaxStreamDuration { request_done } => {
+            info.flags.insert(ResponseFlags::UPSTREAM_MAX_STREAM_DURATION_REACHED);
+            let status = if request_done { 504 } else { 408 };
+            let mut resp = reply(
+                status,
+                "upstream max stream duration reached",
+                grpc,
+                info,
+                "upstream_max_stream_duration_reached",
+            );
+            if status == 408 {
+                resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        }
         AttemptFailure::RouteTimeout => {
             info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);
             cluster.stats.record_status(504);
-            reply(504, UPSTREAM_TIMEOUT, grpc, info, "upstream_response_timeout")
+            reply(504, UPSTREAM_TIMEOUT, grpc, info, "response_timeout")
         }
         AttemptFailure::PerTryTimeout | AttemptFailure::PerTryIdleTimeout => {
             info.flags.insert(ResponseFlags::UPSTREAM_REQUEST_TIMEOUT);

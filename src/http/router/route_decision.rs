@@ -282,6 +282,7 @@ mod tests {
             append_x_forwarded_host: false,
             timeout: None,
             idle_timeout: None,
+            max_stream_duration: None,
             retry_policy: None,
             priority: Default::default(),
             upgrade_websocket: None,

@@ -29,6 +29,14 @@ pub struct UpstreamGuard {
     /// Set when Pinion itself ended the response body (the per-try idle timer): not a reset
     /// received from the upstream. Only routes with that timer have one.
     local_reset: Option<Rc<Cell<bool>>>,
+    /// A gRPC response whose success is known only at its end (Envoy's
+    /// `grpcRqSuccessDeferred`): the host is charged when the body ends.
+    grpc_deferred: bool,
+    /// When the cluster's `max_stream_duration` ends the stream (counted from the moment it
+    /// had a connection).
+    max_stream_deadline: Option<Instant>,
+    /// Set when that limit cut the response body (for the access log: `UMSDR`).
+    max_stream_cut: Option<Rc<Cell<bool>>>,
 }
 
 impl UpstreamGuard {
@@ -41,26 +49,74 @@ impl UpstreamGuard {
         self.slot.finish(false);
     }
 
+    /// When the cluster's `max_stream_duration` ends the response body, if it has one.
+    pub fn max_stream_deadline(&self) -> Option<Instant> {
+        self.max_stream_deadline
+    }
+
+    /// A flag to set when the cluster's `max_stream_duration` cuts the response body.
+    pub fn max_stream_cut_flag(&mut self) -> Rc<Cell<bool>> {
+        self.max_stream_cut.get_or_insert_with(Default::default).clone()
+    }
+
+    /// Whether the cluster's `max_stream_duration` cut the response body.
+    pub fn max_stream_cut(&self) -> bool {
+        self.max_stream_cut.as_ref().is_some_and(|f| f.get())
+    }
+
     /// A flag that, once set, makes a cut-short body count as Pinion's own reset rather than
     /// the upstream's (`upstream_rq_rx_reset`).
     pub fn local_reset_flag(&mut self) -> Rc<Cell<bool>> {
         self.local_reset.get_or_insert_with(Default::default).clone()
     }
 
+    /// The final response's headers (Envoy's `chargeUpstreamCode` and
+    /// `handleNon5xxResponseHeaders`): a 5xx is an error for the host, anything else a
+    /// success, counted now (a body cut short later does not change it); a gRPC request's
+    /// response is judged by its `grpc-status`, in the headers (trailers-only) or, without
+    /// one there, when the body ends.
+    pub fn charge_response(&mut self, status: u16, grpc: bool, headers: &http::HeaderMap) {
+        let Some((_, host)) = self.slot.target() else { return };
+        if (500..600).contains(&status) {
+            HostStats::inc(&host.stats.rq_error);
+        } else if !grpc {
+            HostStats::inc(&host.stats.rq_success);
+        } else {
+            match headers.get("grpc-status") {
+                Some(v) if (500..600).contains(&grpc_to_http_status(v.as_bytes())) => {
+                    HostStats::inc(&host.stats.rq_error)
+                }
+                Some(_) => HostStats::inc(&host.stats.rq_success),
+                None => self.grpc_deferred = true,
+            }
+        }
+    }
+
     /// The response body ended (`ok`) or was cut short.
     pub fn finish(self, ok: bool) {
         if let Some((cluster, host)) = self.slot.target() {
-            if ok {
-                HostStats::inc(&host.stats.rq_success);
-            } else {
-                HostStats::inc(&host.stats.rq_error);
-                if !self.local_reset.is_some_and(|f| f.get()) {
-                    cluster.stats.upstream_rq_rx_reset.inc();
-                }
+            if self.grpc_deferred {
+                // The trailers' `grpc-status` is not read: a complete body counts as success.
+                HostStats::inc(if ok { &host.stats.rq_success } else { &host.stats.rq_error });
+            }
+            if !ok && !self.local_reset.is_some_and(|f| f.get()) {
+                cluster.stats.upstream_rq_rx_reset.inc();
             }
         }
         self.slot.finish(ok);
     }
+}
+
+/// Whether a failed attempt is an error for its host (Envoy charges the host only when the
+/// failure came with it: not for a request refused before it had a connection, by a pending
+/// overflow or for want of a pool; nor for an HCM stream timeout, which resets the stream).
+pub fn charges_host(f: &AttemptFailure) -> bool {
+    !matches!(
+        f,
+        AttemptFailure::Upstream(UpstreamError::Overflow(Overflow::Pending) | UpstreamError::PoolOverflow)
+            | AttemptFailure::StreamTimeout(_)
+            | AttemptFailure::UpstreamMaxStreamDuration { .. }
+    )
 }
 
 /// Why an attempt produced no response.
@@ -76,6 +132,12 @@ pub enum AttemptFailure {
     PerTryIdleTimeout,
     /// An HCM stream timeout fired first (408 or 504, with Envoy's body and details).
     StreamTimeout(StreamTimeout),
+    /// The cluster's `max_stream_duration` fired first (`UMSDR`; 504, or 408 while the
+    /// request is still arriving).
+    UpstreamMaxStreamDuration {
+        /// The downstream request was complete.
+        request_done: bool,
+    },
 }
 
 /// An HCM stream timeout that ended the request before the upstream answered.
@@ -87,8 +149,19 @@ pub struct StreamTimeout {
     pub body: &'static str,
     /// Envoy's response code details.
     pub details: &'static str,
-    /// `request_timeout` (else `stream_idle_timeout`).
-    pub is_request_timeout: bool,
+    /// Which timer fired.
+    pub kind: StreamTimeoutKind,
+}
+
+/// The HCM timers behind a [`StreamTimeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamTimeoutKind {
+    /// `stream_idle_timeout` (or the route's `idle_timeout`).
+    Idle,
+    /// `request_timeout`.
+    Request,
+    /// `max_stream_duration` (the HCM's or the route's).
+    MaxDuration,
 }
 
 /// The timeouts an attempt runs under.
@@ -111,6 +184,8 @@ pub struct AttemptTimeouts<'a> {
     pub request: Option<Duration>,
     /// When the downstream request started.
     pub started: Instant,
+    /// When the HCM's stream duration limit ends the stream.
+    pub max_stream: Option<Instant>,
     /// The request body's progress, watched by the stream timeouts.
     pub activity: &'a Activity,
 }
@@ -149,6 +224,7 @@ pub async fn send(
     // around a moved future would keep its own copy of the exchange's state (it was 7.5 KiB
     // for a 1.7 KiB exchange), and hyper moves the request future around. The timers exist
     // only when configured.
+    let max_stream_armed = Cell::new(None);
     let outcome = {
         let exchange = pin!(async {
             if upgrade {
@@ -161,8 +237,13 @@ pub async fn send(
                 pools.send(cluster, host, protocol, priority, req, timeouts.connected).await
             }
         });
-        let watchdog =
-            pin!(stream_watchdog(timeouts.activity, timeouts.stream_idle, timeouts.request, timeouts.started));
+        let watchdog = pin!(stream_watchdog(
+            timeouts.activity,
+            timeouts.stream_idle,
+            timeouts.request,
+            timeouts.started,
+            timeouts.max_stream
+        ));
         let route = pin!(timeouts.route_deadline.map(tokio::time::sleep_until));
         // Per try: the earlier of the two timers decides which one fires (the per-try
         // timeout on a tie, as Envoy arms it first).
@@ -173,24 +254,42 @@ pub async fn send(
             (None, None) => None,
         };
         let per_try_timer = pin!(per_try.map(|_| tokio::time::sleep_until(far_future())));
-        race(exchange, watchdog, route, per_try_timer, per_try, timeouts.connected, timeouts.replay).await
+        let max_stream = MaxStreamTimer {
+            after: cluster.config.max_stream_duration,
+            timer: pin!(cluster.config.max_stream_duration.map(|_| tokio::time::sleep_until(far_future()))),
+            armed_at: &max_stream_armed,
+        };
+        race(exchange, watchdog, route, per_try_timer, per_try, timeouts.connected, timeouts.replay, max_stream).await
     };
     report_outlier(cluster, host, &outcome, grpc, timeouts.connected.get());
     let failure = match outcome {
-        Raced::Exchange(Ok((resp, slot))) => return Ok((resp, UpstreamGuard { slot, local_reset: None })),
-        Raced::Exchange(Err(e)) => {
-            // Envoy charges the host only when the failure came with it: not for a request
-            // refused before it had a connection (pending overflow, no pool).
-            if !matches!(e, UpstreamError::Overflow(Overflow::Pending) | UpstreamError::PoolOverflow) {
-                HostStats::inc(&host.stats.rq_error);
-            }
-            AttemptFailure::Upstream(e)
+        Raced::Exchange(Ok((resp, slot))) => {
+            // A response that came in the poll that connected it never armed the timer.
+            let max_stream_deadline =
+                cluster.config.max_stream_duration.map(|d| max_stream_armed.get().unwrap_or_else(Instant::now) + d);
+            return Ok((
+                resp,
+                UpstreamGuard {
+                    slot,
+                    local_reset: None,
+                    grpc_deferred: false,
+                    max_stream_deadline,
+                    max_stream_cut: None,
+                },
+            ));
         }
+        // The host's `rq_error` is the router's to count: once, whether the failure is
+        // retried or final (Envoy's `maybeRetryReset` or `chargeUpstreamAbort`).
+        Raced::Exchange(Err(e)) => AttemptFailure::Upstream(e),
         Raced::Stream(t) => AttemptFailure::StreamTimeout(t),
         Raced::Route => {
             cluster.stats.upstream_rq_timeout.inc();
             HostStats::inc(&host.stats.rq_timeout);
             AttemptFailure::RouteTimeout
+        }
+        Raced::MaxStream => {
+            cluster.stats.upstream_rq_max_duration_reached.inc();
+            AttemptFailure::UpstreamMaxStreamDuration { request_done: timeouts.activity.request_done.get() }
         }
         Raced::PerTry(f) => {
             match f {
@@ -238,11 +337,12 @@ fn report_outlier(cluster: &Cluster, host: &Host, outcome: &AttemptOutcome, grpc
             }
             od.put_local(host, LocalResult::ConnectFailed, None);
         }
-        Raced::Stream(_) | Raced::Route | Raced::PerTry(_) => {
+        Raced::Stream(_) | Raced::Route | Raced::PerTry(_) | Raced::MaxStream => {
             if connected {
                 od.put_local(host, LocalResult::ConnectSuccess, None);
             }
-            if !matches!(outcome, Raced::Stream(_)) {
+            // Envoy reports no timeout for HCM stream timeouts or `max_stream_duration`.
+            if !matches!(outcome, Raced::Stream(_) | Raced::MaxStream) {
                 od.put_local(host, LocalResult::Timeout, Some(504));
             }
         }
@@ -278,12 +378,21 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
+/// The cluster's `max_stream_duration` timer of an attempt, armed once it has a connection.
+struct MaxStreamTimer<'a> {
+    after: Option<Duration>,
+    timer: Pin<&'a mut Option<tokio::time::Sleep>>,
+    /// When it was armed (the attempt got its connection).
+    armed_at: &'a Cell<Option<Instant>>,
+}
+
 /// Which of the raced futures finished first.
 enum Raced<T> {
     Exchange(T),
     Stream(StreamTimeout),
     Route,
     PerTry(AttemptFailure),
+    MaxStream,
 }
 
 /// Polls the exchange, then the stream watchdog, the route timer and the per-try timer,
@@ -291,6 +400,7 @@ enum Raced<T> {
 /// once the attempt has a connection and the request body is complete (Envoy's
 /// `setupPerTryTimeout` at pool ready or request end): both happen while the exchange is
 /// polled, or wake this future (the replay body does), so they are checked after it.
+#[allow(clippy::too_many_arguments)]
 fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
     mut exchange: Pin<&'a mut A>,
     mut watchdog: Pin<&'a mut B>,
@@ -299,6 +409,7 @@ fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
     per_try: Option<(Duration, bool)>,
     connected: &'a Cell<bool>,
     replay: Option<&'a ReplayBody<RequestBody>>,
+    mut max_stream: MaxStreamTimer<'a>,
 ) -> impl Future<Output = Raced<A::Output>> + 'a {
     let mut armed = false;
     std::future::poll_fn(move |cx| {
@@ -323,25 +434,51 @@ fn race<'a, A: Future, B: Future<Output = StreamTimeout>>(
                 return Poll::Ready(Raced::PerTry(failure));
             }
         }
+        // The cluster's `max_stream_duration` runs from the moment the stream has a
+        // connection (Envoy's `onPoolReady`).
+        if let (Some(after), Some(mut timer)) = (max_stream.after, max_stream.timer.as_mut().as_pin_mut()) {
+            if max_stream.armed_at.get().is_none() && connected.get() {
+                let now = Instant::now();
+                timer.as_mut().reset(tokio::time::Instant::from_std(now + after));
+                max_stream.armed_at.set(Some(now));
+            }
+            if max_stream.armed_at.get().is_some() && timer.poll(cx).is_ready() {
+                return Poll::Ready(Raced::MaxStream);
+            }
+        }
         Poll::Pending
     })
 }
 
 /// Resolves when a stream timeout fires before the upstream answers: `request_timeout`
-/// while the request body is incomplete (408), or `stream_idle_timeout` with no body
-/// progress (408 while the request is incomplete, else 504), with Envoy's bodies.
+/// while the request body is incomplete (408), `stream_idle_timeout` with no body progress
+/// (408 while the request is incomplete, else 504), or the stream duration limit at
+/// `max_stream` (likewise), with Envoy's bodies.
 pub async fn stream_watchdog(
     activity: &Activity,
     stream_idle: Option<Duration>,
     request: Option<Duration>,
     started: Instant,
+    max_stream: Option<Instant>,
 ) -> StreamTimeout {
-    if stream_idle.is_none() && request.is_none() {
+    if stream_idle.is_none() && request.is_none() && max_stream.is_none() {
         return std::future::pending().await;
     }
     loop {
         let now = Instant::now();
         let mut next = now + Duration::from_secs(3600);
+        let timeout_status = if activity.request_done.get() { 504 } else { 408 };
+        if let Some(d) = max_stream {
+            if now >= d {
+                return StreamTimeout {
+                    status: timeout_status,
+                    body: crate::http::max_stream_duration::BODY,
+                    details: crate::http::max_stream_duration::DETAILS,
+                    kind: StreamTimeoutKind::MaxDuration,
+                };
+            }
+            next = next.min(d);
+        }
         if let Some(rt) = request {
             if !activity.request_done.get() {
                 let d = started + rt;
@@ -350,7 +487,7 @@ pub async fn stream_watchdog(
                         status: 408,
                         body: "request timeout",
                         details: "request_overall_timeout",
-                        is_request_timeout: true,
+                        kind: StreamTimeoutKind::Request,
                     };
                 }
                 next = next.min(d);
@@ -359,12 +496,11 @@ pub async fn stream_watchdog(
         if let Some(it) = stream_idle {
             let d = activity.last.get() + it;
             if now >= d {
-                let status = if activity.request_done.get() { 504 } else { 408 };
                 return StreamTimeout {
-                    status,
+                    status: timeout_status,
                     body: "stream timeout",
                     details: "stream_idle_timeout",
-                    is_request_timeout: false,
+                    kind: StreamTimeoutKind::Idle,
                 };
             }
             next = next.min(d);

@@ -32,6 +32,9 @@ pub struct Cluster {
     pub idle_timeout: Option<Duration>,
     /// `max_requests_per_connection` (0 = unlimited).
     pub max_requests_per_connection: u32,
+    /// `common_http_protocol_options.max_stream_duration` for upstream streams, from the
+    /// moment the stream has a connection (`None`: unset or 0).
+    pub max_stream_duration: Option<Duration>,
     /// `per_connection_buffer_limit_bytes` (default 1 MiB).
     pub per_connection_buffer_limit_bytes: u32,
     /// `dns_refresh_rate` (default 5s) for STRICT_DNS.

@@ -42,8 +42,16 @@ pub struct HttpConnectionManager {
     pub idle_timeout: Option<Duration>,
     /// `common_http_protocol_options.max_headers_count` (default 100).
     pub max_headers_count: u32,
-    /// `common_http_protocol_options.max_stream_duration`.
+    /// `common_http_protocol_options.max_stream_duration` (`None`: unset or 0, disabled).
     pub max_stream_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration` (`None`: unset or 0, disabled).
+    pub max_connection_duration: Option<Duration>,
+    /// `common_http_protocol_options.max_connection_duration_jitter`, in percent of
+    /// `max_connection_duration` (0: no jitter).
+    pub max_connection_duration_jitter_percent: f64,
+    /// `http1_safe_max_connection_duration`: HTTP/1 connections past their max duration are
+    /// closed after their next response (`connection: close`) instead of drained.
+    pub http1_safe_max_connection_duration: bool,
     /// `common_http_protocol_options.headers_with_underscores_action`.
     pub headers_with_underscores_action: HeadersWithUnderscoresAction,
     /// `http_protocol_options.accept_http_10`.

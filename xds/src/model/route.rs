@@ -265,6 +265,9 @@ pub struct ForwardAction {
     /// `idle_timeout`: replaces the HCM's `stream_idle_timeout` for this route (`Some(None)`:
     /// 0, which disables it).
     pub idle_timeout: Option<Option<Duration>>,
+    /// `max_stream_duration`: when present, Envoy's "new timeouts" (the route `timeout` is
+    /// not used and the HCM's stream duration timer takes these values).
+    pub max_stream_duration: Option<RouteMaxStreamDuration>,
     /// Retry policy (route level wins over vhost).
     pub retry_policy: Option<RetryPolicy>,
     /// `priority`: which of the cluster's resource managers (circuit breakers, pools) the
@@ -278,6 +281,18 @@ pub struct ForwardAction {
     /// `hash_policy`: how the request hash for hash-based load balancers is computed (empty:
     /// no hash; ring hash and Maglev then pick at random, as Envoy).
     pub hash_policy: Vec<HashPolicy>,
+}
+
+/// `RouteAction.MaxStreamDuration`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteMaxStreamDuration {
+    /// `max_stream_duration`: `None` unset (the HCM's applies), zero disables the HCM's.
+    pub max_stream_duration: Option<Duration>,
+    /// `grpc_timeout_header_max`: with it, a `grpc-timeout` header sets the duration, capped
+    /// at this value (zero: not capped).
+    pub grpc_timeout_header_max: Option<Duration>,
+    /// `grpc_timeout_header_offset`: subtracted from the `grpc-timeout` header's value.
+    pub grpc_timeout_header_offset: Option<Duration>,
 }
 
 /// How to pick the cluster.

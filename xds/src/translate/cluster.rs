@@ -251,6 +251,7 @@ pub fn cluster(cl: &c::Cluster) -> ConfigResult<model::Cluster> {
         http2,
         idle_timeout: common.idle_timeout,
         max_requests_per_connection: max_requests,
+        max_stream_duration: common.max_stream_duration,
         per_connection_buffer_limit_bytes: u32_or(per_connection_buffer_limit_bytes, 1024 * 1024),
         dns_refresh_rate: duration_or(dns_refresh_rate, Duration::from_secs(5), "dns_refresh_rate")?,
         dns_lookup_family,
@@ -399,11 +400,24 @@ fn outlier(od: &c::OutlierDetection) -> ConfigResult<model::OutlierDetection> {
     })
 }
 
-/// Upstream `common_http_protocol_options`: only idle_timeout and max_requests_per_connection.
+/// Upstream `common_http_protocol_options`: idle_timeout, max_requests_per_connection and
+/// max_stream_duration.
 fn upstream_common_options(o: &core::HttpProtocolOptions) -> ConfigResult<CommonOptions> {
     // The other fields are destructured and checked by common_options.
     reject_set(&o.max_headers_count, "max_headers_count")?;
-    reject_set(&o.max_stream_duration, "max_stream_duration")?;
+    // Upstream connection durations (Envoy's pool draining) are not implemented; the HCM's
+    // downstream ones and upstream stream durations are.
+    for (set, field) in [
+        (o.max_connection_duration.is_some(), "max_connection_duration"),
+        (o.max_connection_duration_jitter.is_some(), "max_connection_duration_jitter"),
+    ] {
+        if set {
+            return Err(ConfigError::unsupported(
+                field,
+                format!("{field} is not supported by pinion on clusters (upstream connections)"),
+            ));
+        }
+    }
     reject_set(&o.headers_with_underscores_action, "headers_with_underscores_action")?;
     common_options(o)
 }

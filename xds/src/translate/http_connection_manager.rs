@@ -27,8 +27,7 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
         add_user_agent,
         tracing,
         common_http_protocol_options,
-        // Only meaningful with max_connection_duration, which is rejected.
-        http1_safe_max_connection_duration: _,
+        http1_safe_max_connection_duration,
         http_protocol_options,
         http2_protocol_options,
         http3_protocol_options,
@@ -186,12 +185,6 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
             "always_set_request_id_in_response is not supported by pinion yet",
         ));
     }
-    if common.max_stream_duration.is_some() {
-        return Err(ConfigError::unsupported(
-            "common_http_protocol_options.max_stream_duration",
-            "max_stream_duration is not enforced by pinion yet",
-        ));
-    }
     Ok(model::HttpConnectionManager {
         stat_prefix: stat_prefix.clone(),
         codec_type,
@@ -219,6 +212,9 @@ pub(crate) fn http_connection_manager(h: &hcm::HttpConnectionManager) -> ConfigR
         idle_timeout: common.idle_timeout,
         max_headers_count: common.max_headers_count,
         max_stream_duration: common.max_stream_duration,
+        max_connection_duration: common.max_connection_duration,
+        max_connection_duration_jitter_percent: common.max_connection_duration_jitter_percent,
+        http1_safe_max_connection_duration: *http1_safe_max_connection_duration,
         headers_with_underscores_action: common.headers_with_underscores_action,
         accept_http_10,
         default_host_for_http_10,
@@ -257,6 +253,10 @@ pub(crate) struct CommonOptions {
     pub max_headers_count: u32,
     /// `max_stream_duration` (0 = disabled).
     pub max_stream_duration: Option<Duration>,
+    /// `max_connection_duration` (0 = disabled).
+    pub max_connection_duration: Option<Duration>,
+    /// `max_connection_duration_jitter`, in percent.
+    pub max_connection_duration_jitter_percent: f64,
     /// `headers_with_underscores_action`.
     pub headers_with_underscores_action: model::HeadersWithUnderscoresAction,
     /// `max_requests_per_connection` (0 = unlimited).
@@ -269,6 +269,8 @@ impl Default for CommonOptions {
             idle_timeout: Some(Duration::from_secs(3600)),
             max_headers_count: 100,
             max_stream_duration: None,
+            max_connection_duration: None,
+            max_connection_duration_jitter_percent: 0.0,
             headers_with_underscores_action: model::HeadersWithUnderscoresAction::Allow,
             max_requests_per_connection: 0,
         }
@@ -288,10 +290,20 @@ pub(crate) fn common_options(o: &core::HttpProtocolOptions) -> ConfigResult<Comm
         headers_with_underscores_action,
         max_requests_per_connection,
     } = o;
-    reject_set(max_connection_duration, "max_connection_duration")?;
-    reject_set(max_connection_duration_jitter, "max_connection_duration_jitter")?;
     reject_set(max_response_headers_kb, "max_response_headers_kb")?;
+    let jitter = match max_connection_duration_jitter {
+        None => 0.0,
+        Some(p) => {
+            let envoy_types::pb::envoy::r#type::v3::Percent { value } = p;
+            if !(0.0..=100.0).contains(value) {
+                return Err(ConfigError::invalid("max_connection_duration_jitter.value", "must be in [0, 100]"));
+            }
+            *value
+        }
+    };
     Ok(CommonOptions {
+        max_connection_duration: duration_zero_disables(max_connection_duration, None, "max_connection_duration")?,
+        max_connection_duration_jitter_percent: jitter,
         idle_timeout: duration_zero_disables(idle_timeout, Some(Duration::from_secs(3600)), "idle_timeout")?,
         max_headers_count: u32_or(max_headers_count, 100),
         max_stream_duration: duration_zero_disables(max_stream_duration, None, "max_stream_duration")?,

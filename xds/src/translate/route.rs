@@ -438,27 +438,24 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
     reject_set(internal_redirect_action, "internal_redirect_action")?;
     reject_set(max_internal_redirects, "max_internal_redirects")?;
     reject_set(hedge_policy, "hedge_policy")?;
-    if let Some(m) = max_stream_duration {
-        // Any of its fields makes Envoy switch the route to the HCM's stream-duration timers
-        // (and the gRPC `grpc-timeout` header), which Pinion does not have.
-        let r::route_action::MaxStreamDuration {
-            max_stream_duration,
-            grpc_timeout_header_max,
-            grpc_timeout_header_offset,
-        } = m;
-        for (set, field) in [
-            (max_stream_duration.is_some(), "max_stream_duration"),
-            (grpc_timeout_header_max.is_some(), "grpc_timeout_header_max"),
-            (grpc_timeout_header_offset.is_some(), "grpc_timeout_header_offset"),
-        ] {
-            if set {
-                return Err(ConfigError::unsupported(
-                    format!("max_stream_duration.{field}"),
-                    format!("{field} is not supported by pinion (per-route stream duration limits)"),
-                ));
-            }
+    let max_stream_duration = match max_stream_duration {
+        None => None,
+        Some(m) => {
+            let r::route_action::MaxStreamDuration {
+                max_stream_duration,
+                grpc_timeout_header_max,
+                grpc_timeout_header_offset,
+            } = m;
+            let ms = |d: &Option<_>, f: &str| -> ConfigResult<Option<Duration>> {
+                d.as_ref().map(duration).transpose().map_err(at(format!("max_stream_duration.{f}")))
+            };
+            Some(model::RouteMaxStreamDuration {
+                max_stream_duration: ms(max_stream_duration, "max_stream_duration")?,
+                grpc_timeout_header_max: ms(grpc_timeout_header_max, "grpc_timeout_header_max")?,
+                grpc_timeout_header_offset: ms(grpc_timeout_header_offset, "grpc_timeout_header_offset")?,
+            })
         }
-    }
+    };
 
     let cluster = match cluster_specifier {
         None => {
@@ -501,6 +498,9 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
         Some(H::HostRewrite(_)) => return Err(unsupported_field("host_rewrite")),
     };
     let timeout = duration_zero_disables(timeout, Some(DEFAULT_ROUTE_TIMEOUT), "timeout")?;
+    // A `max_stream_duration` (even empty) switches the route to Envoy's "new timeouts": the
+    // router then has no global timeout (`x-envoy-upstream-rq-timeout-ms` can still set one).
+    let timeout = if max_stream_duration.is_some() { None } else { timeout };
     // Set (even to 0, which disables it), it replaces the HCM's stream_idle_timeout.
     let idle_timeout = match idle_timeout {
         None => None,
@@ -530,6 +530,7 @@ fn route_action(a: &r::RouteAction, ctx: Ctx<'_>) -> ConfigResult<model::Forward
         append_x_forwarded_host: *append_x_forwarded_host,
         timeout,
         idle_timeout,
+        max_stream_duration,
         retry_policy,
         priority,
         upgrade_websocket,
