@@ -21,6 +21,7 @@ use crate::http::route_table::RouteTable;
 use crate::listener::{scope_map_key, ListenerImpl, RdsSlot, RouteProvider, ScopeMap, ScopeSlot};
 use crate::listener_manager::ListenerManager;
 use crate::runtime::Runtime;
+use crate::secret_manager::SecretManager;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
 use crate::upstream::outlier_detector::{self, EventLog};
@@ -69,8 +70,10 @@ struct Inner {
     active_clusters: HashMap<String, Arc<Cluster>>,
     /// Runtime clusters waiting for their first EDS response.
     warming_clusters: HashMap<String, Arc<Cluster>>,
-    /// Listeners waiting for RDS.
+    /// Listeners waiting for RDS or SDS.
     warming_listeners: HashMap<String, Arc<ListenerImpl>>,
+    /// Runtime clusters waiting for their secrets (SDS), before anything else of them starts.
+    secret_warming_clusters: HashMap<String, Arc<Cluster>>,
     rds_slots: HashMap<String, RdsSlot>,
     /// SRDS scopes.
     scopes: BTreeMap<String, Versioned<Arc<model::ScopedRouteConfiguration>>>,
@@ -113,6 +116,10 @@ pub struct ConfigStore {
     delta: bool,
     /// The outlier detection event log the clusters built here write to, if configured.
     outlier_events: std::sync::OnceLock<EventLog>,
+    /// Static secrets and SDS subscriptions.
+    secrets: Arc<SecretManager>,
+    /// SDS comes over ADS (else a stream of its own): an `sds_config` must say the same.
+    sds_aggregated: AtomicBool,
 }
 
 impl ConfigStore {
@@ -126,6 +133,7 @@ impl ConfigStore {
         runtime: Arc<Runtime>,
         access_logs: Arc<AccessLogManager>,
         delta: bool,
+        secrets: Arc<SecretManager>,
     ) -> Arc<Self> {
         let static_clusters = snapshot.load().clusters.clone();
         let static_eds_waiting = static_clusters
@@ -149,7 +157,39 @@ impl ConfigStore {
             access_logs,
             delta,
             outlier_events: std::sync::OnceLock::new(),
+            secrets,
+            sds_aggregated: AtomicBool::new(true),
         })
+    }
+
+    /// Whether the xDS client fetches SDS over ADS (the default) or a stream of its own.
+    pub fn set_sds_aggregated(&self, aggregated: bool) {
+        self.sds_aggregated.store(aggregated, Ordering::Relaxed);
+    }
+
+    /// Refuse an `sds_config` on another transport than the client's SDS subscription.
+    fn check_sds_sources<'a>(&self, refs: impl Iterator<Item = &'a model::SdsSecretConfig>) -> Result<(), String> {
+        let ads = self.sds_aggregated.load(Ordering::Relaxed);
+        for r in refs {
+            let ok = match r.source.as_ref().map(|s| &s.kind) {
+                None => true,
+                Some(model::ConfigSourceKind::Ads) => ads,
+                Some(model::ConfigSourceKind::Api(_)) => !ads,
+            };
+            if !ok {
+                return Err(format!(
+                    "secret '{}': sds_config must use the same transport as lds_config/cds_config (ads, or an \
+                     api_config_source): other transports are not supported by pinion",
+                    r.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The secret manager (for `/config_dump`).
+    pub fn secrets(&self) -> &Arc<SecretManager> {
+        &self.secrets
     }
 
     /// Have the outlier detectors of the clusters built from now on write to `log`.
@@ -174,8 +214,15 @@ impl ConfigStore {
             }
             let provider = Provider { inner: &inner, srds: &self.srds, on_demand: &self.on_demand };
             let runtime = Arc::new(
-                ListenerImpl::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider))
-                    .map_err(|e| e.to_string())?,
+                ListenerImpl::new(
+                    cfg.clone(),
+                    &self.stats,
+                    self.workers,
+                    &self.access_logs,
+                    Some(&provider),
+                    &*self.secrets,
+                )
+                .map_err(|e| e.to_string())?,
             );
             inner.static_listeners.push(cfg.clone());
             if runtime.is_warm() {
@@ -201,7 +248,8 @@ impl ConfigStore {
         use serde_json::json;
         let inner = self.lock();
         let ts = |t: SystemTime| crate::formatter::format_time(t);
-        let warming_clusters: BTreeSet<&String> = inner.warming_clusters.keys().collect();
+        let warming_clusters: BTreeSet<&String> =
+            inner.warming_clusters.keys().chain(inner.secret_warming_clusters.keys()).collect();
         let (mut active_c, mut warming_c) = (Vec::new(), Vec::new());
         for (name, v) in &inner.clusters {
             let entry = json!({ "version_info": v.version, "cluster": with_type(&v.raw, ResourceType::Cluster), "last_updated": ts(v.last_updated) });
@@ -260,6 +308,7 @@ impl ConfigStore {
             for c in [inner.active_clusters.remove(name), inner.warming_clusters.remove(name)].into_iter().flatten() {
                 c.stop_health_checks();
             }
+            inner.secret_warming_clusters.remove(name);
         }
         for u in updated {
             let Resource::Cluster(cfg) = u.resource else { continue };
@@ -272,8 +321,13 @@ impl ConfigStore {
             }
             // A replacement adopts the hosts of the cluster it replaces (by address, on its
             // first host set), so host stats and health survive a CDS update.
+            if let Err(reason) = self.check_sds_sources(cfg.sds_configs()) {
+                rejected.push(Rejected { name: u.name.clone(), reason });
+                continue;
+            }
             let previous = inner.active_clusters.get(&u.name).or_else(|| inner.warming_clusters.get(&u.name));
-            let cluster = match Cluster::new_replacing(cfg.clone(), &self.stats, previous.map(|c| &**c)) {
+            let cluster = match Cluster::new_replacing(cfg.clone(), &self.stats, previous.map(|c| &**c), &*self.secrets)
+            {
                 Ok(c) => c,
                 Err(reason) => {
                     rejected.push(Rejected { name: u.name.clone(), reason });
@@ -284,36 +338,53 @@ impl ConfigStore {
                 u.name.clone(),
                 Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
-            // Its detector runs from now on: while it warms it has no hosts to judge.
-            outlier_detector::spawn(&cluster, self.outlier_events.get());
-            health_check::start(&cluster);
-            match cfg.discovery {
-                model::DiscoveryType::Eds => {
-                    let eds_name = eds_name(&cfg);
-                    if let Some(cla) = inner.endpoints.get(eds_name) {
-                        install_endpoints(&cluster, &cla.value);
-                        self.activate(inner, &u.name, cluster);
-                    } else if inner.gave_up.contains(&ResourceType::ClusterLoadAssignment) {
-                        // No host set will come to health check: Envoy's cluster initializes
-                        // empty after the initial fetch timeout.
-                        self.make_active(inner, &u.name, cluster);
-                    } else {
-                        // Warming: the previous version (if any) keeps serving meanwhile.
-                        if let Some(old) = inner.warming_clusters.insert(u.name.clone(), cluster) {
-                            old.stop_health_checks();
-                        }
-                    }
+            inner.secret_warming_clusters.remove(&u.name);
+            if !cluster.secrets_ready() && !inner.gave_up.contains(&ResourceType::Secret) {
+                // Warms until its secrets arrive, with nothing of it running (Envoy's cluster
+                // init waits for its SDS init targets); a previous version keeps serving.
+                if let Some(old) = inner.warming_clusters.remove(&u.name) {
+                    old.stop_health_checks();
                 }
-                model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => {
-                    dns::spawn_refresher(&cluster);
-                    self.activate(inner, &u.name, cluster);
-                }
-                model::DiscoveryType::Static => {
-                    self.activate(inner, &u.name, cluster);
-                }
+                inner.secret_warming_clusters.insert(u.name.clone(), cluster);
+                continue;
             }
+            self.start_cluster(inner, &u.name, cluster);
         }
         rejected
+    }
+
+    /// Start a built cluster whose secrets are in: outlier detection and health checks, then
+    /// active (or warming until its endpoints or first health checks).
+    fn start_cluster(&self, inner: &mut Inner, name: &str, cluster: Arc<Cluster>) {
+        let cfg = cluster.config.clone();
+        // Its detector runs from now on: while it warms it has no hosts to judge.
+        outlier_detector::spawn(&cluster, self.outlier_events.get());
+        health_check::start(&cluster);
+        match cfg.discovery {
+            model::DiscoveryType::Eds => {
+                let eds_name = eds_name(&cfg);
+                if let Some(cla) = inner.endpoints.get(eds_name) {
+                    install_endpoints(&cluster, &cla.value);
+                    self.activate(inner, name, cluster);
+                } else if inner.gave_up.contains(&ResourceType::ClusterLoadAssignment) {
+                    // No host set will come to health check: Envoy's cluster initializes
+                    // empty after the initial fetch timeout.
+                    self.make_active(inner, name, cluster);
+                } else {
+                    // Warming: the previous version (if any) keeps serving meanwhile.
+                    if let Some(old) = inner.warming_clusters.insert(name.to_string(), cluster) {
+                        old.stop_health_checks();
+                    }
+                }
+            }
+            model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => {
+                dns::spawn_refresher(&cluster);
+                self.activate(inner, name, cluster);
+            }
+            model::DiscoveryType::Static => {
+                self.activate(inner, name, cluster);
+            }
+        }
     }
 
     fn apply_endpoints(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) {
@@ -557,23 +628,33 @@ impl ConfigStore {
             if inner.listeners.get(&u.name).is_some_and(|old| old.raw == u.raw) {
                 continue;
             }
+            if let Err(reason) = self.check_sds_sources(cfg.sds_configs()) {
+                rejected.push(Rejected { name: u.name.clone(), reason });
+                continue;
+            }
             for n in rds_names(&cfg) {
                 Self::rds_slot(inner, &n);
             }
             let provider = Provider { inner: &*inner, srds: &self.srds, on_demand: &self.on_demand };
-            let runtime =
-                match ListenerImpl::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider)) {
-                    Ok(r) => Arc::new(r),
-                    Err(e) => {
-                        rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
-                        continue;
-                    }
-                };
+            let runtime = match ListenerImpl::new(
+                cfg.clone(),
+                &self.stats,
+                self.workers,
+                &self.access_logs,
+                Some(&provider),
+                &*self.secrets,
+            ) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
+                    continue;
+                }
+            };
             inner.listeners.insert(
                 u.name.clone(),
                 Versioned { value: cfg, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
-            if runtime.is_warm() || inner.gave_up.contains(&ResourceType::RouteConfiguration) {
+            if Self::listener_ready(inner, &runtime) {
                 inner.warming_listeners.remove(&u.name);
                 if let Err(e) = manager.upsert(runtime) {
                     rejected.push(Rejected { name: u.name.clone(), reason: e });
@@ -585,11 +666,37 @@ impl ConfigStore {
         rejected
     }
 
-    /// Move listeners whose route configs arrived from warming to active.
+    /// Whether a listener is done warming: its routes and secrets arrived, or their initial
+    /// fetch timed out (then it serves without them, as Envoy: no route, failed handshakes).
+    fn listener_ready(inner: &Inner, l: &ListenerImpl) -> bool {
+        (l.routes_ready() || inner.gave_up.contains(&ResourceType::RouteConfiguration))
+            && (l.secrets_ready() || inner.gave_up.contains(&ResourceType::Secret))
+    }
+
+    /// Start the clusters that waited for their secrets, once those are in (or timed out).
+    fn promote_secret_clusters(&self, inner: &mut Inner) {
+        let gave_up = inner.gave_up.contains(&ResourceType::Secret);
+        let ready: Vec<String> = inner
+            .secret_warming_clusters
+            .iter()
+            .filter(|(_, c)| gave_up || c.secrets_ready())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in ready {
+            if let Some(c) = inner.secret_warming_clusters.remove(&n) {
+                self.start_cluster(inner, &n, c);
+            }
+        }
+    }
+
+    /// Move listeners whose route configs and secrets arrived from warming to active.
     fn promote_listeners(&self, inner: &mut Inner) {
-        let gave_up = inner.gave_up.contains(&ResourceType::RouteConfiguration);
-        let ready: Vec<String> =
-            inner.warming_listeners.iter().filter(|(_, l)| gave_up || l.is_warm()).map(|(n, _)| n.clone()).collect();
+        let ready: Vec<String> = inner
+            .warming_listeners
+            .iter()
+            .filter(|(_, l)| Self::listener_ready(inner, l))
+            .map(|(n, _)| n.clone())
+            .collect();
         if ready.is_empty() {
             return;
         }
@@ -610,7 +717,7 @@ impl ConfigStore {
         for (n, c) in &inner.active_clusters {
             clusters.insert(n.clone(), c.clone());
         }
-        let listeners = {
+        let listeners: Vec<_> = {
             let manager = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
             manager.names().iter().filter_map(|n| manager.get(n)).collect()
         };
@@ -619,7 +726,10 @@ impl ConfigStore {
             .set(clusters.len() as i64);
         self.stats
             .gauge("cluster_manager.warming_clusters", crate::stats::Prom::plain("cluster_manager.warming_clusters"))
-            .set(inner.warming_clusters.len() as i64);
+            .set((inner.warming_clusters.len() + inner.secret_warming_clusters.len()) as i64);
+        let gauge = |name: &str, v: usize| self.stats.gauge(name, Prom::plain(name)).set(v as i64);
+        gauge("listener_manager.total_listeners_warming", inner.warming_listeners.len());
+        gauge("listener_manager.total_listeners_active", listeners.len());
         self.snapshot.store(Arc::new(Snapshot { version: inner.version, listeners, clusters }));
     }
 
@@ -631,6 +741,8 @@ impl ConfigStore {
             && inner.initial_done.contains(&ResourceType::Listener)
             && inner.warming_clusters.is_empty()
             && inner.warming_listeners.is_empty()
+            && inner.secret_warming_clusters.is_empty()
+            && (self.secrets.all_ready() || inner.gave_up.contains(&ResourceType::Secret))
             && inner.static_eds_waiting.is_empty()
             && (self.runtime.rtds_names().is_empty() || inner.initial_done.contains(&ResourceType::Runtime));
         if done {
@@ -764,7 +876,9 @@ impl ConfigSink for ConfigStore {
                 self.apply_runtime(updated, &removed);
                 Vec::new()
             }
+            ResourceType::Secret => self.secrets.apply(updated),
         };
+        self.promote_secret_clusters(&mut inner);
         self.promote_listeners(&mut inner);
         inner.initial_done.insert(type_);
         if !rejected.is_empty() {
@@ -812,6 +926,7 @@ impl ConfigSink for ConfigStore {
                 Some(names)
             }
             ResourceType::Runtime => Some(self.runtime.rtds_names().into_iter().collect()),
+            ResourceType::Secret => Some(self.secrets.subscribed()),
             ResourceType::ClusterLoadAssignment => Some(
                 inner
                     .clusters
@@ -849,6 +964,14 @@ impl ConfigSink for ConfigStore {
                 inner.gave_up.insert(type_);
                 self.promote_listeners(&mut inner);
             }
+            ResourceType::Secret => {
+                // Listeners and clusters go on without their secrets: their handshakes fail
+                // until the secrets arrive, as in Envoy.
+                inner.gave_up.insert(type_);
+                self.secrets.count_init_fetch_timeouts();
+                self.promote_secret_clusters(&mut inner);
+                self.promote_listeners(&mut inner);
+            }
             ResourceType::ScopedRouteConfiguration => {
                 // No scopes yet: the scope set is known to be empty; listeners go on.
                 if !self.srds.load().ready {
@@ -863,6 +986,10 @@ impl ConfigSink for ConfigStore {
     }
 
     fn resource_outcomes(&self, type_: ResourceType, accepted: &[String], rejected: &[String]) {
+        if type_ == ResourceType::Secret {
+            self.secrets.count_outcomes(accepted, rejected);
+            return;
+        }
         let inner = self.lock();
         // (stat prefix, Prometheus base) of every owner of a resource: the HCMs that use a
         // route config, the clusters that take an EDS service's endpoints.
@@ -940,6 +1067,7 @@ mod tests {
                 runtime,
                 Arc::new(crate::access_log::AccessLogManager::new(std::time::Duration::from_secs(1), None)),
                 false,
+                SecretManager::new(&[], &Store::new(1)).unwrap(),
             ),
             snapshot,
         )

@@ -1,0 +1,143 @@
+//! Envoy's secret manager: the static secrets of the bootstrap and one SDS subscription per
+//! secret name, shared by every listener and cluster that names it. Lives on the control
+//! thread; TLS contexts keep the [`SecretSlot`]s it hands out and read them per handshake.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use pinion_xds::model;
+use pinion_xds::sink::{Rejected, Resource, ResourceUpdate};
+
+use crate::stats::{Prom, Store};
+use crate::tls::{LoadedSecret, SecretLookup, SecretSlot};
+
+/// An SDS secret as last accepted, for `/config_dump`.
+#[derive(Clone)]
+pub struct DynamicSecret {
+    /// The slot contexts read.
+    pub slot: Arc<SecretSlot>,
+    /// Version of the accepted value (empty before the first one).
+    pub version: String,
+    /// When it was accepted.
+    pub last_updated: Option<SystemTime>,
+}
+
+/// The secrets of one server.
+pub struct SecretManager {
+    statics: HashMap<String, Arc<SecretSlot>>,
+    /// SDS secrets by name; subscribed while some context holds the slot.
+    dynamic: Mutex<BTreeMap<String, DynamicSecret>>,
+    stats: Store,
+}
+
+impl SecretManager {
+    /// A manager holding the bootstrap's `static_resources.secrets`, each checked (a key that
+    /// does not match its certificate fails the bootstrap, as in Envoy).
+    pub fn new(statics: &[Arc<model::Secret>], stats: &Store) -> Result<Arc<Self>, String> {
+        let mut map = HashMap::new();
+        for s in statics {
+            let slot = SecretSlot::new(&s.name);
+            slot.set(LoadedSecret::load(s.clone()).map_err(|e| format!("static secret '{}': {e}", s.name))?);
+            map.insert(s.name.clone(), slot);
+        }
+        Ok(Arc::new(SecretManager { statics: map, dynamic: Mutex::new(BTreeMap::new()), stats: stats.clone() }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DynamicSecret>> {
+        self.dynamic.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The SDS names to subscribe to: those some context still holds. Forgets the others,
+    /// as Envoy drops an SDS subscription with its last user.
+    pub fn subscribed(&self) -> BTreeSet<String> {
+        let mut dynamic = self.lock();
+        dynamic.retain(|_, d| Arc::strong_count(&d.slot) > 1);
+        dynamic.keys().cloned().collect()
+    }
+
+    /// Whether every subscribed secret has a value.
+    pub fn all_ready(&self) -> bool {
+        self.lock().values().filter(|d| Arc::strong_count(&d.slot) > 1).all(|d| d.slot.is_ready())
+    }
+
+    /// Names of subscribed secrets still without a value.
+    pub fn missing(&self) -> Vec<String> {
+        self.lock()
+            .values()
+            .filter(|d| Arc::strong_count(&d.slot) > 1 && !d.slot.is_ready())
+            .map(|d| d.slot.name.clone())
+            .collect()
+    }
+
+    /// Apply an SDS update: each secret is checked (PEM, key against certificate, CAs) and
+    /// installed, or rejected with the reason while the last good value keeps serving.
+    /// Removed secrets keep their last value (Envoy keeps serving it too).
+    pub fn apply(&self, updated: Vec<ResourceUpdate>) -> Vec<Rejected> {
+        let mut rejected = Vec::new();
+        let mut dynamic = self.lock();
+        for u in updated {
+            let Resource::Secret(secret) = u.resource else { continue };
+            match LoadedSecret::load(secret) {
+                Ok(loaded) => {
+                    let entry = dynamic.entry(u.name.clone()).or_insert_with(|| DynamicSecret {
+                        slot: SecretSlot::new(&u.name),
+                        version: String::new(),
+                        last_updated: None,
+                    });
+                    entry.slot.set(loaded);
+                    entry.version = u.version;
+                    entry.last_updated = Some(SystemTime::now());
+                }
+                Err(reason) => rejected.push(Rejected { name: u.name, reason }),
+            }
+        }
+        rejected
+    }
+
+    /// Count an SDS response's outcome per secret: `sds.<name>.update_attempt`,
+    /// `update_success` or `update_rejected`, as Envoy's per-secret subscription stats.
+    pub fn count_outcomes(&self, accepted: &[String], rejected: &[String]) {
+        for (names, ok) in [(accepted, true), (rejected, false)] {
+            for name in names {
+                self.bump(name, "update_attempt");
+                self.bump(name, if ok { "update_success" } else { "update_rejected" });
+            }
+        }
+    }
+
+    /// Count `sds.<name>.init_fetch_timeout` for every secret still missing.
+    pub fn count_init_fetch_timeouts(&self) {
+        for name in self.missing() {
+            self.bump(&name, "init_fetch_timeout");
+        }
+    }
+
+    fn bump(&self, name: &str, what: &str) {
+        let stat = format!("sds.{name}.{what}");
+        self.stats.counter(&stat, Prom::plain(&stat)).inc();
+    }
+
+    /// The SDS secrets, for `/config_dump`.
+    pub fn dynamic_secrets(&self) -> Vec<DynamicSecret> {
+        self.lock().values().cloned().collect()
+    }
+}
+
+impl SecretLookup for SecretManager {
+    fn slot(&self, cfg: &model::SdsSecretConfig) -> Result<Arc<SecretSlot>, String> {
+        match &cfg.source {
+            None => self.statics.get(&cfg.name).cloned().ok_or_else(|| format!("Unknown static secret: {}", cfg.name)),
+            Some(_) => Ok(self
+                .lock()
+                .entry(cfg.name.clone())
+                .or_insert_with(|| DynamicSecret {
+                    slot: SecretSlot::new(&cfg.name),
+                    version: String::new(),
+                    last_updated: None,
+                })
+                .slot
+                .clone()),
+        }
+    }
+}
