@@ -16,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use pinion_certs::{Ca, Workload};
 use pinion_testkit::sds::{
     ads_only, bootstrap, ca_secret, cert_secret, cluster, downstream_tls, hcm, route_all, sds_common, sds_config,
-    sds_inbound_sidecar, sds_outbound_sidecar, socket,
+    sds_inbound_sidecar, sds_outbound_clusters, sds_outbound_sidecar, socket,
 };
 use pinion_testkit::{free_port, spawn_http_backend, BackendKind, ProxyKind, ProxyProcess};
 use pinion_xds::control_plane::{ControlPlane, Snapshot};
@@ -334,21 +334,26 @@ async fn sidecar_pair_rotates_under_load_without_errors() {
         let (xds, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
         let app = spawn_http_backend(BackendKind::Http1);
         let (in_port, in_admin, out_port, out_admin) = (free_port(), free_port(), free_port(), free_port());
+        let clusters: Vec<envoy_types::pb::envoy::config::cluster::v3::Cluster> =
+            sds_outbound_clusters(local(in_port)).iter().map(|c| yaml(&c.to_string())).collect();
         let push = |v: u32, server: &Workload, client: &Workload| {
             for (node, id) in [("inbound", server), ("outbound", client)] {
-                cp.set_snapshot(
-                    node,
-                    Snapshot::new(v.to_string())
-                        .with_secret(cert_secret("default", &id.cert_pem, &id.key_pem))
-                        .with_secret(ca_secret("ROOTCA", &ca_pem)),
-                );
+                let mut snap = Snapshot::new(v.to_string())
+                    .with_secret(cert_secret("default", &id.cert_pem, &id.key_pem))
+                    .with_secret(ca_secret("ROOTCA", &ca_pem));
+                if node == "outbound" {
+                    for c in &clusters {
+                        snap = snap.with_cluster(c.clone());
+                    }
+                }
+                cp.set_snapshot(node, snap);
             }
         };
         let (mut server, mut client) = (issue(&ca, "server"), issue(&ca, "client"));
         push(0, &server, &client);
         let mut inbound = spawn(&sds_inbound_sidecar("inbound", in_admin, in_port, xds, app.addr));
         // One worker: one HTTP/2 connection to the inbound sidecar, to follow through.
-        let mut outbound = spawn_with(&sds_outbound_sidecar("outbound", out_admin, out_port, xds, local(in_port)), "1");
+        let mut outbound = spawn_with(&sds_outbound_sidecar("outbound", out_admin, out_port, xds), "1");
         inbound.wait_ready(in_admin, Duration::from_secs(10)).expect("inbound ready");
         outbound.wait_ready(out_admin, Duration::from_secs(10)).expect("outbound ready");
 
@@ -398,7 +403,7 @@ async fn sidecar_pair_rotates_under_load_without_errors() {
         }
         let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
         eprintln!("sidecar pair: {ok} requests succeeded, {failed} failed through 20 rotations");
-        assert_eq!(failed, 0, "requests failed during rotations");
+        assert_eq!(failed, 0, "requests failed during rotations: {}", outbound.stats());
         assert!(ok > 200, "too little load: {ok}");
         // The outbound sidecar's client certificate rotated too: the inbound one saw it on
         // new HTTP/1.1 upstream connections (each handshake verified against ROOTCA).

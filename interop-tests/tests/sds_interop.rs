@@ -9,11 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use pinion_certs::{Ca, Workload};
 use pinion_testkit::mesh::TRUST_DOMAIN;
-use pinion_testkit::sds::{ca_secret, cert_secret, der_of, peer_leaf, sds_inbound_sidecar, sds_outbound_sidecar};
+use pinion_testkit::sds::{
+    ca_secret, cert_secret, der_of, peer_leaf, sds_inbound_sidecar, sds_outbound_clusters, sds_outbound_sidecar,
+};
 use pinion_testkit::{free_port, spawn_http_backend, BackendKind, ProxyKind, ProxyProcess};
 use pinion_xds::control_plane::{ControlPlane, Snapshot};
+use pinion_xds::decode::{message_from_str, DecodeOptions, Format};
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -46,23 +50,29 @@ async fn pair(kind_out: ProxyKind, kind_in: ProxyKind) {
     let ca_pem = ca.cert_pem();
     let cp = ControlPlane::new();
     let (xds, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+    let (in_admin, in_port, out_admin, out_port) = (free_port(), free_port(), free_port(), free_port());
+    let clusters: Vec<Cluster> = sds_outbound_clusters(local(in_port))
+        .iter()
+        .map(|c| message_from_str(&c.to_string(), Format::Json, &DecodeOptions::default()).expect("cluster"))
+        .collect();
     let push = |v: &str, server: &Workload, client: &Workload| {
         for (node, id) in [("inbound", server), ("outbound", client)] {
-            cp.set_snapshot(
-                node,
-                Snapshot::new(v)
-                    .with_secret(cert_secret("default", &id.cert_pem, &id.key_pem))
-                    .with_secret(ca_secret("ROOTCA", &ca_pem)),
-            );
+            let mut snap = Snapshot::new(v)
+                .with_secret(cert_secret("default", &id.cert_pem, &id.key_pem))
+                .with_secret(ca_secret("ROOTCA", &ca_pem));
+            if node == "outbound" {
+                for c in &clusters {
+                    snap = snap.with_cluster(c.clone());
+                }
+            }
+            cp.set_snapshot(node, snap);
         }
     };
     let (server, client) = (issue(&ca, "server"), issue(&ca, "client"));
     push("1", &server, &client);
     let app = spawn_http_backend(BackendKind::Http1);
-    let (in_admin, in_port, out_admin, out_port) = (free_port(), free_port(), free_port(), free_port());
     let inbound = start(kind_in, &sds_inbound_sidecar("inbound", in_admin, in_port, xds, app.addr), in_admin);
-    let outbound =
-        start(kind_out, &sds_outbound_sidecar("outbound", out_admin, out_port, xds, local(in_port)), out_admin);
+    let outbound = start(kind_out, &sds_outbound_sidecar("outbound", out_admin, out_port, xds), out_admin);
     for path in ["/h2/a", "/h1/b"] {
         assert_eq!(get(out_port, path).await.unwrap(), 200, "{what} {path}\n{}\n{}", outbound.logs(), inbound.logs());
     }

@@ -149,26 +149,31 @@ pub fn bootstrap(
 }
 
 /// The outbound sidecar of an SDS mesh (node `node`): a plaintext listener on `port` (stat
-/// prefix `outbound`) routing `/h2/*` to cluster `mesh-h2` (HTTP/2) and the rest to `mesh-h1`
-/// (HTTP/1.1), both mTLS to `peer` as whatever certificate `default` holds, expecting
-/// `sa/server`; secrets over ADS (SotW) from the control plane at `xds`.
-pub fn sds_outbound_sidecar(node: &str, admin: u16, port: u16, xds: SocketAddr, peer: SocketAddr) -> String {
-    let source = sds_config(true, "GRPC");
+/// prefix `outbound`) routing `/h2/*` to cluster `mesh-h2` and the rest to `mesh-h1`; those
+/// clusters come over CDS ([`sds_outbound_clusters`]), secrets over ADS (SotW) from the
+/// control plane at `xds`. (Envoy 1.40 crashes at startup when a static cluster takes its
+/// secrets over ADS, envoyproxy/envoy#15517: the clusters are dynamic, as in Istio.)
+pub fn sds_outbound_sidecar(node: &str, admin: u16, port: u16, xds: SocketAddr) -> String {
     let routes = json!([
         { "match": { "prefix": "/h2/" }, "route": { "cluster": "mesh-h2" } },
         { "match": { "prefix": "/" }, "route": { "cluster": "mesh-h1" } },
     ]);
+    let mut filter = hcm("outbound", routes);
+    // The clusters come later, over CDS.
+    filter["typed_config"]["route_config"]["validate_clusters"] = json!(false);
     let listener = json!({ "name": "outbound", "address": socket(SocketAddr::from(([127, 0, 0, 1], port))),
-        "filter_chains": [{ "filters": [hcm("outbound", routes)] }] });
-    let tls = upstream_tls(sds_common(&source, &spiffe("server"), &[]));
-    bootstrap(
-        node,
-        admin,
-        xds,
-        ads_only("GRPC"),
-        json!([listener]),
-        vec![cluster("mesh-h2", peer, true, Some(tls.clone())), cluster("mesh-h1", peer, false, Some(tls))],
-    )
+        "filter_chains": [{ "filters": [filter] }] });
+    let mut dynamic = ads_only("GRPC");
+    dynamic["cds_config"] = json!({ "ads": {}, "resource_api_version": "V3" });
+    bootstrap(node, admin, xds, dynamic, json!([listener]), Vec::new())
+}
+
+/// The outbound sidecar's clusters (JSON `Cluster`s for CDS): `mesh-h2` (HTTP/2) and
+/// `mesh-h1` (HTTP/1.1), both mTLS to `peer` as whatever certificate `default` holds,
+/// expecting `sa/server`, secrets over ADS.
+pub fn sds_outbound_clusters(peer: SocketAddr) -> Vec<Value> {
+    let tls = upstream_tls(sds_common(&sds_config(true, "GRPC"), &spiffe("server"), &[]));
+    vec![cluster("mesh-h2", peer, true, Some(tls.clone())), cluster("mesh-h1", peer, false, Some(tls))]
 }
 
 /// The inbound sidecar of an SDS mesh (node `node`): an mTLS listener on `port` (stat prefix
