@@ -116,8 +116,8 @@ pub struct ConfigStore {
     delta: bool,
     /// The outlier detection event log the clusters built here write to, if configured.
     outlier_events: std::sync::OnceLock<EventLog>,
-    /// Static secrets and SDS subscriptions.
-    secrets: Arc<SecretManager>,
+    /// Static secrets and SDS subscriptions (see [`ConfigStore::set_secret_manager`]).
+    secret_manager: std::sync::OnceLock<Arc<SecretManager>>,
     /// SDS comes over ADS (else a stream of its own): an `sds_config` must say the same.
     sds_aggregated: AtomicBool,
 }
@@ -133,7 +133,6 @@ impl ConfigStore {
         runtime: Arc<Runtime>,
         access_logs: Arc<AccessLogManager>,
         delta: bool,
-        secrets: Arc<SecretManager>,
     ) -> Arc<Self> {
         let static_clusters = snapshot.load().clusters.clone();
         let static_eds_waiting = static_clusters
@@ -157,7 +156,7 @@ impl ConfigStore {
             access_logs,
             delta,
             outlier_events: std::sync::OnceLock::new(),
-            secrets,
+            secret_manager: std::sync::OnceLock::new(),
             sds_aggregated: AtomicBool::new(true),
         })
     }
@@ -187,9 +186,15 @@ impl ConfigStore {
         Ok(())
     }
 
-    /// The secret manager (for `/config_dump`).
+    /// Have the listeners and clusters built from now on find their secrets in `secrets`
+    /// (the server's, holding the static secrets; without it, a store has none).
+    pub fn set_secret_manager(&self, secrets: Arc<SecretManager>) {
+        let _ = self.secret_manager.set(secrets);
+    }
+
+    /// The secret manager.
     pub fn secrets(&self) -> &Arc<SecretManager> {
-        &self.secrets
+        self.secret_manager.get_or_init(|| SecretManager::empty(&self.stats))
     }
 
     /// Have the outlier detectors of the clusters built from now on write to `log`.
@@ -220,7 +225,7 @@ impl ConfigStore {
                     self.workers,
                     &self.access_logs,
                     Some(&provider),
-                    &*self.secrets,
+                    &**self.secrets(),
                 )
                 .map_err(|e| e.to_string())?,
             );
@@ -326,14 +331,14 @@ impl ConfigStore {
                 continue;
             }
             let previous = inner.active_clusters.get(&u.name).or_else(|| inner.warming_clusters.get(&u.name));
-            let cluster = match Cluster::new_replacing(cfg.clone(), &self.stats, previous.map(|c| &**c), &*self.secrets)
-            {
-                Ok(c) => c,
-                Err(reason) => {
-                    rejected.push(Rejected { name: u.name.clone(), reason });
-                    continue;
-                }
-            };
+            let cluster =
+                match Cluster::new_replacing(cfg.clone(), &self.stats, previous.map(|c| &**c), &**self.secrets()) {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        rejected.push(Rejected { name: u.name.clone(), reason });
+                        continue;
+                    }
+                };
             inner.clusters.insert(
                 u.name.clone(),
                 Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
@@ -642,7 +647,7 @@ impl ConfigStore {
                 self.workers,
                 &self.access_logs,
                 Some(&provider),
-                &*self.secrets,
+                &**self.secrets(),
             ) {
                 Ok(r) => Arc::new(r),
                 Err(e) => {
@@ -742,7 +747,7 @@ impl ConfigStore {
             && inner.warming_clusters.is_empty()
             && inner.warming_listeners.is_empty()
             && inner.secret_warming_clusters.is_empty()
-            && (self.secrets.all_ready() || inner.gave_up.contains(&ResourceType::Secret))
+            && (self.secrets().all_ready() || inner.gave_up.contains(&ResourceType::Secret))
             && inner.static_eds_waiting.is_empty()
             && (self.runtime.rtds_names().is_empty() || inner.initial_done.contains(&ResourceType::Runtime));
         if done {
@@ -876,7 +881,7 @@ impl ConfigSink for ConfigStore {
                 self.apply_runtime(updated, &removed);
                 Vec::new()
             }
-            ResourceType::Secret => self.secrets.apply(updated),
+            ResourceType::Secret => self.secrets().apply(updated),
         };
         self.promote_secret_clusters(&mut inner);
         self.promote_listeners(&mut inner);
@@ -926,7 +931,7 @@ impl ConfigSink for ConfigStore {
                 Some(names)
             }
             ResourceType::Runtime => Some(self.runtime.rtds_names().into_iter().collect()),
-            ResourceType::Secret => Some(self.secrets.subscribed()),
+            ResourceType::Secret => Some(self.secrets().subscribed()),
             ResourceType::ClusterLoadAssignment => Some(
                 inner
                     .clusters
@@ -968,7 +973,7 @@ impl ConfigSink for ConfigStore {
                 // Listeners and clusters go on without their secrets: their handshakes fail
                 // until the secrets arrive, as in Envoy.
                 inner.gave_up.insert(type_);
-                self.secrets.count_init_fetch_timeouts();
+                self.secrets().count_init_fetch_timeouts();
                 self.promote_secret_clusters(&mut inner);
                 self.promote_listeners(&mut inner);
             }
@@ -987,7 +992,7 @@ impl ConfigSink for ConfigStore {
 
     fn resource_outcomes(&self, type_: ResourceType, accepted: &[String], rejected: &[String]) {
         if type_ == ResourceType::Secret {
-            self.secrets.count_outcomes(accepted, rejected);
+            self.secrets().count_outcomes(accepted, rejected);
             return;
         }
         let inner = self.lock();
@@ -1067,7 +1072,6 @@ mod tests {
                 runtime,
                 Arc::new(crate::access_log::AccessLogManager::new(std::time::Duration::from_secs(1), None)),
                 false,
-                SecretManager::new(&[], &Store::new(1)).unwrap(),
             ),
             snapshot,
         )

@@ -44,6 +44,11 @@ impl SecretManager {
         Ok(Arc::new(SecretManager { statics: map, dynamic: Mutex::new(BTreeMap::new()), stats: stats.clone() }))
     }
 
+    /// A manager without static secrets.
+    pub fn empty(stats: &Store) -> Arc<Self> {
+        Arc::new(SecretManager { statics: HashMap::new(), dynamic: Mutex::new(BTreeMap::new()), stats: stats.clone() })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DynamicSecret>> {
         self.dynamic.lock().unwrap_or_else(|e| e.into_inner())
     }

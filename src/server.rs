@@ -397,8 +397,8 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
                 state.runtime.clone(),
                 access_logs.clone(),
                 cfg.mode == pinion_xds::client::Mode::Delta,
-                secrets.clone(),
             );
+            store.set_secret_manager(secrets.clone());
             store.set_sds_aggregated(cfg.aggregated);
             if let Some(log) = &outlier_events {
                 store.set_outlier_event_log(log.clone());
