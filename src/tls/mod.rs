@@ -7,13 +7,14 @@ mod context;
 mod error;
 mod secret;
 mod stream;
+mod subject_alt_names;
 mod verifier;
 
 pub use context::{Alpn, ClientContext, ServerContext};
 pub use error::TlsError;
 pub use secret::{LoadedKind, LoadedSecret, NoSecrets, SecretLookup, SecretSlot};
 pub use stream::Io;
-pub use verifier::sans;
+pub use subject_alt_names::sans;
 
 use crate::stats::{Counter, Prom, Store};
 

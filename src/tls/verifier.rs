@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use pinion_xds::model::{CertificateValidation, SanMatcher, SanType};
+use pinion_xds::model::{CertificateValidation, SanMatcher};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -16,6 +16,7 @@ use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
 
 use super::secret::{LoadedKind, LoadedSecret, SecretSlot};
+use super::subject_alt_names::sans;
 use super::SslStats;
 
 /// Whether the leaf `der` has a SAN matching one of `matchers` (none configured: any leaf).
@@ -25,31 +26,6 @@ pub fn san_matches(der: &[u8], matchers: &[SanMatcher]) -> bool {
     }
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
     sans(&cert).iter().any(|(kind, text)| matchers.iter().any(|m| m.san_type == *kind && m.matcher.matches(text)))
-}
-
-/// The DNS, URI, email and IP subject alternative names of `cert`, in certificate order.
-pub fn sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<(SanType, String)> {
-    use x509_parser::extensions::GeneralName;
-    let Ok(Some(ext)) = cert.subject_alternative_name() else { return Vec::new() };
-    ext.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(s) => Some((SanType::Dns, (*s).to_string())),
-            GeneralName::URI(s) => Some((SanType::Uri, (*s).to_string())),
-            GeneralName::RFC822Name(s) => Some((SanType::Email, (*s).to_string())),
-            GeneralName::IPAddress(b) => ip_text(b).map(|t| (SanType::IpAddress, t)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn ip_text(b: &[u8]) -> Option<String> {
-    match b.len() {
-        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
-        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
-        _ => None,
-    }
 }
 
 fn san_error() -> Error {
