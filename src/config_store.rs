@@ -189,7 +189,22 @@ impl ConfigStore {
     /// Have the listeners and clusters built from now on find their secrets in `secrets`
     /// (the server's, holding the static secrets; without it, a store has none).
     pub fn set_secret_manager(&self, secrets: Arc<SecretManager>) {
+        let me = self.me.clone();
+        secrets.set_on_timeout(Box::new(move || {
+            if let Some(store) = me.upgrade() {
+                store.secret_fetch_timed_out();
+            }
+        }));
         let _ = self.secret_manager.set(secrets);
+    }
+
+    /// A secret's own initial fetch timed out: what waited for it goes on without it.
+    fn secret_fetch_timed_out(&self) {
+        let mut inner = self.lock();
+        self.promote_secret_clusters(&mut inner);
+        self.promote_listeners(&mut inner);
+        self.publish(&mut inner);
+        self.check_initialized(&inner);
     }
 
     /// The secret manager.
@@ -973,7 +988,7 @@ impl ConfigSink for ConfigStore {
                 // Listeners and clusters go on without their secrets: their handshakes fail
                 // until the secrets arrive, as in Envoy.
                 inner.gave_up.insert(type_);
-                self.secrets().count_init_fetch_timeouts();
+                self.secrets().give_up_missing();
                 self.promote_secret_clusters(&mut inner);
                 self.promote_listeners(&mut inner);
             }

@@ -25,10 +25,15 @@ pub struct DynamicSecret {
 
 /// The secrets of one server.
 pub struct SecretManager {
+    /// Itself, for the initial fetch timers.
+    me: std::sync::Weak<SecretManager>,
     statics: HashMap<String, Arc<SecretSlot>>,
     /// SDS secrets by name; subscribed while some context holds the slot.
     dynamic: Mutex<BTreeMap<String, DynamicSecret>>,
     stats: Store,
+    /// Called on the control thread when a secret's own `initial_fetch_timeout` passes
+    /// without it (the config store goes on warming without it).
+    on_timeout: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl SecretManager {
@@ -41,12 +46,24 @@ impl SecretManager {
             slot.set(LoadedSecret::load(s.clone()).map_err(|e| format!("static secret '{}': {e}", s.name))?);
             map.insert(s.name.clone(), slot);
         }
-        Ok(Arc::new(SecretManager { statics: map, dynamic: Mutex::new(BTreeMap::new()), stats: stats.clone() }))
+        Ok(Arc::new_cyclic(|me| SecretManager {
+            me: me.clone(),
+            statics: map,
+            dynamic: Mutex::new(BTreeMap::new()),
+            stats: stats.clone(),
+            on_timeout: std::sync::OnceLock::new(),
+        }))
     }
 
     /// A manager without static secrets.
     pub fn empty(stats: &Store) -> Arc<Self> {
-        Arc::new(SecretManager { statics: HashMap::new(), dynamic: Mutex::new(BTreeMap::new()), stats: stats.clone() })
+        Arc::new_cyclic(|me| SecretManager {
+            me: me.clone(),
+            statics: HashMap::new(),
+            dynamic: Mutex::new(BTreeMap::new()),
+            stats: stats.clone(),
+            on_timeout: std::sync::OnceLock::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DynamicSecret>> {
@@ -61,18 +78,24 @@ impl SecretManager {
         dynamic.keys().cloned().collect()
     }
 
-    /// Whether every subscribed secret has a value.
-    pub fn all_ready(&self) -> bool {
-        self.lock().values().filter(|d| Arc::strong_count(&d.slot) > 1).all(|d| d.slot.is_ready())
+    /// Have `f` called when a secret's own initial fetch times out.
+    pub fn set_on_timeout(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_timeout.set(f);
     }
 
-    /// Names of subscribed secrets still without a value.
-    pub fn missing(&self) -> Vec<String> {
-        self.lock()
-            .values()
-            .filter(|d| Arc::strong_count(&d.slot) > 1 && !d.slot.is_ready())
-            .map(|d| d.slot.name.clone())
-            .collect()
+    /// Whether every subscribed secret has a value or timed out.
+    pub fn all_ready(&self) -> bool {
+        self.lock().values().filter(|d| Arc::strong_count(&d.slot) > 1).all(|d| d.slot.is_settled())
+    }
+
+    /// The initial fetch of every secret still missing timed out: warming goes on without
+    /// them; counts `sds.<name>.init_fetch_timeout`.
+    pub fn give_up_missing(&self) {
+        let given_up: Vec<String> =
+            self.lock().values().filter(|d| d.slot.give_up()).map(|d| d.slot.name.clone()).collect();
+        for name in given_up {
+            self.bump(&name, "init_fetch_timeout");
+        }
     }
 
     /// Apply an SDS update: each secret is checked (PEM, key against certificate, CAs) and
@@ -111,13 +134,6 @@ impl SecretManager {
         }
     }
 
-    /// Count `sds.<name>.init_fetch_timeout` for every secret still missing.
-    pub fn count_init_fetch_timeouts(&self) {
-        for name in self.missing() {
-            self.bump(&name, "init_fetch_timeout");
-        }
-    }
-
     fn bump(&self, name: &str, what: &str) {
         let stat = format!("sds.{name}.{what}");
         self.stats.counter(&stat, Prom::plain(&stat)).inc();
@@ -133,16 +149,36 @@ impl SecretLookup for SecretManager {
     fn slot(&self, cfg: &model::SdsSecretConfig) -> Result<Arc<SecretSlot>, String> {
         match &cfg.source {
             None => self.statics.get(&cfg.name).cloned().ok_or_else(|| format!("Unknown static secret: {}", cfg.name)),
-            Some(_) => Ok(self
-                .lock()
-                .entry(cfg.name.clone())
-                .or_insert_with(|| DynamicSecret {
-                    slot: SecretSlot::new(&cfg.name),
-                    version: String::new(),
-                    last_updated: None,
-                })
-                .slot
-                .clone()),
+            Some(source) => {
+                let slot = self
+                    .lock()
+                    .entry(cfg.name.clone())
+                    .or_insert_with(|| DynamicSecret {
+                        slot: SecretSlot::new(&cfg.name),
+                        version: String::new(),
+                        last_updated: None,
+                    })
+                    .slot
+                    .clone();
+                // Envoy's SDS init target: this reference's own initial_fetch_timeout.
+                if let (Some(timeout), false, Ok(rt)) =
+                    (source.initial_fetch_timeout, slot.is_settled(), tokio::runtime::Handle::try_current())
+                {
+                    let weak = Arc::downgrade(&slot);
+                    let me = self.me.clone();
+                    rt.spawn(async move {
+                        tokio::time::sleep(timeout).await;
+                        let (Some(slot), Some(me)) = (weak.upgrade(), me.upgrade()) else { return };
+                        if slot.give_up() {
+                            me.bump(&slot.name, "init_fetch_timeout");
+                            if let Some(f) = me.on_timeout.get() {
+                                f();
+                            }
+                        }
+                    });
+                }
+                Ok(slot)
+            }
         }
     }
 }

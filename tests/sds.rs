@@ -420,3 +420,105 @@ async fn sidecar_pair_rotates_under_load_without_errors() {
     .await
     .expect("bounded");
 }
+
+/// A secret that does not come within its `sds_config.initial_fetch_timeout`: the listener
+/// stops warming and serves, its handshakes failing (as Envoy's), counted in
+/// `sds.<name>.init_fetch_timeout`; once the secret arrives, handshakes succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_fetch_timeout_lets_the_listener_serve_without_its_secret() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let node = "sidecar-1";
+        let ca = Ca::new("timeout CA").unwrap();
+        let ca_pem = ca.cert_pem();
+        let cp = ControlPlane::new();
+        let (xds, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+        let app = spawn_http_backend(BackendKind::Http1);
+        let (port, admin) = (free_port(), free_port());
+        let mut source = sds_config(true, "GRPC");
+        source["initial_fetch_timeout"] = json!("1s");
+        let listener = sds_listener(port, &source);
+        cp.set_snapshot(node, Snapshot::new("1").with_listener(listener.clone()));
+        let mut dynamic = ads_only("GRPC");
+        dynamic["lds_config"] = json!({ "ads": {}, "resource_api_version": "V3" });
+        let started = Instant::now();
+        let mut proxy =
+            spawn(&bootstrap(node, admin, xds, dynamic, json!([]), vec![cluster("app", app.addr, false, None)]));
+        proxy.wait_ready(admin, Duration::from_secs(10)).expect("ready after the secrets' initial fetch timeout");
+        assert!(started.elapsed() >= Duration::from_millis(900), "ready before the timeout");
+        assert_eq!(proxy.stat("sds.default.init_fetch_timeout"), Some(1), "{}", proxy.stats());
+        assert_eq!(proxy.stat("sds.ROOTCA.init_fetch_timeout"), Some(1));
+        assert_eq!(proxy.stat("listener_manager.total_listeners_warming"), Some(0));
+        let config = client_config(&ca_pem, &issue(&ca, "client"));
+        assert!(tls_connect(local(port), config.clone()).await.is_err(), "a handshake without a certificate");
+
+        let server = issue(&ca, "server");
+        cp.set_snapshot(
+            node,
+            Snapshot::new("2")
+                .with_listener(listener)
+                .with_secret(cert_secret("default", &server.cert_pem, &server.key_pem))
+                .with_secret(ca_secret("ROOTCA", &ca_pem)),
+        );
+        wait_serial(local(port), &config, &serial_of_pem(&server.cert_pem), Duration::from_secs(5)).await;
+        proxy.kill();
+    })
+    .await
+    .expect("bounded");
+}
+
+/// CDS clusters naming secrets warm until the secrets arrive (the server is not ready
+/// meanwhile), then serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_warm_until_their_secrets_arrive() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let ca = Ca::new("cluster CA").unwrap();
+        let ca_pem = ca.cert_pem();
+        let cp = ControlPlane::new();
+        let (xds, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+        let app = spawn_http_backend(BackendKind::Http1);
+        let (in_port, in_admin, out_port, out_admin) = (free_port(), free_port(), free_port(), free_port());
+        let server = issue(&ca, "server");
+        cp.set_snapshot(
+            "inbound",
+            Snapshot::new("1")
+                .with_secret(cert_secret("default", &server.cert_pem, &server.key_pem))
+                .with_secret(ca_secret("ROOTCA", &ca_pem)),
+        );
+        let clusters: Vec<envoy_types::pb::envoy::config::cluster::v3::Cluster> =
+            sds_outbound_clusters(local(in_port)).iter().map(|c| yaml(&c.to_string())).collect();
+        let mut snap = Snapshot::new("1");
+        for c in &clusters {
+            snap = snap.with_cluster(c.clone());
+        }
+        cp.set_snapshot("outbound", snap.clone());
+        let mut inbound = spawn(&sds_inbound_sidecar("inbound", in_admin, in_port, xds, app.addr));
+        let outbound = spawn(&sds_outbound_sidecar("outbound", out_admin, out_port, xds));
+        inbound.wait_ready(in_admin, Duration::from_secs(10)).expect("inbound ready");
+
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while outbound.stat("cluster_manager.warming_clusters") != Some(2) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(outbound.stat("cluster_manager.warming_clusters"), Some(2), "{}", outbound.stats());
+        assert_ne!(outbound.admin_get("/ready").map(|r| r.0).unwrap_or(0), 200, "ready while clusters warm");
+        let client = issue(&ca, "client");
+        let mut snap = snap
+            .with_secret(cert_secret("default", &client.cert_pem, &client.key_pem))
+            .with_secret(ca_secret("ROOTCA", &ca_pem));
+        snap.version = "2".into();
+        cp.set_snapshot("outbound", snap);
+        let mut outbound = outbound;
+        outbound.wait_ready(out_admin, Duration::from_secs(10)).expect("outbound ready once its secrets arrived");
+        assert_eq!(outbound.stat("cluster_manager.warming_clusters"), Some(0));
+        for path in ["/h2/x", "/h1/y"] {
+            let req =
+                http::Request::get(format!("http://127.0.0.1:{out_port}{path}")).body(pinion_testkit::empty()).unwrap();
+            let client = pinion_testkit::http1_client();
+            assert_eq!(pinion_testkit::send(&client, req).await.unwrap().0, 200, "{path}");
+        }
+        inbound.kill();
+        outbound.kill();
+    })
+    .await
+    .expect("bounded");
+}

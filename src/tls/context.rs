@@ -152,9 +152,9 @@ impl ServerContext {
         }
     }
 
-    /// Whether every secret this context names has arrived.
+    /// Whether every secret this context names has arrived (or timed out).
     pub fn secrets_ready(&self) -> bool {
-        self.secrets.iter().all(|s| s.is_ready())
+        self.secrets.iter().all(|s| s.is_settled())
     }
 
     /// Run the server handshake on `tcp`; `None` (counted in `ssl.connection_error`) if it fails.
@@ -283,9 +283,9 @@ impl ClientContext {
         Ok(ClientContext { connectors, server_name, stats, secrets: slots })
     }
 
-    /// Whether every secret this context names has arrived.
+    /// Whether every secret this context names has arrived (or timed out).
     pub fn secrets_ready(&self) -> bool {
-        self.secrets.iter().all(|s| s.is_ready())
+        self.secrets.iter().all(|s| s.is_settled())
     }
 
     /// Run the client handshake on `tcp` (bounded by `timeout`).

@@ -4,7 +4,7 @@
 //! on each handshake (one `ArcSwap` load), so a rotation applies to new handshakes without
 //! rebuilding listeners or clusters, and established connections keep what they negotiated.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwapOption, Guard};
@@ -89,12 +89,14 @@ pub struct SecretSlot {
     /// The secret's name.
     pub name: String,
     value: ArcSwapOption<LoadedSecret>,
+    /// The initial fetch timed out: contexts stop waiting for it (and fail handshakes).
+    gave_up: AtomicBool,
 }
 
 impl SecretSlot {
     /// An empty slot: contexts using it fail their handshakes until a value arrives.
     pub fn new(name: &str) -> Arc<Self> {
-        Arc::new(SecretSlot { name: name.to_string(), value: ArcSwapOption::empty() })
+        Arc::new(SecretSlot { name: name.to_string(), value: ArcSwapOption::empty(), gave_up: AtomicBool::new(false) })
     }
 
     /// The current value (a cheap guard; per handshake).
@@ -110,6 +112,17 @@ impl SecretSlot {
     /// Whether a value has arrived.
     pub fn is_ready(&self) -> bool {
         self.value.load().is_some()
+    }
+
+    /// Stop waiting for the first value (its initial fetch timed out); false if it had
+    /// arrived or was given up already.
+    pub fn give_up(&self) -> bool {
+        !self.is_ready() && !self.gave_up.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether warming may go on: a value arrived, or its initial fetch timed out.
+    pub fn is_settled(&self) -> bool {
+        self.is_ready() || self.gave_up.load(Ordering::Relaxed)
     }
 
     /// The certificate of a certificate secret.
