@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use pinion_xds::model;
@@ -26,6 +26,9 @@ use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
 use crate::upstream::outlier_detector::{self, EventLog};
 use crate::upstream::{dns, health_check, Cluster};
+
+/// Starts the SDS client for an `api_config_source` beside ADS (once per server).
+pub type SdsStarter = Box<dyn Fn(&model::ApiConfigSource, Option<Duration>) -> Result<(), String> + Send + Sync>;
 
 /// A dynamic resource with its bookkeeping.
 #[derive(Clone)]
@@ -120,6 +123,12 @@ pub struct ConfigStore {
     secret_manager: std::sync::OnceLock<Arc<SecretManager>>,
     /// SDS comes over ADS (else a stream of its own): an `sds_config` must say the same.
     sds_aggregated: AtomicBool,
+    /// Secrets named with an `api_config_source` have a client of their own beside ADS.
+    separate_sds: AtomicBool,
+    /// Bumped after every applied update: the separate SDS client re-reads its names then.
+    applied: watch::Sender<u64>,
+    /// Starts the client for secrets from another server than ADS (see `xds_start`).
+    sds_starter: std::sync::OnceLock<SdsStarter>,
 }
 
 impl ConfigStore {
@@ -158,6 +167,9 @@ impl ConfigStore {
             outlier_events: std::sync::OnceLock::new(),
             secret_manager: std::sync::OnceLock::new(),
             sds_aggregated: AtomicBool::new(true),
+            separate_sds: AtomicBool::new(false),
+            applied: watch::channel(0).0,
+            sds_starter: std::sync::OnceLock::new(),
         })
     }
 
@@ -166,14 +178,48 @@ impl ConfigStore {
         self.sds_aggregated.store(aggregated, Ordering::Relaxed);
     }
 
+    /// Secrets named with an `api_config_source` come from a client of their own (see
+    /// [`ConfigStore::separate_sds_wanted`]); the main client subscribes to the others.
+    pub fn set_separate_sds(&self, separate: bool) {
+        self.separate_sds.store(separate, Ordering::Relaxed);
+    }
+
+    /// Have `f` start the separate SDS client for an `api_config_source` (once).
+    pub fn set_separate_sds_starter(&self, f: SdsStarter) {
+        let _ = self.sds_starter.set(f);
+    }
+
+    /// Start (if not yet) the client for secrets from `api`, another server than ADS.
+    pub fn start_separate_sds(&self, api: &model::ApiConfigSource, timeout: Option<Duration>) -> Result<(), String> {
+        match self.sds_starter.get() {
+            Some(start) => start(api, timeout),
+            None => Err("sds_config: an SDS server beside ADS is not supported here".into()),
+        }
+    }
+
+    /// The secrets the separate SDS client subscribes to.
+    pub fn separate_sds_wanted(&self) -> BTreeSet<String> {
+        self.secrets().subscribed_by(true)
+    }
+
+    /// Changes after every applied update (the separate SDS client's wanted names may have).
+    pub fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
     /// Refuse an `sds_config` on another transport than the client's SDS subscription.
     fn check_sds_sources<'a>(&self, refs: impl Iterator<Item = &'a model::SdsSecretConfig>) -> Result<(), String> {
         let ads = self.sds_aggregated.load(Ordering::Relaxed);
         for r in refs {
-            let ok = match r.source.as_ref().map(|s| &s.kind) {
+            let ok = match r.source.as_ref().map(|s| (&s.kind, s.initial_fetch_timeout)) {
                 None => true,
-                Some(model::ConfigSourceKind::Ads) => ads,
-                Some(model::ConfigSourceKind::Api(_)) => !ads,
+                Some((model::ConfigSourceKind::Ads, _)) => ads,
+                Some((model::ConfigSourceKind::Api(_), _)) if !ads => true,
+                // Beside ADS: a client of its own for that server.
+                Some((model::ConfigSourceKind::Api(api), timeout)) => {
+                    self.start_separate_sds(api, timeout).map_err(|e| format!("secret '{}': {e}", r.name))?;
+                    true
+                }
             };
             if !ok {
                 return Err(format!(
@@ -911,6 +957,7 @@ impl ConfigSink for ConfigStore {
         }
         self.publish(&mut inner);
         self.check_initialized(&inner);
+        self.applied.send_modify(|n| *n += 1);
         rejected
     }
 
@@ -946,7 +993,11 @@ impl ConfigSink for ConfigStore {
                 Some(names)
             }
             ResourceType::Runtime => Some(self.runtime.rtds_names().into_iter().collect()),
-            ResourceType::Secret => Some(self.secrets().subscribed()),
+            ResourceType::Secret => Some(if self.separate_sds.load(Ordering::Relaxed) {
+                self.secrets().subscribed_by(false)
+            } else {
+                self.secrets().subscribed()
+            }),
             ResourceType::ClusterLoadAssignment => Some(
                 inner
                     .clusters

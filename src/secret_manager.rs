@@ -21,6 +21,8 @@ pub struct DynamicSecret {
     pub version: String,
     /// When it was accepted.
     pub last_updated: Option<SystemTime>,
+    /// Named with an `api_config_source` (else ADS): which client subscribes to it.
+    pub api: bool,
 }
 
 /// The secrets of one server.
@@ -73,9 +75,19 @@ impl SecretManager {
     /// The SDS names to subscribe to: those some context still holds. Forgets the others,
     /// as Envoy drops an SDS subscription with its last user.
     pub fn subscribed(&self) -> BTreeSet<String> {
+        self.subscribed_where(|_| true)
+    }
+
+    /// [`SecretManager::subscribed`], only the secrets named with an `api_config_source`
+    /// (`api`) or over ADS (`!api`).
+    pub fn subscribed_by(&self, api: bool) -> BTreeSet<String> {
+        self.subscribed_where(|d| d.api == api)
+    }
+
+    fn subscribed_where(&self, keep: impl Fn(&DynamicSecret) -> bool) -> BTreeSet<String> {
         let mut dynamic = self.lock();
         dynamic.retain(|_, d| Arc::strong_count(&d.slot) > 1);
-        dynamic.keys().cloned().collect()
+        dynamic.iter().filter(|(_, d)| keep(d)).map(|(n, _)| n.clone()).collect()
     }
 
     /// Have `f` called when a secret's own initial fetch times out.
@@ -112,6 +124,7 @@ impl SecretManager {
                         slot: SecretSlot::new(&u.name),
                         version: String::new(),
                         last_updated: None,
+                        api: false,
                     });
                     entry.slot.set(loaded);
                     entry.version = u.version;
@@ -157,6 +170,7 @@ impl SecretLookup for SecretManager {
                         slot: SecretSlot::new(&cfg.name),
                         version: String::new(),
                         last_updated: None,
+                        api: matches!(source.kind, model::ConfigSourceKind::Api(_)),
                     })
                     .slot
                     .clone();

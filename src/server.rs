@@ -410,7 +410,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             }
             initialized = Some(store.initialized());
             let _ = state.config_store.set(store.clone());
-            crate::xds_start::start(cfg, store, &state.store);
+            crate::xds_start::start(cfg, store, &state.store, state.bootstrap.clone());
         }
     }
 

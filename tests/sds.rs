@@ -522,3 +522,68 @@ async fn clusters_warm_until_their_secrets_arrive() {
     .await
     .expect("bounded");
 }
+
+/// Istio's layout: listeners over ADS from one control plane, secrets from an SDS server on
+/// a Unix socket (`api_config_source` through a cluster with a `pipe` address), SotW or
+/// Delta: the listener warms until they arrive, and a rotation reaches new handshakes.
+async fn unix_socket_sds_beside_ads(api_type: &str) {
+    let node = "sidecar-1";
+    let ca = Ca::new("uds CA").unwrap();
+    let ca_pem = ca.cert_pem();
+    let cp = ControlPlane::new();
+    let (xds, _shutdown) = cp.serve("127.0.0.1:0".parse().unwrap()).expect("control plane");
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("sds.sock");
+    let agent = ControlPlane::new();
+    let _agent_shutdown = agent.serve_unix(&socket_path).expect("SDS server on a Unix socket");
+    let app = spawn_http_backend(BackendKind::Http1);
+    let (port, admin) = (free_port(), free_port());
+    let source = json!({ "api_config_source": { "api_type": api_type, "transport_api_version": "V3",
+        "grpc_services": [{ "envoy_grpc": { "cluster_name": "sds-grpc" } }] }, "resource_api_version": "V3" });
+    cp.set_snapshot(node, Snapshot::new("1").with_listener(sds_listener(port, &source)));
+    let mut dynamic = ads_only("GRPC");
+    dynamic["lds_config"] = json!({ "ads": {}, "resource_api_version": "V3" });
+    let sds_cluster = json!({ "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": { "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} } } },
+        "load_assignment": { "cluster_name": "sds-grpc", "endpoints": [{ "lb_endpoints": [{ "endpoint": {
+            "address": { "pipe": { "path": socket_path.display().to_string() } } } }] }] } });
+    let mut proxy = spawn(&bootstrap(
+        node,
+        admin,
+        xds,
+        dynamic,
+        json!([]),
+        vec![cluster("app", app.addr, false, None), sds_cluster],
+    ));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(proxy.stat("listener_manager.total_listeners_warming"), Some(1), "{}", proxy.stats());
+    let config = client_config(&ca_pem, &issue(&ca, "client"));
+    for (v, server) in [("1", issue(&ca, "server")), ("2", issue(&ca, "server"))] {
+        agent.set_snapshot(
+            node,
+            Snapshot::new(v)
+                .with_secret(cert_secret("default", &server.cert_pem, &server.key_pem))
+                .with_secret(ca_secret("ROOTCA", &ca_pem)),
+        );
+        if v == "1" {
+            proxy.wait_ready(admin, Duration::from_secs(10)).expect("ready once the agent served the secrets");
+        }
+        wait_serial(local(port), &config, &serial_of_pem(&server.cert_pem), Duration::from_secs(3)).await;
+    }
+    // The secrets came from the agent only; the ADS stream never asked for them.
+    assert!(cp.requests().iter().all(|r| r.type_url != SECRET_URL || r.resource_names.is_empty()));
+    assert!(agent.requests().iter().any(|r| r.resource_names.contains(&"default".to_string())));
+    proxy.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_sds_sotw_beside_ads() {
+    tokio::time::timeout(Duration::from_secs(60), unix_socket_sds_beside_ads("GRPC")).await.expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_sds_delta_beside_ads() {
+    tokio::time::timeout(Duration::from_secs(60), unix_socket_sds_beside_ads("DELTA_GRPC")).await.expect("bounded");
+}

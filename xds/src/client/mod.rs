@@ -203,7 +203,16 @@ impl ClientConfig {
         };
         let lds_configured = d.lds.is_some();
         let cds_configured = d.cds.is_some();
-        let Some((_, first)) = sources.first() else { return Ok(None) };
+        let Some((_, first)) = sources.first() else {
+            // No LDS/CDS: a client for the static resources' secrets alone, if they need one.
+            return match sds_refs.iter().find_map(|s| match &s.kind {
+                model::ConfigSourceKind::Api(api) => Some((api, s.initial_fetch_timeout)),
+                model::ConfigSourceKind::Ads => None,
+            }) {
+                Some((api, timeout)) => Ok(Some(Self::sds_only(b, api, timeout)?)),
+                None => Ok(None),
+            };
+        };
         let uses_ads = sources.iter().any(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
         let all_ads = sources.iter().all(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
         if uses_ads && !all_ads {
@@ -319,9 +328,16 @@ impl ClientConfig {
         // the bootstrap's SDS api_config_source (else the LDS/CDS server). The config store
         // refuses dynamic resources whose sds_config asks for another transport.
         let mut sds_api: Option<&model::ApiConfigSource> = None;
+        let mut separate: Option<(&model::ApiConfigSource, Option<Duration>)> = None;
         for s in &sds_refs {
             match (&s.kind, all_ads) {
                 (model::ConfigSourceKind::Ads, true) => {}
+                // Beside ADS: a stream of its own to that server.
+                (model::ConfigSourceKind::Api(api), true) => match separate {
+                    None => separate = Some((api, s.initial_fetch_timeout)),
+                    Some((first, _)) if first == api => {}
+                    Some(_) => return Err("sds_config: several SDS api_config_sources are not supported by pinion".into()),
+                },
                 (model::ConfigSourceKind::Api(api), false) if api.api_type == main.api_type => match sds_api {
                     None => sds_api = Some(api),
                     Some(first) if first == api => {}
@@ -348,6 +364,10 @@ impl ClientConfig {
             }
         }
         cfg.types.push(ResourceType::Secret);
+        if let Some((api, timeout)) = separate {
+            // Checked here; the data plane starts that client (see `sds_only`).
+            Self::sds_only(b, api, timeout)?;
+        }
         // RTDS layers of the layered runtime.
         for layer in &b.layered_runtime.layers {
             let model::RuntimeLayerKind::Rtds { config_source, .. } = &layer.kind else { continue };
@@ -369,6 +389,52 @@ impl ClientConfig {
             }
         }
         Ok(Some(cfg))
+    }
+
+    /// A client for SDS alone, on a stream of its own to `api`'s server (an `envoy_grpc`
+    /// cluster of the bootstrap, e.g. with a `pipe` address, or a `google_grpc` target).
+    /// Used for secrets whose `sds_config` names another server than the ADS stream
+    /// (Istio's agent on a Unix socket beside istiod).
+    pub fn sds_only(
+        b: &model::Bootstrap,
+        api: &model::ApiConfigSource,
+        timeout: Option<Duration>,
+    ) -> Result<Self, String> {
+        let server = match &api.grpc_service {
+            model::GrpcService::GoogleGrpc { target_uri, .. } => ServerAddr::Uri(target_uri.clone()),
+            model::GrpcService::EnvoyGrpc { cluster_name, .. } => {
+                let c = b.clusters.iter().find(|c| &c.name == cluster_name).ok_or_else(|| {
+                    format!("sds_config: envoy_grpc cluster '{cluster_name}' is not a static cluster")
+                })?;
+                if c.transport_socket.is_some() {
+                    return Err(format!(
+                        "sds_config: envoy_grpc cluster '{cluster_name}': TLS to the SDS server is not supported by pinion yet"
+                    ));
+                }
+                c.load_assignment
+                    .localities
+                    .iter()
+                    .flat_map(|l| l.endpoints.iter())
+                    .map(|e| match &e.address {
+                        model::EndpointAddress::Socket(a) => ServerAddr::Tcp(*a),
+                        model::EndpointAddress::Dns { host, port } => ServerAddr::Uri(format!("http://{host}:{port}")),
+                        model::EndpointAddress::Pipe(path) => ServerAddr::Unix(path.into()),
+                    })
+                    .next()
+                    .ok_or_else(|| format!("sds_config: envoy_grpc cluster '{cluster_name}' has no endpoint"))?
+            }
+        };
+        let mut cfg = ClientConfig::new(b.node.clone(), server.clone());
+        cfg.aggregated = false;
+        cfg.mode = match api.api_type {
+            model::ApiType::Grpc => Mode::Sotw,
+            model::ApiType::DeltaGrpc => Mode::Delta,
+        };
+        cfg.set_node_on_first_message_only = api.set_node_on_first_message_only;
+        cfg.types = vec![ResourceType::Secret];
+        cfg.per_type_servers.insert(ResourceType::Secret, server);
+        cfg.initial_fetch_timeout = timeout;
+        Ok(cfg)
     }
 
     /// The initial fetch timeout of `t`.
