@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use pinion_xds::model;
@@ -21,10 +21,14 @@ use crate::http::route_table::RouteTable;
 use crate::listener::{scope_map_key, ListenerImpl, RdsSlot, RouteProvider, ScopeMap, ScopeSlot};
 use crate::listener_manager::ListenerManager;
 use crate::runtime::Runtime;
+use crate::secret_manager::SecretManager;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
 use crate::upstream::outlier_detector::{self, EventLog};
 use crate::upstream::{dns, health_check, Cluster};
+
+/// Starts the SDS client for an `api_config_source` beside ADS (once per server).
+pub type SdsStarter = Box<dyn Fn(&model::ApiConfigSource, Option<Duration>) -> Result<(), String> + Send + Sync>;
 
 /// A dynamic resource with its bookkeeping.
 #[derive(Clone)]
@@ -69,8 +73,10 @@ struct Inner {
     active_clusters: HashMap<String, Arc<Cluster>>,
     /// Runtime clusters waiting for their first EDS response.
     warming_clusters: HashMap<String, Arc<Cluster>>,
-    /// Listeners waiting for RDS.
+    /// Listeners waiting for RDS or SDS.
     warming_listeners: HashMap<String, Arc<ListenerImpl>>,
+    /// Runtime clusters waiting for their secrets (SDS), before anything else of them starts.
+    secret_warming_clusters: HashMap<String, Arc<Cluster>>,
     rds_slots: HashMap<String, RdsSlot>,
     /// SRDS scopes.
     scopes: BTreeMap<String, Versioned<Arc<model::ScopedRouteConfiguration>>>,
@@ -113,6 +119,16 @@ pub struct ConfigStore {
     delta: bool,
     /// The outlier detection event log the clusters built here write to, if configured.
     outlier_events: std::sync::OnceLock<EventLog>,
+    /// Static secrets and SDS subscriptions (see [`ConfigStore::set_secret_manager`]).
+    secret_manager: std::sync::OnceLock<Arc<SecretManager>>,
+    /// SDS comes over ADS (else a stream of its own): an `sds_config` must say the same.
+    sds_aggregated: AtomicBool,
+    /// Secrets named with an `api_config_source` have a client of their own beside ADS.
+    separate_sds: AtomicBool,
+    /// Bumped after every applied update: the separate SDS client re-reads its names then.
+    applied: watch::Sender<u64>,
+    /// Starts the client for secrets from another server than ADS (see `xds_start`).
+    sds_starter: std::sync::OnceLock<SdsStarter>,
 }
 
 impl ConfigStore {
@@ -149,7 +165,97 @@ impl ConfigStore {
             access_logs,
             delta,
             outlier_events: std::sync::OnceLock::new(),
+            secret_manager: std::sync::OnceLock::new(),
+            sds_aggregated: AtomicBool::new(true),
+            separate_sds: AtomicBool::new(false),
+            applied: watch::channel(0).0,
+            sds_starter: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether the xDS client fetches SDS over ADS (the default) or a stream of its own.
+    pub fn set_sds_aggregated(&self, aggregated: bool) {
+        self.sds_aggregated.store(aggregated, Ordering::Relaxed);
+    }
+
+    /// Secrets named with an `api_config_source` come from a client of their own (see
+    /// [`ConfigStore::separate_sds_wanted`]); the main client subscribes to the others.
+    pub fn set_separate_sds(&self, separate: bool) {
+        self.separate_sds.store(separate, Ordering::Relaxed);
+    }
+
+    /// Have `f` start the separate SDS client for an `api_config_source` (once).
+    pub fn set_separate_sds_starter(&self, f: SdsStarter) {
+        let _ = self.sds_starter.set(f);
+    }
+
+    /// Start (if not yet) the client for secrets from `api`, another server than ADS.
+    pub fn start_separate_sds(&self, api: &model::ApiConfigSource, timeout: Option<Duration>) -> Result<(), String> {
+        match self.sds_starter.get() {
+            Some(start) => start(api, timeout),
+            None => Err("sds_config: an SDS server beside ADS is not supported here".into()),
+        }
+    }
+
+    /// The secrets the separate SDS client subscribes to.
+    pub fn separate_sds_wanted(&self) -> BTreeSet<String> {
+        self.secrets().subscribed_by(true)
+    }
+
+    /// Changes after every applied update (the separate SDS client's wanted names may have).
+    pub fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Refuse an `sds_config` on another transport than the client's SDS subscription.
+    fn check_sds_sources<'a>(&self, refs: impl Iterator<Item = &'a model::SdsSecretConfig>) -> Result<(), String> {
+        let ads = self.sds_aggregated.load(Ordering::Relaxed);
+        for r in refs {
+            let ok = match r.source.as_ref().map(|s| (&s.kind, s.initial_fetch_timeout)) {
+                None => true,
+                Some((model::ConfigSourceKind::Ads, _)) => ads,
+                Some((model::ConfigSourceKind::Api(_), _)) if !ads => true,
+                // Beside ADS: a client of its own for that server.
+                Some((model::ConfigSourceKind::Api(api), timeout)) => {
+                    self.start_separate_sds(api, timeout).map_err(|e| format!("secret '{}': {e}", r.name))?;
+                    true
+                }
+            };
+            if !ok {
+                return Err(format!(
+                    "secret '{}': sds_config must use the same transport as lds_config/cds_config (ads, or an \
+                     api_config_source): other transports are not supported by pinion",
+                    r.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Have the listeners and clusters built from now on find their secrets in `secrets`
+    /// (the server's, holding the static secrets; without it, a store has none).
+    pub fn set_secret_manager(&self, secrets: Arc<SecretManager>) {
+        let me = self.me.clone();
+        secrets.set_on_timeout(Box::new(move || {
+            if let Some(store) = me.upgrade() {
+                store.secret_fetch_timed_out();
+            }
+        }));
+        let _ = self.secret_manager.set(secrets);
+    }
+
+    /// A secret's own initial fetch timed out: what waited for it goes on without it.
+    fn secret_fetch_timed_out(&self) {
+        let mut inner = self.lock();
+        self.promote_secret_clusters(&mut inner);
+        self.promote_listeners(&mut inner);
+        self.publish(&mut inner);
+        self.check_initialized(&inner);
+    }
+
+    /// The secret manager.
+    pub fn secrets(&self) -> &Arc<SecretManager> {
+        self.secret_manager.get_or_init(|| SecretManager::empty(&self.stats))
     }
 
     /// Have the outlier detectors of the clusters built from now on write to `log`.
@@ -174,8 +280,15 @@ impl ConfigStore {
             }
             let provider = Provider { inner: &inner, srds: &self.srds, on_demand: &self.on_demand };
             let runtime = Arc::new(
-                ListenerImpl::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider))
-                    .map_err(|e| e.to_string())?,
+                ListenerImpl::new(
+                    cfg.clone(),
+                    &self.stats,
+                    self.workers,
+                    &self.access_logs,
+                    Some(&provider),
+                    &**self.secrets(),
+                )
+                .map_err(|e| e.to_string())?,
             );
             inner.static_listeners.push(cfg.clone());
             if runtime.is_warm() {
@@ -201,7 +314,8 @@ impl ConfigStore {
         use serde_json::json;
         let inner = self.lock();
         let ts = |t: SystemTime| crate::formatter::format_time(t);
-        let warming_clusters: BTreeSet<&String> = inner.warming_clusters.keys().collect();
+        let warming_clusters: BTreeSet<&String> =
+            inner.warming_clusters.keys().chain(inner.secret_warming_clusters.keys()).collect();
         let (mut active_c, mut warming_c) = (Vec::new(), Vec::new());
         for (name, v) in &inner.clusters {
             let entry = json!({ "version_info": v.version, "cluster": with_type(&v.raw, ResourceType::Cluster), "last_updated": ts(v.last_updated) });
@@ -260,6 +374,7 @@ impl ConfigStore {
             for c in [inner.active_clusters.remove(name), inner.warming_clusters.remove(name)].into_iter().flatten() {
                 c.stop_health_checks();
             }
+            inner.secret_warming_clusters.remove(name);
         }
         for u in updated {
             let Resource::Cluster(cfg) = u.resource else { continue };
@@ -272,48 +387,70 @@ impl ConfigStore {
             }
             // A replacement adopts the hosts of the cluster it replaces (by address, on its
             // first host set), so host stats and health survive a CDS update.
+            if let Err(reason) = self.check_sds_sources(cfg.sds_configs()) {
+                rejected.push(Rejected { name: u.name.clone(), reason });
+                continue;
+            }
             let previous = inner.active_clusters.get(&u.name).or_else(|| inner.warming_clusters.get(&u.name));
-            let cluster = match Cluster::new_replacing(cfg.clone(), &self.stats, previous.map(|c| &**c)) {
-                Ok(c) => c,
-                Err(reason) => {
-                    rejected.push(Rejected { name: u.name.clone(), reason });
-                    continue;
-                }
-            };
+            let cluster =
+                match Cluster::new_replacing(cfg.clone(), &self.stats, previous.map(|c| &**c), &**self.secrets()) {
+                    Ok(c) => c,
+                    Err(reason) => {
+                        rejected.push(Rejected { name: u.name.clone(), reason });
+                        continue;
+                    }
+                };
             inner.clusters.insert(
                 u.name.clone(),
                 Versioned { value: cfg.clone(), version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
-            // Its detector runs from now on: while it warms it has no hosts to judge.
-            outlier_detector::spawn(&cluster, self.outlier_events.get());
-            health_check::start(&cluster);
-            match cfg.discovery {
-                model::DiscoveryType::Eds => {
-                    let eds_name = eds_name(&cfg);
-                    if let Some(cla) = inner.endpoints.get(eds_name) {
-                        install_endpoints(&cluster, &cla.value);
-                        self.activate(inner, &u.name, cluster);
-                    } else if inner.gave_up.contains(&ResourceType::ClusterLoadAssignment) {
-                        // No host set will come to health check: Envoy's cluster initializes
-                        // empty after the initial fetch timeout.
-                        self.make_active(inner, &u.name, cluster);
-                    } else {
-                        // Warming: the previous version (if any) keeps serving meanwhile.
-                        if let Some(old) = inner.warming_clusters.insert(u.name.clone(), cluster) {
-                            old.stop_health_checks();
-                        }
-                    }
+            inner.secret_warming_clusters.remove(&u.name);
+            if !cluster.secrets_ready() && !inner.gave_up.contains(&ResourceType::Secret) {
+                // Warms until its secrets arrive, with nothing of it running (Envoy's cluster
+                // init waits for its SDS init targets); a previous version keeps serving.
+                if let Some(old) = inner.warming_clusters.remove(&u.name) {
+                    old.stop_health_checks();
                 }
-                model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => {
-                    dns::spawn_refresher(&cluster);
-                    self.activate(inner, &u.name, cluster);
-                }
-                model::DiscoveryType::Static => {
-                    self.activate(inner, &u.name, cluster);
-                }
+                inner.secret_warming_clusters.insert(u.name.clone(), cluster);
+                continue;
             }
+            self.start_cluster(inner, &u.name, cluster);
         }
         rejected
+    }
+
+    /// Start a built cluster whose secrets are in: outlier detection and health checks, then
+    /// active (or warming until its endpoints or first health checks).
+    fn start_cluster(&self, inner: &mut Inner, name: &str, cluster: Arc<Cluster>) {
+        let cfg = cluster.config.clone();
+        // Its detector runs from now on: while it warms it has no hosts to judge.
+        outlier_detector::spawn(&cluster, self.outlier_events.get());
+        health_check::start(&cluster);
+        match cfg.discovery {
+            model::DiscoveryType::Eds => {
+                let eds_name = eds_name(&cfg);
+                if let Some(cla) = inner.endpoints.get(eds_name) {
+                    install_endpoints(&cluster, &cla.value);
+                    self.activate(inner, name, cluster);
+                } else if inner.gave_up.contains(&ResourceType::ClusterLoadAssignment) {
+                    // No host set will come to health check: Envoy's cluster initializes
+                    // empty after the initial fetch timeout.
+                    self.make_active(inner, name, cluster);
+                } else {
+                    // Warming: the previous version (if any) keeps serving meanwhile.
+                    if let Some(old) = inner.warming_clusters.insert(name.to_string(), cluster) {
+                        old.stop_health_checks();
+                    }
+                }
+            }
+            model::DiscoveryType::StrictDns | model::DiscoveryType::LogicalDns => {
+                dns::spawn_refresher(&cluster);
+                self.activate(inner, name, cluster);
+            }
+            model::DiscoveryType::Static => {
+                self.activate(inner, name, cluster);
+            }
+        }
     }
 
     fn apply_endpoints(&self, inner: &mut Inner, updated: Vec<ResourceUpdate>, removed: &[String]) {
@@ -557,23 +694,33 @@ impl ConfigStore {
             if inner.listeners.get(&u.name).is_some_and(|old| old.raw == u.raw) {
                 continue;
             }
+            if let Err(reason) = self.check_sds_sources(cfg.sds_configs()) {
+                rejected.push(Rejected { name: u.name.clone(), reason });
+                continue;
+            }
             for n in rds_names(&cfg) {
                 Self::rds_slot(inner, &n);
             }
             let provider = Provider { inner: &*inner, srds: &self.srds, on_demand: &self.on_demand };
-            let runtime =
-                match ListenerImpl::new(cfg.clone(), &self.stats, self.workers, &self.access_logs, Some(&provider)) {
-                    Ok(r) => Arc::new(r),
-                    Err(e) => {
-                        rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
-                        continue;
-                    }
-                };
+            let runtime = match ListenerImpl::new(
+                cfg.clone(),
+                &self.stats,
+                self.workers,
+                &self.access_logs,
+                Some(&provider),
+                &**self.secrets(),
+            ) {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    rejected.push(Rejected { name: u.name.clone(), reason: e.to_string() });
+                    continue;
+                }
+            };
             inner.listeners.insert(
                 u.name.clone(),
                 Versioned { value: cfg, version: u.version, raw: u.raw, last_updated: SystemTime::now() },
             );
-            if runtime.is_warm() || inner.gave_up.contains(&ResourceType::RouteConfiguration) {
+            if Self::listener_ready(inner, &runtime) {
                 inner.warming_listeners.remove(&u.name);
                 if let Err(e) = manager.upsert(runtime) {
                     rejected.push(Rejected { name: u.name.clone(), reason: e });
@@ -585,11 +732,37 @@ impl ConfigStore {
         rejected
     }
 
-    /// Move listeners whose route configs arrived from warming to active.
+    /// Whether a listener is done warming: its routes and secrets arrived, or their initial
+    /// fetch timed out (then it serves without them, as Envoy: no route, failed handshakes).
+    fn listener_ready(inner: &Inner, l: &ListenerImpl) -> bool {
+        (l.routes_ready() || inner.gave_up.contains(&ResourceType::RouteConfiguration))
+            && (l.secrets_ready() || inner.gave_up.contains(&ResourceType::Secret))
+    }
+
+    /// Start the clusters that waited for their secrets, once those are in (or timed out).
+    fn promote_secret_clusters(&self, inner: &mut Inner) {
+        let gave_up = inner.gave_up.contains(&ResourceType::Secret);
+        let ready: Vec<String> = inner
+            .secret_warming_clusters
+            .iter()
+            .filter(|(_, c)| gave_up || c.secrets_ready())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in ready {
+            if let Some(c) = inner.secret_warming_clusters.remove(&n) {
+                self.start_cluster(inner, &n, c);
+            }
+        }
+    }
+
+    /// Move listeners whose route configs and secrets arrived from warming to active.
     fn promote_listeners(&self, inner: &mut Inner) {
-        let gave_up = inner.gave_up.contains(&ResourceType::RouteConfiguration);
-        let ready: Vec<String> =
-            inner.warming_listeners.iter().filter(|(_, l)| gave_up || l.is_warm()).map(|(n, _)| n.clone()).collect();
+        let ready: Vec<String> = inner
+            .warming_listeners
+            .iter()
+            .filter(|(_, l)| Self::listener_ready(inner, l))
+            .map(|(n, _)| n.clone())
+            .collect();
         if ready.is_empty() {
             return;
         }
@@ -610,7 +783,7 @@ impl ConfigStore {
         for (n, c) in &inner.active_clusters {
             clusters.insert(n.clone(), c.clone());
         }
-        let listeners = {
+        let listeners: Vec<_> = {
             let manager = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
             manager.names().iter().filter_map(|n| manager.get(n)).collect()
         };
@@ -619,7 +792,10 @@ impl ConfigStore {
             .set(clusters.len() as i64);
         self.stats
             .gauge("cluster_manager.warming_clusters", crate::stats::Prom::plain("cluster_manager.warming_clusters"))
-            .set(inner.warming_clusters.len() as i64);
+            .set((inner.warming_clusters.len() + inner.secret_warming_clusters.len()) as i64);
+        let gauge = |name: &str, v: usize| self.stats.gauge(name, Prom::plain(name)).set(v as i64);
+        gauge("listener_manager.total_listeners_warming", inner.warming_listeners.len());
+        gauge("listener_manager.total_listeners_active", listeners.len());
         self.snapshot.store(Arc::new(Snapshot { version: inner.version, listeners, clusters }));
     }
 
@@ -631,6 +807,8 @@ impl ConfigStore {
             && inner.initial_done.contains(&ResourceType::Listener)
             && inner.warming_clusters.is_empty()
             && inner.warming_listeners.is_empty()
+            && inner.secret_warming_clusters.is_empty()
+            && (self.secrets().all_ready() || inner.gave_up.contains(&ResourceType::Secret))
             && inner.static_eds_waiting.is_empty()
             && (self.runtime.rtds_names().is_empty() || inner.initial_done.contains(&ResourceType::Runtime));
         if done {
@@ -764,7 +942,9 @@ impl ConfigSink for ConfigStore {
                 self.apply_runtime(updated, &removed);
                 Vec::new()
             }
+            ResourceType::Secret => self.secrets().apply(updated),
         };
+        self.promote_secret_clusters(&mut inner);
         self.promote_listeners(&mut inner);
         inner.initial_done.insert(type_);
         if !rejected.is_empty() {
@@ -777,6 +957,7 @@ impl ConfigSink for ConfigStore {
         }
         self.publish(&mut inner);
         self.check_initialized(&inner);
+        self.applied.send_modify(|n| *n += 1);
         rejected
     }
 
@@ -812,6 +993,11 @@ impl ConfigSink for ConfigStore {
                 Some(names)
             }
             ResourceType::Runtime => Some(self.runtime.rtds_names().into_iter().collect()),
+            ResourceType::Secret => Some(if self.separate_sds.load(Ordering::Relaxed) {
+                self.secrets().subscribed_by(false)
+            } else {
+                self.secrets().subscribed()
+            }),
             ResourceType::ClusterLoadAssignment => Some(
                 inner
                     .clusters
@@ -849,6 +1035,14 @@ impl ConfigSink for ConfigStore {
                 inner.gave_up.insert(type_);
                 self.promote_listeners(&mut inner);
             }
+            ResourceType::Secret => {
+                // Listeners and clusters go on without their secrets: their handshakes fail
+                // until the secrets arrive, as in Envoy.
+                inner.gave_up.insert(type_);
+                self.secrets().give_up_missing();
+                self.promote_secret_clusters(&mut inner);
+                self.promote_listeners(&mut inner);
+            }
             ResourceType::ScopedRouteConfiguration => {
                 // No scopes yet: the scope set is known to be empty; listeners go on.
                 if !self.srds.load().ready {
@@ -863,6 +1057,10 @@ impl ConfigSink for ConfigStore {
     }
 
     fn resource_outcomes(&self, type_: ResourceType, accepted: &[String], rejected: &[String]) {
+        if type_ == ResourceType::Secret {
+            self.secrets().count_outcomes(accepted, rejected);
+            return;
+        }
         let inner = self.lock();
         // (stat prefix, Prometheus base) of every owner of a resource: the HCMs that use a
         // route config, the clusters that take an EDS service's endpoints.

@@ -16,6 +16,7 @@ pub mod listener_filter;
 pub mod listener_manager;
 pub mod logging;
 pub mod runtime;
+pub mod secret_manager;
 pub mod server;
 pub mod server_state;
 pub mod snapshot;

@@ -363,6 +363,7 @@ impl ListenerImpl {
         workers: usize,
         logs: &AccessLogManager,
         dynamic: Option<&dyn RouteProvider>,
+        secrets: &dyn crate::tls::SecretLookup,
     ) -> Result<Self, ListenerError> {
         let prefix =
             if config.stat_prefix.is_empty() { address_stat_name(&config.address) } else { config.stat_prefix.clone() };
@@ -372,7 +373,7 @@ impl ListenerImpl {
                 None => None,
                 Some(t) => {
                     let stats = crate::tls::SslStats::new(store, "listener", "envoy_listener_address", &prefix);
-                    let ctx = crate::tls::ServerContext::new(t, chain.transport_socket_connect_timeout, stats)
+                    let ctx = crate::tls::ServerContext::new(t, chain.transport_socket_connect_timeout, stats, secrets)
                         .map_err(|e| {
                             ListenerError::Unsupported(
                                 config.name.clone(),
@@ -488,10 +489,20 @@ impl ListenerImpl {
 
     /// Whether every RDS table this listener needs has arrived (Envoy's listener warming).
     pub fn is_warm(&self) -> bool {
+        self.routes_ready() && self.secrets_ready()
+    }
+
+    /// Whether every route configuration (RDS/SRDS) of the HCMs has arrived.
+    pub fn routes_ready(&self) -> bool {
         self.chains.iter().chain(self.default_chain.iter()).all(|c| match &c.filter {
             ChainFilter::Http(h) => h.routes.is_warm(),
             ChainFilter::Tcp(_) => true,
         })
+    }
+
+    /// Whether every secret (SDS) of the filter chains' TLS contexts has arrived.
+    pub fn secrets_ready(&self) -> bool {
+        self.chains.iter().chain(self.default_chain.iter()).all(|c| c.tls.as_ref().is_none_or(|t| t.secrets_ready()))
     }
 
     /// Pick the filter chain as Envoy does: the chains are pruned criterion by criterion

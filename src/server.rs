@@ -20,6 +20,7 @@ use crate::config_store::ConfigStore;
 use crate::listener::ListenerImpl;
 use crate::listener_manager::ListenerManager;
 use crate::logging::LogHandle;
+use crate::secret_manager::SecretManager;
 use crate::server_state::{ServerState, ServerStateKind};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::stats::{Prom, Store};
@@ -171,23 +172,24 @@ fn needs_xds_routes(l: &model::Listener) -> bool {
 }
 
 /// Build runtime clusters and listeners from a translated bootstrap; the listeners log
-/// through `access_logs`.
+/// through `access_logs`; TLS contexts find their secrets in `secrets`.
 fn build_snapshot(
     b: &model::Bootstrap,
     store: &Store,
     workers: usize,
     access_logs: &AccessLogManager,
+    secrets: &SecretManager,
 ) -> Result<Snapshot, String> {
     let mut clusters = std::collections::HashMap::new();
     for c in &b.clusters {
-        clusters.insert(c.name.clone(), Cluster::new(c.clone(), store)?);
+        clusters.insert(c.name.clone(), Cluster::new_replacing(c.clone(), store, None, secrets)?);
     }
     // Listeners whose routes come from xDS are built once the config store exists.
     let listeners = b
         .listeners
         .iter()
         .filter(|l| !needs_xds_routes(l))
-        .map(|l| ListenerImpl::new(l.clone(), store, workers, access_logs, None).map(Arc::new))
+        .map(|l| ListenerImpl::new(l.clone(), store, workers, access_logs, None, secrets).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| e.to_string())?;
     Ok(Snapshot { version: 1, listeners, clusters })
@@ -251,7 +253,9 @@ fn run_with(opts: Options, log: LogHandle, decode_in_child: bool) -> i32 {
         let store = Store::new(1);
         // No gRPC sinks: validating sends no access log entries.
         let access_logs = AccessLogManager::new(file_flush_interval(&opts), None);
-        if let Err(e) = build_snapshot(&bootstrap, &store, 1, &access_logs) {
+        let built = SecretManager::new(&bootstrap.secrets, &store)
+            .and_then(|secrets| build_snapshot(&bootstrap, &store, 1, &access_logs, &secrets));
+        if let Err(e) = built {
             eprintln!("error initializing configuration '{}': {e}", config_name(&opts));
             return 1;
         }
@@ -293,7 +297,15 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let grpc_sinks = GrpcSinks::new(tokio::runtime::Handle::current(), bootstrap.node.clone(), shared.clone());
     let access_logs = Arc::new(AccessLogManager::new(file_flush_interval(&opts), Some(grpc_sinks)));
-    let snapshot = match build_snapshot(&bootstrap, &store, concurrency, &access_logs) {
+    let secrets = match SecretManager::new(&bootstrap.secrets, &store) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("error initializing configuration: {e}");
+            eprintln!("error initializing configuration: {e}");
+            return 1;
+        }
+    };
+    let snapshot = match build_snapshot(&bootstrap, &store, concurrency, &access_logs, &secrets) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("error initializing configuration: {e}");
@@ -386,6 +398,8 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
                 access_logs.clone(),
                 cfg.mode == pinion_xds::client::Mode::Delta,
             );
+            store.set_secret_manager(secrets.clone());
+            store.set_sds_aggregated(cfg.aggregated);
             if let Some(log) = &outlier_events {
                 store.set_outlier_event_log(log.clone());
             }
@@ -396,7 +410,7 @@ async fn serve(bootstrap: model::Bootstrap, opts: Options, concurrency: usize, l
             }
             initialized = Some(store.initialized());
             let _ = state.config_store.set(store.clone());
-            crate::xds_start::start(cfg, store, &state.store);
+            crate::xds_start::start(cfg, store, &state.store, state.bootstrap.clone());
         }
     }
 

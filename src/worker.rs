@@ -236,10 +236,10 @@ async fn serve_downstream(
     };
     match &chain.filter {
         ChainFilter::Http(hcm) => {
-            let local_uris = chain.tls.as_ref().map_or(&[][..], |t| &t.local_uris[..]);
+            let local_uris = chain.tls.as_ref().map(|t| t.local_uris());
             crate::http::connection_manager::serve_connection(
                 io,
-                local_uris,
+                local_uris.as_deref().unwrap_or(&[]),
                 peer,
                 local,
                 hcm.clone(),

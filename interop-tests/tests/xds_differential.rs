@@ -674,6 +674,7 @@ fn short(t: ResourceType) -> &'static str {
         ResourceType::ScopedRouteConfiguration => "SRDS",
         ResourceType::VirtualHost => "VHDS",
         ResourceType::Runtime => "RTDS",
+        ResourceType::Secret => "SDS",
     }
 }
 

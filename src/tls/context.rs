@@ -11,7 +11,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 
 use super::error::TlsError;
-use super::verifier::{DownstreamVerifier, UpstreamVerifier};
+use super::secret::{SdsCertResolver, SecretLookup, SecretSlot};
+use super::verifier::{DownstreamVerifier, DynamicValidation, SdsDownstreamVerifier, UpstreamVerifier};
 use super::{Io, SslStats};
 
 fn provider() -> Arc<CryptoProvider> {
@@ -42,27 +43,61 @@ fn alpn(list: &[String]) -> Vec<Vec<u8>> {
 pub struct ServerContext {
     acceptor: tokio_rustls::TlsAcceptor,
     /// URI SANs of this context's certificate (XFCC's `By=`).
-    pub local_uris: Vec<String>,
+    local_uris: LocalUris,
     handshake_timeout: Option<Duration>,
     /// `ssl.*` stats of the listener.
     pub stats: SslStats,
+    /// The secrets this context reads (warming waits for them).
+    secrets: Vec<Arc<SecretSlot>>,
+}
+
+/// Where a server context's URI SANs come from.
+enum LocalUris {
+    /// A certificate from the config.
+    Static(Arc<[String]>),
+    /// The certificate a secret holds now.
+    Sds(Arc<SecretSlot>),
+}
+
+/// The SAN URIs of a leaf certificate.
+fn uri_sans(leaf: Option<&rustls::pki_types::CertificateDer<'_>>) -> Vec<String> {
+    leaf.and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+        .map(|(_, leaf)| {
+            super::sans(&leaf).into_iter().filter(|(k, _)| *k == model::SanType::Uri).map(|(_, v)| v).collect()
+        })
+        .unwrap_or_default()
 }
 
 impl ServerContext {
     /// Build from a `DownstreamTlsContext`; errors name what rustls refused.
-    /// `handshake_timeout` is the filter chain's `transport_socket_connect_timeout`.
+    /// `handshake_timeout` is the filter chain's `transport_socket_connect_timeout`; secrets
+    /// the context names are found through `secrets`.
     pub fn new(
         cfg: &model::DownstreamTlsContext,
         handshake_timeout: Option<Duration>,
         stats: SslStats,
+        secrets: &dyn SecretLookup,
     ) -> Result<Self, TlsError> {
         let c = &cfg.common;
         let provider = provider();
+        let mut slots = Vec::new();
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions(c))
             .map_err(TlsError::TlsParams)?;
-        let builder = match &c.validation {
-            Some(v) if !v.trusted_ca.is_empty() => {
+        let builder = match (&c.validation, &c.validation_sds) {
+            (_, Some(sds)) => {
+                let slot = secrets.slot(&sds.secret).map_err(TlsError::Secret)?;
+                slots.push(slot.clone());
+                let dynamic = DynamicValidation::new(
+                    slot,
+                    sds.default.clone(),
+                    true,
+                    cfg.require_client_certificate,
+                    provider.clone(),
+                );
+                builder.with_client_cert_verifier(Arc::new(SdsDownstreamVerifier::new(dynamic, stats.clone())))
+            }
+            (Some(v), None) if !v.trusted_ca.is_empty() => {
                 builder.with_client_cert_verifier(Arc::new(DownstreamVerifier::new(
                     roots(v)?,
                     v.match_subject_alt_names.clone(),
@@ -73,18 +108,21 @@ impl ServerContext {
             }
             _ => builder.with_no_client_auth(),
         };
-        let cert = c.tls_certificates.first().ok_or(TlsError::NoCertificate)?;
-        let local_uris = cert
-            .certificate_chain
-            .first()
-            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
-            .map(|(_, leaf)| {
-                super::sans(&leaf).into_iter().filter(|(k, _)| *k == model::SanType::Uri).map(|(_, v)| v).collect()
-            })
-            .unwrap_or_default();
-        let mut config = builder
-            .with_single_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
-            .map_err(TlsError::Certificate)?;
+        let (mut config, local_uris) = match &c.tls_certificate_sds {
+            Some(sds) => {
+                let slot = secrets.slot(sds).map_err(TlsError::Secret)?;
+                slots.push(slot.clone());
+                (builder.with_cert_resolver(SdsCertResolver::new(slot.clone())), LocalUris::Sds(slot))
+            }
+            None => {
+                let cert = c.tls_certificates.first().ok_or(TlsError::NoCertificate)?;
+                let uris = uri_sans(cert.certificate_chain.first());
+                let config = builder
+                    .with_single_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
+                    .map_err(TlsError::Certificate)?;
+                (config, LocalUris::Static(uris.into()))
+            }
+        };
         config.alpn_protocols = alpn(&c.alpn_protocols);
         // Session resumption as Envoy configures it: a session cache and self-keyed tickets
         // unless disabled.
@@ -102,7 +140,21 @@ impl ServerContext {
             local_uris,
             handshake_timeout,
             stats,
+            secrets: slots,
         })
+    }
+
+    /// URI SANs of the certificate served now (XFCC's `By=`); one per connection.
+    pub fn local_uris(&self) -> Arc<[String]> {
+        match &self.local_uris {
+            LocalUris::Static(u) => u.clone(),
+            LocalUris::Sds(slot) => slot.uris(),
+        }
+    }
+
+    /// Whether every secret this context names has arrived (or timed out).
+    pub fn secrets_ready(&self) -> bool {
+        self.secrets.iter().all(|s| s.is_settled())
     }
 
     /// Run the server handshake on `tcp`; `None` (counted in `ssl.connection_error`) if it fails.
@@ -161,13 +213,25 @@ pub struct ClientContext {
     server_name: Option<ServerName<'static>>,
     /// `ssl.*` stats of the cluster.
     pub stats: SslStats,
+    /// The secrets this context reads (warming waits for them).
+    secrets: Vec<Arc<SecretSlot>>,
 }
 
 impl ClientContext {
-    /// Build from an `UpstreamTlsContext`; errors name what rustls refused.
-    pub fn new(cfg: &model::UpstreamTlsContext, stats: SslStats) -> Result<Self, TlsError> {
+    /// Build from an `UpstreamTlsContext`; errors name what rustls refused. Secrets the
+    /// context names are found through `secrets`.
+    pub fn new(cfg: &model::UpstreamTlsContext, stats: SslStats, secrets: &dyn SecretLookup) -> Result<Self, TlsError> {
         let c = &cfg.common;
         let provider = provider();
+        let mut slots = Vec::new();
+        let sds = match &c.validation_sds {
+            None => None,
+            Some(v) => {
+                let slot = secrets.slot(&v.secret).map_err(TlsError::Secret)?;
+                slots.push(slot.clone());
+                Some(DynamicValidation::new(slot, v.default.clone(), false, false, provider.clone()))
+            }
+        };
         let verifier = UpstreamVerifier {
             roots: match &c.validation {
                 Some(v) if !v.trusted_ca.is_empty() => Some(Arc::new(roots(v)?)),
@@ -176,17 +240,23 @@ impl ClientContext {
             sans: c.validation.as_ref().map(|v| v.match_subject_alt_names.clone()).unwrap_or_default(),
             algs: provider.signature_verification_algorithms,
             stats: stats.clone(),
+            sds,
         };
         let builder = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&versions(c))
             .map_err(TlsError::TlsParams)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier));
-        let mut config = match c.tls_certificates.first() {
-            Some(cert) => builder
+        let mut config = match (&c.tls_certificate_sds, c.tls_certificates.first()) {
+            (Some(sds), _) => {
+                let slot = secrets.slot(sds).map_err(TlsError::Secret)?;
+                slots.push(slot.clone());
+                builder.with_client_cert_resolver(SdsCertResolver::new(slot))
+            }
+            (None, Some(cert)) => builder
                 .with_client_auth_cert(cert.certificate_chain.clone(), cert.private_key.clone_key())
                 .map_err(TlsError::Certificate)?,
-            None => builder.with_no_client_auth(),
+            (None, None) => builder.with_no_client_auth(),
         };
         config.resumption = match cfg.max_session_keys {
             0 => rustls::client::Resumption::disabled(),
@@ -210,7 +280,12 @@ impl ClientContext {
             tokio_rustls::TlsConnector::from(Arc::new(config))
         };
         let connectors = [with_alpn(&[]), with_alpn(&["http/1.1"]), with_alpn(&["h2"])];
-        Ok(ClientContext { connectors, server_name, stats })
+        Ok(ClientContext { connectors, server_name, stats, secrets: slots })
+    }
+
+    /// Whether every secret this context names has arrived (or timed out).
+    pub fn secrets_ready(&self) -> bool {
+        self.secrets.iter().all(|s| s.is_settled())
     }
 
     /// Run the client handshake on `tcp` (bounded by `timeout`).

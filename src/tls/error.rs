@@ -21,6 +21,9 @@ pub enum TlsError {
     /// `sni` is not a valid server name.
     #[error("sni '{0}': invalid DNS name")]
     Sni(String),
+    /// A secret reference could not be resolved (an unknown static secret).
+    #[error("{0}")]
+    Secret(String),
     /// The client certificate verifier could not be built.
     #[error("client certificate verifier: {0}")]
     Verifier(String),

@@ -1,16 +1,20 @@
 //! TLS transport sockets (Envoy's `envoy.transport_sockets.tls`) on rustls: a server context
 //! per filter chain (`DownstreamTlsContext`), a client context per cluster
-//! (`UpstreamTlsContext`), and Envoy's `ssl.*` stats.
+//! (`UpstreamTlsContext`), certificates and validation contexts from secrets (SDS) read per
+//! handshake, and Envoy's `ssl.*` stats.
 
 mod context;
 mod error;
+mod secret;
 mod stream;
+mod subject_alt_names;
 mod verifier;
 
 pub use context::{Alpn, ClientContext, ServerContext};
 pub use error::TlsError;
+pub use secret::{LoadedKind, LoadedSecret, NoSecrets, SecretLookup, SecretSlot};
 pub use stream::Io;
-pub use verifier::sans;
+pub use subject_alt_names::sans;
 
 use crate::stats::{Counter, Prom, Store};
 

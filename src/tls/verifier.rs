@@ -3,9 +3,11 @@
 //! `match_typed_subject_alt_names`. Envoy does not check the peer's hostname against the SNI
 //! by default, so neither verifier does; mesh identities are SPIFFE URI SANs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use pinion_xds::model::{SanMatcher, SanType};
+use arc_swap::ArcSwapOption;
+use pinion_xds::model::{CertificateValidation, SanMatcher};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -13,6 +15,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
 
+use super::secret::{LoadedKind, LoadedSecret, SecretSlot};
+use super::subject_alt_names::sans;
 use super::SslStats;
 
 /// Whether the leaf `der` has a SAN matching one of `matchers` (none configured: any leaf).
@@ -22,31 +26,6 @@ pub fn san_matches(der: &[u8], matchers: &[SanMatcher]) -> bool {
     }
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return false };
     sans(&cert).iter().any(|(kind, text)| matchers.iter().any(|m| m.san_type == *kind && m.matcher.matches(text)))
-}
-
-/// The DNS, URI, email and IP subject alternative names of `cert`, in certificate order.
-pub fn sans(cert: &x509_parser::certificate::X509Certificate<'_>) -> Vec<(SanType, String)> {
-    use x509_parser::extensions::GeneralName;
-    let Ok(Some(ext)) = cert.subject_alternative_name() else { return Vec::new() };
-    ext.value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(s) => Some((SanType::Dns, (*s).to_string())),
-            GeneralName::URI(s) => Some((SanType::Uri, (*s).to_string())),
-            GeneralName::RFC822Name(s) => Some((SanType::Email, (*s).to_string())),
-            GeneralName::IPAddress(b) => ip_text(b).map(|t| (SanType::IpAddress, t)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn ip_text(b: &[u8]) -> Option<String> {
-    match b.len() {
-        4 => Some(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b).ok()?).to_string()),
-        16 => Some(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b).ok()?).to_string()),
-        _ => None,
-    }
 }
 
 fn san_error() -> Error {
@@ -74,6 +53,31 @@ pub struct UpstreamVerifier {
     pub algs: WebPkiSupportedAlgorithms,
     /// Where failures are counted.
     pub stats: SslStats,
+    /// A validation context from SDS: replaces `roots` and `sans`, read per handshake.
+    pub sds: Option<DynamicValidation>,
+}
+
+impl UpstreamVerifier {
+    /// The chain must lead to `roots` (if any), the leaf must match `sans`.
+    fn verify(
+        &self,
+        roots: Option<&RootCertStore>,
+        sans: &[SanMatcher],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        if let Some(roots) = roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algs.all)
+                .inspect_err(|_| self.stats.fail_verify_error.inc())?;
+        }
+        if !san_matches(end_entity, sans) {
+            self.stats.fail_verify_san.inc();
+            return Err(san_error());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
 }
 
 impl std::fmt::Debug for UpstreamVerifier {
@@ -91,16 +95,14 @@ impl ServerCertVerifier for UpstreamVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        if let Some(roots) = &self.roots {
-            let cert = ParsedCertificate::try_from(end_entity)?;
-            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algs.all)
-                .inspect_err(|_| self.stats.fail_verify_error.inc())?;
+        if let Some(sds) = &self.sds {
+            let Some(r) = sds.current() else {
+                self.stats.fail_verify_error.inc();
+                return Err(no_secret_error(&sds.slot));
+            };
+            return self.verify(r.roots.as_deref(), &r.sans, end_entity, intermediates, now);
         }
-        if !san_matches(end_entity, &self.sans) {
-            self.stats.fail_verify_san.inc();
-            return Err(san_error());
-        }
-        Ok(ServerCertVerified::assertion())
+        self.verify(self.roots.as_deref(), &self.sans, end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -207,5 +209,200 @@ impl ClientCertVerifier for DownstreamVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+fn no_secret_error(slot: &SecretSlot) -> Error {
+    Error::General(format!("validation context secret '{}' is not available", slot.name))
+}
+
+/// A validation context from SDS, merged into the context's default (a combined validation
+/// context) and cached per secret generation: a rotation costs one rebuild per context, on
+/// the first handshake that sees it; other handshakes load two `ArcSwap`s.
+pub struct DynamicValidation {
+    slot: Arc<SecretSlot>,
+    default: Option<CertificateValidation>,
+    /// Server side: client certificates required whatever the matchers say.
+    required: bool,
+    /// Server side: build a WebPKI client verifier over the roots.
+    server: bool,
+    provider: Arc<CryptoProvider>,
+    cache: ArcSwapOption<Resolved>,
+    /// Generation that could not be used with this context (logged once, last good kept).
+    failed: AtomicU64,
+}
+
+/// What a handshake verifies against, derived from one secret generation.
+pub(super) struct Resolved {
+    generation: u64,
+    roots: Option<Arc<RootCertStore>>,
+    sans: Vec<SanMatcher>,
+    /// Server side, with roots: the chain check.
+    client: Option<Arc<dyn ClientCertVerifier>>,
+    /// Server side: a client without a certificate is refused.
+    mandatory: bool,
+}
+
+impl DynamicValidation {
+    /// Validation from `slot`, merged into `default`. `server`: verifies clients, which
+    /// `required` makes send a certificate.
+    pub fn new(
+        slot: Arc<SecretSlot>,
+        default: Option<CertificateValidation>,
+        server: bool,
+        required: bool,
+        provider: Arc<CryptoProvider>,
+    ) -> Self {
+        DynamicValidation {
+            slot,
+            default,
+            required,
+            server,
+            provider,
+            cache: ArcSwapOption::empty(),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Resolved>> {
+        let secret = self.slot.load();
+        let secret = secret.as_ref()?;
+        let cached = self.cache.load_full();
+        if cached.as_ref().is_some_and(|c| c.generation == secret.generation)
+            || self.failed.load(Ordering::Relaxed) == secret.generation
+        {
+            return cached;
+        }
+        match self.resolve(secret) {
+            Ok(r) => {
+                let r = Arc::new(r);
+                self.cache.store(Some(r.clone()));
+                Some(r)
+            }
+            Err(e) => {
+                self.failed.store(secret.generation, Ordering::Relaxed);
+                tracing::warn!(secret = %self.slot.name, error = %e, "validation context secret not applied; keeping the last good one");
+                cached
+            }
+        }
+    }
+
+    fn resolve(&self, secret: &LoadedSecret) -> Result<Resolved, String> {
+        let LoadedKind::Validation(v) = &secret.kind else {
+            return Err("the secret is not a validation context".into());
+        };
+        let merged = CertificateValidation::merged(self.default.as_ref(), v);
+        let generation = secret.generation;
+        if merged.trusted_ca.is_empty() {
+            if !merged.match_subject_alt_names.is_empty() {
+                return Err(
+                    "SAN-based verification of peer certificates without trusted CA is insecure and not allowed".into(),
+                );
+            }
+            // Nothing to verify, as Envoy without trusted_ca.
+            return Ok(Resolved { generation, roots: None, sans: Vec::new(), client: None, mandatory: self.required });
+        }
+        let mut roots = RootCertStore::empty();
+        for (i, ca) in merged.trusted_ca.iter().enumerate() {
+            roots.add(ca.clone()).map_err(|e| format!("trusted_ca certificate {i}: {e}"))?;
+        }
+        let roots = Arc::new(roots);
+        let client = if self.server {
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), self.provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| e.to_string())?;
+            Some(v)
+        } else {
+            None
+        };
+        let mandatory = self.required || !merged.match_subject_alt_names.is_empty();
+        Ok(Resolved { generation, roots: Some(roots), sans: merged.match_subject_alt_names, client, mandatory })
+    }
+}
+
+/// Verifies downstream clients against a validation context from SDS.
+pub struct SdsDownstreamVerifier {
+    validation: DynamicValidation,
+    stats: SslStats,
+}
+
+impl SdsDownstreamVerifier {
+    /// A verifier over `validation` (built with `server: true`).
+    pub fn new(validation: DynamicValidation, stats: SslStats) -> Self {
+        SdsDownstreamVerifier { validation, stats }
+    }
+}
+
+impl std::fmt::Debug for SdsDownstreamVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdsDownstreamVerifier").field("secret", &self.validation.slot.name).finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for SdsDownstreamVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.validation.current().is_none_or(|r| r.mandatory)
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // The roots change under the verifier; no CA names are sent (clients send their
+        // certificate anyway).
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let Some(r) = self.validation.current() else {
+            self.stats.fail_verify_error.inc();
+            return Err(no_secret_error(&self.validation.slot));
+        };
+        let Some(inner) = &r.client else { return Ok(ClientCertVerified::assertion()) };
+        inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|_| self.stats.fail_verify_error.inc())?;
+        if !san_matches(end_entity, &r.sans) {
+            self.stats.fail_verify_san.inc();
+            return Err(san_error());
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.validation.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.validation.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.validation.provider.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -79,12 +79,14 @@ pub struct Cluster {
 
 impl Cluster {
     /// Build a cluster from config; STATIC endpoints become hosts now, DNS ones on first resolve.
-    /// Fails only when rustls refuses the cluster's TLS context.
+    /// Fails only when rustls refuses the cluster's TLS context (which cannot name secrets
+    /// here: see [`Cluster::new_replacing`]).
     pub fn new(config: Arc<model::Cluster>, store: &Store) -> Result<Arc<Self>, String> {
-        Self::new_replacing(config, store, None)
+        Self::new_replacing(config, store, None, &crate::tls::NoSecrets)
     }
 
-    /// Build a cluster that replaces `previous` (a CDS update of the same name). Hosts of
+    /// Build a cluster that replaces `previous` (a CDS update of the same name); its TLS
+    /// context finds the secrets it names through `secrets`. Hosts of
     /// `previous` whose address is in this cluster's first host set (STATIC now, EDS or DNS
     /// later) keep their identity: stats, active requests, health-check/outlier flags. Nothing
     /// else changes: until that first set, this cluster has no hosts, as before.
@@ -92,13 +94,14 @@ impl Cluster {
         config: Arc<model::Cluster>,
         store: &Store,
         previous: Option<&Cluster>,
+        secrets: &dyn crate::tls::SecretLookup,
     ) -> Result<Arc<Self>, String> {
         let stats = ClusterStats::new(store, &config.stat_name);
         let tls = match &config.transport_socket {
             None => None,
             Some(t) => {
                 let ssl = crate::tls::SslStats::new(store, "cluster", "envoy_cluster_name", &config.stat_name);
-                let ctx = crate::tls::ClientContext::new(t, ssl)
+                let ctx = crate::tls::ClientContext::new(t, ssl, secrets)
                     .map_err(|e| format!("cluster '{}': transport_socket: {e}", config.name))?;
                 Some(ctx)
             }
@@ -152,6 +155,11 @@ impl Cluster {
             return Some(Inherited { hosts: current, from: self.retired.clone() });
         }
         self.lock_writer().clone()
+    }
+
+    /// Whether every secret (SDS) of the cluster's TLS context has arrived.
+    pub fn secrets_ready(&self) -> bool {
+        self.tls.as_ref().is_none_or(|t| t.secrets_ready())
     }
 
     /// Whether a replacement took over this cluster's hosts (it is no longer in the config).
@@ -622,7 +630,8 @@ mod tests {
         let old = Cluster::new(static_config(&[1, 2], "1s"), &store).unwrap();
         let h1 = find(&old, 1).unwrap();
         serve(&h1, 7);
-        let new = Cluster::new_replacing(static_config(&[1, 3], "2s"), &store, Some(&old)).unwrap();
+        let new =
+            Cluster::new_replacing(static_config(&[1, 3], "2s"), &store, Some(&old), &crate::tls::NoSecrets).unwrap();
         assert_ne!(new.id, old.id);
         assert!(Arc::ptr_eq(&find(&new, 1).unwrap(), &h1));
         assert_eq!(find(&new, 1).unwrap().stats.rq_total.load(Ordering::Relaxed), 7);
@@ -641,12 +650,12 @@ mod tests {
         let (h1, h2) = (find(&old, 1).unwrap(), find(&old, 2).unwrap());
         serve(&h1, 5);
         h2.set_flag(HealthFlags::FAILED_OUTLIER_CHECK, true);
-        let warming = Cluster::new_replacing(eds_config(), &store, Some(&old)).unwrap();
+        let warming = Cluster::new_replacing(eds_config(), &store, Some(&old), &crate::tls::NoSecrets).unwrap();
         assert!(warming.hosts().is_empty());
         assert!(warming.choose_host().is_none());
         assert!(!old.is_retired(), "the old cluster serves and takes EDS while the new one warms");
         // Replaced again while still warming: the hosts pass through.
-        let newest = Cluster::new_replacing(eds_config(), &store, Some(&warming)).unwrap();
+        let newest = Cluster::new_replacing(eds_config(), &store, Some(&warming), &crate::tls::NoSecrets).unwrap();
         newest.set_load_assignment(&assignment(&[ep(1), ep(2), ep(9)]));
         assert!(Arc::ptr_eq(&find(&newest, 1).unwrap(), &h1));
         assert!(Arc::ptr_eq(&find(&newest, 2).unwrap(), &h2));
@@ -656,7 +665,7 @@ mod tests {
 
         // Adoption happens once: an address that comes back later is a new host.
         newest.set_load_assignment(&assignment(&[ep(1)]));
-        let c = Cluster::new_replacing(eds_config(), &store, Some(&old)).unwrap();
+        let c = Cluster::new_replacing(eds_config(), &store, Some(&old), &crate::tls::NoSecrets).unwrap();
         c.set_load_assignment(&assignment(&[ep(1)]));
         c.set_load_assignment(&assignment(&[ep(1), ep(2)]));
         assert!(Arc::ptr_eq(&find(&c, 1).unwrap(), &h1));
@@ -727,7 +736,13 @@ mod tests {
 
         // A CDS update keeps the host, its ejection and the detector's memory of it; the
         // new detector counts the ejection as active.
-        let new = Cluster::new_replacing(with_outlier(static_config(&[1, 2, 3], "2s"), od), &store, Some(&c)).unwrap();
+        let new = Cluster::new_replacing(
+            with_outlier(static_config(&[1, 2, 3], "2s"), od),
+            &store,
+            Some(&c),
+            &crate::tls::NoSecrets,
+        )
+        .unwrap();
         assert!(c.is_retired());
         let kept = find(&new, 3).unwrap();
         assert!(Arc::ptr_eq(&kept, &h3));
@@ -806,7 +821,7 @@ mod tests {
         h1.set_flag(HealthFlags::FAILED_ACTIVE_HC | HealthFlags::ACTIVE_HC_TIMEOUT, true);
 
         // A replacement without health checks adopts the host without its active-HC verdict.
-        let plain = Cluster::new_replacing(eds_config(), &store, Some(&c)).unwrap();
+        let plain = Cluster::new_replacing(eds_config(), &store, Some(&c), &crate::tls::NoSecrets).unwrap();
         assert!(plain.is_health_check_initialized());
         plain.set_load_assignment(&assignment(&[ep(1)]));
         assert!(Arc::ptr_eq(&find(&plain, 1).unwrap(), &h1));

@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod health;
 pub mod mesh;
 pub mod process;
+pub mod sds;
 
 pub use backend::{spawn_http_backend, spawn_http_backend_named, Backend, BackendKind, BoxError, RespBody};
 pub use client::{

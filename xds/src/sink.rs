@@ -25,6 +25,8 @@ pub enum ResourceType {
     VirtualHost,
     /// RTDS.
     Runtime,
+    /// SDS (named by the TLS contexts of listeners and clusters).
+    Secret,
 }
 
 impl ResourceType {
@@ -40,6 +42,7 @@ impl ResourceType {
             }
             ResourceType::VirtualHost => "type.googleapis.com/envoy.config.route.v3.VirtualHost",
             ResourceType::Runtime => "type.googleapis.com/envoy.service.runtime.v3.Runtime",
+            ResourceType::Secret => "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
         }
     }
 
@@ -49,7 +52,7 @@ impl ResourceType {
     }
 
     /// Every type.
-    pub const ALL: [ResourceType; 7] = [
+    pub const ALL: [ResourceType; 8] = [
         Self::Listener,
         Self::RouteConfiguration,
         Self::Cluster,
@@ -57,6 +60,7 @@ impl ResourceType {
         Self::ScopedRouteConfiguration,
         Self::VirtualHost,
         Self::Runtime,
+        Self::Secret,
     ];
 
     /// LDS, CDS and SRDS are wildcard subscriptions; the others name their resources.
@@ -64,9 +68,15 @@ impl ResourceType {
         matches!(self, ResourceType::Listener | ResourceType::Cluster | ResourceType::ScopedRouteConfiguration)
     }
 
-    /// SRDS, VHDS, RTDS: used only by some configs (the four core types are always there).
+    /// SRDS, VHDS, RTDS, SDS: used only by some configs (the four core types are always there).
     pub fn is_optional(self) -> bool {
-        matches!(self, ResourceType::ScopedRouteConfiguration | ResourceType::VirtualHost | ResourceType::Runtime)
+        matches!(
+            self,
+            ResourceType::ScopedRouteConfiguration
+                | ResourceType::VirtualHost
+                | ResourceType::Runtime
+                | ResourceType::Secret
+        )
     }
 
     /// Subscribed only once the config needs it (SRDS: an HCM with `scoped_rds`; the sink's
@@ -80,7 +90,7 @@ impl ResourceType {
         self.type_url().trim_start_matches("type.googleapis.com/")
     }
 
-    /// Short name for logs and stats (`lds`, `rds`, `cds`, `eds`, `srds`, `vhds`, `rtds`).
+    /// Short name for logs and stats (`lds`, `rds`, `cds`, `eds`, `srds`, `vhds`, `rtds`, `sds`).
     pub fn short(self) -> &'static str {
         match self {
             ResourceType::Listener => "lds",
@@ -90,6 +100,7 @@ impl ResourceType {
             ResourceType::ScopedRouteConfiguration => "srds",
             ResourceType::VirtualHost => "vhds",
             ResourceType::Runtime => "rtds",
+            ResourceType::Secret => "sds",
         }
     }
 }
@@ -112,6 +123,8 @@ pub enum Resource {
     VirtualHost(Arc<model::VirtualHost>),
     /// A runtime layer.
     Runtime(Arc<model::RuntimeLayer>),
+    /// A secret (SDS).
+    Secret(Arc<model::Secret>),
 }
 
 /// One added or updated resource.

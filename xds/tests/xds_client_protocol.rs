@@ -404,8 +404,10 @@ async fn client_config_from_a_bootstrap() {
         assert_eq!(cfg.aggregated, ads);
         assert_eq!(cfg.mode, if api_type == "GRPC" { Mode::Sotw } else { Mode::Delta });
         assert_eq!(cfg.server, ServerAddr::Tcp(cp.addr));
-        // LDS brings RDS and SRDS (subscribed only once used), plus VHDS with Delta; CDS brings EDS.
-        assert_eq!(cfg.types.len(), if api_type == "GRPC" { 5 } else { 6 });
+        // LDS brings RDS and SRDS (subscribed only once used), plus VHDS with Delta; CDS brings
+        // EDS; SDS is there for the TLS contexts that name secrets (none here: never requested).
+        assert_eq!(cfg.types.len(), if api_type == "GRPC" { 6 } else { 7 });
+        assert!(cfg.types.contains(&pinion_xds::sink::ResourceType::Secret));
         if !ads {
             assert_eq!(cfg.initial_fetch_timeout, Some(Duration::from_secs(3)));
         }

@@ -98,6 +98,8 @@ pub struct ClientConfig {
     pub set_node_on_first_message_only: bool,
     /// Per type, how long to wait for the first response after subscribing (`None`: forever).
     pub initial_fetch_timeout: Option<Duration>,
+    /// Types with their own `initial_fetch_timeout` (SDS: its `sds_config`'s).
+    pub type_initial_fetch_timeout: BTreeMap<ResourceType, Option<Duration>>,
     /// Reconnect backoff.
     pub backoff: Backoff,
     /// Decode limit for one message from the control plane.
@@ -122,6 +124,7 @@ impl ClientConfig {
             ],
             set_node_on_first_message_only: false,
             initial_fetch_timeout: Some(Duration::from_secs(15)),
+            type_initial_fetch_timeout: BTreeMap::new(),
             backoff: Backoff::default(),
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
         }
@@ -178,8 +181,17 @@ impl ClientConfig {
                     if !matches!(h.route_specifier, model::RouteSpecifier::Static(_)))
             })
         });
+        // SDS references with an `sds_config` (the others name static secrets).
+        let sds_refs: Vec<&model::ConfigSource> = b
+            .listeners
+            .iter()
+            .flat_map(|l| l.sds_configs())
+            .chain(b.clusters.iter().flat_map(|c| c.sds_configs()))
+            .filter_map(|s| s.source.as_ref())
+            .collect();
+        let needs_secrets = !sds_refs.is_empty();
         let ads_only;
-        let sources = if sources.is_empty() && (needs_eds || needs_routes) && d.ads.is_some() {
+        let sources = if sources.is_empty() && (needs_eds || needs_routes || needs_secrets) && d.ads.is_some() {
             // Only `ads_config`: the static resources' RDS/EDS go over it.
             ads_only = model::ConfigSource {
                 kind: model::ConfigSourceKind::Ads,
@@ -191,7 +203,16 @@ impl ClientConfig {
         };
         let lds_configured = d.lds.is_some();
         let cds_configured = d.cds.is_some();
-        let Some((_, first)) = sources.first() else { return Ok(None) };
+        let Some((_, first)) = sources.first() else {
+            // No LDS/CDS: a client for the static resources' secrets alone, if they need one.
+            return match sds_refs.iter().find_map(|s| match &s.kind {
+                model::ConfigSourceKind::Api(api) => Some((api, s.initial_fetch_timeout)),
+                model::ConfigSourceKind::Ads => None,
+            }) {
+                Some((api, timeout)) => Ok(Some(Self::sds_only(b, api, timeout)?)),
+                None => Ok(None),
+            };
+        };
         let uses_ads = sources.iter().any(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
         let all_ads = sources.iter().all(|(_, s)| s.kind == model::ConfigSourceKind::Ads);
         if uses_ads && !all_ads {
@@ -303,6 +324,50 @@ impl ClientConfig {
                 }
             }
         }
+        // SDS goes over the LDS/CDS transport: ADS, or a stream of its own to the server of
+        // the bootstrap's SDS api_config_source (else the LDS/CDS server). The config store
+        // refuses dynamic resources whose sds_config asks for another transport.
+        let mut sds_api: Option<&model::ApiConfigSource> = None;
+        let mut separate: Option<(&model::ApiConfigSource, Option<Duration>)> = None;
+        for s in &sds_refs {
+            match (&s.kind, all_ads) {
+                (model::ConfigSourceKind::Ads, true) => {}
+                // Beside ADS: a stream of its own to that server.
+                (model::ConfigSourceKind::Api(api), true) => match separate {
+                    None => separate = Some((api, s.initial_fetch_timeout)),
+                    Some((first, _)) if first == api => {}
+                    Some(_) => return Err("sds_config: several SDS api_config_sources are not supported by pinion".into()),
+                },
+                (model::ConfigSourceKind::Api(api), false) if api.api_type == main.api_type => match sds_api {
+                    None => sds_api = Some(api),
+                    Some(first) if first == api => {}
+                    Some(_) => return Err("sds_config: several SDS api_config_sources are not supported by pinion".into()),
+                },
+                _ => {
+                    return Err(
+                        "sds_config must use the same transport as lds_config/cds_config (ads, or an api_config_source of the same api_type): other transports are not supported by pinion"
+                            .into(),
+                    )
+                }
+            }
+        }
+        if let Some(first) = sds_refs.first() {
+            cfg.type_initial_fetch_timeout.insert(ResourceType::Secret, first.initial_fetch_timeout);
+        }
+        if !all_ads {
+            let server = match sds_api {
+                Some(api) => Some(resolve(api)?.0),
+                None => main_server.clone(),
+            };
+            if let Some(server) = server {
+                cfg.per_type_servers.insert(ResourceType::Secret, server);
+            }
+        }
+        cfg.types.push(ResourceType::Secret);
+        if let Some((api, timeout)) = separate {
+            // Checked here; the data plane starts that client (see `sds_only`).
+            Self::sds_only(b, api, timeout)?;
+        }
         // RTDS layers of the layered runtime.
         for layer in &b.layered_runtime.layers {
             let model::RuntimeLayerKind::Rtds { config_source, .. } = &layer.kind else { continue };
@@ -324,6 +389,57 @@ impl ClientConfig {
             }
         }
         Ok(Some(cfg))
+    }
+
+    /// A client for SDS alone, on a stream of its own to `api`'s server (an `envoy_grpc`
+    /// cluster of the bootstrap, e.g. with a `pipe` address, or a `google_grpc` target).
+    /// Used for secrets whose `sds_config` names another server than the ADS stream
+    /// (Istio's agent on a Unix socket beside istiod).
+    pub fn sds_only(
+        b: &model::Bootstrap,
+        api: &model::ApiConfigSource,
+        timeout: Option<Duration>,
+    ) -> Result<Self, String> {
+        let server = match &api.grpc_service {
+            model::GrpcService::GoogleGrpc { target_uri, .. } => ServerAddr::Uri(target_uri.clone()),
+            model::GrpcService::EnvoyGrpc { cluster_name, .. } => {
+                let c = b.clusters.iter().find(|c| &c.name == cluster_name).ok_or_else(|| {
+                    format!("sds_config: envoy_grpc cluster '{cluster_name}' is not a static cluster")
+                })?;
+                if c.transport_socket.is_some() {
+                    return Err(format!(
+                        "sds_config: envoy_grpc cluster '{cluster_name}': TLS to the SDS server is not supported by pinion yet"
+                    ));
+                }
+                c.load_assignment
+                    .localities
+                    .iter()
+                    .flat_map(|l| l.endpoints.iter())
+                    .map(|e| match &e.address {
+                        model::EndpointAddress::Socket(a) => ServerAddr::Tcp(*a),
+                        model::EndpointAddress::Dns { host, port } => ServerAddr::Uri(format!("http://{host}:{port}")),
+                        model::EndpointAddress::Pipe(path) => ServerAddr::Unix(path.into()),
+                    })
+                    .next()
+                    .ok_or_else(|| format!("sds_config: envoy_grpc cluster '{cluster_name}' has no endpoint"))?
+            }
+        };
+        let mut cfg = ClientConfig::new(b.node.clone(), server.clone());
+        cfg.aggregated = false;
+        cfg.mode = match api.api_type {
+            model::ApiType::Grpc => Mode::Sotw,
+            model::ApiType::DeltaGrpc => Mode::Delta,
+        };
+        cfg.set_node_on_first_message_only = api.set_node_on_first_message_only;
+        cfg.types = vec![ResourceType::Secret];
+        cfg.per_type_servers.insert(ResourceType::Secret, server);
+        cfg.initial_fetch_timeout = timeout;
+        Ok(cfg)
+    }
+
+    /// The initial fetch timeout of `t`.
+    pub fn fetch_timeout(&self, t: ResourceType) -> Option<Duration> {
+        self.type_initial_fetch_timeout.get(&t).copied().unwrap_or(self.initial_fetch_timeout)
     }
 
     fn server_for(&self, t: ResourceType) -> ServerAddr {

@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::Resource as ResourceWrapper;
 use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::google::protobuf::Any;
@@ -59,6 +60,7 @@ enum Decoded {
     /// VHDS resources are named by their wrapper (`<route config>/<vhost>`), not the message.
     VirtualHost(Box<VirtualHost>, String),
     Runtime(Box<Runtime>),
+    Secret(Box<Secret>),
 }
 
 impl Decoded {
@@ -71,6 +73,7 @@ impl Decoded {
             Decoded::Scope(m) => &m.name,
             Decoded::VirtualHost(_, name) => name,
             Decoded::Runtime(m) => &m.name,
+            Decoded::Secret(m) => &m.name,
         }
     }
 
@@ -85,6 +88,7 @@ impl Decoded {
             Decoded::Scope(m) => validate_prost_shallow(m.as_ref()),
             Decoded::VirtualHost(m, _) => validate_prost_shallow(m.as_ref()),
             Decoded::Runtime(m) => validate_prost_shallow(m.as_ref()),
+            Decoded::Secret(m) => validate_prost_shallow(m.as_ref()),
         }
     }
 }
@@ -99,6 +103,7 @@ pub(crate) fn kind(t: ResourceType) -> &'static str {
         ResourceType::ScopedRouteConfiguration => "scoped route configuration",
         ResourceType::VirtualHost => "virtual host",
         ResourceType::Runtime => "runtime layer",
+        ResourceType::Secret => "secret",
     }
 }
 
@@ -215,6 +220,7 @@ fn decode_any(t: ResourceType, any: &Any, wrapper_name: Option<&str>) -> Result<
             Decoded::VirtualHost(Box::new(vh), name)
         }
         ResourceType::Runtime => Decoded::Runtime(Box::new(Runtime::decode(bytes).map_err(err)?)),
+        ResourceType::Secret => Decoded::Secret(Box::new(Secret::decode(bytes).map_err(err)?)),
     })
 }
 
@@ -250,6 +256,10 @@ fn build(d: Decoded) -> Result<(Resource, bytes::Bytes), ConfigError> {
         Decoded::Runtime(m) => {
             validate_prost(m.as_ref())?;
             (Resource::Runtime(Arc::new(translate::runtime_layer(&m)?)), raw(m.as_ref()))
+        }
+        Decoded::Secret(m) => {
+            validate_prost(m.as_ref())?;
+            (Resource::Secret(Arc::new(translate::secret(&m)?)), raw(m.as_ref()))
         }
     })
 }

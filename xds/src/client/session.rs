@@ -32,7 +32,7 @@ const REQUEST_QUEUE: usize = 1024;
 const NACK_CODE: i32 = 13;
 /// Order of the initial requests on a stream (Envoy: CDS, EDS, RTDS, LDS, RDS, then the
 /// subscriptions listeners and route configurations bring along).
-const ORDER: [ResourceType; 7] = [
+const ORDER: [ResourceType; 8] = [
     ResourceType::Cluster,
     ResourceType::ClusterLoadAssignment,
     ResourceType::Runtime,
@@ -40,6 +40,7 @@ const ORDER: [ResourceType; 7] = [
     ResourceType::RouteConfiguration,
     ResourceType::ScopedRouteConfiguration,
     ResourceType::VirtualHost,
+    ResourceType::Secret,
 ];
 
 /// What every session of one [`super::run`] shares.
@@ -157,7 +158,7 @@ type States = BTreeMap<ResourceType, TypeState>;
 fn activate(sh: &Shared, st: &mut TypeState) -> bool {
     if !st.active && sh.sink.wanted(st.type_).is_some_and(|w| !w.is_empty()) {
         st.active = true;
-        st.arm(sh.cfg.initial_fetch_timeout);
+        st.arm(sh.cfg.fetch_timeout(st.type_));
     }
     st.active
 }
@@ -191,7 +192,7 @@ pub(crate) async fn drive(sh: Arc<Shared>, kind: StreamKind, types: Vec<Resource
     let mut states: States = types.iter().map(|t| (*t, TypeState::new(*t))).collect();
     for st in states.values_mut() {
         if st.type_.is_wildcard() && st.active {
-            st.arm(sh.cfg.initial_fetch_timeout);
+            st.arm(sh.cfg.fetch_timeout(st.type_));
         }
     }
     let mut backoff = BackoffState::new(sh.cfg.backoff);
@@ -199,7 +200,7 @@ pub(crate) async fn drive(sh: Arc<Shared>, kind: StreamKind, types: Vec<Resource
     if let StreamKind::Single(t) = kind {
         // A stream of its own for SRDS or VHDS opens only once the config uses them, so a
         // control plane that does not serve them is not pestered with failing streams.
-        if matches!(t, ResourceType::ScopedRouteConfiguration | ResourceType::VirtualHost) {
+        if matches!(t, ResourceType::ScopedRouteConfiguration | ResourceType::VirtualHost | ResourceType::Secret) {
             while sh.sink.wanted(t).is_none_or(|w| w.is_empty()) {
                 if wanted_rx.changed().await.is_err() {
                     return;
@@ -446,7 +447,7 @@ async fn session<P: Protocol>(
             let wanted = sh.sink.wanted(t).unwrap_or_default();
             let old = st.names.clone().unwrap_or_default();
             if wanted.iter().any(|n| !old.contains(n)) {
-                st.arm(sh.cfg.initial_fetch_timeout);
+                st.arm(sh.cfg.fetch_timeout(st.type_));
             }
             P::forget_unwanted(st, &wanted);
             st.names = Some(wanted);
@@ -604,7 +605,7 @@ fn resubscribe_sotw(sh: &Shared, states: &mut States, out: &mut Outbox<'_, Disco
         }
         let added = wanted.iter().any(|n| !old.contains(n));
         if added {
-            st.arm(sh.cfg.initial_fetch_timeout);
+            st.arm(sh.cfg.fetch_timeout(st.type_));
         }
         st.names = Some(wanted);
         if st.names.as_ref().is_some_and(|n| !n.is_empty()) || st.requested {
@@ -718,7 +719,7 @@ fn resubscribe_delta(
         let subscribe: Vec<String> = wanted.difference(&old).cloned().collect();
         let unsubscribe: Vec<String> = old.difference(&wanted).cloned().collect();
         if !subscribe.is_empty() {
-            st.arm(sh.cfg.initial_fetch_timeout);
+            st.arm(sh.cfg.fetch_timeout(st.type_));
         }
         for n in &unsubscribe {
             st.resource_versions.remove(n);

@@ -68,6 +68,9 @@ pub struct ClientStats {
     pub vhds: TypeStats,
     /// RTDS.
     pub rtds: TypeStats,
+    /// SDS (all secrets together; not exported: Envoy counts per secret, `sds.<name>.`, which
+    /// the data plane does).
+    pub sds: TypeStats,
 }
 
 impl ClientStats {
@@ -86,6 +89,7 @@ impl ClientStats {
             ResourceType::ScopedRouteConfiguration => &self.srds,
             ResourceType::VirtualHost => &self.vhds,
             ResourceType::Runtime => &self.rtds,
+            ResourceType::Secret => &self.sds,
         }
     }
 
@@ -102,6 +106,7 @@ impl ClientStats {
             ResourceType::ScopedRouteConfiguration => "srds",
             ResourceType::VirtualHost => "vhds",
             ResourceType::Runtime => "runtime.rtds",
+            ResourceType::Secret => "sds",
         }
     }
 
@@ -112,7 +117,7 @@ impl ClientStats {
             value: self.connected_state.load(Ordering::Relaxed),
             gauge: true,
         }];
-        for t in ResourceType::ALL {
+        for t in ResourceType::ALL.into_iter().filter(|t| *t != ResourceType::Secret) {
             let ts = self.for_type(t);
             if t.is_optional() && ts.update_attempt.load(Ordering::Relaxed) == 0 {
                 continue; // SRDS/VHDS/RTDS stats exist in Envoy only where they are used

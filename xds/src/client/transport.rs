@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::
 use envoy_types::pb::envoy::service::route::v3::scoped_routes_discovery_service_client::ScopedRoutesDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::route::v3::virtual_host_discovery_service_client::VirtualHostDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::runtime::v3::runtime_discovery_service_client::RuntimeDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Status, Streaming};
@@ -111,6 +112,9 @@ pub(crate) async fn open_sotw(
         StreamKind::Single(ResourceType::VirtualHost) => {
             return Err(Status::invalid_argument("VHDS is Delta only"));
         }
+        StreamKind::Single(ResourceType::Secret) => {
+            SecretDiscoveryServiceClient::new(ch).max_decoding_message_size(max).stream_secrets(reqs).await
+        }
     };
     r.map(|r| r.into_inner())
 }
@@ -149,6 +153,9 @@ pub(crate) async fn open_delta(
         }
         StreamKind::Single(ResourceType::VirtualHost) => {
             VirtualHostDiscoveryServiceClient::new(ch).max_decoding_message_size(max).delta_virtual_hosts(reqs).await
+        }
+        StreamKind::Single(ResourceType::Secret) => {
+            SecretDiscoveryServiceClient::new(ch).max_decoding_message_size(max).delta_secrets(reqs).await
         }
     };
     r.map(|r| r.into_inner())

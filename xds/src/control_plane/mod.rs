@@ -27,6 +27,7 @@ use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, ScopedRouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryResponse, DiscoveryResponse};
 use envoy_types::pb::envoy::service::runtime::v3::Runtime;
 use envoy_types::pb::google::protobuf::Any;
@@ -139,6 +140,13 @@ impl Snapshot {
     pub fn with_runtime(self, r: Runtime) -> Self {
         let name = r.name.clone();
         self.with_message(ResourceType::Runtime, name, &r)
+    }
+
+    /// Adds a secret (keyed by its name). Rotating a certificate is pushing a snapshot with a
+    /// new secret of the same name.
+    pub fn with_secret(self, s: Secret) -> Self {
+        let name = s.name.clone();
+        self.with_message(ResourceType::Secret, name, &s)
     }
 
     /// Adds raw bytes under response type `type_url`, with the same `Any.type_url`.
@@ -599,7 +607,12 @@ impl Drop for StreamGuard {
 pub(crate) fn empty_means_wildcard(type_url: &str) -> bool {
     !matches!(
         ResourceType::from_type_url(type_url),
-        Some(ResourceType::RouteConfiguration | ResourceType::ClusterLoadAssignment | ResourceType::Runtime)
+        Some(
+            ResourceType::RouteConfiguration
+                | ResourceType::ClusterLoadAssignment
+                | ResourceType::Runtime
+                | ResourceType::Secret
+        )
     )
 }
 

@@ -30,6 +30,9 @@ use envoy_types::pb::envoy::service::route::v3::virtual_host_discovery_service_s
 use envoy_types::pb::envoy::service::runtime::v3::runtime_discovery_service_server::{
     RuntimeDiscoveryService, RuntimeDiscoveryServiceServer,
 };
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
+    SecretDiscoveryService, SecretDiscoveryServiceServer,
+};
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -76,7 +79,8 @@ pub(crate) fn router(cp: Arc<ControlPlane>) -> tonic::transport::server::Router 
         .add_service(EndpointDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
         .add_service(ScopedRoutesDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
         .add_service(VirtualHostDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
-        .add_service(RuntimeDiscoveryServiceServer::new(svc).max_decoding_message_size(MAX_REQUEST))
+        .add_service(RuntimeDiscoveryServiceServer::new(svc.clone()).max_decoding_message_size(MAX_REQUEST))
+        .add_service(SecretDiscoveryServiceServer::new(svc).max_decoding_message_size(MAX_REQUEST))
 }
 
 #[tonic::async_trait]
@@ -180,6 +184,15 @@ per_type_service!(
     DeltaRuntimeStream,
     delta_runtime,
     fetch_runtime
+);
+per_type_service!(
+    SecretDiscoveryService,
+    ResourceType::Secret,
+    StreamSecretsStream,
+    stream_secrets,
+    DeltaSecretsStream,
+    delta_secrets,
+    fetch_secrets
 );
 
 #[tonic::async_trait]

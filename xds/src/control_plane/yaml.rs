@@ -25,6 +25,7 @@ impl Snapshot {
                 self.with_scoped_route(message_from_str(yaml, Format::Yaml, &opts)?)
             }
             ResourceType::Runtime => self.with_runtime(message_from_str(yaml, Format::Yaml, &opts)?),
+            ResourceType::Secret => self.with_secret(message_from_str(yaml, Format::Yaml, &opts)?),
             ResourceType::VirtualHost => {
                 return Err(ConfigError::invalid("", "use with_virtual_host_yaml: VHDS names need the route config"))
             }

@@ -16,6 +16,8 @@ pub struct Bootstrap {
     pub listeners: Vec<Arc<Listener>>,
     /// Static clusters, in config order.
     pub clusters: Vec<Arc<Cluster>>,
+    /// `static_resources.secrets`, in config order.
+    pub secrets: Vec<Arc<super::Secret>>,
     /// `dynamic_resources` (xDS), if set to anything.
     pub dynamic_resources: Option<super::DynamicResources>,
     /// `layered_runtime` (empty when not set).

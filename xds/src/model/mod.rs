@@ -13,6 +13,7 @@ mod matcher;
 mod route;
 mod runtime;
 mod scoped_route;
+mod secret;
 mod tcp_proxy;
 mod tls;
 
@@ -27,5 +28,6 @@ pub use matcher::*;
 pub use route::*;
 pub use runtime::*;
 pub use scoped_route::*;
+pub use secret::*;
 pub use tcp_proxy::*;
 pub use tls::*;

@@ -65,8 +65,14 @@ pub enum TlsVersion {
 pub struct CommonTlsContext {
     /// `tls_certificates` (Pinion uses the first; Envoy picks by key type among several).
     pub tls_certificates: Vec<TlsCertificate>,
-    /// `validation_context`; `None` = the peer's certificate is not verified.
+    /// `tls_certificate_sds_secret_configs` (Pinion takes one): the certificate comes from a
+    /// secret instead of `tls_certificates`.
+    pub tls_certificate_sds: Option<super::SdsSecretConfig>,
+    /// `validation_context`; `None` = the peer's certificate is not verified (unless
+    /// `validation_sds` is set).
     pub validation: Option<CertificateValidation>,
+    /// `validation_context_sds_secret_config` or `combined_validation_context`.
+    pub validation_sds: Option<super::SdsValidation>,
     /// `alpn_protocols`, in preference order.
     pub alpn_protocols: Vec<String>,
     /// `tls_params.tls_minimum_protocol_version` resolved (Envoy's default: TLS 1.2).

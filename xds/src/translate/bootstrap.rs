@@ -122,10 +122,11 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         None => None,
         Some(a) => translate_admin(a).map_err(at("admin"))?,
     };
-    let (listeners, clusters) = match static_resources {
-        None => (Vec::new(), Vec::new()),
+    let (listeners, clusters, secrets) = match static_resources {
+        None => (Vec::new(), Vec::new(), Vec::new()),
         Some(s) => static_resources_(s).map_err(at("static_resources"))?,
     };
+    check_secret_refs(&listeners, &clusters, &secrets, dynamic_resources.is_some()).map_err(at("static_resources"))?;
     if dynamic_resources.is_none() {
         if let Some((path, what)) = static_xds_dependents(&listeners, &clusters).into_iter().next() {
             return Err(ConfigError::unsupported(
@@ -147,6 +148,7 @@ pub fn bootstrap(bs: &b::Bootstrap, overrides: &NodeOverrides) -> ConfigResult<m
         admin,
         listeners,
         clusters,
+        secrets,
         dynamic_resources,
         layered_runtime,
         outlier_event_log_path,
@@ -234,15 +236,54 @@ fn translate_admin(a: &b::Admin) -> ConfigResult<Option<model::Admin>> {
     Ok(Some(model::Admin { address, access_logs: logs }))
 }
 
-type Resources = (Vec<Arc<model::Listener>>, Vec<Arc<model::Cluster>>);
+type Resources = (Vec<Arc<model::Listener>>, Vec<Arc<model::Cluster>>, Vec<Arc<model::Secret>>);
+
+/// Static listeners and clusters may only name static secrets that exist (Envoy: "Unknown
+/// static secret"), and SDS ones need an xDS transport.
+fn check_secret_refs(
+    listeners: &[Arc<model::Listener>],
+    clusters: &[Arc<model::Cluster>],
+    secrets: &[Arc<model::Secret>],
+    dynamic: bool,
+) -> ConfigResult<()> {
+    let refs = listeners
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| l.sds_configs().map(move |s| (format!("listeners[{i}]"), s)))
+        .chain(
+            clusters.iter().enumerate().flat_map(|(i, c)| c.sds_configs().map(move |s| (format!("clusters[{i}]"), s))),
+        );
+    for (path, s) in refs {
+        match &s.source {
+            None if !secrets.iter().any(|x| x.name == s.name) => {
+                return Err(ConfigError::invalid(path, format!("Unknown static secret: {}", s.name)))
+            }
+            Some(_) if !dynamic => {
+                return Err(ConfigError::unsupported(
+                    path,
+                    format!(
+                        "secret '{}' from sds_config needs dynamic_resources (ads_config, lds_config or cds_config): \
+                         pinion fetches SDS over the same transport",
+                        s.name
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 fn static_resources_(s: &b::bootstrap::StaticResources) -> ConfigResult<Resources> {
     let b::bootstrap::StaticResources { listeners, clusters, secrets } = s;
-    if !secrets.is_empty() {
-        return Err(ConfigError::unsupported(
-            "secrets",
-            "static secrets (SDS) are not supported by pinion yet; give certificates inline or as files",
-        ));
+    let mut out_secrets: Vec<Arc<model::Secret>> = Vec::with_capacity(secrets.len());
+    for (i, s) in secrets.iter().enumerate() {
+        let p = format!("secrets[{i}]");
+        let secret = super::tls::secret(s).map_err(at(&p))?;
+        if out_secrets.iter().any(|o| o.name == secret.name) {
+            return Err(ConfigError::invalid(format!("{p}.name"), format!("Duplicate static secret name {}", s.name)));
+        }
+        out_secrets.push(Arc::new(secret));
     }
 
     let mut out_clusters = Vec::with_capacity(clusters.len());
@@ -280,7 +321,7 @@ fn static_resources_(s: &b::bootstrap::StaticResources) -> ConfigResult<Resource
         check_static_routes(l, &ml, &cluster_names).map_err(at(&p))?;
         out_listeners.push(Arc::new(ml));
     }
-    Ok((out_listeners, out_clusters))
+    Ok((out_listeners, out_clusters, out_secrets))
 }
 
 /// Inline route configs: RDS is unavailable without xDS, and `validate_clusters` (default true

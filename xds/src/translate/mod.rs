@@ -47,6 +47,7 @@ pub use listener::listener;
 pub use route::{route_configuration, vhds_virtual_host};
 pub use runtime::runtime_layer;
 pub use scoped_route::scoped_route_configuration;
+pub use tls::secret;
 
 /// Prefix used by every type URL Envoy emits.
 const TYPE_URL_PREFIX: &str = "type.googleapis.com/";

@@ -24,9 +24,6 @@ const RAW_BUFFER_NAME: &str = "envoy.transport_sockets.raw_buffer";
 /// The plaintext transport socket's config message.
 const RAW_BUFFER_TYPE: &str = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
 
-/// The reason given for every SDS reference.
-const SDS_UNSUPPORTED: &str = "SDS secrets are not supported by pinion yet; give certificates inline or as files";
-
 /// Which end of the connection Pinion is: the defaults and a few rules differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -140,7 +137,7 @@ fn downstream_context(d: &tls::DownstreamTlsContext) -> ConfigResult<model::Down
     let default = tls::CommonTlsContext::default();
     let common =
         common(common_tls_context.as_ref().unwrap_or(&default), Side::Downstream).map_err(at("common_tls_context"))?;
-    if common.tls_certificates.is_empty() {
+    if common.tls_certificates.is_empty() && common.tls_certificate_sds.is_none() {
         let path =
             if common_tls_context.is_some() { "common_tls_context.tls_certificates" } else { "common_tls_context" };
         return Err(ConfigError::invalid(path, "No TLS certificates found for server context"));
@@ -153,7 +150,7 @@ fn downstream_context(d: &tls::DownstreamTlsContext) -> ConfigResult<model::Down
         ));
     }
     let explicit = bool_or(require_client_certificate, false);
-    if explicit && common.validation.is_none() {
+    if explicit && common.validation.is_none() && common.validation_sds.is_none() {
         return Err(ConfigError::unsupported(
             "require_client_certificate",
             "require_client_certificate without common_tls_context.validation_context.trusted_ca is not supported by \
@@ -161,8 +158,14 @@ fn downstream_context(d: &tls::DownstreamTlsContext) -> ConfigResult<model::Down
         ));
     }
     // Envoy makes the client certificate mandatory as soon as SAN matchers are configured
-    // (SSL_VERIFY_FAIL_IF_NO_PEER_CERT), whatever require_client_certificate says.
-    let san_matchers = common.validation.as_ref().is_some_and(|v| !v.match_subject_alt_names.is_empty());
+    // (SSL_VERIFY_FAIL_IF_NO_PEER_CERT), whatever require_client_certificate says. Matchers
+    // of an SDS validation context count once it arrives (see the data plane's verifier).
+    let san_matchers = common.validation.as_ref().is_some_and(|v| !v.match_subject_alt_names.is_empty())
+        || common
+            .validation_sds
+            .as_ref()
+            .and_then(|v| v.default.as_ref())
+            .is_some_and(|v| !v.match_subject_alt_names.is_empty());
     Ok(model::DownstreamTlsContext {
         common,
         require_client_certificate: explicit || san_matchers,
@@ -220,9 +223,24 @@ fn common(c: &tls::CommonTlsContext, side: Side) -> ConfigResult<model::CommonTl
         key_log,
         validation_context_type,
     } = c;
-    if !tls_certificate_sds_secret_configs.is_empty() {
-        return Err(ConfigError::unsupported("tls_certificate_sds_secret_configs", SDS_UNSUPPORTED));
-    }
+    let tls_certificate_sds =
+        match tls_certificate_sds_secret_configs.as_slice() {
+            [] => None,
+            [one] => {
+                if !tls_certificates.is_empty() {
+                    return Err(ConfigError::unsupported(
+                        "tls_certificate_sds_secret_configs",
+                        "tls_certificate_sds_secret_configs together with tls_certificates is not supported by pinion \
+                     (one certificate per context)",
+                    ));
+                }
+                Some(sds_secret_config(one).map_err(at("tls_certificate_sds_secret_configs[0]"))?)
+            }
+            _ => return Err(ConfigError::unsupported(
+                "tls_certificate_sds_secret_configs",
+                "several tls_certificate_sds_secret_configs are not supported by pinion (one certificate per context)",
+            )),
+        };
     reject_set(tls_certificate_provider_instance, "tls_certificate_provider_instance")?;
     reject_set(custom_tls_certificate_selector, "custom_tls_certificate_selector")?;
     reject_set(tls_certificate_certificate_provider, "tls_certificate_certificate_provider")?;
@@ -243,15 +261,18 @@ fn common(c: &tls::CommonTlsContext, side: Side) -> ConfigResult<model::CommonTl
         }
     }
 
+    let mut validation_sds = None;
     let validation = match validation_context_type {
         None => None,
         Some(V::ValidationContext(v)) => validation_context(v).map_err(at("validation_context"))?,
-        Some(V::ValidationContextSdsSecretConfig(_)) => {
-            return Err(ConfigError::unsupported("validation_context_sds_secret_config", SDS_UNSUPPORTED))
+        Some(V::ValidationContextSdsSecretConfig(s)) => {
+            let secret = sds_secret_config(s).map_err(at("validation_context_sds_secret_config"))?;
+            validation_sds = Some(model::SdsValidation { secret, default: None });
+            None
         }
-        // Its SDS half is required (PGV), so this is always SDS.
-        Some(V::CombinedValidationContext(_)) => {
-            return Err(ConfigError::unsupported("combined_validation_context", SDS_UNSUPPORTED))
+        Some(V::CombinedValidationContext(c)) => {
+            validation_sds = Some(combined_validation_context(c).map_err(at("combined_validation_context"))?);
+            None
         }
         Some(V::ValidationContextCertificateProvider(_)) => {
             return Err(unsupported_field("validation_context_certificate_provider"))
@@ -263,11 +284,87 @@ fn common(c: &tls::CommonTlsContext, side: Side) -> ConfigResult<model::CommonTl
 
     Ok(model::CommonTlsContext {
         tls_certificates: certificates,
+        tls_certificate_sds,
         validation,
+        validation_sds,
         alpn_protocols: alpn(alpn_protocols)?,
         min_version,
         max_version,
     })
+}
+
+/// Translate an `SdsSecretConfig`; errors relative to it.
+fn sds_secret_config(s: &tls::SdsSecretConfig) -> ConfigResult<model::SdsSecretConfig> {
+    let tls::SdsSecretConfig { name, sds_config } = s;
+    if name.is_empty() {
+        return Err(ConfigError::invalid("name", "the secret name must not be empty"));
+    }
+    let source = match sds_config {
+        None => None,
+        Some(c) => Some(super::config_source::config_source(c).map_err(at("sds_config"))?),
+    };
+    Ok(model::SdsSecretConfig { name: name.clone(), source })
+}
+
+/// Translate a `CombinedCertificateValidationContext`; errors relative to it.
+fn combined_validation_context(
+    c: &tls::common_tls_context::CombinedCertificateValidationContext,
+) -> ConfigResult<model::SdsValidation> {
+    let tls::common_tls_context::CombinedCertificateValidationContext {
+        default_validation_context,
+        validation_context_sds_secret_config,
+        validation_context_certificate_provider,
+        validation_context_certificate_provider_instance,
+    } = c;
+    reject_set(validation_context_certificate_provider, "validation_context_certificate_provider")?;
+    reject_set(validation_context_certificate_provider_instance, "validation_context_certificate_provider_instance")?;
+    let Some(sds) = validation_context_sds_secret_config else {
+        return Err(ConfigError::invalid(
+            "validation_context_sds_secret_config",
+            "validation_context_sds_secret_config is required",
+        ));
+    };
+    let secret = sds_secret_config(sds).map_err(at("validation_context_sds_secret_config"))?;
+    let default = match default_validation_context {
+        None => None,
+        Some(v) => Some(validation_parts(v).map_err(at("default_validation_context"))?.1),
+    };
+    Ok(model::SdsValidation { secret, default })
+}
+
+/// Translate an SDS `Secret` (static `secrets` or an SDS response); errors relative to it.
+/// Only certificates and validation contexts: the secret kinds TLS contexts use.
+pub fn secret(s: &tls::Secret) -> ConfigResult<model::Secret> {
+    use tls::secret::Type;
+    let tls::Secret { name, r#type } = s;
+    let kind = match r#type {
+        None => return Err(ConfigError::invalid("", format!("secret '{name}' has no type"))),
+        Some(Type::TlsCertificate(c)) => match tls_certificate(c, Side::Downstream).map_err(at("tls_certificate"))? {
+            Some(c) => model::SecretKind::TlsCertificate(c),
+            None => {
+                return Err(ConfigError::invalid(
+                    "tls_certificate",
+                    "certificate_chain and private_key are required in a tls_certificate secret",
+                ))
+            }
+        },
+        Some(Type::ValidationContext(v)) => {
+            model::SecretKind::ValidationContext(validation_parts(v).map_err(at("validation_context"))?.1)
+        }
+        Some(Type::SessionTicketKeys(_)) => {
+            return Err(ConfigError::unsupported(
+                "session_ticket_keys",
+                "session_ticket_keys secrets are not supported by pinion (it keys session tickets itself)",
+            ))
+        }
+        Some(Type::GenericSecret(_)) => {
+            return Err(ConfigError::unsupported(
+                "generic_secret",
+                "generic_secret secrets are not supported by pinion (no filter uses them)",
+            ))
+        }
+    };
+    Ok(model::Secret { name: name.clone(), kind })
 }
 
 /// Envoy's default maximum version: TLS 1.2 as a client, TLS 1.3 as a server.
@@ -396,9 +493,12 @@ fn tls_certificate(c: &tls::TlsCertificate, side: Side) -> ConfigResult<Option<m
     Ok(Some(model::TlsCertificate { certificate_chain, private_key: Arc::new(private_key) }))
 }
 
-/// Translate a `CertificateValidationContext`; `None` when it asks for no verification.
-/// Errors relative to it.
-fn validation_context(v: &tls::CertificateValidationContext) -> ConfigResult<Option<model::CertificateValidation>> {
+/// Translate a `CertificateValidationContext` without the checks that need the whole context
+/// (a combined validation context merges two halves first); returns the field the SAN
+/// matchers came from, for errors. Errors relative to it.
+fn validation_parts(
+    v: &tls::CertificateValidationContext,
+) -> ConfigResult<(&'static str, model::CertificateValidation)> {
     use tls::certificate_validation_context::TrustChainVerification;
     let tls::CertificateValidationContext {
         trusted_ca,
@@ -446,6 +546,23 @@ fn validation_context(v: &tls::CertificateValidationContext) -> ConfigResult<Opt
         None => Vec::new(),
         Some(ca) => certificates(ca, "trusted CA certificates").map_err(at("trusted_ca"))?,
     };
+    Ok((san_field, model::CertificateValidation { trusted_ca, match_subject_alt_names: matchers }))
+}
+
+/// Translate a `CertificateValidationContext`; `None` when it asks for no verification.
+/// Errors relative to it.
+fn validation_context(v: &tls::CertificateValidationContext) -> ConfigResult<Option<model::CertificateValidation>> {
+    let (san_field, parts) = validation_parts(v)?;
+    check_validation(parts, san_field)
+}
+
+/// Envoy's checks on a complete validation context: SAN matchers need `trusted_ca`; without
+/// either nothing is verified (`None`). `san_field` names the matchers for the error.
+fn check_validation(
+    v: model::CertificateValidation,
+    san_field: &str,
+) -> ConfigResult<Option<model::CertificateValidation>> {
+    let model::CertificateValidation { trusted_ca, match_subject_alt_names: matchers } = v;
     if trusted_ca.is_empty() {
         if !matchers.is_empty() {
             return Err(ConfigError::invalid(
@@ -868,10 +985,76 @@ mod tests {
         assert!(got.common.tls_certificates.is_empty() && got.common.validation.is_none() && got.sni.is_empty());
     }
 
+    fn sds(name: &str, ads: bool) -> tls::SdsSecretConfig {
+        use self::core::config_source::ConfigSourceSpecifier as S;
+        let sds_config = ads.then(|| core::ConfigSource {
+            config_source_specifier: Some(S::Ads(core::AggregatedConfigSource {})),
+            ..Default::default()
+        });
+        tls::SdsSecretConfig { name: name.into(), sds_config }
+    }
+
     #[test]
-    fn sds_is_unsupported() {
+    fn sds_references() {
+        use m::string_matcher::MatchPattern;
+        use tls::common_tls_context::{CombinedCertificateValidationContext, ValidationContextType as V};
+        // A server certificate from SDS is enough for a downstream context.
         let common = tls::CommonTlsContext {
-            tls_certificate_sds_secret_configs: vec![tls::SdsSecretConfig { name: "default".into(), sds_config: None }],
+            tls_certificate_sds_secret_configs: vec![sds("default", true)],
+            validation_context_type: Some(V::ValidationContextSdsSecretConfig(sds("ROOTCA", true))),
+            ..Default::default()
+        };
+        let mut d = server(common);
+        d.require_client_certificate = Some(pbuf::BoolValue { value: true });
+        let got = downstream(&socket(&d)).unwrap().unwrap();
+        let cert = got.common.tls_certificate_sds.as_ref().unwrap();
+        assert_eq!(cert.name, "default");
+        assert_eq!(cert.source.as_ref().unwrap().kind, model::ConfigSourceKind::Ads);
+        let v = got.common.validation_sds.as_ref().unwrap();
+        assert_eq!(v.secret.name, "ROOTCA");
+        assert!(v.default.is_none() && got.common.validation.is_none() && got.require_client_certificate);
+
+        // Static secret references (no sds_config); a combined context keeps its default half
+        // untranslated-checks (SAN matchers without trusted_ca are fine until merged).
+        let (ca, _) = pem_pair("ca");
+        let combined = CombinedCertificateValidationContext {
+            default_validation_context: Some(tls::CertificateValidationContext {
+                match_typed_subject_alt_names: vec![san(T::Uri, MatchPattern::Prefix("spiffe://td/".into()))],
+                ..Default::default()
+            }),
+            validation_context_sds_secret_config: Some(sds("ROOTCA", false)),
+            ..Default::default()
+        };
+        let common = tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("default", false)],
+            validation_context_type: Some(V::CombinedValidationContext(combined)),
+            ..Default::default()
+        };
+        let got = upstream(&socket(&client(common))).unwrap().unwrap();
+        assert!(got.common.tls_certificate_sds.as_ref().unwrap().source.is_none());
+        let v = got.common.validation_sds.as_ref().unwrap();
+        let default = v.default.as_ref().unwrap();
+        assert!(default.trusted_ca.is_empty());
+        assert_eq!(default.match_subject_alt_names.len(), 1);
+        // SAN matchers of the default make the client certificate mandatory downstream.
+        let common = tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("default", false)],
+            validation_context_type: Some(V::CombinedValidationContext(CombinedCertificateValidationContext {
+                default_validation_context: Some(tls::CertificateValidationContext {
+                    trusted_ca: Some(inline(&ca)),
+                    match_typed_subject_alt_names: vec![san(T::Uri, MatchPattern::Prefix("spiffe://td/".into()))],
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds("ROOTCA", false)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        assert!(downstream(&socket(&server(common))).unwrap().unwrap().require_client_certificate);
+
+        // One certificate per context.
+        let common = tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("a", true), sds("b", true)],
             ..Default::default()
         };
         let err = down_err(&server(common));
@@ -879,21 +1062,99 @@ mod tests {
             (err.kind, err.path.as_str()),
             (ErrorKind::Unsupported, "typed_config.common_tls_context.tls_certificate_sds_secret_configs")
         );
-        assert_eq!(err.reason, SDS_UNSUPPORTED);
-
         let common = tls::CommonTlsContext {
-            validation_context_type: Some(
-                tls::common_tls_context::ValidationContextType::ValidationContextSdsSecretConfig(
-                    tls::SdsSecretConfig { name: "ROOTCA".into(), sds_config: None },
-                ),
-            ),
+            tls_certificate_sds_secret_configs: vec![sds("a", true)],
+            tls_certificates: vec![inline_certificate("localhost")],
             ..Default::default()
         };
-        let err = up_err(&client(common));
+        assert_eq!(down_err(&server(common)).kind, ErrorKind::Unsupported);
+        // File-based SDS is refused clearly.
+        let mut by_path = sds("a", true);
+        by_path.sds_config = Some(core::ConfigSource {
+            config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::PathConfigSource(
+                core::PathConfigSource { path: "/tmp/x.yaml".into(), ..Default::default() },
+            )),
+            ..Default::default()
+        });
+        let common = tls::CommonTlsContext { tls_certificate_sds_secret_configs: vec![by_path], ..Default::default() };
+        let err = down_err(&server(common));
         assert_eq!(
             (err.kind, err.path.as_str()),
-            (ErrorKind::Unsupported, "typed_config.common_tls_context.validation_context_sds_secret_config")
+            (
+                ErrorKind::Unsupported,
+                "typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].sds_config.path_config_source"
+            )
         );
+    }
+
+    #[test]
+    fn secrets() {
+        use tls::secret::Type;
+        let got = secret(&tls::Secret {
+            name: "default".into(),
+            r#type: Some(Type::TlsCertificate(inline_certificate("localhost"))),
+        })
+        .unwrap();
+        assert_eq!(got.name, "default");
+        assert!(matches!(got.kind, model::SecretKind::TlsCertificate(ref c) if c.certificate_chain.len() == 1));
+
+        let (ca, _) = pem_pair("ca");
+        let v = tls::CertificateValidationContext { trusted_ca: Some(inline(&ca)), ..Default::default() };
+        let got = secret(&tls::Secret { name: "ROOTCA".into(), r#type: Some(Type::ValidationContext(v)) }).unwrap();
+        assert!(matches!(got.kind, model::SecretKind::ValidationContext(ref v) if v.trusted_ca.len() == 1));
+
+        let bad = tls::TlsCertificate {
+            certificate_chain: Some(inline("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")),
+            private_key: inline_certificate("x").private_key,
+            ..Default::default()
+        };
+        let err = secret(&tls::Secret { name: "x".into(), r#type: Some(Type::TlsCertificate(bad)) }).unwrap_err();
+        assert_eq!(err.path, "tls_certificate.certificate_chain");
+
+        let err =
+            secret(&tls::Secret { name: "k".into(), r#type: Some(Type::GenericSecret(tls::GenericSecret::default())) })
+                .unwrap_err();
+        assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "generic_secret"));
+        let err = secret(&tls::Secret {
+            name: "k".into(),
+            r#type: Some(Type::SessionTicketKeys(tls::TlsSessionTicketKeys::default())),
+        })
+        .unwrap_err();
+        assert_eq!((err.kind, err.path.as_str()), (ErrorKind::Unsupported, "session_ticket_keys"));
+        assert_eq!(secret(&tls::Secret { name: "k".into(), r#type: None }).unwrap_err().kind, ErrorKind::Invalid);
+    }
+
+    #[test]
+    fn combined_validation_merges_like_envoy() {
+        use m::string_matcher::MatchPattern;
+        let (ca1, _) = pem_pair("ca1");
+        let (ca2, _) = pem_pair("ca2");
+        let (_, d) = validation_parts(&tls::CertificateValidationContext {
+            trusted_ca: Some(inline(&ca1)),
+            match_typed_subject_alt_names: vec![san(T::Uri, MatchPattern::Exact("a".into()))],
+            ..Default::default()
+        })
+        .unwrap();
+        let (_, sds) = validation_parts(&tls::CertificateValidationContext {
+            match_typed_subject_alt_names: vec![san(T::Dns, MatchPattern::Exact("b".into()))],
+            ..Default::default()
+        })
+        .unwrap();
+        // default.MergeFrom(sds): the default's CA stays when the secret has none; matchers
+        // are appended.
+        let m = model::CertificateValidation::merged(Some(&d), &sds);
+        assert_eq!(m.trusted_ca, d.trusted_ca);
+        let kinds: Vec<_> = m.match_subject_alt_names.iter().map(|s| s.san_type).collect();
+        assert_eq!(kinds, [model::SanType::Uri, model::SanType::Dns]);
+        // A secret's CA replaces the default's.
+        let (_, sds2) = validation_parts(&tls::CertificateValidationContext {
+            trusted_ca: Some(inline(&ca2)),
+            ..Default::default()
+        })
+        .unwrap();
+        let m = model::CertificateValidation::merged(Some(&d), &sds2);
+        assert_eq!(m.trusted_ca, sds2.trusted_ca);
+        assert_ne!(m.trusted_ca, d.trusted_ca);
     }
 
     #[test]
