@@ -28,8 +28,13 @@ pub fn san_matches(der: &[u8], matchers: &[SanMatcher]) -> bool {
     sans(&cert).iter().any(|(kind, text)| matchers.iter().any(|m| m.san_type == *kind && m.matcher.matches(text)))
 }
 
-fn san_error() -> Error {
-    Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(SanMismatch))))
+/// The SAN check every verifier runs after the chain check: counts `ssl.fail_verify_san` on a miss.
+fn check_sans(der: &[u8], matchers: &[SanMatcher], stats: &SslStats) -> Result<(), Error> {
+    if san_matches(der, matchers) {
+        return Ok(());
+    }
+    stats.fail_verify_san.inc();
+    Err(Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(SanMismatch)))))
 }
 
 #[derive(Debug)]
@@ -72,10 +77,7 @@ impl UpstreamVerifier {
             rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, self.algs.all)
                 .inspect_err(|_| self.stats.fail_verify_error.inc())?;
         }
-        if !san_matches(end_entity, sans) {
-            self.stats.fail_verify_san.inc();
-            return Err(san_error());
-        }
+        check_sans(end_entity, sans, &self.stats)?;
         Ok(ServerCertVerified::assertion())
     }
 }
@@ -182,10 +184,7 @@ impl ClientCertVerifier for DownstreamVerifier {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)
             .inspect_err(|_| self.stats.fail_verify_error.inc())?;
-        if !san_matches(end_entity, &self.sans) {
-            self.stats.fail_verify_san.inc();
-            return Err(san_error());
-        }
+        check_sans(end_entity, &self.sans, &self.stats)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -367,10 +366,7 @@ impl ClientCertVerifier for SdsDownstreamVerifier {
         };
         let Some(inner) = &r.client else { return Ok(ClientCertVerified::assertion()) };
         inner.verify_client_cert(end_entity, intermediates, now).inspect_err(|_| self.stats.fail_verify_error.inc())?;
-        if !san_matches(end_entity, &r.sans) {
-            self.stats.fail_verify_san.inc();
-            return Err(san_error());
-        }
+        check_sans(end_entity, &r.sans, &self.stats)?;
         Ok(ClientCertVerified::assertion())
     }
 
